@@ -1,0 +1,28 @@
+import type { Gpu } from '../src/gpu/gpu.ts';
+import type { Step } from '../src/gpu/step.ts';
+import type { BenchScale } from './shapes.ts';
+
+/** What one benchmark case set up on the device: a dispatch to repeat and its traffic. */
+export interface PreparedCase {
+  /** Records the kernel's dispatch(es) once into `step`; the harness repeats it and times the pass. */
+  run(step: Step): void;
+  /** Bytes the kernel must move to/from memory per run (inputs read once + outputs written). */
+  bytes: number;
+  /** Floating-point operations per run (a multiply-add counts 2); 0 for pure data movement. */
+  flops: number;
+  /** Frees the case's buffers. */
+  dispose(): void;
+}
+
+export interface BenchCase {
+  /** Kernel family, e.g. "matmul", "attention-decode". */
+  family: string;
+  /** Variant and shape, e.g. "q4_0 Llama-3-8B ffn_up M=1 (4096 -> 14336)". */
+  name: string;
+  /** True when the kernel is compute-bound at this shape (its FLOP rate is then the figure to read). */
+  computeBound?: boolean;
+  setup(gpu: Gpu): PreparedCase;
+}
+
+/** Each bench/cases/<family>.ts exports `cases: CaseFactory`. */
+export type CaseFactory = (scale: BenchScale) => BenchCase[];

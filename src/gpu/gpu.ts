@@ -1,0 +1,119 @@
+import { type AdapterSummary, type DeviceMode, type GpuFeatures, parseDeviceMode, requestAdapter, summarizeAdapter } from './adapter.ts';
+import { BufferPool, MAP_READ_MODE, STORAGE_USAGE, Usage, align } from './buffers.ts';
+import { PipelineCache } from './pipelines.ts';
+import { Step } from './step.ts';
+
+export interface OpenOptions {
+  /** auto (hardware first, software fallback), gpu or cpu. Default: $WGSERVE_DEVICE or auto. */
+  mode?: DeviceMode;
+}
+
+/** Limits a model needs raised above WebGPU's defaults; each is requested at the adapter's maximum. */
+const RAISED_LIMITS = [
+  'maxStorageBufferBindingSize',
+  'maxBufferSize',
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupsPerDimension',
+  'maxStorageBuffersPerShaderStage',
+] as const;
+
+/** An open WebGPU device with the runtime's shared pieces: pipeline cache, buffer pool, features. */
+export class Gpu {
+  readonly pipelines: PipelineCache;
+  readonly pool: BufferPool;
+  private querySets: GPUQuerySet[] = [];
+
+  private constructor(
+    readonly device: GPUDevice,
+    readonly adapter: AdapterSummary,
+    readonly features: GpuFeatures,
+  ) {
+    this.pipelines = new PipelineCache(device);
+    this.pool = new BufferPool(device);
+  }
+
+  static async open(options: OpenOptions = {}): Promise<Gpu> {
+    const adapter = await requestAdapter(options.mode ?? parseDeviceMode(process.env.WGSERVE_DEVICE));
+    const wanted: GPUFeatureName[] = ['shader-f16', 'subgroups', 'timestamp-query'];
+    const requiredFeatures = wanted.filter((f) => adapter.features.has(f));
+    const requiredLimits: Record<string, number> = {};
+    for (const name of RAISED_LIMITS) requiredLimits[name] = adapter.limits[name];
+    const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
+    device.lost.then((info) => {
+      if (info.reason !== 'destroyed') console.error(`wgserve: WebGPU device lost: ${info.message}`);
+    });
+    return new Gpu(device, summarizeAdapter(adapter), {
+      shaderF16: device.features.has('shader-f16'),
+      subgroups: device.features.has('subgroups'),
+      timestampQuery: device.features.has('timestamp-query'),
+    });
+  }
+
+  get limits(): GPUSupportedLimits {
+    return this.device.limits;
+  }
+
+  step(options?: { label?: string; timestamps?: boolean }): Step {
+    return new Step(this, options);
+  }
+
+  /** A buffer of exactly `bytes` (rounded up to 4), not pooled: weights, KV pools, long-lived tables. */
+  createBuffer(bytes: number, label?: string, usage: number = STORAGE_USAGE): GPUBuffer {
+    const size = align(Math.max(bytes, 4), 4);
+    if (size > this.limits.maxBufferSize) {
+      throw new Error(`buffer "${label ?? ''}" of ${size} bytes exceeds this device's maxBufferSize (${this.limits.maxBufferSize})`);
+    }
+    return this.device.createBuffer({ size, usage, label });
+  }
+
+  /** A new storage buffer holding a copy of `data`. */
+  upload(data: ArrayBufferView, label?: string): GPUBuffer {
+    const buffer = this.device.createBuffer({ size: align(Math.max(data.byteLength, 4), 4), usage: STORAGE_USAGE, label, mappedAtCreation: true });
+    new Uint8Array(buffer.getMappedRange()).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    buffer.unmap();
+    return buffer;
+  }
+
+  write(buffer: GPUBuffer, data: ArrayBufferView, offset = 0): void {
+    this.device.queue.writeBuffer(buffer, offset, data.buffer, data.byteOffset, align(data.byteLength, 4));
+  }
+
+  /** Reads bytes back (outside any step; tests and tools). */
+  async read(buffer: GPUBuffer, offset = 0, size = buffer.size - offset): Promise<ArrayBuffer> {
+    const padded = align(size, 4);
+    const staging = this.pool.acquire(padded, Usage.MAP_READ | Usage.COPY_DST, 'read');
+    const encoder = this.device.createCommandEncoder();
+    encoder.copyBufferToBuffer(buffer, offset, staging, 0, padded);
+    this.device.queue.submit([encoder.finish()]);
+    await staging.mapAsync(MAP_READ_MODE);
+    const data = staging.getMappedRange(0, padded).slice(0, size);
+    staging.unmap();
+    this.pool.release(staging);
+    return data;
+  }
+
+  async readF32(buffer: GPUBuffer, count: number, offset = 0): Promise<Float32Array> {
+    return new Float32Array(await this.read(buffer, offset, count * 4));
+  }
+
+  async readU32(buffer: GPUBuffer, count: number, offset = 0): Promise<Uint32Array> {
+    return new Uint32Array(await this.read(buffer, offset, count * 4));
+  }
+
+  /** A query set for step timestamps, reused across steps (they are resolved before reuse). */
+  timestampQuerySet(count: number): GPUQuerySet {
+    let set = this.querySets.find((q) => q.count >= count);
+    if (!set) {
+      set = this.device.createQuerySet({ type: 'timestamp', count });
+      this.querySets.push(set);
+    }
+    return set;
+  }
+
+  destroy(): void {
+    this.pool.destroy();
+    this.device.destroy();
+  }
+}
