@@ -1,0 +1,156 @@
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { FLOPS_PER_ITER, PEAK_WG, peakFlops } from '../kernels/peak_flops.ts';
+import type { AdapterSummary, GpuFeatures } from '../src/gpu/adapter.ts';
+import type { Gpu } from '../src/gpu/gpu.ts';
+import { repoRoot } from '../src/gpu/paths.ts';
+import type { BenchCase, CaseFactory, PreparedCase } from './case.ts';
+import { measureCopyBandwidth } from './cases/copy.ts';
+import type { BenchScale } from './shapes.ts';
+
+export interface KernelResult {
+  family: string;
+  name: string;
+  computeBound: boolean;
+  /** median time of one run, microseconds */
+  medianUs: number;
+  gbps: number;
+  gflops: number;
+  /** achieved bytes/s over the copy kernel's bytes/s in the same run */
+  bandwidthFraction: number;
+  /** achieved FLOP/s over the FMA probe's, reported for compute-bound cases only */
+  flopFraction: number | null;
+}
+
+export interface KernelBenchReport {
+  adapter: AdapterSummary;
+  features: GpuFeatures;
+  scale: BenchScale;
+  date: string;
+  /** how times were taken: GPU timestamp queries, or wall clock around submit */
+  timing: 'gpu-timestamps' | 'wall-clock';
+  copyBandwidthGBs: number;
+  peakGflops: number;
+  results: KernelResult[];
+}
+
+export interface KernelBenchOptions {
+  scale: BenchScale;
+  /** only cases whose "family name" matches */
+  filter?: RegExp;
+  /** called as each case finishes (progress output) */
+  onResult?: (r: KernelResult) => void;
+}
+
+/** Every bench/cases/<family>.ts module's cases, in file-name order. */
+export async function loadCases(scale: BenchScale): Promise<BenchCase[]> {
+  const dir = join(repoRoot, 'bench', 'cases');
+  const files = readdirSync(dir).filter((f) => f.endsWith('.ts')).sort();
+  const all: BenchCase[] = [];
+  for (const file of files) {
+    const mod = (await import(pathToFileURL(join(dir, file)).href)) as { cases?: CaseFactory };
+    if (mod.cases) all.push(...mod.cases(scale));
+  }
+  return all;
+}
+
+function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+/**
+ * Seconds per run of `record`: a warm-up step, then `rounds` steps each repeating the dispatch
+ * enough times to last ~targetSeconds, timed by GPU timestamps when the device has them.
+ */
+export async function timeRuns(gpu: Gpu, record: (step: ReturnType<Gpu['step']>) => void, scale: BenchScale): Promise<number> {
+  const once = async (reps: number): Promise<number> => {
+    const step = gpu.step({ timestamps: true });
+    for (let i = 0; i < reps; i++) record(step);
+    const t0 = performance.now();
+    const { gpuTimeNs } = await step.submit();
+    const seconds = gpuTimeNs !== undefined ? gpuTimeNs / 1e9 : (performance.now() - t0) / 1e3;
+    return seconds / reps;
+  };
+  await once(1);
+  const estimate = await once(1);
+  const targetSeconds = scale === 'full' ? 5e-3 : 0;
+  const reps = Math.min(64, Math.max(1, Math.ceil(targetSeconds / Math.max(estimate, 1e-9))));
+  const rounds = scale === 'full' ? 7 : 3;
+  const samples: number[] = [];
+  for (let i = 0; i < rounds; i++) samples.push(await once(reps));
+  return median(samples);
+}
+
+/** FLOP/s of the FMA-chain probe: the device's attainable arithmetic rate, measured in this run. */
+export async function measurePeakFlops(gpu: Gpu, scale: BenchScale): Promise<number> {
+  const workgroups = scale === 'full' ? 8192 : 64;
+  const iters = scale === 'full' ? 2048 : 256;
+  const out = gpu.createBuffer(workgroups * PEAK_WG * 4);
+  const seconds = await timeRuns(gpu, (step) => peakFlops(step, { out, workgroups, iters }), scale);
+  out.destroy();
+  return (workgroups * PEAK_WG * iters * FLOPS_PER_ITER) / seconds;
+}
+
+export async function runKernelBench(gpu: Gpu, options: KernelBenchOptions): Promise<KernelBenchReport> {
+  const { scale } = options;
+  const copyBytesPerSecond = await measureCopyBandwidth(gpu, scale);
+  const peakFlopsPerSecond = await measurePeakFlops(gpu, scale);
+  const results: KernelResult[] = [];
+  for (const c of await loadCases(scale)) {
+    if (options.filter && !options.filter.test(`${c.family} ${c.name}`)) continue;
+    let prepared: PreparedCase | null = null;
+    try {
+      prepared = c.setup(gpu);
+      const p = prepared;
+      const seconds = await timeRuns(gpu, (step) => p.run(step), scale);
+      const bytesPerSecond = p.bytes / seconds;
+      const flopsPerSecond = p.flops / seconds;
+      const result: KernelResult = {
+        family: c.family,
+        name: c.name,
+        computeBound: c.computeBound ?? false,
+        medianUs: seconds * 1e6,
+        gbps: bytesPerSecond / 1e9,
+        gflops: flopsPerSecond / 1e9,
+        bandwidthFraction: bytesPerSecond / copyBytesPerSecond,
+        flopFraction: c.computeBound ? flopsPerSecond / peakFlopsPerSecond : null,
+      };
+      results.push(result);
+      options.onResult?.(result);
+    } finally {
+      prepared?.dispose();
+    }
+  }
+  return {
+    adapter: gpu.adapter,
+    features: gpu.features,
+    scale,
+    date: new Date().toISOString(),
+    timing: gpu.features.timestampQuery ? 'gpu-timestamps' : 'wall-clock',
+    copyBandwidthGBs: copyBytesPerSecond / 1e9,
+    peakGflops: peakFlopsPerSecond / 1e9,
+    results,
+  };
+}
+
+const pct = (x: number | null) => (x === null ? '' : `${(100 * x).toFixed(1)}%`);
+const num = (x: number, digits = 1) => (x >= 100 ? x.toFixed(0) : x.toFixed(digits));
+
+/** The markdown table docs/benchmarks.md quotes. */
+export function kernelBenchMarkdown(r: KernelBenchReport): string {
+  const device = `${r.adapter.description} (${r.adapter.vendor} ${r.adapter.architecture})${r.adapter.isSoftware ? ', software device' : ''}`;
+  const lines = [
+    `Device: ${device}. Shapes: ${r.scale === 'full' ? 'full model shapes' : 'REDUCED (test model, and real models scaled down by 8 in width; labelled /8)'}.`,
+    `Timing: ${r.timing}, median per run. Copy kernel bandwidth ${num(r.copyBandwidthGBs)} GB/s; FMA probe ${num(r.peakGflops)} GFLOP/s (both measured in this run, ${r.date.slice(0, 10)}).`,
+    '',
+    '| family | case | median µs | GB/s | % of copy BW | GFLOP/s | % of FMA peak |',
+    '|---|---|---:|---:|---:|---:|---:|',
+    ...r.results.map(
+      (x) => `| ${x.family} | ${x.name} | ${num(x.medianUs)} | ${num(x.gbps, 2)} | ${pct(x.bandwidthFraction)} | ${num(x.gflops, 2)} | ${pct(x.flopFraction)} |`,
+    ),
+  ];
+  return lines.join('\n') + '\n';
+}
