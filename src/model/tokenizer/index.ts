@@ -1,0 +1,104 @@
+import { readFileSync } from 'node:fs';
+import { gguf } from '@huggingface/gguf';
+import { BpeTokenizer } from './bpe.ts';
+import { vocabFromGguf } from './gguf_vocab.ts';
+import { SpmTokenizer } from './spm.ts';
+import { TokenType, type Vocab } from './vocab.ts';
+
+export interface EncodeOptions {
+  /** add BOS/EOS as the model's metadata says (default true) */
+  addSpecial?: boolean;
+  /** turn control-token text such as "<|im_start|>" into its id (default false) */
+  parseSpecial?: boolean;
+}
+
+export interface Tokenizer {
+  readonly vocab: Vocab;
+  encode(text: string, options?: EncodeOptions): number[];
+  /** The bytes a token contributes to output text (control tokens contribute none). */
+  tokenBytes(id: number): Uint8Array;
+}
+
+/**
+ * Turns a stream of token ids into text without ever emitting half a UTF-8 character: bytes of an
+ * incomplete character wait for the next token. With SentencePiece's dummy prefix, the space that
+ * the prefix put before the first word is dropped, as llama.cpp does.
+ */
+export class StreamDecoder {
+  private readonly utf8 = new TextDecoder('utf-8');
+  private first = true;
+
+  constructor(private readonly tokenizer: Tokenizer) {}
+
+  push(id: number): string {
+    let bytes = this.tokenizer.tokenBytes(id);
+    if (this.first && bytes.length > 0) {
+      this.first = false;
+      if (this.tokenizer.vocab.addSpacePrefix && bytes[0] === 0x20) bytes = bytes.subarray(1);
+    }
+    return this.utf8.decode(bytes, { stream: true });
+  }
+
+  /** Whatever is still buffered (an incomplete character at the very end becomes U+FFFD). */
+  flush(): string {
+    return this.utf8.decode();
+  }
+}
+
+export function decode(tokenizer: Tokenizer, ids: number[]): string {
+  const d = new StreamDecoder(tokenizer);
+  return ids.map((id) => d.push(id)).join('') + d.flush();
+}
+
+/** The tokenizer a GGUF file's metadata describes (`llama` = SentencePiece, `gpt2` = byte-level BPE). */
+export async function tokenizerFromGguf(file: string): Promise<Tokenizer> {
+  const { metadata } = await gguf(file, { allowLocalFile: true });
+  return tokenizerFromGgufMetadata(metadata as Record<string, unknown>, file);
+}
+
+export function tokenizerFromGgufMetadata(md: Record<string, unknown>, file: string): Tokenizer {
+  const model = md['tokenizer.ggml.model'];
+  const vocab = vocabFromGguf(md as never, file);
+  if (model === 'llama') return new SpmTokenizer(vocab);
+  if (model === 'gpt2') {
+    const merges = md['tokenizer.ggml.merges'];
+    if (!Array.isArray(merges)) throw new Error(`${file}: BPE tokenizer without tokenizer.ggml.merges`);
+    return new BpeTokenizer(vocab, merges as string[], String(md['tokenizer.ggml.pre'] ?? 'default'), file);
+  }
+  throw new Error(`${file}: unsupported tokenizer.ggml.model "${String(model)}" (supported: llama, gpt2)`);
+}
+
+/**
+ * llama2.c's tokenizer.bin: int32 max_token_length, then per token: f32 score, int32 byte length,
+ * the bytes. Ids 0/1/2 are <unk>/<s>/</s>; "<0xXX>" pieces are byte-fallback tokens.
+ */
+export function tokenizerFromLlama2c(file: string, vocabSize: number): Tokenizer {
+  const buf = readFileSync(file);
+  const tokens: string[] = [];
+  const scores = new Float32Array(vocabSize);
+  const types = new Uint8Array(vocabSize);
+  let off = 4;
+  for (let i = 0; i < vocabSize; i++) {
+    if (off + 8 > buf.length) throw new Error(`${file}: truncated after ${i} of ${vocabSize} tokens`);
+    scores[i] = buf.readFloatLE(off);
+    const len = buf.readInt32LE(off + 4);
+    if (len < 0 || off + 8 + len > buf.length) throw new Error(`${file}: token ${i} has a bad length ${len}`);
+    const text = buf.toString('utf8', off + 8, off + 8 + len);
+    off += 8 + len;
+    tokens.push(text);
+    types[i] = i === 0 ? TokenType.UNKNOWN : i <= 2 ? TokenType.CONTROL : /^<0x[0-9A-F]{2}>$/.test(text) ? TokenType.BYTE : TokenType.NORMAL;
+  }
+  // llama2.c stores pieces with real spaces; SentencePiece's vocabulary uses ▁.
+  const vocab: Vocab = {
+    tokens: tokens.map((t) => t.replaceAll(' ', '\u2581')),
+    scores,
+    types,
+    bos: 1,
+    eos: 2,
+    unk: 0,
+    addBos: true,
+    addEos: false,
+    addSpacePrefix: true,
+  };
+  return new SpmTokenizer(vocab);
+}

@@ -1,0 +1,159 @@
+import { TokenType, type Vocab, partitionSpecial } from './vocab.ts';
+
+const SPACE = '\u2581'; // ▁, SentencePiece's visible space
+
+interface Symbol {
+  start: number; // offset in code units of the (escaped) text
+  len: number; // 0 once merged into its left neighbour
+  prev: number;
+  next: number;
+}
+
+interface Bigram {
+  left: number;
+  right: number;
+  score: number;
+  len: number;
+}
+
+/** Max-heap by score; equal scores pop the leftmost pair first (SentencePiece's order). */
+class BigramQueue {
+  private heap: Bigram[] = [];
+  private before(a: Bigram, b: Bigram): boolean {
+    return a.score > b.score || (a.score === b.score && a.left < b.left);
+  }
+  get size(): number {
+    return this.heap.length;
+  }
+  push(b: Bigram): void {
+    const h = this.heap;
+    h.push(b);
+    let i = h.length - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!this.before(h[i], h[parent])) break;
+      [h[i], h[parent]] = [h[parent], h[i]];
+      i = parent;
+    }
+  }
+  pop(): Bigram {
+    const h = this.heap;
+    const top = h[0];
+    const last = h.pop()!;
+    if (h.length > 0) {
+      h[0] = last;
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let best = i;
+        if (l < h.length && this.before(h[l], h[best])) best = l;
+        if (r < h.length && this.before(h[r], h[best])) best = r;
+        if (best === i) break;
+        [h[i], h[best]] = [h[best], h[i]];
+        i = best;
+      }
+    }
+    return top;
+  }
+}
+
+/**
+ * SentencePiece-style tokenizer (GGUF `tokenizer.ggml.model = llama`, llama2.c tokenizer.bin):
+ * spaces become ▁, a dummy space prefix is added, UTF-8 characters are merged pairwise by the
+ * highest vocabulary score, and pieces not in the vocabulary fall back to <0xXX> byte tokens.
+ */
+export class SpmTokenizer {
+  private readonly ids = new Map<string, number>();
+  private readonly byteTokens: number[] = [];
+
+  constructor(readonly vocab: Vocab) {
+    vocab.tokens.forEach((t, id) => {
+      if (!this.ids.has(t)) this.ids.set(t, id);
+    });
+    for (let b = 0; b < 256; b++) {
+      const id = this.ids.get(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`);
+      this.byteTokens.push(id ?? -1);
+    }
+  }
+
+  encode(text: string, options: { addSpecial?: boolean; parseSpecial?: boolean } = {}): number[] {
+    const addSpecial = options.addSpecial ?? true;
+    const out: number[] = [];
+    if (addSpecial && this.vocab.addBos && this.vocab.bos !== null) out.push(this.vocab.bos);
+    let afterSpecial = true; // the dummy prefix goes at the start and after each special token
+    for (const part of partitionSpecial(text, this.vocab, options.parseSpecial ?? false)) {
+      if (typeof part === 'number') {
+        out.push(part);
+        afterSpecial = true;
+        continue;
+      }
+      const prefixed = this.vocab.addSpacePrefix && afterSpecial ? ` ${part}` : part;
+      this.encodePiece(prefixed.replaceAll(' ', SPACE), out);
+      afterSpecial = false;
+    }
+    if (addSpecial && this.vocab.addEos && this.vocab.eos !== null) out.push(this.vocab.eos);
+    return out;
+  }
+
+  private encodePiece(text: string, out: number[]): void {
+    if (!text) return;
+    const symbols: Symbol[] = [];
+    for (let i = 0; i < text.length; ) {
+      const len = text.codePointAt(i)! > 0xffff ? 2 : 1;
+      symbols.push({ start: i, len, prev: symbols.length - 1, next: i + len < text.length ? symbols.length + 1 : -1 });
+      i += len;
+    }
+    const queue = new BigramQueue();
+    const merges = new Map<string, [number, number]>();
+    const tryAdd = (left: number, right: number) => {
+      if (left < 0 || right < 0) return;
+      const piece = text.slice(symbols[left].start, symbols[left].start + symbols[left].len + symbols[right].len);
+      const id = this.ids.get(piece);
+      if (id === undefined) return;
+      queue.push({ left, right, score: this.vocab.scores[id], len: piece.length });
+      merges.set(piece, [left, right]);
+    };
+    for (let i = 1; i < symbols.length; i++) tryAdd(i - 1, i);
+    while (queue.size > 0) {
+      const b = queue.pop();
+      const left = symbols[b.left];
+      const right = symbols[b.right];
+      if (left.len === 0 || right.len === 0 || left.len + right.len !== b.len) continue; // stale
+      left.len += right.len;
+      right.len = 0;
+      left.next = right.next;
+      if (right.next >= 0) symbols[right.next].prev = b.left;
+      tryAdd(left.prev, b.left);
+      tryAdd(b.left, left.next);
+    }
+    const resegment = (s: Symbol) => {
+      const piece = text.slice(s.start, s.start + s.len);
+      const id = this.ids.get(piece);
+      if (id !== undefined) {
+        out.push(id);
+        return;
+      }
+      const split = merges.get(piece);
+      if (split) {
+        resegment(symbols[split[0]]);
+        resegment(symbols[split[1]]);
+        return;
+      }
+      for (const byte of Buffer.from(piece, 'utf8')) {
+        const t = this.byteTokens[byte];
+        out.push(t >= 0 ? t : (this.vocab.unk ?? 0));
+      }
+    };
+    for (let i = 0; i !== -1; i = symbols[i].next) resegment(symbols[i]);
+  }
+
+  /** The bytes a token stands for in output text (control tokens: none). */
+  tokenBytes(id: number): Uint8Array {
+    const type = this.vocab.types[id];
+    const text = this.vocab.tokens[id] ?? '';
+    if (type === TokenType.BYTE) return new Uint8Array([parseInt(text.slice(3, 5), 16)]);
+    if (type === TokenType.CONTROL || type === TokenType.UNKNOWN || type === TokenType.UNUSED) return new Uint8Array(0);
+    return Buffer.from(text.replaceAll(SPACE, ' '), 'utf8');
+  }
+}
