@@ -1,0 +1,134 @@
+import { BlockPool } from './block_pool.ts';
+
+export interface KvLayout {
+  nLayers: number;
+  nKvHeads: number;
+  headDim: number;
+  /** tokens per block */
+  blockSize: number;
+  /** bytes per stored element (f32 today) */
+  bytesPerElement: number;
+}
+
+/** Bytes one block takes across all layers, K and V. */
+export function blockBytes(l: KvLayout): number {
+  return 2 * l.nLayers * l.blockSize * l.headDim * l.bytesPerElement;
+}
+
+/** How many blocks a KV memory budget holds. */
+export function blocksForBudget(l: KvLayout, budgetBytes: number): number {
+  return Math.floor(budgetBytes / blockBytes(l));
+}
+
+/** Thrown when the pool cannot hold what a sequence needs; the engine preempts and retries. */
+export class KvPoolExhausted extends Error {
+  override name = 'KvPoolExhausted';
+  constructor(
+    readonly needed: number,
+    readonly free: number,
+  ) {
+    super(`KV pool exhausted: ${needed} blocks needed, ${free} free`);
+  }
+}
+
+interface HeadRow {
+  blocks: number[];
+  /** slots in use (tokens stored for this KV head) */
+  length: number;
+}
+
+/**
+ * Block tables of a paged KV cache. Each (sequence, KV head) pair is a "head row" with its own
+ * block list and length, so a head's storage policy (full history, or sinks + a ring buffer) and
+ * the set of slots it attends to can differ per head; the attention kernels read table rows
+ * `seq * nKvHeads + head`. Growing a sequence appends blocks (no copying); freeing returns them.
+ */
+export class PagedKvTables {
+  readonly pool: BlockPool;
+  private readonly seqs = new Map<number, HeadRow[]>();
+
+  constructor(
+    readonly layout: KvLayout,
+    numBlocks: number,
+  ) {
+    this.pool = new BlockPool(numBlocks);
+  }
+
+  has(seq: number): boolean {
+    return this.seqs.has(seq);
+  }
+
+  length(seq: number, head = 0): number {
+    return this.rows(seq)[head].length;
+  }
+
+  /** Blocks needed to store `tokens` more tokens in every head row of `seq` (0 for a new sequence's first call too). */
+  blocksNeeded(seq: number, tokens: number): number {
+    const { blockSize, nKvHeads } = this.layout;
+    const rows = this.seqs.get(seq);
+    if (!rows) return nKvHeads * Math.ceil(tokens / blockSize);
+    return rows.reduce((n, r) => n + Math.ceil((r.length + tokens) / blockSize) - r.blocks.length, 0);
+  }
+
+  /**
+   * Makes room for `tokens` more tokens in every head row of `seq` (creating it if new) and
+   * returns their absolute pool slots, [token][head] (slot = block * blockSize + offset), for the
+   * kernel that writes K/V. All or nothing: throws KvPoolExhausted and changes nothing if the
+   * pool is short.
+   */
+  append(seq: number, tokens: number): Uint32Array {
+    const { blockSize, nKvHeads } = this.layout;
+    const needed = this.blocksNeeded(seq, tokens);
+    const fresh = this.pool.take(needed);
+    if (!fresh) throw new KvPoolExhausted(needed, this.pool.free);
+    let rows = this.seqs.get(seq);
+    if (!rows) {
+      rows = Array.from({ length: nKvHeads }, () => ({ blocks: [], length: 0 }));
+      this.seqs.set(seq, rows);
+    }
+    const slots = new Uint32Array(tokens * nKvHeads);
+    let next = 0;
+    rows.forEach((row, h) => {
+      while (row.blocks.length * blockSize < row.length + tokens) row.blocks.push(fresh[next++]);
+      for (let t = 0; t < tokens; t++) {
+        const pos = row.length + t;
+        slots[t * nKvHeads + h] = row.blocks[Math.floor(pos / blockSize)] * blockSize + (pos % blockSize);
+      }
+      row.length += tokens;
+    });
+    return slots;
+  }
+
+  /** Returns every block of `seq` to the pool. */
+  free(seq: number): void {
+    const rows = this.seqs.get(seq);
+    if (!rows) return;
+    for (const row of rows) this.pool.give(row.blocks);
+    this.seqs.delete(seq);
+  }
+
+  /**
+   * Block table rows and lengths for a batch, as the attention kernels read them:
+   * table [seqs.length * nKvHeads, stride] (unused entries 0), lengths [seqs.length * nKvHeads].
+   */
+  batchTables(seqs: readonly number[]): { table: Uint32Array; lengths: Uint32Array; stride: number } {
+    const nKv = this.layout.nKvHeads;
+    let stride = 1;
+    for (const s of seqs) for (const r of this.rows(s)) stride = Math.max(stride, r.blocks.length);
+    const table = new Uint32Array(seqs.length * nKv * stride);
+    const lengths = new Uint32Array(seqs.length * nKv);
+    seqs.forEach((s, i) =>
+      this.rows(s).forEach((r, h) => {
+        table.set(r.blocks, (i * nKv + h) * stride);
+        lengths[i * nKv + h] = r.length;
+      }),
+    );
+    return { table, lengths, stride };
+  }
+
+  private rows(seq: number): HeadRow[] {
+    const rows = this.seqs.get(seq);
+    if (!rows) throw new Error(`unknown sequence ${seq} in the KV cache`);
+    return rows;
+  }
+}
