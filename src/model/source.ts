@@ -1,0 +1,63 @@
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { ModelConfig } from './config.ts';
+import { configFromGgufMetadata } from './config.ts';
+import { ModelFileError, readGguf, readTensorBytes } from './gguf.ts';
+import { openLlama2c } from './llama2c.ts';
+import { type Tokenizer, tokenizerFromGgufMetadata, tokenizerFromLlama2c } from './tokenizer/index.ts';
+
+export type TensorTypeName = 'F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q4_0';
+
+/** One weight tensor as stored in a model file, under llama.cpp's GGUF tensor name. */
+export interface TensorSource {
+  name: string;
+  typeName: TensorTypeName;
+  /** dims[0] is contiguous: a matrix of n rows of k is [k, n] */
+  dims: number[];
+  bytes: number;
+  read(): Uint8Array;
+}
+
+/** A model file opened and checked: shape, tensors (read lazily), tokenizer, chat template. */
+export interface ModelSource {
+  path: string;
+  format: 'gguf' | 'llama2c';
+  config: ModelConfig;
+  tensors: Map<string, TensorSource>;
+  tokenizer: Tokenizer;
+  chatTemplate?: string;
+}
+
+/** Opens a GGUF file or a llama2.c checkpoint (with its tokenizer.bin), chosen by content. */
+export async function openModel(path: string, options: { tokenizer?: string } = {}): Promise<ModelSource> {
+  if (!existsSync(path)) throw new ModelFileError(`${path}: model file not found`);
+  if (path.endsWith('.bin')) {
+    const tokenizerPath = options.tokenizer ?? findLlama2cTokenizer(path);
+    const { config, tensors } = openLlama2c(path);
+    return { path, format: 'llama2c', config, tensors, tokenizer: tokenizerFromLlama2c(tokenizerPath, config.vocabSize) };
+  }
+  const g = await readGguf(path);
+  const config = configFromGgufMetadata(g.metadata, path);
+  const tensors = new Map<string, TensorSource>();
+  for (const t of g.tensors.values()) {
+    tensors.set(t.name, { name: t.name, typeName: t.typeName as TensorTypeName, dims: t.dims, bytes: t.bytes, read: () => readTensorBytes(g, t) });
+  }
+  const template = g.metadata['tokenizer.chat_template'];
+  return {
+    path,
+    format: 'gguf',
+    config,
+    tensors,
+    tokenizer: tokenizerFromGgufMetadata(g.metadata, path),
+    chatTemplate: typeof template === 'string' ? template : undefined,
+  };
+}
+
+function findLlama2cTokenizer(modelPath: string): string {
+  const dir = dirname(modelPath);
+  for (const name of ['tokenizer.bin', 'tok512.bin']) {
+    const p = join(dir, name);
+    if (existsSync(p)) return p;
+  }
+  throw new ModelFileError(`${modelPath}: llama2.c checkpoint without a tokenizer: put tokenizer.bin beside it or pass --tokenizer FILE`);
+}
