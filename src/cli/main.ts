@@ -21,6 +21,21 @@ program
     if (!(await doctor(parseDeviceMode(o.device)))) process.exitCode = 1;
   });
 
+program
+  .command('tokenize')
+  .description("print a text's token ids as a JSON array (with BOS where the model adds one), like llama-tokenize --ids")
+  .option('--model <file>', 'GGUF file or llama2.c checkpoint (default: the embedded stories260K)')
+  .option('--tokenizer <file>', 'tokenizer.bin for a llama2.c checkpoint (default: beside the model)')
+  .requiredOption('--text <text>', 'text to tokenize')
+  .option('--no-special', 'do not add BOS/EOS')
+  .option('--parse-special', 'turn control-token text such as <|im_start|> into ids', false)
+  .action(async (o: { model?: string; tokenizer?: string; text: string; special: boolean; parseSpecial: boolean }) => {
+    const { openTokenizer } = await import('../model/source.ts');
+    const { DEFAULT_MODEL } = await import('../model/default_model.ts');
+    const tokenizer = await openTokenizer(o.model ?? DEFAULT_MODEL, { tokenizer: o.tokenizer });
+    console.log(JSON.stringify(tokenizer.encode(o.text, { addSpecial: o.special, parseSpecial: o.parseSpecial })));
+  });
+
 const bench = program.command('bench').description('benchmarks');
 bench
   .command('kernels')

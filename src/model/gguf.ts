@@ -70,7 +70,8 @@ export async function readGguf(path: string): Promise<GgufFile> {
     throw new ModelFileError(`${path}: malformed GGUF header: ${err instanceof Error ? err.message : String(err)}`);
   }
   const dataStart = Number(parsed.tensorDataOffset);
-  if (!(dataStart <= size)) throw new ModelFileError(`${path}: truncated: the header ends at byte ${dataStart} but the file has ${size} bytes`);
+  // (a vocabulary-only file has no tensors and may end before the data section's alignment padding)
+  if (parsed.tensorInfos.length > 0 && !(dataStart <= size)) throw new ModelFileError(`${path}: truncated: the header ends at byte ${dataStart} but the file has ${size} bytes`);
 
   const tensors = new Map<string, GgufTensor>();
   for (const info of parsed.tensorInfos) {

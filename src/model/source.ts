@@ -53,6 +53,13 @@ export async function openModel(path: string, options: { tokenizer?: string } = 
   };
 }
 
+/** Only the tokenizer of a model file (also works for vocabulary-only GGUF files). */
+export async function openTokenizer(path: string, options: { tokenizer?: string } = {}): Promise<Tokenizer> {
+  if (!existsSync(path)) throw new ModelFileError(`${path}: model file not found`);
+  if (path.endsWith('.bin')) return tokenizerFromLlama2c(options.tokenizer ?? findLlama2cTokenizer(path), openLlama2c(path).config.vocabSize);
+  return tokenizerFromGgufMetadata((await readGguf(path)).metadata, path);
+}
+
 function findLlama2cTokenizer(modelPath: string): string {
   const dir = dirname(modelPath);
   for (const name of ['tokenizer.bin', 'tok512.bin']) {
