@@ -27,15 +27,19 @@ export function benchShapes(scale: BenchScale): ModelShape[] {
   if (scale === 'full') return [MODEL_SHAPES['stories260k'], ...real];
   return [
     MODEL_SHAPES['stories260k'],
-    ...real.map((s) => ({
-      ...s,
-      name: `${s.name}/8 (reduced)`,
-      dim: s.dim / 8,
-      ffn: Math.round(s.ffn / 8),
-      nHeads: Math.max(1, s.nHeads / 8),
-      nKvHeads: Math.max(1, s.nKvHeads / 8),
-      vocab: Math.round(s.vocab / 8),
-    })),
+    ...real.map((s) => {
+      // head counts shrink too, rounded to whole heads with the query heads a multiple of the KV heads
+      const nKvHeads = Math.max(1, Math.round(s.nKvHeads / 8));
+      return {
+        ...s,
+        name: `${s.name}/8 (reduced)`,
+        dim: s.dim / 8,
+        ffn: Math.round(s.ffn / 8),
+        nHeads: Math.max(1, Math.round(s.nHeads / 8 / nKvHeads)) * nKvHeads,
+        nKvHeads,
+        vocab: Math.round(s.vocab / 8),
+      };
+    }),
   ];
 }
 
