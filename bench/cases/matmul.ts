@@ -1,0 +1,93 @@
+import type { BenchCase, CaseFactory } from '../case.ts';
+import { type ModelShape, benchShapes } from '../shapes.ts';
+import { matmul, matmulVariant } from '../../kernels/matmul.ts';
+import { QK, WEIGHT_FORMATS, type WeightFormat, encodeWeights, isQuantized, weightBytes } from '../../kernels/weights.ts';
+import type { Gpu } from '../../src/gpu/gpu.ts';
+import { normalArray } from '../../src/util/rng.ts';
+
+/** Elements encoded per weight matrix: random rows of at most this many elements are repeated. */
+const PATTERN_ELEMS = 1 << 20;
+
+/**
+ * An [n, k] weight matrix of random N(0, 0.02) values in `format`. Encoding hundreds of millions of
+ * elements on the CPU would dominate the benchmark's setup, so up to 1M elements of whole rows are
+ * encoded (llama.cpp's reference quantisers, encodeWeights) and repeated over all n rows: the kernel
+ * reads every byte of the matrix either way, and its speed does not depend on the values.
+ */
+export function randomWeights(gpu: Gpu, format: WeightFormat, n: number, k: number, seed: number): GPUBuffer {
+  const rows = Math.max(1, Math.min(n, Math.floor(PATTERN_ELEMS / k)));
+  const pattern = encodeWeights(format, normalArray(rows * k, seed, 0.02), rows, k);
+  const total = weightBytes(format, n, k);
+  const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
+  if (total > limit) throw new Error(`${format} [${n} x ${k}] weights (${total} bytes) exceed this device's binding limit (${limit})`);
+  const buffer = gpu.createBuffer(total, `${format} weights`);
+  // The matrix's bytes are the pattern repeated. Write them in chunks of a multiple of 4 patterns
+  // (so every chunk and offset is 4-byte aligned), with no full-size CPU copy of the matrix.
+  const copies = Math.max(4, Math.floor((64 << 20) / pattern.byteLength / 4) * 4);
+  const chunk = new Uint8Array(pattern.byteLength * copies);
+  for (let i = 0; i < copies; i++) chunk.set(pattern, i * pattern.byteLength);
+  for (let offset = 0; offset < total; offset += chunk.byteLength) {
+    gpu.write(buffer, chunk.subarray(0, Math.min(chunk.byteLength, total - offset)), offset);
+  }
+  return buffer;
+}
+
+interface Projection {
+  what: string;
+  n: number;
+  k: number;
+}
+
+/** K rounded up to whole quantisation blocks for quantised formats (stories260K's ffn is 172). */
+function blockK(format: WeightFormat, k: number): number {
+  return isQuantized(format) ? Math.ceil(k / QK) * QK : k;
+}
+
+function matmulCase(shape: ModelShape, format: WeightFormat, proj: Projection, m: number, seed: number): BenchCase {
+  const k = blockK(format, proj.k);
+  const n = proj.n;
+  const variant = matmulVariant(m);
+  const kNote = k !== proj.k ? ` (K ${proj.k} rounded to ${k})` : '';
+  return {
+    family: 'matmul',
+    name: `${format} ${shape.name} ${proj.what} M=${m} (${k} -> ${n})${kNote} [${variant}]`,
+    computeBound: variant === 'tiled',
+    setup(gpu) {
+      const w = randomWeights(gpu, format, n, k, seed);
+      const x = gpu.upload(normalArray(m * k, seed + 1));
+      const out = gpu.createBuffer(m * n * 4);
+      return {
+        run: (step) => matmul(step, { x, w, out, m, n, k, format }),
+        // weights read once, activations read once, outputs written once
+        bytes: weightBytes(format, n, k) + m * k * 4 + m * n * 4,
+        flops: 2 * m * n * k,
+        dispose: () => [w, x, out].forEach((b) => b.destroy()),
+      };
+    },
+  };
+}
+
+/**
+ * Per model shape and weight format: decode M=1 on ffn_up, decode M=8 on ffn_down (the long-K
+ * matrix) and prefill on the q projection; per model shape in q4_0 also the output head at M=1 and
+ * prefill on ffn_up. Prefill is M=512 at full scale, M=64 reduced. 56 cases.
+ */
+export const cases: CaseFactory = (scale) => {
+  const prefillM = scale === 'full' ? 512 : 64;
+  const out: BenchCase[] = [];
+  let seed = 1;
+  for (const shape of benchShapes(scale)) {
+    const q: Projection = { what: 'attn_q', n: shape.dim, k: shape.dim };
+    const up: Projection = { what: 'ffn_up', n: shape.ffn, k: shape.dim };
+    const down: Projection = { what: 'ffn_down', n: shape.dim, k: shape.ffn };
+    const head: Projection = { what: 'output', n: shape.vocab, k: shape.dim };
+    for (const format of WEIGHT_FORMATS) {
+      out.push(matmulCase(shape, format, up, 1, seed++));
+      out.push(matmulCase(shape, format, down, 8, seed++));
+      out.push(matmulCase(shape, format, q, prefillM, seed++));
+    }
+    out.push(matmulCase(shape, 'q4_0', head, 1, seed++));
+    out.push(matmulCase(shape, 'q4_0', up, prefillM, seed++));
+  }
+  return out;
+};

@@ -1,0 +1,215 @@
+/**
+ * Weight formats as stored in GGUF files, shared by every kernel that reads model weights
+ * (matmul, embedding, dequant). Weights are bound to shaders as `array<u32>` holding the GGUF bytes
+ * unchanged; `shaders/common/weights.wgsl` decodes them. This module has the CPU side: sizes, a
+ * reference decoder that rounds exactly like the shaders (so GPU and CPU can be compared bitwise),
+ * and llama.cpp-compatible reference encoders for tests and synthetic weights.
+ *
+ * Layouts (little-endian):
+ * - f32: 4 bytes per element; f16: IEEE binary16, 2 bytes per element.
+ * - q8_0: blocks of 32 elements, 34 bytes: f16 scale d, then 32 int8 q; x = d * q.
+ * - q4_0: blocks of 32 elements, 18 bytes: f16 scale d, then 16 bytes qs; element j < 16 is
+ *   ((qs[j] & 0xF) - 8) * d and element j + 16 is ((qs[j] >> 4) - 8) * d.
+ * A matrix W[N, K] stores its rows one after another, K contiguous (GGUF ne0 = K).
+ */
+
+export type WeightFormat = 'f32' | 'f16' | 'q8_0' | 'q4_0';
+
+export const WEIGHT_FORMATS: readonly WeightFormat[] = ['f32', 'f16', 'q8_0', 'q4_0'];
+
+/** The `WFMT` override constant of shaders that include common/weights.wgsl. */
+export const WFMT: Record<WeightFormat, number> = { f32: 0, f16: 1, q8_0: 2, q4_0: 3 };
+
+/** Elements per quantisation block (both q8_0 and q4_0). */
+export const QK = 32;
+
+const BLOCK_BYTES = { q8_0: 34, q4_0: 18 } as const;
+
+export function isQuantized(format: WeightFormat): format is 'q8_0' | 'q4_0' {
+  return format === 'q8_0' || format === 'q4_0';
+}
+
+/** Throws unless `format` can hold rows of `k` elements (quantised rows are whole blocks). */
+export function checkRowLength(format: WeightFormat, k: number): void {
+  if (!Number.isInteger(k) || k < 0) throw new RangeError(`row length must be a non-negative integer, got ${k}`);
+  if (isQuantized(format) && k % QK !== 0) {
+    throw new RangeError(`${format} weights need a row length (K) that is a multiple of ${QK}, got K=${k}`);
+  }
+}
+
+/** Bytes of one row of `k` elements. */
+export function rowBytes(format: WeightFormat, k: number): number {
+  checkRowLength(format, k);
+  switch (format) {
+    case 'f32':
+      return k * 4;
+    case 'f16':
+      return k * 2;
+    default:
+      return (k / QK) * BLOCK_BYTES[format];
+  }
+}
+
+/** Bytes of an [n, k] matrix (unpadded; GPU buffers round this up to 4). */
+export function weightBytes(format: WeightFormat, n: number, k: number): number {
+  return n * rowBytes(format, k);
+}
+
+// ---------------------------------------------------------------------------------------------
+// f16 <-> f32 (Node 20 has no Math.f16round)
+
+const f32Buf = new Float32Array(1);
+const u32Buf = new Uint32Array(f32Buf.buffer);
+
+/** Round half to even, for non-negative x. */
+function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** The binary16 bit pattern nearest to `value` (round to nearest, ties to even; overflow to inf). */
+export function f32ToF16Bits(value: number): number {
+  f32Buf[0] = value;
+  const bits = u32Buf[0];
+  const sign = (bits >>> 16) & 0x8000;
+  const exp = (bits >>> 23) & 0xff;
+  const mant = bits & 0x7fffff;
+  if (exp === 0xff) return mant ? sign | 0x7e00 : sign | 0x7c00; // NaN (quiet) / inf
+  const a = Math.abs(f32Buf[0]);
+  if (a < 2 ** -14) {
+    // f16 subnormal range: a multiple of 2^-24. A result of 1024 is the smallest normal, which the
+    // bit pattern 0x0400 encodes correctly as well.
+    return sign | roundHalfEven(a * 2 ** 24);
+  }
+  let e = exp - 127; // a is a normal f32 here
+  let frac = roundHalfEven((a / 2 ** e - 1) * 1024);
+  if (frac === 1024) {
+    frac = 0;
+    e++;
+  }
+  if (e > 15) return sign | 0x7c00;
+  return sign | ((e + 15) << 10) | frac;
+}
+
+/** The value of a binary16 bit pattern (exact as a double and as an f32). */
+export function f16BitsToF32(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >>> 10) & 0x1f;
+  const mant = h & 0x3ff;
+  if (exp === 0) return sign * mant * 2 ** -24;
+  if (exp === 31) return mant ? NaN : sign * Infinity;
+  return sign * (1024 + mant) * 2 ** (exp - 25);
+}
+
+/** `value` rounded to the nearest f16 (the analogue of Math.f16round). */
+export function f16Round(value: number): number {
+  return f16BitsToF32(f32ToF16Bits(value));
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU reference decoder
+
+/**
+ * Decodes the first `count` elements of a weight buffer in GGUF layout. Quantised values are the
+ * f32 product f32(d) * f32(q) exactly as the shaders compute it (the product of an 11-bit and an
+ * at most 8-bit significand is exact in f32, so there is no rounding to disagree on).
+ */
+export function dequantizeRef(format: WeightFormat, bytes: Uint8Array, count: number): Float32Array {
+  if (isQuantized(format) && count % QK !== 0) {
+    throw new RangeError(`${format}: count must be a multiple of ${QK} (whole blocks), got ${count}`);
+  }
+  const need = format === 'f32' || format === 'f16' ? count * (format === 'f32' ? 4 : 2) : (count / QK) * BLOCK_BYTES[format];
+  if (bytes.byteLength < need) throw new RangeError(`${format}: ${count} elements need ${need} bytes, got ${bytes.byteLength}`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = new Float32Array(count);
+  switch (format) {
+    case 'f32':
+      for (let i = 0; i < count; i++) out[i] = view.getFloat32(i * 4, true);
+      break;
+    case 'f16':
+      for (let i = 0; i < count; i++) out[i] = f16BitsToF32(view.getUint16(i * 2, true));
+      break;
+    case 'q8_0':
+      for (let b = 0; b < count / QK; b++) {
+        const o = b * 34;
+        const d = f16BitsToF32(view.getUint16(o, true));
+        for (let j = 0; j < QK; j++) out[b * QK + j] = d * view.getInt8(o + 2 + j);
+      }
+      break;
+    case 'q4_0':
+      for (let b = 0; b < count / QK; b++) {
+        const o = b * 18;
+        const d = f16BitsToF32(view.getUint16(o, true));
+        for (let j = 0; j < 16; j++) {
+          const q = bytes[o + 2 + j];
+          out[b * QK + j] = d * ((q & 0xf) - 8);
+          out[b * QK + j + 16] = d * ((q >> 4) - 8);
+        }
+      }
+      break;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reference encoders (llama.cpp's quantize_row_q8_0_ref / quantize_row_q4_0_ref, f32 arithmetic)
+
+const fr = Math.fround;
+
+/** C's roundf: half away from zero. */
+function roundAway(x: number): number {
+  return Math.sign(x) * Math.round(Math.abs(x));
+}
+
+/**
+ * Encodes an [n, k] f32 matrix in `format` (GGUF layout). Quantisers follow llama.cpp's reference
+ * ones in f32 arithmetic: Q8_0 takes d = amax / 127, id = 1 / d, q = roundf(x * id); Q4_0 takes the
+ * signed value m of largest magnitude, d = m / -8, id = 1 / d, q = min(15, trunc(x * id + 8.5)).
+ * The f32 d is used for quantising and stored rounded to f16.
+ */
+export function encodeWeights(format: WeightFormat, values: Float32Array, n: number, k: number): Uint8Array {
+  if (values.length !== n * k) throw new RangeError(`encodeWeights: ${values.length} values for [${n}, ${k}]`);
+  const out = new Uint8Array(weightBytes(format, n, k));
+  const view = new DataView(out.buffer);
+  const count = n * k;
+  switch (format) {
+    case 'f32':
+      for (let i = 0; i < count; i++) view.setFloat32(i * 4, values[i], true);
+      break;
+    case 'f16':
+      for (let i = 0; i < count; i++) view.setUint16(i * 2, f32ToF16Bits(values[i]), true);
+      break;
+    case 'q8_0':
+      for (let b = 0; b < count / QK; b++) {
+        const x = values.subarray(b * QK, b * QK + QK);
+        let amax = 0;
+        for (let j = 0; j < QK; j++) amax = Math.max(amax, Math.abs(x[j]));
+        const d = fr(amax / 127);
+        const id = d ? fr(1 / d) : 0;
+        const o = b * 34;
+        view.setUint16(o, f32ToF16Bits(d), true);
+        for (let j = 0; j < QK; j++) view.setInt8(o + 2 + j, roundAway(fr(x[j] * id)));
+      }
+      break;
+    case 'q4_0':
+      for (let b = 0; b < count / QK; b++) {
+        const x = values.subarray(b * QK, b * QK + QK);
+        let amax = 0;
+        let max = 0;
+        for (let j = 0; j < QK; j++) {
+          if (amax < Math.abs(x[j])) {
+            amax = Math.abs(x[j]);
+            max = x[j];
+          }
+        }
+        const d = fr(max / -8);
+        const id = d ? fr(1 / d) : 0;
+        const o = b * 18;
+        view.setUint16(o, f32ToF16Bits(d), true);
+        const q = (v: number) => Math.min(15, Math.trunc(fr(fr(v * id) + 8.5)));
+        for (let j = 0; j < 16; j++) out[o + 2 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+      }
+      break;
+  }
+  return out;
+}

@@ -1,0 +1,45 @@
+// Embedding lookup: out[t, :] = dequant(table row tokens[t]) for count tokens, the table being an
+// [rows, dim] weight matrix in any weight format (common/weights.wgsl; WFMT picks it). One thread
+// per group of 8 consecutive elements of an output row, so neighbouring threads read neighbouring
+// table bytes and write neighbouring outputs; groups are numbered over a 1D index folded into a 2D
+// grid. A token id >= rows (an invalid id) yields a row of zeros rather than reading out of bounds.
+//#include weights
+
+override WFMT: u32 = 0u;
+override WG: u32 = 64u;
+
+struct Params {
+  count: u32,
+  dim: u32,
+  rows: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> tokens: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let per_row = (p.dim + 7u) / 8u;
+  let i = (wg.x + wg.y * nwg.x) * WG + lid;
+  if (i >= p.count * per_row) { return; }
+  let t = i / per_row;
+  let col = (i % per_row) * 8u;
+  let tok = tokens[t];
+  var v = W8(vec4f(0.0), vec4f(0.0));
+  if (tok < p.rows) { v = w_load8(tok * w_row_bytes(p.dim), col, p.dim); }
+  let o = t * p.dim + col;
+  if (col + 8u <= p.dim) {
+    for (var e = 0u; e < 4u; e++) {
+      out[o + e] = v.lo[e];
+      out[o + 4u + e] = v.hi[e];
+    }
+  } else {
+    for (var e = 0u; e < 4u; e++) {
+      if (col + e < p.dim) { out[o + e] = v.lo[e]; }
+      if (col + 4u + e < p.dim) { out[o + 4u + e] = v.hi[e]; }
+    }
+  }
+}

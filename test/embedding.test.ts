@@ -1,0 +1,62 @@
+import { describe, it } from 'vitest';
+import { embedding, embeddingRef } from '../kernels/embedding.ts';
+import { WEIGHT_FORMATS, encodeWeights, isQuantized } from '../kernels/weights.ts';
+import { mulberry32, normalArray } from '../src/util/rng.ts';
+import { expectClose } from './helpers/close.ts';
+import { useGpu } from './helpers/gpu.ts';
+
+// Tolerance zero: an embedding row is a pure decode, and decoding is exact in f32 (f16 -> f32 is
+// exact; a quantised value f32(d) * f32(q) fits f32's 24-bit significand), so the GPU must return
+// exactly the reference decoder's values.
+const EXACT = { atol: 0, rtol: 0 };
+
+const ROWS = 37;
+
+function tokenLists(): [string, number[]][] {
+  const next = mulberry32(99);
+  const many = Array.from({ length: 300 }, () => Math.floor(next() * ROWS));
+  return [
+    ['one token', [0]],
+    ['repeats and the last row', [5, ROWS - 1, 5, 0, ROWS - 1, 5]],
+    ['300 random tokens', many],
+    ['an out-of-range id gives zeros', [3, ROWS, 0xffffffff, ROWS - 1]],
+  ];
+}
+
+describe('embedding', () => {
+  const getGpu = useGpu();
+  for (const format of WEIGHT_FORMATS) {
+    for (const dim of isQuantized(format) ? [32, 96] : [173, 64]) {
+      for (const [what, tokens] of tokenLists()) {
+        it(`${format} dim=${dim}: ${what}`, async () => {
+          const gpu = getGpu();
+          const table = encodeWeights(format, normalArray(ROWS * dim, dim + 17, 0.5), ROWS, dim);
+          const tb = gpu.upload(table);
+          const ib = gpu.upload(new Uint32Array(tokens));
+          const ob = gpu.createBuffer(tokens.length * dim * 4);
+          const step = gpu.step();
+          embedding(step, { table: tb, tokens: ib, out: ob, count: tokens.length, dim, rows: ROWS, format });
+          await step.submit();
+          const got = await gpu.readF32(ob, tokens.length * dim);
+          expectClose(got, embeddingRef(format, table, tokens, dim, ROWS), EXACT, `${format} embedding`);
+          for (const b of [tb, ib, ob]) b.destroy();
+        });
+      }
+    }
+  }
+
+  it('rows default to what the table binding holds', async () => {
+    const gpu = getGpu();
+    const dim = 64;
+    const table = encodeWeights('q4_0', normalArray(ROWS * dim, 5), ROWS, dim);
+    const tokens = [ROWS - 1, ROWS, 2];
+    const tb = gpu.upload(table);
+    const ib = gpu.upload(new Uint32Array(tokens));
+    const ob = gpu.createBuffer(tokens.length * dim * 4);
+    const step = gpu.step();
+    embedding(step, { table: tb, tokens: ib, out: ob, count: tokens.length, dim, format: 'q4_0' });
+    await step.submit();
+    expectClose(await gpu.readF32(ob, tokens.length * dim), embeddingRef('q4_0', table, tokens, dim, ROWS), EXACT, 'q4_0 embedding');
+    for (const b of [tb, ib, ob]) b.destroy();
+  });
+});
