@@ -67,6 +67,13 @@ export class Step {
     return buffer;
   }
 
+  /** A scratch buffer holding `data` (written on the queue, so before this step's commands run). */
+  upload(data: ArrayBufferView, label?: string): GPUBuffer {
+    const buffer = this.scratch(data.byteLength, label);
+    if (data.byteLength > 0) this.gpu.write(buffer, data);
+    return buffer;
+  }
+
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, size: number): void {
     this.endPass();
     this.encoder.copyBufferToBuffer(src, srcOffset, dst, dstOffset, size);

@@ -99,6 +99,16 @@ export class PagedKvTables {
     return slots;
   }
 
+  /** Shortens every head row of `seq` to `length` tokens, returning blocks no longer needed (undoes an append). */
+  truncate(seq: number, length: number): void {
+    for (const row of this.rows(seq)) {
+      if (length > row.length) throw new Error(`truncate: sequence ${seq} has only ${row.length} tokens`);
+      row.length = length;
+      const keep = Math.ceil(length / this.layout.blockSize);
+      this.pool.give(row.blocks.splice(keep));
+    }
+  }
+
   /** Returns every block of `seq` to the pool. */
   free(seq: number): void {
     const rows = this.seqs.get(seq);

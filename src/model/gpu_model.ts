@@ -1,0 +1,212 @@
+import { type PrefillSeq, attentionDecode, attentionPrefill, prefillMeta } from '../../kernels/attention.ts';
+import { add, siluMul } from '../../kernels/elementwise.ts';
+import { embedding } from '../../kernels/embedding.ts';
+import { writeKv } from '../../kernels/kv_cache.ts';
+import { matmul } from '../../kernels/matmul.ts';
+import { rmsNorm } from '../../kernels/rmsnorm.ts';
+import { rope, ropeFrequencies } from '../../kernels/rope.ts';
+import type { Gpu } from '../gpu/gpu.ts';
+import type { Step } from '../gpu/step.ts';
+import { PagedKvTables, blocksForBudget } from '../kv/paged_kv.ts';
+import type { ModelConfig } from './config.ts';
+import { ModelFileError } from './gguf.ts';
+import { type GpuTensor, uploadWeights } from './gpu_weights.ts';
+import type { ModelSource } from './source.ts';
+
+/** New tokens for one sequence in a forward pass: a prompt chunk, or one decoded token. */
+export interface SeqChunk {
+  seq: number;
+  tokens: number[];
+}
+
+export interface ModelOptions {
+  /** KV cache memory, bytes (default 64 MiB) */
+  kvMemoryBytes?: number;
+  /** tokens per KV block (default 16) */
+  blockSize?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface ForwardOutput {
+  /** f32 [rows, vocab]: the last token of each chunk (in the order given), or every token */
+  logits: GPUBuffer;
+  rows: number;
+}
+
+const F32 = 4;
+
+/**
+ * A Llama-family model on the GPU with its paged KV cache. One forward pass is one step: the
+ * chunks' tokens are packed ([decode tokens..., prompt chunks...]), every linear layer runs once
+ * over all of them, decode tokens use split-K paged attention and prompt chunks causal
+ * FlashAttention-style prefill over the same cache (so chunked prefill equals one pass).
+ */
+export class GpuModel {
+  readonly kv: PagedKvTables;
+  private readonly kPools: GPUBuffer[] = [];
+  private readonly vPools: GPUBuffer[] = [];
+  private readonly freqs: GPUBuffer;
+  readonly blockSize: number;
+
+  private constructor(
+    readonly gpu: Gpu,
+    readonly config: ModelConfig,
+    private readonly w: Map<string, GpuTensor>,
+    options: ModelOptions,
+  ) {
+    const c = config;
+    this.blockSize = options.blockSize ?? 16;
+    const layout = { nLayers: c.nLayers, nKvHeads: c.nKvHeads, headDim: c.headDim, blockSize: this.blockSize, bytesPerElement: F32 };
+    const numBlocks = blocksForBudget(layout, options.kvMemoryBytes ?? 64 * 1024 * 1024);
+    if (numBlocks < c.nKvHeads) throw new Error(`KV memory budget too small: not even one block per KV head`);
+    this.kv = new PagedKvTables(layout, numBlocks);
+    const poolBytes = numBlocks * this.blockSize * c.headDim * F32;
+    for (let l = 0; l < c.nLayers; l++) {
+      this.kPools.push(gpu.createBuffer(poolBytes, `k pool ${l}`));
+      this.vPools.push(gpu.createBuffer(poolBytes, `v pool ${l}`));
+    }
+    this.freqs = gpu.upload(ropeFrequencies({ ropeDim: c.ropeDim, base: c.ropeBase, scaling: c.ropeScaling }), 'rope frequencies');
+  }
+
+  static load(gpu: Gpu, source: ModelSource, options: ModelOptions = {}): GpuModel {
+    checkTensors(source);
+    return new GpuModel(gpu, source.config, uploadWeights(gpu, source, options.onProgress), options);
+  }
+
+  /** Forgets a sequence: its KV blocks go back to the pool. */
+  release(seq: number): void {
+    this.kv.free(seq);
+  }
+
+  /**
+   * Records one forward pass into `step`. Appends the chunks' tokens to their sequences' KV
+   * (all or nothing: on KvPoolExhausted nothing is appended) and returns logits on the GPU.
+   */
+  forward(step: Step, chunks: SeqChunk[], options: { allPositions?: boolean } = {}): ForwardOutput {
+    const c = this.config;
+    // decode tokens first (contiguous rows for the decode kernel), then prompt chunks
+    const order = [...chunks.keys()].sort((a, b) => Number(chunks[b].tokens.length === 1) - Number(chunks[a].tokens.length === 1));
+    const nDecode = order.filter((i) => chunks[i].tokens.length === 1).length;
+    const T = chunks.reduce((n, ch) => n + ch.tokens.length, 0);
+    if (T === 0) throw new Error('forward: no tokens');
+    for (const ch of chunks) for (const t of ch.tokens) if (!(t >= 0 && t < c.vocabSize)) throw new RangeError(`token id ${t} outside the vocabulary (${c.vocabSize})`);
+
+    const tokens = new Uint32Array(T);
+    const positions = new Uint32Array(T);
+    const slots = new Uint32Array(T * c.nKvHeads);
+    const rowOfChunk = new Array<number>(chunks.length);
+    const prefill: PrefillSeq[] = [];
+    const appended: { seq: number; before: number }[] = [];
+    try {
+      let row = 0;
+      order.forEach((ci, batchIndex) => {
+        const ch = chunks[ci];
+        const before = this.kv.has(ch.seq) ? this.kv.length(ch.seq) : 0;
+        const s = this.kv.append(ch.seq, ch.tokens.length);
+        appended.push({ seq: ch.seq, before });
+        tokens.set(ch.tokens, row);
+        for (let i = 0; i < ch.tokens.length; i++) positions[row + i] = before + i;
+        slots.set(s, row * c.nKvHeads);
+        if (batchIndex >= nDecode) prefill.push({ qStart: row, qLen: ch.tokens.length, ctxLen: before + ch.tokens.length, headRowBase: batchIndex * c.nKvHeads });
+        row += ch.tokens.length;
+        rowOfChunk[ci] = row - 1;
+      });
+    } catch (err) {
+      for (const a of appended.reverse()) {
+        if (a.before === 0) this.kv.free(a.seq);
+        else this.kv.truncate(a.seq, a.before);
+      }
+      throw err;
+    }
+    const { table, lengths, stride } = this.kv.batchTables(order.map((ci) => chunks[ci].seq));
+
+    const qDim = c.nHeads * c.headDim;
+    const kvDim = c.nKvHeads * c.headDim;
+    const buf = (elements: number, label: string) => step.scratch(elements * F32, label);
+    const tokenBuf = step.upload(tokens, 'tokens');
+    const positionBuf = step.upload(positions, 'positions');
+    const slotBuf = step.upload(slots, 'slots');
+    const tableBuf = step.upload(table, 'block table');
+    const lengthBuf = step.upload(lengths, 'kv lengths');
+    const metaBuf = prefill.length ? step.upload(prefillMeta(prefill), 'prefill meta') : null;
+
+    const x = buf(T * c.dim, 'residual');
+    const x2 = buf(T * c.dim, 'residual 2');
+    const h = buf(T * c.dim, 'normed');
+    const q = buf(T * qDim, 'q');
+    const k = buf(T * kvDim, 'k');
+    const v = buf(T * kvDim, 'v');
+    const att = buf(T * qDim, 'attention');
+    const o = buf(T * c.dim, 'attention out');
+    const gate = buf(T * c.ffn, 'ffn gate');
+    const up = buf(T * c.ffn, 'ffn up');
+    const act = buf(T * c.ffn, 'ffn activation');
+    const down = buf(T * c.dim, 'ffn down');
+
+    const emb = this.w.get('token_embd.weight')!;
+    embedding(step, { table: emb.buffer, tokens: tokenBuf, out: x, count: T, dim: c.dim, rows: c.vocabSize, format: emb.format });
+    const lin = (input: GPUBuffer, name: string, out: GPUBuffer, n: number, kIn: number) => {
+      const t = this.w.get(name)!;
+      matmul(step, { x: input, w: t.buffer, out, m: T, n, k: kIn, format: t.format });
+    };
+    const ropeArgs = { positions: positionBuf, freqs: this.freqs, tokens: T, headDim: c.headDim, ropeDim: c.ropeDim, mode: c.ropeMode };
+    const shape = { nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim };
+
+    for (let l = 0; l < c.nLayers; l++) {
+      const p = `blk.${l}.`;
+      const pools = { kPool: this.kPools[l], vPool: this.vPools[l], blockTable: tableBuf, tableStride: stride, blockSize: this.blockSize };
+      rmsNorm(step, { x, weight: this.w.get(`${p}attn_norm.weight`)!.buffer, out: h, rows: T, dim: c.dim, eps: c.rmsEps });
+      lin(h, `${p}attn_q.weight`, q, qDim, c.dim);
+      lin(h, `${p}attn_k.weight`, k, kvDim, c.dim);
+      lin(h, `${p}attn_v.weight`, v, kvDim, c.dim);
+      rope(step, { ...ropeArgs, x: q, heads: c.nHeads });
+      rope(step, { ...ropeArgs, x: k, heads: c.nKvHeads });
+      writeKv(step, { k, v, kPool: pools.kPool, vPool: pools.vPool, slotMapping: slotBuf, tokens: T, nKvHeads: c.nKvHeads, headDim: c.headDim });
+      if (nDecode > 0) {
+        const maxKvLen = Math.max(...order.slice(0, nDecode).map((ci) => this.kv.length(chunks[ci].seq)));
+        attentionDecode(step, { ...pools, ...shape, q, out: att, kvLen: lengthBuf, batch: nDecode, maxKvLen });
+      }
+      if (metaBuf) {
+        attentionPrefill(step, { ...pools, ...shape, q, out: att, meta: metaBuf, numSeqs: prefill.length, maxQLen: Math.max(...prefill.map((s) => s.qLen)) });
+      }
+      lin(att, `${p}attn_output.weight`, o, c.dim, qDim);
+      add(step, { a: x, b: o, out: x2, count: T * c.dim });
+      rmsNorm(step, { x: x2, weight: this.w.get(`${p}ffn_norm.weight`)!.buffer, out: h, rows: T, dim: c.dim, eps: c.rmsEps });
+      lin(h, `${p}ffn_gate.weight`, gate, c.ffn, c.dim);
+      lin(h, `${p}ffn_up.weight`, up, c.ffn, c.dim);
+      siluMul(step, { gate, up, out: act, count: T * c.ffn });
+      lin(act, `${p}ffn_down.weight`, down, c.dim, c.ffn);
+      add(step, { a: x2, b: down, out: x, count: T * c.dim });
+    }
+
+    // logits only for the rows asked for (each chunk's last token, in the caller's chunk order):
+    // gather them first with an f32 "embedding" lookup of the residual rows
+    let rows = T;
+    let final = x;
+    if (!options.allPositions) {
+      rows = chunks.length;
+      final = buf(rows * c.dim, 'last rows');
+      embedding(step, { table: x, tokens: step.upload(Uint32Array.from(rowOfChunk), 'last rows'), out: final, count: rows, dim: c.dim, rows: T, format: 'f32' });
+    }
+    rmsNorm(step, { x: final, weight: this.w.get('output_norm.weight')!.buffer, out: x2, rows, dim: c.dim, eps: c.rmsEps });
+    const logits = buf(rows * c.vocabSize, 'logits');
+    const head = this.w.get('output.weight') ?? emb;
+    matmul(step, { x: x2, w: head.buffer, out: logits, m: rows, n: c.vocabSize, k: c.dim, format: head.format });
+    return { logits, rows };
+  }
+
+  destroy(): void {
+    for (const t of this.w.values()) t.buffer.destroy();
+    for (const b of [...this.kPools, ...this.vPools, this.freqs]) b.destroy();
+  }
+}
+
+const REQUIRED_PER_LAYER = ['attn_norm', 'attn_q', 'attn_k', 'attn_v', 'attn_output', 'ffn_norm', 'ffn_gate', 'ffn_up', 'ffn_down'];
+
+function checkTensors(s: ModelSource): void {
+  const need = ['token_embd.weight', 'output_norm.weight'];
+  for (let l = 0; l < s.config.nLayers; l++) for (const n of REQUIRED_PER_LAYER) need.push(`blk.${l}.${n}.weight`);
+  const missing = need.filter((n) => !s.tensors.has(n));
+  if (missing.length) throw new ModelFileError(`${s.path}: missing tensors ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
+  if (s.config.qkvBias) throw new ModelFileError(`${s.path}: q/k/v biases (${s.config.architecture}) are not implemented in the GPU forward pass yet`);
+}
