@@ -8,6 +8,7 @@ import { repoRoot } from '../src/gpu/paths.ts';
 import type { BenchCase, CaseFactory, PreparedCase } from './case.ts';
 import { measureCopyBandwidth } from './cases/copy.ts';
 import type { BenchScale } from './shapes.ts';
+import { timeRuns } from './timing.ts';
 
 export interface KernelResult {
   family: string;
@@ -53,35 +54,6 @@ export async function loadCases(scale: BenchScale): Promise<BenchCase[]> {
     if (mod.cases) all.push(...mod.cases(scale));
   }
   return all;
-}
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
-
-/**
- * Seconds per run of `record`: a warm-up step, then `rounds` steps each repeating the dispatch
- * enough times to last ~targetSeconds, timed by GPU timestamps when the device has them.
- */
-export async function timeRuns(gpu: Gpu, record: (step: ReturnType<Gpu['step']>) => void, scale: BenchScale): Promise<number> {
-  const once = async (reps: number): Promise<number> => {
-    const step = gpu.step({ timestamps: true });
-    for (let i = 0; i < reps; i++) record(step);
-    const t0 = performance.now();
-    const { gpuTimeNs } = await step.submit();
-    const seconds = gpuTimeNs !== undefined ? gpuTimeNs / 1e9 : (performance.now() - t0) / 1e3;
-    return seconds / reps;
-  };
-  await once(1);
-  const estimate = await once(1);
-  const targetSeconds = scale === 'full' ? 5e-3 : 0;
-  const reps = Math.min(64, Math.max(1, Math.ceil(targetSeconds / Math.max(estimate, 1e-9))));
-  const rounds = scale === 'full' ? 7 : 3;
-  const samples: number[] = [];
-  for (let i = 0; i < rounds; i++) samples.push(await once(reps));
-  return median(samples);
 }
 
 /** FLOP/s of the FMA-chain probe: the device's attainable arithmetic rate, measured in this run. */
@@ -144,7 +116,7 @@ export function kernelBenchMarkdown(r: KernelBenchReport): string {
   const device = `${r.adapter.description} (${r.adapter.vendor} ${r.adapter.architecture})${r.adapter.isSoftware ? ', software device' : ''}`;
   const lines = [
     `Device: ${device}. Shapes: ${r.scale === 'full' ? 'full model shapes' : 'REDUCED (test model, and real models scaled down by 8 in width; labelled /8)'}.`,
-    `Timing: ${r.timing}, median per run. Copy kernel bandwidth ${num(r.copyBandwidthGBs)} GB/s; FMA probe ${num(r.peakGflops)} GFLOP/s (both measured in this run, ${r.date.slice(0, 10)}).`,
+    `Timing: ${r.timing === 'gpu-timestamps' ? 'GPU timestamp queries (wall clock for steps whose timestamps read 0)' : 'wall clock around submit'}, median per run. Copy kernel bandwidth ${num(r.copyBandwidthGBs)} GB/s; FMA probe ${num(r.peakGflops)} GFLOP/s (both measured in this run, ${r.date.slice(0, 10)}).`,
     '',
     '| family | case | median µs | GB/s | % of copy BW | GFLOP/s | % of FMA peak |',
     '|---|---|---:|---:|---:|---:|---:|',

@@ -2,6 +2,7 @@ import { Params } from '../src/gpu/params.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
 import { mulberry32 } from '../src/util/rng.ts';
 import { grid1d } from './grid.ts';
+import { f16BitsToF32 } from './weights.ts';
 
 /**
  * Paged KV cache layout (one K pool and one V pool per layer):
@@ -169,20 +170,10 @@ export function slotMappingFor(layout: PagedLayout, chunks: { seq: number; start
   return out;
 }
 
-/** IEEE half (bits) to number. */
-export function f16ToNumber(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 31) return frac ? NaN : sign * Infinity;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
-}
-
 /** Decodes an f16 pool read back from the GPU into f32 values (same element order). */
 export function unpackF16Pool(bytes: ArrayBuffer): Float32Array {
   const halves = new Uint16Array(bytes);
   const out = new Float32Array(halves.length);
-  for (let i = 0; i < halves.length; i++) out[i] = f16ToNumber(halves[i]);
+  for (let i = 0; i < halves.length; i++) out[i] = f16BitsToF32(halves[i]);
   return out;
 }

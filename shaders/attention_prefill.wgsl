@@ -68,27 +68,7 @@ var<workgroup> m_s: array<f32, BM>;
 var<workgroup> l_s: array<f32, BM>;
 var<workgroup> a_s: array<f32, BM>;
 
-fn slot_of(row: u32, s: u32) -> u32 {
-  return block_table[row * p.table_stride + s / BLOCK_SIZE] * BLOCK_SIZE + s % BLOCK_SIZE;
-}
-
-fn load_k(slot: u32, c: u32) -> vec4<f32> {
-  if (KV_F16) {
-    let w = k_pool[slot * (D4 / 2u) + c / 2u];
-    let h = select(w.xy, w.zw, (c & 1u) == 1u);
-    return vec4(unpack2x16float(h.x), unpack2x16float(h.y));
-  }
-  return bitcast<vec4<f32>>(k_pool[slot * D4 + c]);
-}
-
-fn load_v(slot: u32, c: u32) -> vec4<f32> {
-  if (KV_F16) {
-    let w = v_pool[slot * (D4 / 2u) + c / 2u];
-    let h = select(w.xy, w.zw, (c & 1u) == 1u);
-    return vec4(unpack2x16float(h.x), unpack2x16float(h.y));
-  }
-  return bitcast<vec4<f32>>(v_pool[slot * D4 + c]);
-}
+//#include paged_kv
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,

@@ -1,8 +1,8 @@
+import { f16BitsToF32 } from '../kernels/weights.ts';
 import { describe, expect, it } from 'vitest';
 import {
   SKIP_SLOT,
   buildPagedLayout,
-  f16ToNumber,
   kvPoolBytes,
   slotMappingFor,
   slotOf,
@@ -39,10 +39,10 @@ describe('kv_cache layout helpers', () => {
   });
 
   it('decodes halves', () => {
-    expect(f16ToNumber(0x3c00)).toBe(1);
-    expect(f16ToNumber(0xc000)).toBe(-2);
-    expect(f16ToNumber(0x0001)).toBe(2 ** -24);
-    expect(f16ToNumber(0x7bff)).toBe(65504);
+    expect(f16BitsToF32(0x3c00)).toBe(1);
+    expect(f16BitsToF32(0xc000)).toBe(-2);
+    expect(f16BitsToF32(0x0001)).toBe(2 ** -24);
+    expect(f16BitsToF32(0x7bff)).toBe(65504);
   });
 });
 

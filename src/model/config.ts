@@ -1,12 +1,10 @@
+import type { RopeMode, RopeScaling } from '../../kernels/rope.ts';
 import { ModelFileError } from './gguf.ts';
 
 /** Architectures the forward pass implements (Llama family incl. TinyStories/SmolLM/Mistral, and Qwen2). */
 export const SUPPORTED_ARCHITECTURES = ['llama', 'qwen2'] as const;
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
 
-export type RopeScaling =
-  | { type: 'linear'; factor: number }
-  | { type: 'llama3'; factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositions: number };
 
 export interface ModelConfig {
   architecture: Architecture;
@@ -23,7 +21,7 @@ export interface ModelConfig {
   ropeBase: number;
   ropeDim: number;
   /** 'normal' rotates adjacent pairs (llama.cpp's LLAMA_ROPE_TYPE_NORM), 'neox' the two halves */
-  ropeMode: 'normal' | 'neox';
+  ropeMode: RopeMode;
   ropeScaling?: RopeScaling;
   /** q/k/v projections carry biases (Qwen2) */
   qkvBias: boolean;
