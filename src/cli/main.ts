@@ -1,4 +1,4 @@
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseDeviceMode } from '../gpu/adapter.ts';
 
 const deviceOption = () =>
@@ -34,6 +34,50 @@ program
     const { DEFAULT_MODEL } = await import('../model/default_model.ts');
     const tokenizer = await openTokenizer(o.model ?? DEFAULT_MODEL, { tokenizer: o.tokenizer });
     console.log(JSON.stringify(tokenizer.encode(o.text, { addSpecial: o.special, parseSpecial: o.parseSpecial })));
+  });
+
+const number = (name: string, min: number, max = Infinity) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}]`);
+  return n;
+};
+const integer = (name: string, min: number) => (v: string) => {
+  const n = number(name, min)(v);
+  if (!Number.isInteger(n)) throw new InvalidArgumentError(`${name} must be an integer`);
+  return n;
+};
+
+program
+  .command('generate')
+  .description('generate text from a prompt on the GPU: the continuation goes to stdout, load time and speeds to stderr')
+  .option('--model <file>', 'GGUF file or llama2.c checkpoint (default: the embedded stories260K)')
+  .option('--tokenizer <file>', 'tokenizer.bin for a llama2.c checkpoint (default: beside the model)')
+  .requiredOption('--prompt <text>', 'prompt')
+  .option('--max-tokens <n>', 'new tokens at most', integer('--max-tokens', 0), 128)
+  .option('--temperature <t>', 'sampling temperature; 0 = greedy', number('--temperature', 0), 0.8)
+  .option('--top-k <k>', 'keep the k most likely tokens; 0 = off', integer('--top-k', 0), 40)
+  .option('--top-p <p>', 'keep the smallest set of tokens with this probability mass; 1 = off', number('--top-p', 0, 1), 0.95)
+  .option('--seed <s>', 'random seed (same seed, same output); default: random', integer('--seed', 0))
+  .option('--stop <text...>', 'stop strings (not printed)')
+  .option('--kv-memory <bytes>', 'KV cache memory', integer('--kv-memory', 1), 64 * 1024 * 1024)
+  .addOption(deviceOption())
+  .action(async (o: { model?: string; tokenizer?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number; stop?: string[]; kvMemory: number; device: string }) => {
+    const { generateCli } = await import('./generate.ts');
+    await generateCli({
+      model: o.model,
+      tokenizer: o.tokenizer,
+      prompt: o.prompt,
+      device: parseDeviceMode(o.device),
+      kvMemory: o.kvMemory,
+      sampling: {
+        maxTokens: o.maxTokens,
+        temperature: o.temperature,
+        topK: o.topK,
+        topP: o.topP,
+        seed: o.seed ?? Math.floor(Math.random() * 2 ** 32),
+        stop: o.stop ?? [],
+      },
+    });
   });
 
 const bench = program.command('bench').description('benchmarks');

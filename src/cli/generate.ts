@@ -1,0 +1,50 @@
+import { SingleBar } from 'cli-progress';
+import type { DeviceMode } from '../gpu/adapter.ts';
+import { Gpu } from '../gpu/gpu.ts';
+import { DEFAULT_MODEL } from '../model/default_model.ts';
+import { type SamplingOptions, generate } from '../model/generate.ts';
+import { GpuModel } from '../model/gpu_model.ts';
+import { openModel } from '../model/source.ts';
+
+export interface GenerateCliOptions {
+  model?: string;
+  tokenizer?: string;
+  prompt: string;
+  device: DeviceMode;
+  kvMemory: number;
+  sampling: SamplingOptions;
+}
+
+/** Streams only the generated text to stdout; load time and speeds go to stderr. */
+export async function generateCli(o: GenerateCliOptions): Promise<void> {
+  const t0 = performance.now();
+  const gpu = await Gpu.open({ mode: o.device });
+  try {
+    const source = await openModel(o.model ?? DEFAULT_MODEL, { tokenizer: o.tokenizer });
+    const bar = process.stderr.isTTY ? new SingleBar({ format: 'loading {bar} {percentage}% {value}/{total} MiB', stream: process.stderr, hideCursor: true }) : null;
+    const mib = (b: number) => Math.round(b / 2 ** 20);
+    const model = GpuModel.load(gpu, source, {
+      kvMemoryBytes: o.kvMemory,
+      onProgress: (done, total) => {
+        if (!bar) return;
+        if (done === 0 || !bar.getTotal()) bar.start(mib(total), 0);
+        bar.update(mib(done));
+      },
+    });
+    bar?.stop();
+    const loadSeconds = (performance.now() - t0) / 1e3;
+    const tokens = source.tokenizer.encode(o.prompt);
+    const { stats } = await generate(model, source.tokenizer, [{ tokens, options: o.sampling }], {
+      onText: (_, text) => process.stdout.write(text),
+    });
+    process.stdout.write('\n');
+    const rate = (n: number, s: number) => (s > 0 ? (n / s).toFixed(1) : 'n/a');
+    console.error(
+      `load ${loadSeconds.toFixed(2)} s | prefill ${stats.promptTokens} tokens, ${rate(stats.promptTokens, stats.prefillSeconds)} tokens/s | ` +
+        `decode ${stats.generatedTokens} tokens, ${rate(stats.generatedTokens, stats.decodeSeconds)} tokens/s | ${gpu.adapter.description}`,
+    );
+    model.destroy();
+  } finally {
+    gpu.destroy();
+  }
+}
