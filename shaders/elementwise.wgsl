@@ -1,5 +1,5 @@
-// Elementwise kernels over `count` f32 values: out = silu(in0) * in1 (SwiGLU) and out = in0 + in1
-// (residual add). The bulk runs one vec4 per invocation (16-byte coalesced loads and stores) over
+// Elementwise kernels over `count` f32 values: out = silu(in0) * in1 (SwiGLU), out = in0 + in1
+// (residual add), and out = in0 + in1[i % width] (a bias row added to every row: q/k/v biases). The bulk runs one vec4 per invocation (16-byte coalesced loads and stores) over
 // the first count/4*4 values; the remaining 0-3 values run in a one-workgroup tail dispatch.
 // Each entry point has a `_tail` twin that views the same bindings as f32 (WGSL lets entry points
 // declare different variables at one binding). out must not alias in0 or in1: WebGPU forbids a
@@ -9,6 +9,7 @@ override WG: u32 = 256;
 
 struct Params {
   count: u32,
+  width: u32, // add_bias only: the bias length (row width)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -66,4 +67,13 @@ fn add_tail(@builtin(local_invocation_index) lid: u32) {
   let i = p.count / 4u * 4u + lid;
   if (i >= p.count) { return; }
   out_1[i] = in0_1[i] + in1_1[i];
+}
+
+// One value per invocation: biases are applied to q/k/v only, a small share of a step's traffic.
+@compute @workgroup_size(WG)
+fn add_bias(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+            @builtin(local_invocation_index) lid: u32) {
+  let i = vec_index(wg, nwg, lid);
+  if (i >= p.count) { return; }
+  out_1[i] = in0_1[i] + in1_1[i % p.width];
 }

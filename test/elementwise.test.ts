@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { add, addRef, siluMul, siluMulRef } from '../kernels/elementwise.ts';
+import { add, addBias, addBiasRef, addRef, siluMul, siluMulRef } from '../kernels/elementwise.ts';
 import { normalArray, uniformArray } from '../src/util/rng.ts';
 import type { Gpu } from '../src/gpu/gpu.ts';
 import { expectClose } from './helpers/close.ts';
@@ -122,5 +122,34 @@ describe('add', () => {
     add(step, { a, b, out, count: 0 });
     await step.submit();
     for (const buf of [a, b, out]) buf.destroy();
+  });
+});
+
+describe('add_bias', () => {
+  const getGpu = useGpu();
+  // one f32 addition per element, correctly rounded in WGSL: exact against the float64 sum rounded once
+  for (const [rows, width] of [
+    [1, 1],
+    [3, 7],
+    [13, 896],
+  ]) {
+    it(`rows=${rows} width=${width}`, async () => {
+      const gpu = getGpu();
+      const x = normalArray(rows * width, rows + width);
+      const bias = normalArray(width, width);
+      const xb = gpu.upload(x);
+      const bb = gpu.upload(bias);
+      const out = gpu.createBuffer(rows * width * 4);
+      const step = gpu.step();
+      addBias(step, { x: xb, bias: bb, out, rows, width });
+      await step.submit();
+      expectClose(await gpu.readF32(out, rows * width), Float32Array.from(addBiasRef(x, bias, rows, width)), { atol: 0, rtol: 0 }, 'add_bias');
+      [xb, bb, out].forEach((b) => b.destroy());
+    });
+  }
+  it('rejects out aliasing x', () => {
+    const gpu = getGpu();
+    const x = gpu.createBuffer(64);
+    expect(() => addBias(gpu.step(), { x, bias: gpu.createBuffer(16), out: x, rows: 4, width: 4 })).toThrow(/aliasing/);
   });
 });

@@ -8,6 +8,7 @@ export type CpuWeights = Map<string, Float32Array>;
  * is checked against. Slow and simple on purpose: no batching, no cache, every position's logits.
  */
 export function cpuForward(cfg: ModelConfig, w: CpuWeights, tokens: number[]): Float64Array[] {
+  const ropeFactors = w.get('rope_freqs.weight');
   const { dim, nHeads, nKvHeads, headDim, ffn } = cfg;
   const get = (name: string) => {
     const t = w.get(name);
@@ -30,8 +31,8 @@ export function cpuForward(cfg: ModelConfig, w: CpuWeights, tokens: number[]): F
       const q = matvec(get(`${p}attn_q.weight`), h, nHeads * headDim, w.get(`${p}attn_q.bias`));
       const k = matvec(get(`${p}attn_k.weight`), h, nKvHeads * headDim, w.get(`${p}attn_k.bias`));
       const v = matvec(get(`${p}attn_v.weight`), h, nKvHeads * headDim, w.get(`${p}attn_v.bias`));
-      rope(q, nHeads, t, cfg);
-      rope(k, nKvHeads, t, cfg);
+      rope(q, nHeads, t, cfg, ropeFactors);
+      rope(k, nKvHeads, t, cfg, ropeFactors);
       queries.push(q);
       keys.push(k);
       values.push(v);
@@ -92,14 +93,14 @@ function matvec(w: Float32Array, x: Float64Array, rows: number, bias?: Float32Ar
   return y;
 }
 
-/** Inverse frequencies in float64 (linear scaling only; the GPU path shares kernels/rope.ts). */
-function rope(v: Float64Array, heads: number, pos: number, cfg: ModelConfig): void {
+/** Inverse frequencies in float64 (linear scaling and rope_freqs divisors; the GPU path shares kernels/rope.ts). */
+function rope(v: Float64Array, heads: number, pos: number, cfg: ModelConfig, factors?: Float32Array): void {
   const { headDim, ropeDim, ropeBase } = cfg;
   const factor = cfg.ropeScaling?.type === 'linear' ? cfg.ropeScaling.factor : 1;
   const half = ropeDim / 2;
   for (let h = 0; h < heads; h++) {
     for (let i = 0; i < half; i++) {
-      const theta = (pos / factor) * Math.pow(ropeBase, (-2 * i) / ropeDim);
+      const theta = ((pos / factor) * Math.pow(ropeBase, (-2 * i) / ropeDim)) / (factors ? factors[i] : 1);
       const c = Math.cos(theta);
       const s = Math.sin(theta);
       const [a, b] = cfg.ropeMode === 'normal' ? [h * headDim + 2 * i, h * headDim + 2 * i + 1] : [h * headDim + i, h * headDim + i + half];

@@ -1,5 +1,5 @@
 import { type PrefillSeq, attentionDecode, attentionPrefill, prefillMeta } from '../../kernels/attention.ts';
-import { add, siluMul } from '../../kernels/elementwise.ts';
+import { add, addBias, siluMul } from '../../kernels/elementwise.ts';
 import { embedding } from '../../kernels/embedding.ts';
 import { writeKv } from '../../kernels/kv_cache.ts';
 import { matmul } from '../../kernels/matmul.ts';
@@ -53,6 +53,7 @@ export class GpuModel {
     readonly config: ModelConfig,
     private readonly w: Map<string, GpuTensor>,
     options: ModelOptions,
+    ropeFreqFactors: Float32Array | null,
   ) {
     const c = config;
     this.blockSize = options.blockSize ?? 16;
@@ -65,12 +66,16 @@ export class GpuModel {
       this.kPools.push(gpu.createBuffer(poolBytes, `k pool ${l}`));
       this.vPools.push(gpu.createBuffer(poolBytes, `v pool ${l}`));
     }
-    this.freqs = gpu.upload(ropeFrequencies({ ropeDim: c.ropeDim, base: c.ropeBase, scaling: c.ropeScaling }), 'rope frequencies');
+    const freqs = ropeFrequencies({ ropeDim: c.ropeDim, base: c.ropeBase, scaling: c.ropeScaling });
+    // Llama 3.x GGUF files carry their RoPE scaling as per-frequency divisors (rope_freqs.weight)
+    if (ropeFreqFactors) for (let i = 0; i < freqs.length; i++) freqs[i] /= ropeFreqFactors[i];
+    this.freqs = gpu.upload(freqs, 'rope frequencies');
   }
 
   static load(gpu: Gpu, source: ModelSource, options: ModelOptions = {}): GpuModel {
     checkTensors(source);
-    return new GpuModel(gpu, source.config, uploadWeights(gpu, source, options.onProgress), options);
+    const factors = ropeFreqFactors(source);
+    return new GpuModel(gpu, source.config, uploadWeights(gpu, source, options.onProgress), options, factors);
   }
 
   /** Forgets a sequence: its KV blocks go back to the pool. */
@@ -145,9 +150,12 @@ export class GpuModel {
 
     const emb = this.w.get('token_embd.weight')!;
     embedding(step, { table: emb.buffer, tokens: tokenBuf, out: x, count: T, dim: c.dim, rows: c.vocabSize, format: emb.format });
+    const unbiased = c.qkvBias ? buf(T * Math.max(qDim, kvDim), 'before bias') : null;
     const lin = (input: GPUBuffer, name: string, out: GPUBuffer, n: number, kIn: number) => {
-      const t = this.w.get(name)!;
-      matmul(step, { x: input, w: t.buffer, out, m: T, n, k: kIn, format: t.format });
+      const t = this.w.get(`${name}.weight`)!;
+      const bias = this.w.get(`${name}.bias`);
+      matmul(step, { x: input, w: t.buffer, out: bias && unbiased ? unbiased : out, m: T, n, k: kIn, format: t.format });
+      if (bias && unbiased) addBias(step, { x: unbiased, bias: bias.buffer, out, rows: T, width: n });
     };
     const ropeArgs = { positions: positionBuf, freqs: this.freqs, tokens: T, headDim: c.headDim, ropeDim: c.ropeDim, mode: c.ropeMode };
     const shape = { nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim };
@@ -156,9 +164,9 @@ export class GpuModel {
       const p = `blk.${l}.`;
       const pools = { kPool: this.kPools[l], vPool: this.vPools[l], blockTable: tableBuf, tableStride: stride, blockSize: this.blockSize };
       rmsNorm(step, { x, weight: this.w.get(`${p}attn_norm.weight`)!.buffer, out: h, rows: T, dim: c.dim, eps: c.rmsEps });
-      lin(h, `${p}attn_q.weight`, q, qDim, c.dim);
-      lin(h, `${p}attn_k.weight`, k, kvDim, c.dim);
-      lin(h, `${p}attn_v.weight`, v, kvDim, c.dim);
+      lin(h, `${p}attn_q`, q, qDim, c.dim);
+      lin(h, `${p}attn_k`, k, kvDim, c.dim);
+      lin(h, `${p}attn_v`, v, kvDim, c.dim);
       rope(step, { ...ropeArgs, x: q, heads: c.nHeads });
       rope(step, { ...ropeArgs, x: k, heads: c.nKvHeads });
       writeKv(step, { k, v, kPool: pools.kPool, vPool: pools.vPool, slotMapping: slotBuf, tokens: T, nKvHeads: c.nKvHeads, headDim: c.headDim });
@@ -169,13 +177,13 @@ export class GpuModel {
       if (metaBuf) {
         attentionPrefill(step, { ...pools, ...shape, q, out: att, meta: metaBuf, numSeqs: prefill.length, maxQLen: Math.max(...prefill.map((s) => s.qLen)) });
       }
-      lin(att, `${p}attn_output.weight`, o, c.dim, qDim);
+      lin(att, `${p}attn_output`, o, c.dim, qDim);
       add(step, { a: x, b: o, out: x2, count: T * c.dim });
       rmsNorm(step, { x: x2, weight: this.w.get(`${p}ffn_norm.weight`)!.buffer, out: h, rows: T, dim: c.dim, eps: c.rmsEps });
-      lin(h, `${p}ffn_gate.weight`, gate, c.ffn, c.dim);
-      lin(h, `${p}ffn_up.weight`, up, c.ffn, c.dim);
+      lin(h, `${p}ffn_gate`, gate, c.ffn, c.dim);
+      lin(h, `${p}ffn_up`, up, c.ffn, c.dim);
       siluMul(step, { gate, up, out: act, count: T * c.ffn });
-      lin(act, `${p}ffn_down.weight`, down, c.dim, c.ffn);
+      lin(act, `${p}ffn_down`, down, c.dim, c.ffn);
       add(step, { a: x2, b: down, out: x, count: T * c.dim });
     }
 
@@ -208,5 +216,21 @@ function checkTensors(s: ModelSource): void {
   for (let l = 0; l < s.config.nLayers; l++) for (const n of REQUIRED_PER_LAYER) need.push(`blk.${l}.${n}.weight`);
   const missing = need.filter((n) => !s.tensors.has(n));
   if (missing.length) throw new ModelFileError(`${s.path}: missing tensors ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
-  if (s.config.qkvBias) throw new ModelFileError(`${s.path}: q/k/v biases (${s.config.architecture}) are not implemented in the GPU forward pass yet`);
+  if (s.config.qkvBias) {
+    const biases = [];
+    for (let l = 0; l < s.config.nLayers; l++) for (const n of ['attn_q', 'attn_k', 'attn_v']) biases.push(`blk.${l}.${n}.bias`);
+    const absent = biases.filter((n) => !s.tensors.has(n));
+    if (absent.length) throw new ModelFileError(`${s.path}: ${s.config.architecture} needs q/k/v biases; missing ${absent.slice(0, 3).join(', ')}`);
+  }
+}
+
+/** Per-frequency RoPE divisors (rope_freqs.weight, Llama 3.x GGUF), or null. */
+export function ropeFreqFactors(s: ModelSource): Float32Array | null {
+  const t = s.tensors.get('rope_freqs.weight');
+  if (!t) return null;
+  if (t.typeName !== 'F32' || t.dims[0] !== s.config.ropeDim / 2) {
+    throw new ModelFileError(`${s.path}: rope_freqs.weight must be F32 [${s.config.ropeDim / 2}], got ${t.typeName} [${t.dims.join(', ')}]`);
+  }
+  const b = t.read();
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
 }
