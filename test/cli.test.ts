@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { writeFileSync, mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -39,6 +39,40 @@ describe('wgserve CLI', () => {
     expect(performance.now() - t0).toBeLessThan(3000); // node + tsx start-up included
     expect(code).toBe(1);
     expect(stderr).toMatch(/^wgserve: .*bad\.gguf: /);
+  });
+
+  it('generate: greedy continuation of the embedded model on stdout, speeds on stderr', async () => {
+    const { code, stdout, stderr } = await run('generate', '--prompt', 'Once upon a time', '--max-tokens', '20', '--temperature', '0');
+    expect(code).toBe(0);
+    // with the prompt in front, a prefix of llama2.c's reference continuation (shared/models/README.md)
+    const reference = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park.';
+    expect(stdout.trimEnd().length).toBeGreaterThan(50);
+    expect(reference.startsWith('Once upon a time' + stdout.trimEnd())).toBe(true);
+    expect(stderr).toMatch(/load .* s \| prefill 5 tokens, .* tokens\/s \| decode 20 tokens, .* tokens\/s/);
+  });
+
+  it('generate with corrupt model files: a clear error and exit code 1', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'wgserve-cli-'));
+    const original = readFileSync(join(repoRoot, 'models', 'stories260K', 'stories260K.gguf'));
+    const files: [string, Uint8Array, RegExp][] = [
+      ['truncated.gguf', original.subarray(0, original.length / 2), /truncated/],
+      ['magic.gguf', Buffer.concat([Buffer.from('XXXX'), original.subarray(4)]), /not a GGUF file/],
+      ['huge.gguf', (() => { const b = Buffer.from(original); b.writeBigUInt64LE(1n << 62n, 8); return b; })(), /malformed GGUF header/],
+    ];
+    for (const [name, bytes, message] of files) {
+      writeFileSync(join(dir, name), bytes);
+      const t0 = performance.now();
+      const { code, stderr } = await run('generate', '--model', join(dir, name), '--prompt', 'x', '--max-tokens', '1');
+      expect(performance.now() - t0, name).toBeLessThan(3000); // node + tsx start-up included
+      expect(code, name).toBe(1);
+      expect(stderr, name).toMatch(message);
+    }
+  });
+
+  it('rejects bad option values', async () => {
+    const { code, stderr } = await run('generate', '--prompt', 'x', '--top-p', '1.5');
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/--top-p must be a number in \[0, 1\]/);
   });
 
   it('doctor prints the adapter and passes its kernel check', async () => {

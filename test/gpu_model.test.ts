@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { dequantizeRef, type WeightFormat } from '../kernels/weights.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
 import { type CpuWeights, cpuForward } from '../src/model/cpu_reference.ts';
+import { KvPoolExhausted } from '../src/kv/paged_kv.ts';
 import { GpuModel } from '../src/model/gpu_model.ts';
 import { type ModelSource, openModel } from '../src/model/source.ts';
 import { normalArray } from '../src/util/rng.ts';
@@ -110,5 +111,31 @@ describe('architecture variants through the whole forward pass', () => {
   it('a model that needs biases but lacks them is refused clearly', async () => {
     const src = await variant({}, { architecture: 'qwen2', qkvBias: true });
     expect(() => GpuModel.load(getGpu(), src)).toThrow(/needs q\/k\/v biases; missing blk\.0\.attn_q\.bias/);
+  });
+});
+
+describe('KV pool exhaustion', () => {
+  const getGpu = useGpu();
+  it('a forward pass that does not fit appends nothing and says so; freed sequences make room', async () => {
+    const src = await openModel(join(STORIES, 'stories260K.gguf'));
+    // 2 layers x K,V x 16 slots x 8 dims x 4 bytes x 5 layers = one block = 5120 bytes: budget 12 blocks
+    const model = GpuModel.load(getGpu(), src, { kvMemoryBytes: 12 * 5120, blockSize: 16 });
+    expect(model.kv.pool.numBlocks).toBe(12);
+    const gpu = getGpu();
+    const ok = gpu.step();
+    model.forward(ok, [{ seq: 1, tokens: Array(20).fill(5) }]); // 2 blocks x 4 KV heads = 8 blocks
+    await ok.submit();
+    expect(model.kv.pool.free).toBe(4);
+    const tooBig = gpu.step();
+    expect(() => model.forward(tooBig, [{ seq: 1, tokens: [7] }, { seq: 2, tokens: Array(20).fill(6) }])).toThrow(KvPoolExhausted);
+    await tooBig.submit();
+    expect(model.kv.length(1)).toBe(20); // the first chunk's append was rolled back too
+    expect(model.kv.has(2)).toBe(false);
+    model.release(1);
+    const again = gpu.step();
+    model.forward(again, [{ seq: 2, tokens: Array(20).fill(6) }]);
+    await again.submit();
+    expect(model.kv.pool.free).toBe(4);
+    model.destroy();
   });
 });
