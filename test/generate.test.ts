@@ -1,7 +1,8 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { repoRoot } from '../src/gpu/paths.ts';
-import { type SamplingOptions, generate } from '../src/model/generate.ts';
+import type { SamplingOptions } from '../src/engine/engine.ts';
+import { generate } from '../src/engine/generate.ts';
 import { GpuModel } from '../src/model/gpu_model.ts';
 import { type ModelSource, openModel } from '../src/model/source.ts';
 import { useGpu } from './helpers/gpu.ts';
@@ -41,7 +42,7 @@ describe('generation on the GPU', () => {
     const tok = (p: string) => src.tokenizer.encode(p);
     const alone = await generate(model, src.tokenizer, [{ tokens: tok(prompts[2]), options: greedy(16) }]);
     const batched = await generate(model, src.tokenizer, prompts.map((p) => ({ tokens: tok(p), options: greedy(16) })));
-    const chunked = await generate(model, src.tokenizer, [{ tokens: tok(prompts[2]), options: greedy(16) }], { prefillChunk: 3 });
+    const chunked = await generate(model, src.tokenizer, [{ tokens: tok(prompts[2]), options: greedy(16) }], { tokenBudget: 3 });
     expect(batched.results[2].tokens).toEqual(alone.results[0].tokens);
     expect(chunked.results[0].tokens).toEqual(alone.results[0].tokens);
     // every batched sequence produced text of its own
@@ -62,7 +63,7 @@ describe('generation on the GPU', () => {
     const limited = await generate(model, src.tokenizer, [{ tokens, options: greedy(3) }]);
     expect(limited.results[0]).toMatchObject({ finishReason: 'length' });
     expect(limited.results[0].tokens.length).toBe(3);
-    await expect(generate(model, src.tokenizer, [{ tokens: [], options: greedy(3) }])).rejects.toThrow(/empty prompt/);
+    await expect(generate(model, src.tokenizer, [{ tokens: [], options: greedy(3) }])).rejects.toThrow(/prompt is empty/);
     await expect(generate(model, src.tokenizer, [{ tokens, options: greedy(5000) }])).rejects.toThrow(/exceeds the context length/);
     model.destroy();
   });

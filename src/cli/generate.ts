@@ -2,7 +2,8 @@ import { SingleBar } from 'cli-progress';
 import type { DeviceMode } from '../gpu/adapter.ts';
 import { Gpu } from '../gpu/gpu.ts';
 import { DEFAULT_MODEL } from '../model/default_model.ts';
-import { type SamplingOptions, generate } from '../model/generate.ts';
+import type { SamplingOptions } from '../engine/engine.ts';
+import { generate } from '../engine/generate.ts';
 import { GpuModel } from '../model/gpu_model.ts';
 import { openModel } from '../model/source.ts';
 

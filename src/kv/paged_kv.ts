@@ -70,6 +70,11 @@ export class PagedKvTables {
     return rows.reduce((n, r) => n + Math.ceil((r.length + tokens) / blockSize) - r.blocks.length, 0);
   }
 
+  /** Blocks `seq` holds (0 for an unknown sequence). */
+  blocksHeld(seq: number): number {
+    return this.seqs.get(seq)?.reduce((n, r) => n + r.blocks.length, 0) ?? 0;
+  }
+
   /**
    * Makes room for `tokens` more tokens in every head row of `seq` (creating it if new) and
    * returns their absolute pool slots, [token][head] (slot = block * blockSize + offset), for the

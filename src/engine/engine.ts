@@ -1,0 +1,335 @@
+import { NO_TOKEN, packSampleParams, sample } from '../../kernels/sampling.ts';
+import type { Step } from '../gpu/step.ts';
+import type { GpuModel } from '../model/gpu_model.ts';
+import { StreamDecoder, type Tokenizer } from '../model/tokenizer/index.ts';
+import { FcfsScheduler } from '../scheduler/fcfs.ts';
+import type { Scheduler, SchedulerLimits, SeqView } from '../scheduler/scheduler.ts';
+import { StopMatcher } from './stop.ts';
+
+export interface SamplingOptions {
+  /** new tokens at most */
+  maxTokens: number;
+  /** 0 = greedy */
+  temperature: number;
+  /** 0 = off */
+  topK: number;
+  /** 1 = off */
+  topP: number;
+  /** same seed, same output (also across preemption: the RNG is keyed by the token's index) */
+  seed: number;
+  /** strings that end generation; never emitted */
+  stop: string[];
+  /** log-probabilities of the chosen token and this many alternatives (0 = none) */
+  logprobs?: number;
+}
+
+export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error';
+
+export interface TokenEvent {
+  token: number;
+  /** text this token made safe to emit (may be empty: a partial character or a possible stop string) */
+  text: string;
+  logprob?: number;
+  topLogprobs?: { token: number; logprob: number }[];
+}
+
+export interface Usage {
+  promptTokens: number;
+  completionTokens: number;
+}
+
+export interface SequenceEvents {
+  onToken?(e: TokenEvent): void;
+  onFinish?(reason: FinishReason, usage: Usage, error?: Error): void;
+}
+
+export interface EngineRequest {
+  prompt: number[];
+  sampling: SamplingOptions;
+  events?: SequenceEvents;
+}
+
+export interface EngineHandle {
+  id: number;
+  /** stops the sequence; its KV is freed at the next step */
+  cancel(): void;
+}
+
+/**
+ * Runs between the forward pass and sampling, on the GPU, in the same step: the hook for logit
+ * masks (constrained decoding) and biases. Rewrites `logits` [rows, vocab] in place; row i
+ * belongs to sequence seqs[i].
+ */
+export type LogitsProcessor = (step: Step, logits: GPUBuffer, rows: number, seqs: readonly number[]) => void;
+
+export interface EngineOptions {
+  scheduler?: Scheduler;
+  /** tokens per forward pass (decode tokens + prompt chunks); default 512 */
+  tokenBudget?: number;
+  /** sequences per forward pass; default 64 */
+  maxBatch?: number;
+  /** requests waiting for admission at most (QueueFullError beyond); default 1024 */
+  maxWaiting?: number;
+  logitsProcessors?: LogitsProcessor[];
+}
+
+export interface StepStats {
+  sequences: number;
+  promptTokens: number;
+  decodeTokens: number;
+  seconds: number;
+}
+
+/** The request cannot be queued now; the server answers 429 with Retry-After. */
+export class QueueFullError extends Error {
+  override name = 'QueueFullError';
+}
+
+/** The request can never run (too long for the context or the KV pool); the server answers 400. */
+export class RequestTooLargeError extends Error {
+  override name = 'RequestTooLargeError';
+}
+
+interface Sequence {
+  id: number;
+  arrival: number;
+  tokens: number[]; // prompt, then generated tokens
+  promptLength: number;
+  computed: number;
+  state: 'waiting' | 'running';
+  sampling: SamplingOptions;
+  events: SequenceEvents;
+  decoder: StreamDecoder;
+  stops: StopMatcher;
+  cancelled: boolean;
+}
+
+let nextId = 1;
+
+/**
+ * The iteration-level serving loop. Each step asks the scheduler for a batch (decode tokens and
+ * prompt chunks up to the token budget), preempts whom it says (KV freed, recomputed later: the
+ * sequence keeps its tokens), runs one forward pass and one GPU sampling dispatch, and emits each
+ * sequence's new token. Sequences join and leave between steps.
+ */
+export class Engine {
+  private readonly seqs = new Map<number, Sequence>();
+  private readonly scheduler: Scheduler;
+  private readonly limits: SchedulerLimits;
+  private readonly maxWaiting: number;
+  private loop: Promise<void> | null = null;
+  private arrivals = 0;
+  /** counters for metrics */
+  readonly counters = { steps: 0, preemptions: 0, promptTokens: 0, generatedTokens: 0 };
+  onStep?: (s: StepStats) => void;
+
+  constructor(
+    readonly model: GpuModel,
+    readonly tokenizer: Tokenizer,
+    private readonly options: EngineOptions = {},
+  ) {
+    this.scheduler = options.scheduler ?? new FcfsScheduler();
+    this.limits = { tokenBudget: options.tokenBudget ?? 512, maxBatch: options.maxBatch ?? 64 };
+    this.maxWaiting = options.maxWaiting ?? 1024;
+  }
+
+  get waiting(): number {
+    let n = 0;
+    for (const s of this.seqs.values()) if (s.state === 'waiting') n++;
+    return n;
+  }
+
+  get running(): number {
+    return this.seqs.size - this.waiting;
+  }
+
+  /** Queues a request; throws RequestTooLargeError or QueueFullError when it cannot be taken. */
+  submit(req: EngineRequest): EngineHandle {
+    const { prompt, sampling } = req;
+    const cfg = this.model.config;
+    if (prompt.length === 0) throw new RequestTooLargeError('the prompt is empty (it needs at least one token)');
+    for (const t of prompt) if (!(Number.isInteger(t) && t >= 0 && t < cfg.vocabSize)) throw new RequestTooLargeError(`token id ${t} is outside the vocabulary (0..${cfg.vocabSize - 1})`);
+    const total = prompt.length + sampling.maxTokens;
+    if (total > cfg.contextLength) {
+      throw new RequestTooLargeError(`the prompt (${prompt.length} tokens) plus max_tokens (${sampling.maxTokens}) exceeds the context length of ${cfg.contextLength} tokens`);
+    }
+    const kv = this.model.kv;
+    if (kv.blocksNeeded(-1, total) > kv.pool.numBlocks) {
+      throw new RequestTooLargeError(`the prompt plus max_tokens (${total} tokens) needs more KV cache than the server has; lower max_tokens or raise --kv-memory`);
+    }
+    if (this.waiting >= this.maxWaiting) throw new QueueFullError(`${this.waiting} requests are already waiting`);
+    const seq: Sequence = {
+      id: nextId++,
+      arrival: this.arrivals++,
+      tokens: [...prompt],
+      promptLength: prompt.length,
+      computed: 0,
+      state: 'waiting',
+      sampling,
+      events: req.events ?? {},
+      decoder: new StreamDecoder(this.tokenizer),
+      stops: new StopMatcher(sampling.stop),
+      cancelled: false,
+    };
+    this.seqs.set(seq.id, seq);
+    if (sampling.maxTokens <= 0) this.finish(seq, 'length');
+    else this.kick();
+    return { id: seq.id, cancel: () => this.cancel(seq.id) };
+  }
+
+  /** Resolves when no sequence is left (after finishing or cancelling them all). */
+  async idle(): Promise<void> {
+    while (this.loop) await this.loop;
+  }
+
+  /** Cancels every sequence (shutdown after the drain deadline). */
+  cancelAll(): void {
+    for (const s of this.seqs.values()) s.cancelled = true;
+    this.kick();
+  }
+
+  private cancel(id: number): void {
+    const s = this.seqs.get(id);
+    if (s) s.cancelled = true;
+  }
+
+  private kick(): void {
+    if (this.loop) return;
+    this.loop = (async () => {
+      try {
+        while (this.seqs.size > 0) {
+          await this.step();
+          await new Promise((r) => setImmediate(r)); // let I/O (new requests, disconnects) in
+        }
+      } finally {
+        this.loop = null;
+      }
+    })();
+  }
+
+  private async step(): Promise<void> {
+    for (const s of [...this.seqs.values()]) if (s.cancelled) this.finish(s, 'cancelled');
+    if (this.seqs.size === 0) return;
+    const kv = this.model.kv;
+    const views: SeqView[] = [...this.seqs.values()].map((s) => ({ id: s.id, arrival: s.arrival, totalTokens: s.tokens.length, computed: s.computed, state: s.state }));
+    const plan = this.scheduler.plan(
+      views,
+      { freeBlocks: kv.pool.free, blocksNeeded: (id, n) => kv.blocksNeeded(id, n), blocksHeld: (id) => kv.blocksHeld(id) },
+      this.limits,
+      performance.now(),
+    );
+    for (const id of plan.preempt) {
+      const s = this.seqs.get(id)!;
+      this.model.release(id);
+      s.computed = 0;
+      s.state = 'waiting';
+      this.counters.preemptions++;
+    }
+    if (plan.items.length === 0) return;
+
+    const batch = plan.items.map(({ seq, tokens }) => ({ s: this.seqs.get(seq)!, n: tokens }));
+    const t0 = performance.now();
+    let sampled: Uint32Array;
+    let logitRows: Float32Array | null = null;
+    const vocab = this.model.config.vocabSize;
+    try {
+      const step = this.model.gpu.step({ label: 'engine step' });
+      const { logits, rows } = this.model.forward(
+        step,
+        batch.map(({ s, n }) => ({ seq: s.id, tokens: s.tokens.slice(s.computed, s.computed + n) })),
+      );
+      for (const p of this.options.logitsProcessors ?? []) p(step, logits, rows, batch.map(({ s }) => s.id));
+      const params = packSampleParams(
+        batch.map(({ s }) => ({ temperature: s.sampling.temperature, topK: s.sampling.topK, topP: s.sampling.topP, seed: s.sampling.seed >>> 0, counter: s.tokens.length - s.promptLength })),
+      );
+      const out = step.scratch(rows * 4, 'sampled');
+      sample(step, { logits, params: step.upload(params, 'sample params'), out, rows, cols: vocab });
+      const read = step.readback(out, 0, rows * 4);
+      const wantLogits = batch.some(({ s }) => (s.sampling.logprobs ?? 0) > 0);
+      const readLogits = wantLogits ? step.readback(logits, 0, rows * vocab * 4) : null;
+      await step.submit();
+      sampled = new Uint32Array(await read);
+      if (readLogits) logitRows = new Float32Array(await readLogits);
+    } catch (err) {
+      const error = err instanceof Error ? err : new Error(String(err));
+      for (const { s } of batch) this.finish(s, 'error', error);
+      return;
+    }
+    const seconds = (performance.now() - t0) / 1e3;
+    let promptTokens = 0;
+    let decodeTokens = 0;
+    batch.forEach(({ s, n }, i) => {
+      s.state = 'running';
+      if (s.computed < s.promptLength) promptTokens += n;
+      else decodeTokens += n;
+      s.computed += n;
+      if (s.computed < s.tokens.length) return; // a prompt chunk (or recompute) with more to come
+      if (s.cancelled) return;
+      this.accept(s, sampled[i], logitRows ? logitRows.subarray(i * vocab, (i + 1) * vocab) : null);
+    });
+    this.counters.steps++;
+    this.counters.promptTokens += promptTokens;
+    this.onStep?.({ sequences: batch.length, promptTokens, decodeTokens, seconds });
+  }
+
+  /** Appends a sampled token and emits what it makes safe to emit; finishes on EOS, stop or length. */
+  private accept(s: Sequence, token: number, logits: Float32Array | null): void {
+    if (token === NO_TOKEN) {
+      this.finish(s, 'error', new Error('sampling found no valid token (every logit masked or not finite)'));
+      return;
+    }
+    s.tokens.push(token);
+    this.counters.generatedTokens++;
+    const generated = s.tokens.length - s.promptLength;
+    const event: TokenEvent = { token, text: '', ...(logits && s.sampling.logprobs ? logprobsOf(logits, token, s.sampling.logprobs) : {}) };
+    if (token === this.tokenizer.vocab.eos) {
+      s.events.onToken?.({ ...event, text: this.flushText(s) });
+      this.finish(s, 'stop');
+      return;
+    }
+    const r = s.stops.push(s.decoder.push(token));
+    if (r.stopped) {
+      s.events.onToken?.({ ...event, text: r.emit });
+      this.finish(s, 'stop');
+      return;
+    }
+    if (generated >= s.sampling.maxTokens) {
+      s.events.onToken?.({ ...event, text: r.emit + this.flushText(s) });
+      this.finish(s, 'length');
+      return;
+    }
+    s.events.onToken?.({ ...event, text: r.emit });
+  }
+
+  /** The end of a sequence's text: bytes of an unfinished character, text held back for a stop string. */
+  private flushText(s: Sequence): string {
+    const r = s.stops.push(s.decoder.flush());
+    return r.emit + (r.stopped ? '' : s.stops.flush());
+  }
+
+  private finish(s: Sequence, reason: FinishReason, error?: Error): void {
+    if (!this.seqs.delete(s.id)) return;
+    if (this.model.kv.has(s.id)) this.model.release(s.id);
+    const eos = this.tokenizer.vocab.eos;
+    const completion = s.tokens.slice(s.promptLength).filter((t) => t !== eos).length;
+    s.events.onFinish?.(reason, { promptTokens: s.promptLength, completionTokens: completion }, error);
+  }
+}
+
+/** Log-probabilities (natural log, of the model's distribution before temperature) of the token and the top n. */
+function logprobsOf(logits: Float32Array, token: number, n: number): Pick<TokenEvent, 'logprob' | 'topLogprobs'> {
+  let max = -Infinity;
+  for (const v of logits) if (v > max) max = v;
+  let sum = 0;
+  for (const v of logits) sum += Math.exp(v - max);
+  const logZ = max + Math.log(sum);
+  const top: { token: number; logprob: number }[] = [];
+  for (let i = 0; i < logits.length; i++) {
+    if (top.length < n || logits[i] > top[top.length - 1].logprob + logZ) {
+      top.push({ token: i, logprob: logits[i] - logZ });
+      top.sort((a, b) => b.logprob - a.logprob);
+      if (top.length > n) top.pop();
+    }
+  }
+  return { logprob: logits[token] - logZ, topLogprobs: top };
+}

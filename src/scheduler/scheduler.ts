@@ -1,0 +1,44 @@
+/** What the scheduler sees of one sequence (the engine owns the rest). */
+export interface SeqView {
+  id: number;
+  /** submission order, for first-come-first-served */
+  arrival: number;
+  /** tokens the sequence has (prompt + generated) */
+  totalTokens: number;
+  /** tokens whose KV is in the cache; totalTokens - computed are still to feed */
+  computed: number;
+  /** waiting: never admitted, or preempted (its KV freed); running: holds KV */
+  state: 'waiting' | 'running';
+}
+
+export interface KvView {
+  freeBlocks: number;
+  /** blocks `seq` needs to store `tokens` more tokens */
+  blocksNeeded(seq: number, tokens: number): number;
+  /** blocks `seq` holds now (what preempting it frees) */
+  blocksHeld(seq: number): number;
+}
+
+export interface StepPlan {
+  /** tokens each sequence feeds this step, decode tokens and prompt chunks alike */
+  items: { seq: number; tokens: number }[];
+  /** running sequences to preempt first: their KV is freed and they recompute later */
+  preempt: number[];
+}
+
+export interface SchedulerLimits {
+  /** tokens per forward pass (decode tokens + prompt chunks) */
+  tokenBudget: number;
+  /** sequences per forward pass */
+  maxBatch: number;
+}
+
+/**
+ * Decides each step who runs: which waiting sequences are admitted, how many prompt tokens each
+ * prefills, which running sequences decode, whom to preempt when KV is short. Pure: the same
+ * code runs under the live engine's clock and the simulator's.
+ */
+export interface Scheduler {
+  readonly name: string;
+  plan(seqs: readonly SeqView[], kv: KvView, limits: SchedulerLimits, now: number): StepPlan;
+}
