@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { StopMatcher } from '../src/model/stop.ts';
+import { StopMatcher } from '../src/engine/stop.ts';
 
 const run = (stops: string[], pieces: string[]) => {
   const m = new StopMatcher(stops);
