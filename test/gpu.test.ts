@@ -85,6 +85,25 @@ describe('gpu device layer', () => {
     expect((await gpu.readF32(out, 1))[0]).toBeCloseTo(1, 6);
   });
 
+  it('a discarded step closes its error scopes: the next invalid step still reports its own error', async () => {
+    const gpu = getGpu();
+    const x = gpu.upload(new Float32Array(64).fill(3));
+    const w = gpu.upload(new Float32Array(64).fill(1));
+    const out = gpu.createBuffer(64 * 4);
+    const abandoned = gpu.step();
+    rmsNorm(abandoned, { x, weight: w, out, rows: 1, dim: 64, eps: 0 });
+    const never = abandoned.readback(out, 0, 4);
+    await abandoned.discard();
+    await expect(never).rejects.toThrow(/discarded/);
+    const bad = gpu.step();
+    rmsNorm(bad, { x: gpu.createBuffer(256, 'uniform-only', Usage.UNIFORM | Usage.COPY_DST), weight: w, out, rows: 1, dim: 64, eps: 0 });
+    await expect(bad.submit()).rejects.toThrow(/WebGPU error in step/);
+    const good = gpu.step();
+    rmsNorm(good, { x, weight: w, out, rows: 1, dim: 64, eps: 0 });
+    await good.submit();
+    expect((await gpu.readF32(out, 1))[0]).toBeCloseTo(1, 6);
+  });
+
   it('params: out-of-range values are refused before they reach the GPU', () => {
     expect(() => new Params().u32(-1)).toThrow(RangeError);
     expect(() => new Params().u32(1.5)).toThrow(RangeError);

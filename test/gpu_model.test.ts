@@ -128,7 +128,7 @@ describe('KV pool exhaustion', () => {
     expect(model.kv.pool.free).toBe(4);
     const tooBig = gpu.step();
     expect(() => model.forward(tooBig, [{ seq: 1, tokens: [7] }, { seq: 2, tokens: Array(20).fill(6) }])).toThrow(KvPoolExhausted);
-    await tooBig.submit();
+    await tooBig.discard();
     expect(model.kv.length(1)).toBe(20); // the first chunk's append was rolled back too
     expect(model.kv.has(2)).toBe(false);
     model.release(1);

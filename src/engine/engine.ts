@@ -232,8 +232,8 @@ export class Engine {
     let sampled: Uint32Array;
     let logitRows: Float32Array | null = null;
     const vocab = this.model.config.vocabSize;
+    const step = this.model.gpu.step({ label: 'engine step' });
     try {
-      const step = this.model.gpu.step({ label: 'engine step' });
       const { logits, rows } = this.model.forward(
         step,
         batch.map(({ s, n }) => ({ seq: s.id, tokens: s.tokens.slice(s.computed, s.computed + n) })),
@@ -251,6 +251,7 @@ export class Engine {
       sampled = new Uint32Array(await read);
       if (readLogits) logitRows = new Float32Array(await readLogits);
     } catch (err) {
+      await step.discard();
       const error = err instanceof Error ? err : new Error(String(err));
       for (const { s } of batch) this.finish(s, 'error', error);
       return;

@@ -26,7 +26,8 @@ const MAX_TIMED_PASSES = 64;
  * Uniforms of all dispatches are staged on the CPU and written with one writeBuffer per 64 KiB.
  * Scratch buffers taken with `scratch()` return to the pool after submit (queue order makes that
  * safe: the next step's commands run after this one's). Validation errors raised while the step
- * was recorded are thrown from `submit()` with the driver's message.
+ * was recorded are thrown from `submit()` with the driver's message. A step is either submitted
+ * or discarded.
  */
 export class Step {
   private readonly encoder: GPUCommandEncoder;
@@ -84,7 +85,9 @@ export class Step {
     const padded = align(size, 4);
     const staging = this.gpu.pool.acquire(padded, Usage.MAP_READ | Usage.COPY_DST, 'readback');
     this.copy(buffer, offset, staging, 0, padded);
-    return new Promise((resolve, reject) => this.readbacks.push({ staging, size, resolve, reject }));
+    const data = new Promise<ArrayBuffer>((resolve, reject) => this.readbacks.push({ staging, size, resolve, reject }));
+    data.catch(() => {}); // a failed step also throws from submit(); an unawaited readback must not crash the process
+    return data;
   }
 
   async submit(): Promise<StepResult> {
@@ -136,6 +139,25 @@ export class Step {
       await device.queue.onSubmittedWorkDone();
     }
     return result;
+  }
+
+  /**
+   * Abandons a step that will not be submitted (recording failed part-way): closes its error
+   * scopes, so they do not swallow later errors, and returns its pooled buffers.
+   */
+  async discard(): Promise<void> {
+    if (this.submitted) return;
+    this.submitted = true;
+    this.endPass();
+    for (const chunk of this.uniformChunks) this.gpu.pool.release(chunk.buffer);
+    for (const b of this.scratchBuffers) this.gpu.pool.release(b);
+    const failure = new Error('step discarded');
+    for (const r of this.readbacks) {
+      this.gpu.pool.release(r.staging);
+      r.reject(failure);
+    }
+    await this.gpu.device.popErrorScope();
+    await this.gpu.device.popErrorScope();
   }
 
   private computePass(): GPUComputePassEncoder {
