@@ -1,9 +1,11 @@
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { ModelConfig } from './config.ts';
 import { configFromGgufMetadata } from './config.ts';
 import { ModelFileError, readGguf, readTensorBytes } from './gguf.ts';
+import { openHfModel } from './hf.ts';
 import { openLlama2c } from './llama2c.ts';
+import { tokenizerFromHfDir } from './tokenizer/hf.ts';
 import { type Tokenizer, tokenizerFromGgufMetadata, tokenizerFromLlama2c } from './tokenizer/index.ts';
 
 export type TensorTypeName = 'F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q4_0';
@@ -21,16 +23,20 @@ export interface TensorSource {
 /** A model file opened and checked: shape, tensors (read lazily), tokenizer, chat template. */
 export interface ModelSource {
   path: string;
-  format: 'gguf' | 'llama2c';
+  format: 'gguf' | 'llama2c' | 'hf' | 'synthetic';
   config: ModelConfig;
   tensors: Map<string, TensorSource>;
   tokenizer: Tokenizer;
   chatTemplate?: string;
 }
 
-/** Opens a GGUF file or a llama2.c checkpoint (with its tokenizer.bin), chosen by content. */
+/**
+ * Opens a GGUF file, a llama2.c checkpoint (with its tokenizer.bin), or a Hugging Face model
+ * directory (config.json, *.safetensors, tokenizer.json).
+ */
 export async function openModel(path: string, options: { tokenizer?: string } = {}): Promise<ModelSource> {
   if (!existsSync(path)) throw new ModelFileError(`${path}: model file not found`);
+  if (statSync(path).isDirectory()) return openHfModel(path);
   if (path.endsWith('.bin')) {
     const tokenizerPath = options.tokenizer ?? findLlama2cTokenizer(path);
     const { config, tensors } = openLlama2c(path);
@@ -56,6 +62,7 @@ export async function openModel(path: string, options: { tokenizer?: string } = 
 /** Only the tokenizer of a model file (also works for vocabulary-only GGUF files). */
 export async function openTokenizer(path: string, options: { tokenizer?: string } = {}): Promise<Tokenizer> {
   if (!existsSync(path)) throw new ModelFileError(`${path}: model file not found`);
+  if (statSync(path).isDirectory()) return tokenizerFromHfDir(path);
   if (path.endsWith('.bin')) return tokenizerFromLlama2c(options.tokenizer ?? findLlama2cTokenizer(path), openLlama2c(path).config.vocabSize);
   return tokenizerFromGgufMetadata((await readGguf(path)).metadata, path);
 }

@@ -25,8 +25,9 @@ function byteEncoder(): string[] {
   }
   return table;
 }
-const BYTE_TO_CHAR = byteEncoder();
-const CHAR_TO_BYTE = new Map(BYTE_TO_CHAR.map((c, b) => [c, b]));
+export const BYTE_TO_CHAR: readonly string[] = byteEncoder();
+/** The inverse of BYTE_TO_CHAR: a byte-level BPE token's characters back to its bytes. */
+export const CHAR_TO_BYTE: ReadonlyMap<string, number> = new Map(BYTE_TO_CHAR.map((c, b) => [c, b]));
 
 /**
  * Byte-level BPE (GGUF `tokenizer.ggml.model = gpt2`): split with the model's pre-tokenizer, map
