@@ -7,18 +7,20 @@
  *
  * Layouts (little-endian):
  * - f32: 4 bytes per element; f16: IEEE binary16, 2 bytes per element.
+ * - bf16: bfloat16, 2 bytes per element: the upper 16 bits of an f32 (sign, 8-bit exponent, 7-bit
+ *   mantissa), so decoding is `bits << 16` read as an f32, exact for every pattern.
  * - q8_0: blocks of 32 elements, 34 bytes: f16 scale d, then 32 int8 q; x = d * q.
  * - q4_0: blocks of 32 elements, 18 bytes: f16 scale d, then 16 bytes qs; element j < 16 is
  *   ((qs[j] & 0xF) - 8) * d and element j + 16 is ((qs[j] >> 4) - 8) * d.
  * A matrix W[N, K] stores its rows one after another, K contiguous (GGUF ne0 = K).
  */
 
-export type WeightFormat = 'f32' | 'f16' | 'q8_0' | 'q4_0';
+export type WeightFormat = 'f32' | 'f16' | 'q8_0' | 'q4_0' | 'bf16';
 
-export const WEIGHT_FORMATS: readonly WeightFormat[] = ['f32', 'f16', 'q8_0', 'q4_0'];
+export const WEIGHT_FORMATS: readonly WeightFormat[] = ['f32', 'f16', 'q8_0', 'q4_0', 'bf16'];
 
 /** The `WFMT` override constant of shaders that include common/weights.wgsl. */
-export const WFMT: Record<WeightFormat, number> = { f32: 0, f16: 1, q8_0: 2, q4_0: 3 };
+export const WFMT: Record<WeightFormat, number> = { f32: 0, f16: 1, q8_0: 2, q4_0: 3, bf16: 4 };
 
 /** Elements per quantisation block (both q8_0 and q4_0). */
 export const QK = 32;
@@ -44,6 +46,7 @@ export function rowBytes(format: WeightFormat, k: number): number {
     case 'f32':
       return k * 4;
     case 'f16':
+    case 'bf16':
       return k * 2;
     default:
       return (k / QK) * BLOCK_BYTES[format];
@@ -107,18 +110,48 @@ export function f16Round(value: number): number {
 }
 
 // ---------------------------------------------------------------------------------------------
+// bf16 <-> f32 (bf16 is the upper half of an f32, so conversions are bit operations on f32 bits)
+
+/**
+ * The bf16 bit pattern nearest to the f32 with bit pattern `bits`: round to nearest, ties to even
+ * (overflow rounds to inf, f32 subnormals round to bf16 subnormals or across to the smallest
+ * normal by the carry). A NaN stays a NaN of the same sign with its upper 7 payload bits, quieted
+ * (0x0040 set) so a NaN whose payload sits only in the low 16 bits does not become an infinity.
+ */
+export function bf16FromF32Bits(bits: number): number {
+  const u = bits >>> 0;
+  if ((u & 0x7f800000) === 0x7f800000 && (u & 0x7fffff) !== 0) return (u >>> 16) | 0x0040;
+  // Adding 0x7fff plus the lowest kept bit rounds the discarded half to nearest even; the sum of a
+  // non-NaN pattern stays below 2^32, and the carry runs into the exponent where it should.
+  return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+/** The bf16 bit pattern nearest to `value` (as an f32 first; see bf16FromF32Bits). */
+export function f32ToBf16Bits(value: number): number {
+  f32Buf[0] = value;
+  return bf16FromF32Bits(u32Buf[0]);
+}
+
+/** The value of a bf16 bit pattern (exact; a NaN's payload is not promised to survive as a JS number). */
+export function bf16BitsToF32(h: number): number {
+  u32Buf[0] = (h & 0xffff) << 16;
+  return f32Buf[0];
+}
+
+// ---------------------------------------------------------------------------------------------
 // CPU reference decoder
 
 /**
- * Decodes the first `count` elements of a weight buffer in GGUF layout. Quantised values are the
- * f32 product f32(d) * f32(q) exactly as the shaders compute it (the product of an 11-bit and an
- * at most 8-bit significand is exact in f32, so there is no rounding to disagree on).
+ * Decodes the first `count` elements of a weight buffer in GGUF layout. f16 and bf16 widen exactly
+ * (bf16 bit for bit, NaN payloads included). Quantised values are the f32 product f32(d) * f32(q)
+ * exactly as the shaders compute it (the product of an 11-bit and an at most 8-bit significand is
+ * exact in f32, so there is no rounding to disagree on).
  */
 export function dequantizeRef(format: WeightFormat, bytes: Uint8Array, count: number): Float32Array {
   if (isQuantized(format) && count % QK !== 0) {
     throw new RangeError(`${format}: count must be a multiple of ${QK} (whole blocks), got ${count}`);
   }
-  const need = format === 'f32' || format === 'f16' ? count * (format === 'f32' ? 4 : 2) : (count / QK) * BLOCK_BYTES[format];
+  const need = isQuantized(format) ? (count / QK) * BLOCK_BYTES[format] : count * (format === 'f32' ? 4 : 2);
   if (bytes.byteLength < need) throw new RangeError(`${format}: ${count} elements need ${need} bytes, got ${bytes.byteLength}`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out = new Float32Array(count);
@@ -129,6 +162,12 @@ export function dequantizeRef(format: WeightFormat, bytes: Uint8Array, count: nu
     case 'f16':
       for (let i = 0; i < count; i++) out[i] = f16BitsToF32(view.getUint16(i * 2, true));
       break;
+    case 'bf16': {
+      // Written as bits, so NaN payloads and signs survive exactly as the shader's bitcast keeps them.
+      const bits = new Uint32Array(out.buffer);
+      for (let i = 0; i < count; i++) bits[i] = view.getUint16(i * 2, true) << 16;
+      break;
+    }
     case 'q8_0':
       for (let b = 0; b < count / QK; b++) {
         const o = b * 34;
@@ -162,8 +201,9 @@ function roundAway(x: number): number {
 }
 
 /**
- * Encodes an [n, k] f32 matrix in `format` (GGUF layout). Quantisers follow llama.cpp's reference
- * ones in f32 arithmetic: Q8_0 takes d = amax / 127, id = 1 / d, q = roundf(x * id); Q4_0 takes the
+ * Encodes an [n, k] f32 matrix in `format` (GGUF layout). f16 and bf16 round to nearest even (bf16
+ * keeps NaNs NaN; see bf16FromF32Bits). Quantisers follow llama.cpp's reference ones in f32
+ * arithmetic: Q8_0 takes d = amax / 127, id = 1 / d, q = roundf(x * id); Q4_0 takes the
  * signed value m of largest magnitude, d = m / -8, id = 1 / d, q = min(15, trunc(x * id + 8.5)).
  * The f32 d is used for quantising and stored rounded to f16.
  */
@@ -179,6 +219,12 @@ export function encodeWeights(format: WeightFormat, values: Float32Array, n: num
     case 'f16':
       for (let i = 0; i < count; i++) view.setUint16(i * 2, f32ToF16Bits(values[i]), true);
       break;
+    case 'bf16': {
+      // From the f32 bit patterns, so NaN payloads are seen as stored (not as a JS number).
+      const bits = new Uint32Array(values.buffer, values.byteOffset, count);
+      for (let i = 0; i < count; i++) view.setUint16(i * 2, bf16FromF32Bits(bits[i]), true);
+      break;
+    }
     case 'q8_0':
       for (let b = 0; b < count / QK; b++) {
         const x = values.subarray(b * QK, b * QK + QK);

@@ -3,7 +3,16 @@ import { join } from 'node:path';
 import { gguf } from '@huggingface/gguf';
 import { describe, expect, it } from 'vitest';
 import { dequantize, dequantizeRef } from '../kernels/dequant.ts';
-import { type WeightFormat, encodeWeights, f16BitsToF32, f32ToF16Bits, weightBytes } from '../kernels/weights.ts';
+import {
+  type WeightFormat,
+  bf16BitsToF32,
+  bf16FromF32Bits,
+  encodeWeights,
+  f16BitsToF32,
+  f32ToBf16Bits,
+  f32ToF16Bits,
+  weightBytes,
+} from '../kernels/weights.ts';
 import type { Gpu } from '../src/gpu/gpu.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
 import { mulberry32, normalArray } from '../src/util/rng.ts';
@@ -13,6 +22,13 @@ import { useGpu } from './helpers/gpu.ts';
 // 11-bit significand by an integer of at most 8 bits, which fits f32's 24 bits, so it is exact
 // too (also for subnormal f16 d, which is a normal f32). The GPU must therefore match the CPU
 // decoder bit for bit (tolerance zero, compared as u32 including the sign of zero).
+//
+// bf16 is decoded by bit moves only (bits << 16, bitcast), so every pattern must come back exactly
+// as the reference writes it: subnormals, +-0 and +-inf bit for bit. For NaN the GPU tests assert
+// only that a NaN comes back as a NaN (exponent all ones, mantissa non-zero): WGSL does not promise
+// to carry NaN payloads or signs through f32 values (a conforming driver may canonicalise them),
+// and weights are never NaN in practice. The CPU side (dequantizeRef, the encoder) is checked for
+// exact NaN bits, sign and payload included.
 
 async function gpuDequant(gpu: Gpu, format: WeightFormat, bytes: Uint8Array, count: number): Promise<Float32Array> {
   const wb = gpu.upload(bytes);
@@ -36,6 +52,30 @@ function expectBitExact(actual: Float32Array, expected: Float32Array, label: str
     }
   }
 }
+
+const isNanBits = (u: number) => (u & 0x7f800000) === 0x7f800000 && (u & 0x7fffff) !== 0;
+
+/** As expectBitExact, except that where the expected value is a NaN any NaN is accepted. */
+function expectBitExactNanAsNan(actual: Float32Array, expected: Float32Array, label: string): number {
+  expect(actual.length, `${label} length`).toBe(expected.length);
+  const a = new Uint32Array(actual.buffer, actual.byteOffset, actual.length);
+  const e = new Uint32Array(expected.buffer, expected.byteOffset, expected.length);
+  let nans = 0;
+  for (let i = 0; i < e.length; i++) {
+    const ok = isNanBits(e[i]) ? isNanBits(a[i]) : a[i] === e[i];
+    if (!ok) expect.fail(`${label}: element ${i} is 0x${a[i].toString(16)}, expected 0x${e[i].toString(16)}`);
+    if (isNanBits(e[i])) nans++;
+  }
+  return nans;
+}
+
+/** bf16 bytes of the given 16-bit patterns. */
+function bf16Bytes(patterns: ArrayLike<number>): Uint8Array {
+  return new Uint8Array(Uint16Array.from(patterns).buffer);
+}
+
+/** bf16 patterns that must survive decoding: +-0, subnormals, smallest/largest normals, +-inf, NaNs. */
+const BF16_SPECIALS = [0x0000, 0x8000, 0x0001, 0x807f, 0x0080, 0x7f7f, 0xff7f, 0x7f80, 0xff80, 0x7fc0, 0xffc1, 0x7f81, 0x3f80];
 
 /** A random f16 bit pattern that is finite (no inf/NaN): normals, subnormals and zeros of both signs. */
 function randomFiniteHalf(next: () => number): number {
@@ -98,6 +138,39 @@ describe('dequant: bit-exact against the CPU decoder', () => {
     });
   }
 
+  it('bf16: all 65536 bit patterns, then 3 more (ragged count 65539)', async () => {
+    const patterns = Array.from({ length: 0x10000 + 3 }, (_, i) => (i < 0x10000 ? i : [0x8001, 0x7f80, 0xffff][i - 0x10000]));
+    const bytes = bf16Bytes(patterns);
+    const want = dequantizeRef('bf16', bytes, patterns.length);
+    const nans = expectBitExactNanAsNan(await gpuDequant(getGpu(), 'bf16', bytes, patterns.length), want, 'bf16 all patterns');
+    expect(nans).toBe(2 * 127 + 1); // per sign 127 exponent-255 patterns with a non-zero mantissa, plus 0xffff
+  });
+
+  for (const count of [5, 173, 4096 + 5]) {
+    it(`bf16: random bit patterns after the special values, count=${count}`, async () => {
+      const next = mulberry32(count + 77);
+      const patterns = Array.from({ length: count }, (_, i) => (i < BF16_SPECIALS.length ? BF16_SPECIALS[i] : Math.floor(next() * 0x10000)));
+      const bytes = bf16Bytes(patterns);
+      expectBitExactNanAsNan(await gpuDequant(getGpu(), 'bf16', bytes, count), dequantizeRef('bf16', bytes, count), `bf16 count=${count}`);
+    });
+  }
+
+  it('bf16: stories260K F32 tensors encoded to bf16 are within half a bf16 ulp', async () => {
+    const gpu = getGpu();
+    for (const t of await readGguf('stories260K.gguf')) {
+      const count = t.n * t.k;
+      const original = dequantizeRef('f32', t.bytes, count);
+      const bytes = encodeWeights('bf16', original, t.n, t.k);
+      const decoded = await gpuDequant(gpu, 'bf16', bytes, count);
+      expectBitExact(decoded, dequantizeRef('bf16', bytes, count), `bf16 ${t.name}`);
+      for (let i = 0; i < count; i++) {
+        // half a bf16 ulp: relative 2^-8 for normals (8-bit significand), 2^-134 below 2^-126
+        const bound = 2 ** -8 * Math.abs(original[i]) + 2 ** -134;
+        if (!(Math.abs(decoded[i] - original[i]) <= bound)) expect.fail(`bf16 ${t.name} element ${i}: ${decoded[i]} vs ${original[i]}`);
+      }
+    }
+  });
+
   for (const format of ['q8_0', 'q4_0'] as const) {
     it(`${format}: random blocks with extreme scales`, async () => {
       const blocks = 203;
@@ -134,6 +207,59 @@ describe('dequant: bit-exact against the CPU decoder', () => {
     for (let h = 0; h < 0x10000; h++) {
       if ((h & 0x7c00) === 0x7c00 && h & 0x3ff) continue; // NaN
       if (f32ToF16Bits(f16BitsToF32(h)) !== h) expect.fail(`f16 round trip of 0x${h.toString(16)}`);
+    }
+  });
+
+  it('bf16 conversion helpers round to nearest even and keep NaN a NaN', () => {
+    const u = (bits: number) => bf16FromF32Bits(bits);
+    expect(f32ToBf16Bits(1)).toBe(0x3f80);
+    expect(f32ToBf16Bits(1 + 2 ** -8)).toBe(0x3f80); // tie to even
+    expect(f32ToBf16Bits(1 + 3 * 2 ** -8)).toBe(0x3f82); // tie to even
+    expect(f32ToBf16Bits(1 + 2 ** -8 + 2 ** -20)).toBe(0x3f81); // just above the tie
+    expect(f32ToBf16Bits(-0)).toBe(0x8000);
+    expect(f32ToBf16Bits(Infinity)).toBe(0x7f80);
+    expect(f32ToBf16Bits(-Infinity)).toBe(0xff80);
+    expect(u(0x7f7f7fff)).toBe(0x7f7f); // below the overflow threshold: largest bf16
+    expect(u(0x7f7f8000)).toBe(0x7f80); // the threshold (a tie) overflows to inf
+    expect(u(0xff7fffff)).toBe(0xff80); // largest f32 -> -inf
+    // f32 subnormals: bf16 keeps the f32 exponent range, so they round to bf16 subnormals
+    expect(u(0x00000001)).toBe(0x0000);
+    expect(u(0x00008000)).toBe(0x0000); // tie to even (0)
+    expect(u(0x00018000)).toBe(0x0002); // tie to even (2)
+    expect(u(0x00008001)).toBe(0x0001);
+    expect(u(0x807fffff)).toBe(0x8080); // largest subnormal carries into the smallest normal
+    // NaN: sign and the upper payload bits kept, quiet bit set; never an infinity
+    expect(u(0x7fc00000)).toBe(0x7fc0);
+    expect(u(0x7f800001)).toBe(0x7fc0); // payload only in the discarded bits
+    expect(u(0xff800001)).toBe(0xffc0);
+    expect(u(0x7fa12345)).toBe(0x7fe1);
+    expect(Number.isNaN(bf16BitsToF32(f32ToBf16Bits(NaN)))).toBe(true);
+    const nanIn = new Float32Array(new Uint32Array([0x7f800001, 0xffa50000, 0x7fffffff]).buffer);
+    expect([...new Uint16Array(encodeWeights('bf16', nanIn, 1, 3).buffer)]).toEqual([0x7fc0, 0xffe5, 0x7fff]);
+    // Every pattern: the reference decoder is exact to the bit (NaN payloads too), and encoding a
+    // decoded non-NaN pattern gives it back.
+    const all = bf16Bytes(Array.from({ length: 0x10000 }, (_, h) => h));
+    const decoded = new Uint32Array(dequantizeRef('bf16', all, 0x10000).buffer);
+    for (let h = 0; h < 0x10000; h++) {
+      if (decoded[h] !== h << 16 >>> 0) expect.fail(`dequantizeRef bf16 0x${h.toString(16)}: 0x${decoded[h].toString(16)}`);
+      const back = isNanBits(h << 16) ? u(h << 16) === (h | 0x40) : f32ToBf16Bits(bf16BitsToF32(h)) === h;
+      if (!back) expect.fail(`bf16 round trip of 0x${h.toString(16)}`);
+    }
+    // Random finite f32 against an independent rounding: the nearer of the two bf16 neighbours of
+    // |x| (the one past the largest bf16 counting as 2^128, IEEE's overflow rule), ties to even.
+    const next = mulberry32(2024);
+    const f = new Float32Array(1);
+    const bits = new Uint32Array(f.buffer);
+    const mag = (p: number) => (p === 0x7f80 ? 2 ** 128 : bf16BitsToF32(p));
+    for (let i = 0; i < 100000; i++) {
+      bits[0] = Math.floor(next() * 0x100000000);
+      if ((bits[0] & 0x7f800000) === 0x7f800000) continue;
+      const x = Math.abs(f[0]);
+      const lo = (bits[0] & 0x7fffffff) >>> 16;
+      const dLo = x - mag(lo);
+      const dHi = mag(lo + 1) - x;
+      const want = (dLo < dHi || (dLo === dHi && lo % 2 === 0) ? lo : lo + 1) | ((bits[0] >>> 16) & 0x8000);
+      if (u(bits[0]) !== want) expect.fail(`bf16 of 0x${bits[0].toString(16)}: 0x${u(bits[0]).toString(16)}, expected 0x${want.toString(16)}`);
     }
   });
 });

@@ -1,14 +1,16 @@
-import { describe, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { embedding, embeddingRef } from '../kernels/embedding.ts';
 import { WEIGHT_FORMATS, encodeWeights, isQuantized } from '../kernels/weights.ts';
 import { mulberry32, normalArray } from '../src/util/rng.ts';
 import { expectClose } from './helpers/close.ts';
 import { useGpu } from './helpers/gpu.ts';
 
-// Tolerance zero: an embedding row is a pure decode, and decoding is exact in f32 (f16 -> f32 is
-// exact; a quantised value f32(d) * f32(q) fits f32's 24-bit significand), so the GPU must return
-// exactly the reference decoder's values.
+// Tolerance zero: an embedding row is a pure decode, and decoding is exact in f32 (f16 and bf16 ->
+// f32 are exact; a quantised value f32(d) * f32(q) fits f32's 24-bit significand), so the GPU must
+// return exactly the reference decoder's values.
 const EXACT = { atol: 0, rtol: 0 };
+
+const isNanBits = (u: number) => (u & 0x7f800000) === 0x7f800000 && (u & 0x7fffff) !== 0;
 
 const ROWS = 37;
 
@@ -44,6 +46,34 @@ describe('embedding', () => {
       }
     }
   }
+
+  // A table of odd dim holds every other row in the upper half of a u32 (byte offset 2 mod 4), so
+  // both halves of the aligned and shifted group reads and of the ragged row end are exercised.
+  // Values compared as bits (the sign of zero counts); a NaN must come back as a NaN (payloads are
+  // not promised by WGSL, see dequant.test.ts).
+  it('bf16 dim=173: all 65536 bit patterns at odd and even row offsets, bit-exact', async () => {
+    const gpu = getGpu();
+    const dim = 173;
+    const rows = Math.ceil(0x10000 / dim);
+    const table = new Uint16Array(rows * dim);
+    for (let i = 0; i < table.length; i++) table[i] = i & 0xffff;
+    const bytes = new Uint8Array(table.buffer);
+    const next = mulberry32(7);
+    const tokens = [...Array.from({ length: rows }, (_, r) => rows - 1 - r), ...Array.from({ length: 50 }, () => Math.floor(next() * rows))];
+    const tb = gpu.upload(bytes);
+    const ib = gpu.upload(new Uint32Array(tokens));
+    const ob = gpu.createBuffer(tokens.length * dim * 4);
+    const step = gpu.step();
+    embedding(step, { table: tb, tokens: ib, out: ob, count: tokens.length, dim, rows, format: 'bf16' });
+    await step.submit();
+    const got = await gpu.readU32(ob, tokens.length * dim);
+    const want = new Uint32Array(embeddingRef('bf16', bytes, tokens, dim, rows).buffer);
+    for (let i = 0; i < want.length; i++) {
+      const ok = isNanBits(want[i]) ? isNanBits(got[i]) : got[i] === want[i];
+      if (!ok) expect.fail(`bf16 embedding element ${i} (token ${tokens[Math.floor(i / dim)]}, col ${i % dim}): 0x${got[i].toString(16)}, expected 0x${want[i].toString(16)}`);
+    }
+    for (const b of [tb, ib, ob]) b.destroy();
+  });
 
   it('rows default to what the table binding holds', async () => {
     const gpu = getGpu();

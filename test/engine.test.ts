@@ -30,7 +30,7 @@ describe('engine', () => {
         (p) =>
           new Promise<number[]>((resolve, reject) => {
             const tokens: number[] = [];
-            engine.submit({ prompt: p, sampling: greedy(14), events: { onToken: (e) => tokens.push(e.token), onFinish: (r, _u, err) => (err ? reject(err) : resolve(tokens)) } });
+            engine.submit({ prompt: p, sampling: greedy(14), events: { onToken: (e) => tokens.push(e.token), onFinish: (_r, _u, err) => (err ? reject(err) : resolve(tokens)) } });
           }),
       ),
     );

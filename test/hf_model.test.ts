@@ -2,18 +2,18 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writ
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { f16BitsToF32 } from '../kernels/weights.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
-import { type CpuWeights, cpuForward } from '../src/model/cpu_reference.ts';
+import { cpuForward } from '../src/model/cpu_reference.ts';
 import { ModelFileError, readGguf } from '../src/model/gguf.ts';
-import { GpuModel } from '../src/model/gpu_model.ts';
 import { configFromHf, ggufTensorName } from '../src/model/hf.ts';
 import { readSafetensorsBytes, readSafetensorsHeader } from '../src/model/safetensors.ts';
 import { type ModelSource, openModel, openTokenizer } from '../src/model/source.ts';
 import { HfTokenizer, tokenizerFromHfDir } from '../src/model/tokenizer/hf.ts';
 import { StreamDecoder, type Tokenizer, decode } from '../src/model/tokenizer/index.ts';
 import { TokenType } from '../src/model/tokenizer/vocab.ts';
+import { cpuWeightsOf } from './helpers/cpu_weights.ts';
 import { useGpu } from './helpers/gpu.ts';
+import { gpuLogits, relativeLogitError } from './helpers/logits.ts';
 import { CHAT_TEMPLATE, byteLevelTokenizerJson, spmTokenizerJson, writeHfDir } from './helpers/hf_dir.ts';
 import { VOCAB_DIR, loadVectors } from './helpers/vocab_vectors.ts';
 
@@ -21,48 +21,15 @@ const STORIES_GGUF = join(repoRoot, 'models', 'stories260K', 'stories260K.gguf')
 const SMOLLM = join(repoRoot, '..', 'shared', 'models', 'smollm2-135m-instruct');
 const PROMPT = 'Once upon a time, there was a little girl named Lily. She loved to play';
 
-/** The weights a source holds, as f32 (F16 / BF16 widened exactly). */
-function cpuWeights(src: ModelSource): CpuWeights {
-  const w: CpuWeights = new Map();
-  for (const t of src.tensors.values()) {
-    const b = t.read();
-    const n = t.dims.reduce((a, d) => a * d, 1);
-    if (t.typeName === 'F32') {
-      w.set(t.name, new Float32Array(b.buffer, b.byteOffset, n));
-      continue;
-    }
-    const h = new Uint16Array(b.buffer, b.byteOffset, n);
-    const f = new Float32Array(n);
-    const fBits = new Uint32Array(f.buffer);
-    for (let i = 0; i < n; i++) {
-      if (t.typeName === 'BF16') fBits[i] = h[i] << 16;
-      else f[i] = f16BitsToF32(h[i]);
-    }
-    w.set(t.name, f);
-  }
-  return w;
-}
 
 /** The float64 reference logits of the GGUF model for a prompt (computed once per prompt). */
 const ggufRef = new Map<string, Float64Array[]>();
 function ggufCpuLogits(tokens: number[]): Float64Array[] {
   const key = tokens.join(',');
-  if (!ggufRef.has(key)) ggufRef.set(key, cpuForward(gguf.config, cpuWeights(gguf), tokens));
+  if (!ggufRef.has(key)) ggufRef.set(key, cpuForward(gguf.config, cpuWeightsOf(gguf), tokens));
   return ggufRef.get(key)!;
 }
 
-/** max |a - b| / max |b| over every position's logits. */
-function relErr(a: ArrayLike<number>[], b: ArrayLike<number>[]): number {
-  let err = 0;
-  let ref = 0;
-  for (let t = 0; t < b.length; t++) {
-    for (let v = 0; v < b[t].length; v++) {
-      err = Math.max(err, Math.abs(a[t][v] - b[t][v]));
-      ref = Math.max(ref, Math.abs(b[t][v]));
-    }
-  }
-  return err / ref;
-}
 
 let root: string;
 let gguf: ModelSource;
@@ -82,20 +49,7 @@ afterAll(() => {
 describe('Hugging Face model directory: stories260K converted from its GGUF', () => {
   const getGpu = useGpu();
 
-  async function gpuLogits(src: ModelSource, tokens: number[]): Promise<Float32Array[]> {
-    const gpu = getGpu();
-    const model = GpuModel.load(gpu, src, { kvMemoryBytes: 4 << 20 });
-    try {
-      const step = gpu.step();
-      const { logits, rows } = model.forward(step, [{ seq: 0, tokens }], { allPositions: true });
-      const read = step.readback(logits, 0, rows * src.config.vocabSize * 4);
-      await step.submit();
-      const all = new Float32Array(await read);
-      return Array.from({ length: rows }, (_, t) => all.subarray(t * src.config.vocabSize, (t + 1) * src.config.vocabSize));
-    } finally {
-      model.destroy();
-    }
-  }
+
 
   it('loads through openModel(dir): config, GGUF tensor names and shapes, tokenizer, chat template', async () => {
     const hf = await openModel(f32Dir);
@@ -123,17 +77,17 @@ describe('Hugging Face model directory: stories260K converted from its GGUF', ()
     const hf = await openModel(f32Dir);
     const tokens = gguf.tokenizer.encode(PROMPT);
     // same weights, rows of q/k reordered: the same float64 sums in another order
-    expect(relErr(cpuForward(hf.config, cpuWeights(hf), tokens), ggufCpuLogits(tokens))).toBeLessThan(1e-12);
+    expect(relativeLogitError(cpuForward(hf.config, cpuWeightsOf(hf), tokens), ggufCpuLogits(tokens))).toBeLessThan(1e-12);
   });
 
   it('F32: GPU logits of every position equal the GGUF model on the GPU', async () => {
     const hf = await openModel(f32Dir);
     const tokens = hf.tokenizer.encode(PROMPT);
-    const got = await gpuLogits(hf, tokens);
-    const want = await gpuLogits(gguf, tokens);
+    const got = await gpuLogits(getGpu(), hf, tokens);
+    const want = await gpuLogits(getGpu(), gguf, tokens);
     // the tolerance of test/gpu_model.test.ts: f32 arithmetic, different summation orders
-    expect(relErr(got, want)).toBeLessThan(1e-4);
-    expect(relErr(got, ggufCpuLogits(tokens))).toBeLessThan(1e-4);
+    expect(relativeLogitError(got, want)).toBeLessThan(1e-4);
+    expect(relativeLogitError(got, ggufCpuLogits(tokens))).toBeLessThan(1e-4);
   });
 
   for (const [dtype, shards, vsGguf] of [
@@ -144,14 +98,14 @@ describe('Hugging Face model directory: stories260K converted from its GGUF', ()
       const dir = writeHfDir(gguf, join(root, dtype), { dtype, shards });
       const hf = await openModel(dir);
       expect(hf.tensors.get('blk.0.attn_q.weight')!.typeName).toBe(dtype);
-      // norms are widened to F32 by the loader (the rmsnorm kernel reads f32)
-      expect(hf.tensors.get('blk.0.attn_norm.weight')).toMatchObject({ typeName: 'F32', bytes: gguf.config.dim * 4 });
+      // norms keep the file's dtype here; the GPU loader widens vectors to f32 (see gpu_weights.test.ts)
+      expect(hf.tensors.get('blk.0.attn_norm.weight')).toMatchObject({ bytes: gguf.config.dim * (hf.tensors.get('blk.0.attn_norm.weight')!.typeName === 'F32' ? 4 : 2) });
       const tokens = hf.tokenizer.encode(PROMPT);
-      const got = await gpuLogits(hf, tokens);
-      const want = cpuForward(hf.config, cpuWeights(hf), tokens);
-      expect(relErr(got, want)).toBeLessThan(1e-4);
+      const got = await gpuLogits(getGpu(), hf, tokens);
+      const want = cpuForward(hf.config, cpuWeightsOf(hf), tokens);
+      expect(relativeLogitError(got, want)).toBeLessThan(1e-4);
       // and close to the f32 model: bf16 keeps 8 significant bits, f16 11
-      expect(relErr(want, ggufCpuLogits(tokens))).toBeLessThan(vsGguf);
+      expect(relativeLogitError(want, ggufCpuLogits(tokens))).toBeLessThan(vsGguf);
     });
   }
 

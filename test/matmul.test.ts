@@ -34,7 +34,7 @@ function tolerance(x: Float32Array, w: Float32Array, m: number, n: number, k: nu
 interface Case {
   m: number;
   n: number;
-  /** K for f32/f16 (any length) and for quantised formats (a multiple of 32) */
+  /** K for f32/f16/bf16 (any length) and for quantised formats (a multiple of 32) */
   k: [number, number];
   variant: MatmulVariant;
   what: string;

@@ -1,7 +1,6 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { RopeScaling } from '../../kernels/rope.ts';
-import { f16BitsToF32 } from '../../kernels/weights.ts';
 import { type Architecture, type ModelConfig, validateConfig } from './config.ts';
 import { ModelFileError } from './gguf.ts';
 import { type SafetensorsTensor, openSafetensorsDir, readSafetensorsBytes } from './safetensors.ts';
@@ -45,8 +44,7 @@ const IGNORED = /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/;
  * file or shards listed by model.safetensors.index.json), tokenizer.json (+ tokenizer_config.json)
  * and the chat template. Tensors get llama.cpp's GGUF names; their data is used as stored
  * ([out, in] row-major = GGUF dims [in, out]). Hugging Face keeps q/k unpermuted and rotates the two
- * halves of each head, so RoPE runs in NeoX mode. 1-D tensors (norms, biases) are widened to F32
- * when read: the kernels read them as f32.
+ * halves of each head, so RoPE runs in NeoX mode.
  */
 export function openHfModel(dir: string): ModelSource {
   const configFile = join(dir, 'config.json');
@@ -79,26 +77,8 @@ export function openHfModel(dir: string): ModelSource {
 
 function tensorSource(name: string, t: SafetensorsTensor): TensorSource {
   const dims = t.shape.length ? [...t.shape].reverse() : [1];
-  const dtype = t.dtype;
-  if (dims.length === 1 && dtype !== 'F32') {
-    // norms and biases: tiny, and read as f32 by the kernels
-    return { name, typeName: 'F32', dims, bytes: t.elements * 4, read: () => widenToF32(readSafetensorsBytes(t), dtype) };
-  }
+  // 1-D tensors keep their dtype too: the GPU loader widens every non-f32 vector (src/model/gpu_weights.ts)
   return { name, typeName: t.dtype, dims, bytes: t.bytes, read: () => readSafetensorsBytes(t) };
-}
-
-function widenToF32(raw: Uint8Array, dtype: 'F16' | 'BF16'): Uint8Array {
-  const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-  const n = raw.byteLength / 2;
-  if (dtype === 'BF16') {
-    // bf16 is the upper half of an f32: exact
-    const out = new Uint32Array(n);
-    for (let i = 0; i < n; i++) out[i] = view.getUint16(2 * i, true) << 16;
-    return new Uint8Array(out.buffer);
-  }
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = f16BitsToF32(view.getUint16(2 * i, true));
-  return new Uint8Array(out.buffer);
 }
 
 /** The shape (row-major, as safetensors lists it) config.json implies for a mapped tensor. */
