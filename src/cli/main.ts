@@ -1,4 +1,5 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
+import type { WeightFormat } from '../../kernels/weights.ts';
 import { parseDeviceMode } from '../gpu/adapter.ts';
 
 const deviceOption = () =>
@@ -24,7 +25,7 @@ program
 program
   .command('tokenize')
   .description("print a text's token ids as a JSON array (with BOS where the model adds one), like llama-tokenize --ids")
-  .option('--model <file>', 'GGUF file or llama2.c checkpoint (default: the embedded stories260K)')
+  .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K)')
   .option('--tokenizer <file>', 'tokenizer.bin for a llama2.c checkpoint (default: beside the model)')
   .requiredOption('--text <text>', 'text to tokenize')
   .option('--no-special', 'do not add BOS/EOS')
@@ -50,7 +51,7 @@ const integer = (name: string, min: number) => (v: string) => {
 program
   .command('generate')
   .description('generate text from a prompt on the GPU: the continuation goes to stdout, load time and speeds to stderr')
-  .option('--model <file>', 'GGUF file or llama2.c checkpoint (default: the embedded stories260K)')
+  .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K)')
   .option('--tokenizer <file>', 'tokenizer.bin for a llama2.c checkpoint (default: beside the model)')
   .requiredOption('--prompt <text>', 'prompt')
   .option('--max-tokens <n>', 'new tokens at most', integer('--max-tokens', 0), 128)
@@ -80,6 +81,28 @@ program
     });
   });
 
+program
+  .command('serve')
+  .description('serve the OpenAI-compatible HTTP API (completions, chat, models, health, metrics); SIGTERM drains and exits 0')
+  .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K)')
+  .option('--tokenizer <file>', 'tokenizer.bin for a llama2.c checkpoint (default: beside the model)')
+  .option('--model-name <id>', 'the model id clients send (default: the model file name without its extension)')
+  .option('--host <host>', 'address to listen on (0.0.0.0 for every interface)', '127.0.0.1')
+  .option('--port <port>', 'port to listen on (0 picks a free one; the URL is printed)', integer('--port', 0), 8080)
+  .addOption(new Option('--api-key <key>', 'require "Authorization: Bearer KEY" on /v1/* (401 otherwise)').env('WGSERVE_API_KEY'))
+  .option('--max-batch <n>', 'sequences per engine step (default 64)', integer('--max-batch', 1))
+  .option('--kv-memory <bytes>', 'KV cache memory', integer('--kv-memory', 1), 64 * 1024 * 1024)
+  .option('--token-budget <n>', 'tokens per engine step, decodes and prompt chunks (default 512)', integer('--token-budget', 1))
+  .option('--max-waiting <n>', 'requests queued for admission at most; beyond, 429 with Retry-After (default 1024)', integer('--max-waiting', 1))
+  .option('--drain-timeout <seconds>', 'on SIGTERM, how long running requests may take to finish before they are cancelled', number('--drain-timeout', 0), 30)
+  .addOption(deviceOption())
+  .action(
+    async (o: { model?: string; tokenizer?: string; modelName?: string; host: string; port: number; apiKey?: string; maxBatch?: number; kvMemory: number; tokenBudget?: number; maxWaiting?: number; drainTimeout: number; device: string }) => {
+      const { serveCli } = await import('./serve.ts');
+      await serveCli({ ...o, device: parseDeviceMode(o.device) });
+    },
+  );
+
 const bench = program.command('bench').description('benchmarks');
 bench
   .command('kernels')
@@ -94,6 +117,139 @@ bench
     const { benchKernels } = await import('./bench.ts');
     await benchKernels({ ...o, device: parseDeviceMode(o.device) });
   });
+
+const SYNTHETIC_MODELS = ['llama-3.2-1b', 'llama-3-8b', 'qwen2.5-7b', 'stories260k'];
+const SYNTHETIC_DTYPES = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0'];
+/** A comma-separated list whose items are all in `allowed`. */
+const listOf = (name: string, allowed: string[]) => (v: string) => {
+  const items = v.split(',').map((s) => s.trim().toLowerCase());
+  const bad = items.filter((s) => !allowed.includes(s));
+  if (bad.length || items.length === 0) throw new InvalidArgumentError(`${name}: ${bad.join(', ') || 'empty'} not one of ${allowed.join(', ')}`);
+  return items;
+};
+const integerList = (name: string) => (v: string) =>
+  v.split(',').map((s) => {
+    const n = Number(s.trim());
+    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be positive integers separated by commas`);
+    return n;
+  });
+
+bench
+  .command('generate')
+  .description('prefill and decode tokens/s of a synthetic model (random weights in real shapes and GGUF formats) at several batch sizes, with the fraction of the memory-bandwidth roofline')
+  .requiredOption('--synthetic <models>', `model shape(s), comma-separated: ${SYNTHETIC_MODELS.join(', ')}`, listOf('--synthetic', SYNTHETIC_MODELS))
+  .option('--dtype <formats>', `weight format(s), comma-separated: ${SYNTHETIC_DTYPES.join(', ')}`, listOf('--dtype', SYNTHETIC_DTYPES), ['q4_0'])
+  .option('--batch <sizes>', 'batch sizes, comma-separated', integerList('--batch'), [1, 8, 32])
+  .option('--prompt-tokens <n>', 'prompt tokens per sequence (default 128; 16 with reduced shapes)', integer('--prompt-tokens', 1))
+  .option('--decode-tokens <n>', 'decode steps (default 32; 8 with reduced shapes)', integer('--decode-tokens', 1))
+  .option('--seed <s>', 'seed of the random weights and prompts', integer('--seed', 0), 1)
+  .addOption(new Option('--scale <scale>', 'shapes: full, reduced (width / 8), or auto (reduced on a software device)').choices(['auto', 'full', 'reduced']).default('auto'))
+  .addOption(deviceOption())
+  .option('--json <file>', 'write the results as JSON')
+  .option('--markdown <file>', 'write the results as markdown tables')
+  .option('--update-docs', "replace this run's tables in docs/benchmarks.md (the section for this device class)", false)
+  .action(
+    async (o: {
+      synthetic: string[];
+      dtype: string[];
+      batch: number[];
+      promptTokens?: number;
+      decodeTokens?: number;
+      seed: number;
+      scale: 'auto' | 'full' | 'reduced';
+      device: string;
+      json?: string;
+      markdown?: string;
+      updateDocs: boolean;
+    }) => {
+      const { benchGenerate } = await import('./bench_generate.ts');
+      await benchGenerate({
+        device: parseDeviceMode(o.device),
+        models: o.synthetic,
+        dtypes: o.dtype as WeightFormat[],
+        batches: o.batch,
+        scale: o.scale,
+        promptTokens: o.promptTokens,
+        decodeTokens: o.decodeTokens,
+        seed: o.seed,
+        json: o.json,
+        markdown: o.markdown,
+        updateDocs: o.updateDocs,
+      });
+    },
+  );
+
+/** A factor >= min: a number or a fraction such as 1/64. */
+const factor = (name: string, min: number) => (v: string) => {
+  const m = /^\s*([0-9.eE+-]+)\s*\/\s*([0-9.eE+-]+)\s*$/.exec(v);
+  return number(name, min)(m ? String(Number(m[1]) / Number(m[2])) : v);
+};
+/** A rate in requests/s: a positive number, or "inf" (every request at once). */
+const rate = (name: string) => (v: string) => {
+  const n = /^inf(inity)?$/i.test(v.trim()) ? Infinity : Number(v);
+  if (!(n > 0) || Number.isNaN(n)) throw new InvalidArgumentError(`${name} must be a number > 0 or "inf"`);
+  return n;
+};
+
+bench
+  .command('serve')
+  .description('load generator for an OpenAI-compatible server: streaming /v1/completions at a Poisson rate, a concurrency, or a trace\'s arrivals; TTFT, TPOT, latency and throughput percentiles, JSON and an SVG plot')
+  .requiredOption('--url <url>', 'server base URL, e.g. http://127.0.0.1:8080')
+  .option('--rate <r>', 'open loop: Poisson arrivals at r requests/s ("inf": all at once)', rate('--rate'))
+  .option('--concurrency <c>', 'closed loop: c clients, each sending its next request when the last one ends', integer('--concurrency', 1))
+  .option('--rates <list>', 'a sweep, one run per rate (comma-separated): Poisson, or with --trace the trace\'s arrivals rescaled to each mean rate', (v: string) => v.split(',').map((s) => rate('--rates')(s)))
+  .option('--trace <file>', 'Azure LLM trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens), or CSV / JSONL with arrival, input and output token columns: request lengths, and the arrivals when no rate or concurrency is given')
+  .option('--time-scale <x>', "multiplies the trace's arrival times (0.5 = twice as fast)", factor('--time-scale', 0), 1)
+  .option('--token-scale <y>', "multiplies the trace's input and output lengths (e.g. 1/64; at least 1 token, clamped to the context)", factor('--token-scale', 1e-9), 1)
+  .option('--input-tokens <n>', 'without a trace: prompt tokens per request (BOS included)', integer('--input-tokens', 1), 32)
+  .option('--output-tokens <n>', 'without a trace: max_tokens per request (a request may end earlier at EOS)', integer('--output-tokens', 1), 32)
+  .option('--max-context <n>', "the model's context for clamping lengths (default: from GET /v1/models when the server says it)", integer('--max-context', 2))
+  .option('--duration <s>', 'stop sending after s seconds', number('--duration', 0), 60)
+  .option('--max-requests <n>', 'send at most n requests (per run)', integer('--max-requests', 1), 200)
+  .option('--request-timeout <s>', 'abort a request after s seconds', number('--request-timeout', 0.001), 300)
+  .option('--warmup <n>', 'unrecorded requests sent one at a time first', integer('--warmup', 0), 1)
+  .option('--model <name>', 'model id to ask for (default: the first one GET /v1/models lists)')
+  .option('--temperature <t>', 'sampling temperature sent with each request', number('--temperature', 0, 2), 0)
+  .option('--seed <s>', 'seed of the arrivals, prompts and sampling', integer('--seed', 0), 1)
+  .option('--json <file>', 'write the report as JSON')
+  .option('--plot <file.svg>', 'write an SVG plot: latency against offered rate for a sweep, latency CDFs otherwise')
+  .action(
+    async (o: {
+      url: string;
+      rate?: number;
+      concurrency?: number;
+      rates?: number[];
+      trace?: string;
+      timeScale: number;
+      tokenScale: number;
+      inputTokens: number;
+      outputTokens: number;
+      maxContext?: number;
+      duration: number;
+      maxRequests: number;
+      requestTimeout: number;
+      warmup: number;
+      model?: string;
+      temperature: number;
+      seed: number;
+      json?: string;
+      plot?: string;
+    }) => {
+      const { benchServe } = await import('./bench_serve.ts');
+      const stop = new AbortController();
+      const onSigint = () => {
+        console.error('interrupted: cancelling requests in flight and reporting what finished');
+        stop.abort();
+      };
+      process.once('SIGINT', onSigint);
+      try {
+        const { duration, requestTimeout, ...rest } = o;
+        await benchServe({ ...rest, durationSeconds: duration, requestTimeoutSeconds: requestTimeout, signal: stop.signal });
+      } finally {
+        process.off('SIGINT', onSigint);
+      }
+    },
+  );
 
 try {
   await program.parseAsync(process.argv);

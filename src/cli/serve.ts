@@ -1,0 +1,97 @@
+import { basename, extname } from 'node:path';
+import type { DeviceMode } from '../gpu/adapter.ts';
+import { Gpu } from '../gpu/gpu.ts';
+import { Engine } from '../engine/engine.ts';
+import { generate } from '../engine/generate.ts';
+import { ChatTemplate, DEFAULT_CHAT_TEMPLATE } from '../model/chat_template.ts';
+import { DEFAULT_MODEL } from '../model/default_model.ts';
+import { GpuModel } from '../model/gpu_model.ts';
+import { type ModelSource, openModel } from '../model/source.ts';
+import { startServer } from '../server/app.ts';
+
+export interface ServeCliOptions {
+  model?: string;
+  tokenizer?: string;
+  modelName?: string;
+  host: string;
+  port: number;
+  apiKey?: string;
+  maxBatch?: number;
+  kvMemory: number;
+  tokenBudget?: number;
+  maxWaiting?: number;
+  /** seconds */
+  drainTimeout: number;
+  device: DeviceMode;
+}
+
+/** The id a model file is served under: its file (or directory) name without the extension. */
+export function modelIdOf(path: string): string {
+  const name = basename(path.replace(/[/\\]+$/, ''));
+  const ext = extname(name);
+  return ext === '.gguf' || ext === '.bin' ? name.slice(0, -ext.length) : name;
+}
+
+/**
+ * Loads the model, serves the OpenAI-compatible API until SIGTERM or SIGINT, then drains: new
+ * requests get 503, running ones up to --drain-timeout to finish, the rest are cancelled; exit 0.
+ */
+export async function serveCli(o: ServeCliOptions): Promise<void> {
+  const gpu = await Gpu.open({ mode: o.device });
+  let model: GpuModel | undefined;
+  try {
+    const path = o.model ?? DEFAULT_MODEL;
+    const source = await openModel(path, { tokenizer: o.tokenizer });
+    model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory });
+    // compile the prefill, decode and sampling pipelines now rather than in the first request
+    const warmup = source.tokenizer.encode('Once upon a time, there was a little girl who liked to play in the park.');
+    await generate(model, source.tokenizer, [{ tokens: warmup, options: { maxTokens: 2, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [] } }]);
+    const engine = new Engine(model, source.tokenizer, { maxBatch: o.maxBatch, tokenBudget: o.tokenBudget, maxWaiting: o.maxWaiting });
+    const modelId = o.modelName ?? modelIdOf(path);
+    const server = await startServer({ engine, modelId, template: chatTemplate(source), apiKey: o.apiKey, host: o.host, port: o.port, logger: { level: 'info' } });
+
+    const auth = o.apiKey ? ` -H 'Authorization: Bearer ${o.apiKey}'` : '';
+    console.log(`wgserve: serving ${modelId} (${source.format}, context ${model.config.contextLength}) on ${gpu.adapter.description} at ${server.url}`);
+    console.log(
+      `wgserve: try  curl ${server.url}/v1/completions -H 'Content-Type: application/json'${auth} ` +
+        `-d '{"model": "${modelId}", "prompt": "Once upon a time", "max_tokens": 32}'`,
+    );
+
+    await new Promise<void>((resolve) => {
+      const shutdown = (signal: string) => {
+        process.off('SIGTERM', onTerm);
+        process.off('SIGINT', onInt);
+        console.log(`wgserve: ${signal}: draining (${server.inFlight} in flight, up to ${o.drainTimeout} s)`);
+        void server.drain(o.drainTimeout * 1000).then(({ cancelled }) => {
+          console.log(`wgserve: drained${cancelled ? `, ${cancelled} request(s) cancelled at the deadline` : ''}; bye`);
+          resolve();
+        });
+      };
+      const onTerm = () => shutdown('SIGTERM');
+      const onInt = () => shutdown('SIGINT');
+      process.on('SIGTERM', onTerm);
+      process.on('SIGINT', onInt);
+    });
+    await engine.idle();
+  } finally {
+    // a live device keeps dawn.node's event polling running: release it on every path
+    model?.destroy();
+    gpu.destroy();
+  }
+  process.exit(0);
+}
+
+/** The model's own chat template, or ChatML when it has none or ours cannot parse it. */
+function chatTemplate(source: ModelSource): ChatTemplate {
+  const vocab = source.tokenizer.vocab;
+  const specials = {
+    bosToken: vocab.bos !== null ? (vocab.tokens[vocab.bos] ?? '') : '',
+    eosToken: vocab.eos !== null ? (vocab.tokens[vocab.eos] ?? '') : '',
+  };
+  try {
+    return new ChatTemplate(source.chatTemplate ?? DEFAULT_CHAT_TEMPLATE, specials);
+  } catch (err) {
+    console.error(`wgserve: warning: the model's chat template cannot be used (${err instanceof Error ? err.message : String(err)}); chat uses ChatML`);
+    return new ChatTemplate(DEFAULT_CHAT_TEMPLATE, specials);
+  }
+}

@@ -1,0 +1,489 @@
+/**
+ * The OpenAI-compatible HTTP server (fastify) over one Engine. Routes and behaviour: docs/api.md.
+ *
+ * API for embedding the server (the CLI's `serve`, tests, load generators):
+ *
+ *     const server = buildServer({ engine, modelId: 'stories260K', template });
+ *     // server.app is the fastify instance: server.app.inject(...) needs no port
+ *     const live = await startServer({ engine, modelId: 'stories260K', host: '127.0.0.1', port: 0 });
+ *     live.url;            // "http://127.0.0.1:PORT", the port actually bound
+ *     await live.drain(5000); // refuse new requests (503), let running ones finish for up to 5 s,
+ *                             // cancel the rest, close the listener
+ *     await live.close();  // or close now, cancelling what runs
+ *
+ * The caller owns the engine (and its GpuModel and Gpu): build it with
+ * `new Engine(GpuModel.load(gpu, source, { kvMemoryBytes }), source.tokenizer, { maxBatch, tokenBudget, maxWaiting })`
+ * and destroy the model and device after closing the server. Several servers may share one engine.
+ * `server.metrics` is the server's Prometheus registry (`GET /metrics` renders it).
+ */
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify';
+import type { Engine, EngineHandle, FinishReason, SamplingOptions, TokenEvent, Usage } from '../engine/engine.ts';
+import { QueueFullError, RequestTooLargeError } from '../engine/engine.ts';
+import { ChatTemplate } from '../model/chat_template.ts';
+import { decode, type Tokenizer } from '../model/tokenizer/index.ts';
+import { ServerMetrics } from './metrics.ts';
+import {
+  ApiError,
+  chatLogprobs,
+  completionLogprobs,
+  errorBody,
+  openAiFinishReason,
+  parseChatRequest,
+  parseCompletionRequest,
+  TokenTexts,
+  usageBody,
+  type CommonRequest,
+} from './openai.ts';
+import { MSGPACK_TYPES, openChunkStream, packMsgpack, unpackMsgpack, type ChunkStream } from './stream.ts';
+
+export interface ServerOptions {
+  engine: Engine;
+  /** the id clients pass as `model` and /v1/models lists */
+  modelId: string;
+  /** default: the engine's tokenizer */
+  tokenizer?: Tokenizer;
+  /** chat template; default ChatML */
+  template?: ChatTemplate;
+  /** default: the model's context length */
+  contextLength?: number;
+  /** when set, /v1/* requires `Authorization: Bearer <apiKey>` */
+  apiKey?: string;
+  /** request body limit in bytes (413 beyond); default 1 MiB */
+  bodyLimit?: number;
+  /** fastify's logger option (pino): false (default), true, or pino options such as { level: 'info' } */
+  logger?: FastifyServerOptions['logger'];
+  /** the Retry-After of a 429 (queue full), seconds; default 1 */
+  retryAfterSeconds?: number;
+  /** Node process metrics (CPU, memory, event loop) in /metrics too; default true */
+  processMetrics?: boolean;
+}
+
+export type ServerState = 'ready' | 'draining' | 'closed';
+
+export interface WgServer {
+  app: FastifyInstance;
+  metrics: ServerMetrics;
+  readonly state: ServerState;
+  /** generation requests in flight */
+  readonly inFlight: number;
+  /**
+   * Graceful shutdown: /health answers draining and new requests 503; running requests get up
+   * to `timeoutMs` (default 30 s) to finish, then the rest are cancelled; then the listener closes.
+   */
+  drain(timeoutMs?: number): Promise<{ cancelled: number }>;
+  /** drain(0): cancels what runs, then closes */
+  close(): Promise<void>;
+}
+
+export interface StartOptions extends ServerOptions {
+  /** default 127.0.0.1 */
+  host?: string;
+  /** default 8080; 0 picks a free port */
+  port?: number;
+}
+
+const MiB = 1024 * 1024;
+
+/** Per-request details for the one log line each request gets. */
+interface RequestInfo {
+  t0: number;
+  gen?: Record<string, unknown>;
+}
+
+/** A generation request in the engine's terms, with what the response needs. */
+interface Job {
+  kind: 'text' | 'chat';
+  id: string;
+  created: number;
+  prompt: number[];
+  sampling: SamplingOptions;
+  stream: boolean;
+  includeUsage: boolean;
+  /** top alternatives per token, or null for no logprobs */
+  topLogprobs: number | null;
+  /** completions' echo: the prompt text in front of the completion */
+  echo: string;
+  user?: string;
+  /** the parameter a "too long" error points at */
+  lengthParam: string;
+}
+
+const wantsMsgpack = (request: FastifyRequest): boolean => {
+  const accept = request.headers.accept ?? '';
+  if (MSGPACK_TYPES.some((t) => accept.includes(t))) return true;
+  if (accept.includes('json') || accept.includes('text/event-stream')) return false;
+  const ct = request.headers['content-type'] ?? '';
+  return MSGPACK_TYPES.some((t) => ct.includes(t));
+};
+
+function send(request: FastifyRequest, reply: FastifyReply, status: number, body: unknown): FastifyReply {
+  reply.code(status);
+  if (wantsMsgpack(request)) return reply.type(MSGPACK_TYPES[0]).send(packMsgpack(body));
+  return reply.send(body);
+}
+
+function sendError(request: FastifyRequest, reply: FastifyReply, e: ApiError): FastifyReply {
+  for (const [k, v] of Object.entries(e.headers)) reply.header(k, v);
+  return send(request, reply, e.status, e.body());
+}
+
+const sameKey = (given: string, key: string): boolean => {
+  const a = Buffer.from(given);
+  const b = Buffer.from(key);
+  return a.length === b.length && timingSafeEqual(a, b);
+};
+
+/** Builds the fastify instance and its routes; does not listen (see startServer). */
+export function buildServer(o: ServerOptions): WgServer {
+  const { engine, modelId } = o;
+  const tokenizer = o.tokenizer ?? engine.tokenizer;
+  const template = o.template ?? new ChatTemplate();
+  const texts = new TokenTexts(tokenizer);
+  const vocab = tokenizer.vocab;
+  const bosText = vocab.bos !== null ? (vocab.tokens[vocab.bos] ?? '') : '';
+  const contextLength = o.contextLength ?? engine.model.config.contextLength;
+  // the most tokens one sequence can hold: the context, and the KV pool when that is smaller
+  const layout = engine.model.kv.layout;
+  const kvTokens = Math.floor(engine.model.kv.pool.numBlocks / layout.nKvHeads) * layout.blockSize;
+  const maxSequence = Math.min(contextLength, kvTokens);
+  const bodyLimit = o.bodyLimit ?? MiB;
+  const retryAfter = String(o.retryAfterSeconds ?? 1);
+  const created = Math.floor(Date.now() / 1000);
+
+  const metrics = new ServerMetrics(engine, { processMetrics: o.processMetrics });
+  const previousOnStep = engine.onStep;
+  const onStep: NonNullable<Engine['onStep']> = (s) => {
+    previousOnStep?.(s);
+    metrics.observeStep(s);
+  };
+  engine.onStep = onStep;
+
+  let state: ServerState = 'ready';
+  const active = new Set<EngineHandle>();
+  let emptyWaiters: (() => void)[] = [];
+  const whenEmpty = () => (active.size === 0 ? Promise.resolve() : new Promise<void>((r) => emptyWaiters.push(r)));
+  const info = new WeakMap<FastifyRequest, RequestInfo>();
+  const fail = (request: FastifyRequest, reply: FastifyReply, e: ApiError) => {
+    const rec = info.get(request);
+    if (rec) rec.gen = { ...rec.gen, error: e.code ?? e.type, message: e.message };
+    return sendError(request, reply, e);
+  };
+
+  // fastify's two lines per request are replaced by one (the onRequest hook below)
+  const app = Fastify({
+    logger: o.logger ?? false,
+    bodyLimit,
+    logController: new LogController({ disableRequestLogging: true }),
+    // errors before routing (a URL that does not decode) in OpenAI's body too
+    frameworkErrors: (err, request, reply) => {
+      sendError(request, reply, new ApiError(err.statusCode ?? 400, err.message, 'invalid_request_error', null, 'invalid_url'));
+    },
+  });
+
+  app.addContentTypeParser(MSGPACK_TYPES, { parseAs: 'buffer' }, (_req, body, done) => {
+    try {
+      done(null, unpackMsgpack(body as Buffer));
+    } catch (err) {
+      done(new ApiError(400, `We could not parse the MessagePack body of your request: ${err instanceof Error ? err.message : String(err)}`, 'invalid_request_error', null, 'invalid_body'), undefined);
+    }
+  });
+
+  // one log line and one metrics count per request, when its response closes (streams included)
+  app.addHook('onRequest', async (request, reply) => {
+    const rec: RequestInfo = { t0: performance.now() };
+    info.set(request, rec);
+    reply.raw.once('close', () => {
+      const status = reply.raw.statusCode;
+      const route = request.routeOptions.url ?? 'unmatched';
+      metrics.http.inc({ method: request.method, route, status: String(status) });
+      const line = { method: request.method, url: request.url, status, ms: Math.round(performance.now() - rec.t0), ...(reply.raw.writableFinished ? {} : { aborted: true }), ...rec.gen };
+      if (route === '/health' || route === '/metrics') request.log.debug(line, 'request');
+      else request.log.info(line, 'request');
+    });
+    // by the matched route, not the raw URL (percent-encoded paths route too)
+    if (!request.routeOptions.url?.startsWith('/v1/')) return;
+    if (state !== 'ready') {
+      return fail(request, reply, new ApiError(503, 'The server is shutting down and accepts no new requests.', 'server_error', null, 'server_draining'));
+    }
+    if (o.apiKey !== undefined) {
+      const auth = request.headers.authorization ?? '';
+      const m = /^Bearer\s+(.+)$/i.exec(auth);
+      if (!m || !sameKey(m[1].trim(), o.apiKey)) {
+        return fail(request, reply, new ApiError(401, auth ? 'Incorrect API key provided.' : "You didn't provide an API key: pass it as 'Authorization: Bearer KEY'.", 'invalid_request_error', null, 'invalid_api_key'));
+      }
+    }
+  });
+
+  app.setErrorHandler((err: Error & { code?: string; statusCode?: number }, request, reply) => {
+    let e: ApiError;
+    if (err instanceof ApiError) e = err;
+    else if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      e = new ApiError(413, `The request body is too large: the limit is ${bodyLimit} bytes.`, 'invalid_request_error', null, 'request_too_large');
+    } else if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+      e = new ApiError(415, `Unsupported Content-Type '${request.headers['content-type'] ?? ''}': send application/json or application/msgpack.`, 'invalid_request_error', null, 'unsupported_media_type');
+    } else if (err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || (err instanceof SyntaxError && err.statusCode === 400)) {
+      e = new ApiError(400, `We could not parse the JSON body of your request: ${err.message}`, 'invalid_request_error', null, 'invalid_json');
+    } else if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
+      e = new ApiError(err.statusCode, err.message, 'invalid_request_error', null, err.code ?? null);
+    } else {
+      request.log.error({ err }, 'internal error');
+      e = new ApiError(500, `Internal server error: ${err.message}`, 'server_error', null, 'internal_error');
+    }
+    return fail(request, reply, e);
+  });
+
+  app.setNotFoundHandler((request, reply) => fail(request, reply, new ApiError(404, `Unknown route: ${request.method} ${request.url.split('?')[0]}`, 'invalid_request_error', null, 'not_found')));
+
+  const checkModel = (model: string) => {
+    if (model !== modelId) throw new ApiError(404, `The model '${model}' does not exist: this server serves '${modelId}'.`, 'invalid_request_error', 'model', 'model_not_found');
+  };
+
+  const modelCard = () => ({ id: modelId, object: 'model', created, owned_by: 'wgserve', max_model_len: contextLength });
+
+  app.get('/health', async (request, reply) => send(request, reply, state === 'ready' ? 200 : 503, { status: state === 'ready' ? 'ready' : 'draining' }));
+
+  app.get('/metrics', async (_request, reply) => reply.type(metrics.contentType).send(await metrics.render()));
+
+  app.get('/v1/models', async (request, reply) => send(request, reply, 200, { object: 'list', data: [modelCard()] }));
+
+  app.get('/v1/models/*', async (request, reply) => {
+    checkModel((request.params as { '*': string })['*']); // ids may contain '/'
+    return send(request, reply, 200, modelCard());
+  });
+
+  const sampling = (r: CommonRequest, maxTokens: number, topLogprobs: number | null): SamplingOptions => ({
+    maxTokens,
+    temperature: r.temperature,
+    topK: r.topK,
+    topP: r.topP,
+    seed: r.seed ?? Math.floor(Math.random() * 2 ** 32),
+    stop: r.stop,
+    logprobs: topLogprobs === null ? 0 : Math.max(1, topLogprobs),
+  });
+
+  const newId = (prefix: string) => `${prefix}-${randomBytes(12).toString('hex')}`;
+
+  app.post('/v1/completions', async (request, reply) => {
+    const r = parseCompletionRequest(request.body, vocab.tokens.length);
+    checkModel(r.model);
+    const prompt = 'text' in r.prompt ? tokenizer.encode(r.prompt.text) : r.prompt.tokens;
+    const echo = r.echo ? ('text' in r.prompt ? r.prompt.text : decode(tokenizer, r.prompt.tokens)) : '';
+    return run(request, reply, {
+      kind: 'text',
+      id: newId('cmpl'),
+      created: Math.floor(Date.now() / 1000),
+      prompt,
+      sampling: sampling(r, r.maxTokens ?? 16, r.logprobs),
+      stream: r.stream,
+      includeUsage: r.includeUsage,
+      topLogprobs: r.logprobs,
+      echo,
+      user: r.user,
+      lengthParam: r.maxTokens === undefined ? 'prompt' : 'max_tokens',
+    });
+  });
+
+  app.post('/v1/chat/completions', async (request, reply) => {
+    const r = parseChatRequest(request.body);
+    checkModel(r.model);
+    let rendered: string;
+    try {
+      rendered = template.render(r.messages);
+    } catch (err) {
+      throw new ApiError(400, err instanceof Error ? err.message : String(err), 'invalid_request_error', 'messages', 'invalid_value');
+    }
+    // template special tokens become ids; BOS is added only when the template did not write it
+    const hasBos = bosText !== '' && rendered.startsWith(bosText);
+    const prompt = tokenizer.encode(rendered, { addSpecial: !hasBos, parseSpecial: true });
+    let maxTokens = r.maxTokens;
+    if (maxTokens === undefined) {
+      maxTokens = maxSequence - prompt.length; // until the context (or what the KV cache holds for one sequence) is full
+      if (maxTokens < 1) {
+        throw new ApiError(400, `The messages (${prompt.length} tokens) leave no room to generate: one sequence holds at most ${maxSequence} tokens (context length ${contextLength}${maxSequence < contextLength ? ', less in this KV cache' : ''}).`, 'invalid_request_error', 'messages', 'context_length_exceeded');
+      }
+    }
+    return run(request, reply, {
+      kind: 'chat',
+      id: newId('chatcmpl'),
+      created: Math.floor(Date.now() / 1000),
+      prompt,
+      sampling: sampling(r, maxTokens, r.logprobs),
+      stream: r.stream,
+      includeUsage: r.includeUsage,
+      topLogprobs: r.logprobs,
+      echo: '',
+      user: r.user,
+      lengthParam: r.maxTokens === undefined ? 'messages' : 'max_completion_tokens',
+    });
+  });
+
+  /** Submits a job to the engine and answers it, whole or streamed. */
+  async function run(request: FastifyRequest, reply: FastifyReply, job: Job): Promise<FastifyReply | void> {
+    const rec = info.get(request)!;
+    const eos = vocab.eos;
+    const format = wantsMsgpack(request) ? 'msgpack' : 'sse';
+    const base = { id: job.id, object: job.kind === 'text' ? 'text_completion' : job.stream ? 'chat.completion.chunk' : 'chat.completion', created: job.created, model: modelId };
+    const usageField = job.includeUsage ? { usage: null } : {};
+    const top = job.topLogprobs;
+
+    let handle: EngineHandle | undefined;
+    let finished = false;
+    let clientGone = false;
+    let tokens = 0;
+    let lastToken = 0;
+    let text = job.echo;
+    let textOffset = job.echo.length;
+    const lpEvents: TokenEvent[] = [];
+    let stream: ChunkStream | null = null;
+    let pending: { chunk: Record<string, unknown>; choice: Record<string, unknown> } | null = null;
+    let settle!: (r: { reason: FinishReason; usage: Usage; error?: Error }) => void;
+    const done = new Promise<{ reason: FinishReason; usage: Usage; error?: Error }>((r) => (settle = r));
+
+    const chunk = (content: string, events: TokenEvent[], finish: string | null) => {
+      const lp = top === null ? null : job.kind === 'text' ? completionLogprobs(texts, events, top, textOffset) : chatLogprobs(texts, events, top);
+      const choice: Record<string, unknown> =
+        job.kind === 'text' ? { index: 0, text: content, logprobs: lp, finish_reason: finish } : { index: 0, delta: content || finish === null ? { content } : {}, logprobs: lp, finish_reason: finish };
+      return { chunk: { ...base, choices: [choice], ...usageField }, choice };
+    };
+    const flush = () => {
+      if (pending && stream) stream.write(pending.chunk);
+      pending = null;
+    };
+
+    const onToken = (e: TokenEvent) => {
+      const now = performance.now();
+      if (tokens === 0) metrics.ttft.observe((now - rec.t0) / 1e3);
+      else metrics.interToken.observe((now - lastToken) / 1e3);
+      lastToken = now;
+      tokens++;
+      metrics.generationTokens.inc();
+      const withLogprobs = top !== null && e.token !== eos;
+      if (!job.stream) {
+        text += e.text;
+        if (withLogprobs) lpEvents.push(e);
+        return;
+      }
+      if (!e.text && !withLogprobs) return;
+      flush();
+      pending = chunk(e.text, withLogprobs ? [e] : [], null);
+      textOffset += withLogprobs ? texts.text(e.token).length : 0;
+      // held for a microtask: when this is the last token, onFinish (called right after, in the
+      // same engine step) puts finish_reason into this chunk
+      queueMicrotask(flush);
+    };
+
+    const onFinish = (reason: FinishReason, usage: Usage, error?: Error) => {
+      finished = true;
+      if (handle) active.delete(handle);
+      if (active.size === 0) {
+        const w = emptyWaiters;
+        emptyWaiters = [];
+        for (const f of w) f();
+      }
+      metrics.e2e.observe((performance.now() - rec.t0) / 1e3);
+      metrics.observeFinish(reason);
+      rec.gen = { id: job.id, prompt_tokens: usage.promptTokens, completion_tokens: usage.completionTokens, finish_reason: reason, ...(job.user ? { user: job.user } : {}) };
+      if (stream && !clientGone) finishStream(reason, usage, error);
+      settle({ reason, usage, error });
+    };
+
+    const finishStream = (reason: FinishReason, usage: Usage, error?: Error) => {
+      const s = stream!;
+      if (reason === 'stop' || reason === 'length') {
+        const finish = openAiFinishReason(reason);
+        if (pending) pending.choice.finish_reason = finish;
+        else pending = chunk('', [], finish);
+        flush();
+        if (job.includeUsage) s.write({ ...base, choices: [], usage: usageBody(usage) });
+      } else {
+        flush();
+        s.write(reason === 'error' ? errorBody(`Generation failed: ${error?.message ?? 'unknown error'}`, 'server_error', null, 'generation_error') : errorBody('The server shut down before the request finished.', 'server_error', null, 'server_shutdown'));
+      }
+      s.end();
+    };
+
+    try {
+      handle = engine.submit({ prompt: job.prompt, sampling: job.sampling, events: { onToken, onFinish } });
+    } catch (err) {
+      if (err instanceof QueueFullError) {
+        throw new ApiError(429, `The server is busy: ${err.message}. Retry later.`, 'rate_limit_error', null, 'queue_full', { 'retry-after': retryAfter });
+      }
+      if (err instanceof RequestTooLargeError) throw new ApiError(400, err.message, 'invalid_request_error', job.lengthParam, 'context_length_exceeded');
+      throw err;
+    }
+    if (!finished) active.add(handle);
+    metrics.promptTokens.inc(job.prompt.length);
+    reply.raw.once('close', () => {
+      if (finished) return;
+      clientGone = true;
+      handle!.cancel(); // the engine frees its KV at the next step
+    });
+
+    if (job.stream) {
+      reply.hijack();
+      stream = openChunkStream(reply.raw, format);
+      if (job.kind === 'chat') stream.write({ ...base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }], ...usageField });
+      else if (job.echo) stream.write({ ...base, choices: [{ index: 0, text: job.echo, logprobs: null, finish_reason: null }], ...usageField });
+      if (finished) finishStream('length', { promptTokens: job.prompt.length, completionTokens: 0 }); // (cannot happen: max_tokens >= 1)
+      return;
+    }
+
+    const { reason, usage, error } = await done;
+    if (clientGone) {
+      reply.hijack(); // nobody to answer
+      return;
+    }
+    if (reason === 'error') throw new ApiError(500, `Generation failed: ${error?.message ?? 'unknown error'}`, 'server_error', null, 'generation_error');
+    if (reason === 'cancelled') throw new ApiError(503, 'The server shut down before the request finished.', 'server_error', null, 'server_shutdown');
+    const finish = openAiFinishReason(reason);
+    const choice =
+      job.kind === 'text'
+        ? { index: 0, text, logprobs: top === null ? null : completionLogprobs(texts, lpEvents, top, job.echo.length), finish_reason: finish }
+        : { index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: top === null ? null : chatLogprobs(texts, lpEvents, top), finish_reason: finish };
+    return send(request, reply, 200, { ...base, choices: [choice], usage: usageBody(usage) });
+  }
+
+  let drained: Promise<{ cancelled: number }> | null = null;
+  const server: WgServer = {
+    app,
+    metrics,
+    get state() {
+      return state;
+    },
+    get inFlight() {
+      return active.size;
+    },
+    drain(timeoutMs = 30_000) {
+      drained ??= (async () => {
+        state = 'draining';
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([whenEmpty(), new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
+        clearTimeout(timer);
+        const cancelled = active.size;
+        for (const h of active) h.cancel();
+        await whenEmpty();
+        if (engine.onStep === onStep) engine.onStep = previousOnStep;
+        await app.close();
+        state = 'closed';
+        return { cancelled };
+      })();
+      return drained;
+    },
+    async close() {
+      await server.drain(0);
+    },
+  };
+  return server;
+}
+
+/** buildServer, then listen; `url` has the port actually bound (port 0 picks a free one). */
+export async function startServer(o: StartOptions): Promise<WgServer & { url: string }> {
+  const server = buildServer(o);
+  const host = o.host ?? '127.0.0.1';
+  await server.app.listen({ host, port: o.port ?? 8080 });
+  const addr = server.app.server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : (o.port ?? 8080);
+  const shown = host === '0.0.0.0' || host === '::' ? 'localhost' : host.includes(':') ? `[${host}]` : host;
+  return Object.assign(server, { url: `http://${shown}:${port}` });
+}

@@ -1,0 +1,129 @@
+/**
+ * Prometheus metrics of one server (its own prom-client registry, so several servers can live in
+ * one process): request latencies observed by the routes, engine state read at scrape time.
+ * docs/api.md lists every metric.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Engine, FinishReason, StepStats } from '../engine/engine.ts';
+
+export class ServerMetrics {
+  readonly registry = new Registry();
+  readonly ttft: Histogram;
+  readonly interToken: Histogram;
+  readonly e2e: Histogram;
+  readonly promptTokens: Counter;
+  readonly generationTokens: Counter;
+  readonly finished: Counter<'finish_reason'>;
+  readonly http: Counter<'method' | 'route' | 'status'>;
+  readonly stepSequences: Histogram;
+  readonly stepTokens: Histogram;
+  readonly stepSeconds: Histogram;
+
+  constructor(engine: Engine, options: { processMetrics?: boolean } = {}) {
+    const registers = [this.registry];
+    const p = 'wgserve_';
+    this.ttft = new Histogram({
+      name: `${p}time_to_first_token_seconds`,
+      help: 'Time from the request arriving to its first generated token',
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80],
+      registers,
+    });
+    this.interToken = new Histogram({
+      name: `${p}inter_token_latency_seconds`,
+      help: 'Time between consecutive generated tokens of a request',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4],
+      registers,
+    });
+    this.e2e = new Histogram({
+      name: `${p}e2e_request_latency_seconds`,
+      help: 'Time from the request arriving to its last token (generation requests)',
+      buckets: [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320],
+      registers,
+    });
+    this.promptTokens = new Counter({ name: `${p}prompt_tokens_total`, help: 'Prompt tokens of admitted requests', registers });
+    this.generationTokens = new Counter({ name: `${p}generation_tokens_total`, help: 'Generated tokens (EOS included)', registers });
+    this.finished = new Counter({ name: `${p}requests_finished_total`, help: 'Generation requests finished, by reason (stop, length, cancelled, error)', labelNames: ['finish_reason'], registers });
+    this.http = new Counter({ name: `${p}http_requests_total`, help: 'HTTP requests answered, by route and status', labelNames: ['method', 'route', 'status'], registers });
+    this.stepSequences = new Histogram({
+      name: `${p}step_sequences`,
+      help: 'Sequences batched into one engine step',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+      registers,
+    });
+    this.stepTokens = new Histogram({
+      name: `${p}step_tokens`,
+      help: 'Tokens (prompt chunks and decodes) in one engine step',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
+      registers,
+    });
+    this.stepSeconds = new Histogram({
+      name: `${p}step_duration_seconds`,
+      help: 'Duration of one engine step (forward pass and sampling)',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    new Gauge({
+      name: `${p}requests_waiting`,
+      help: 'Requests queued for admission (new or preempted)',
+      registers,
+      collect() {
+        this.set(engine.waiting);
+      },
+    });
+    new Gauge({
+      name: `${p}requests_running`,
+      help: 'Sequences admitted and holding KV cache',
+      registers,
+      collect() {
+        this.set(engine.running);
+      },
+    });
+    const pool = engine.model.kv.pool;
+    new Gauge({
+      name: `${p}kv_blocks_used`,
+      help: 'KV cache blocks in use',
+      registers,
+      collect() {
+        this.set(pool.used);
+      },
+    });
+    new Gauge({
+      name: `${p}kv_blocks_total`,
+      help: 'KV cache blocks in the pool',
+      registers,
+      collect() {
+        this.set(pool.numBlocks);
+      },
+    });
+    let seenPreemptions = engine.counters.preemptions;
+    new Counter({
+      name: `${p}preemptions_total`,
+      help: 'Sequences preempted (KV freed, recomputed later) for lack of KV cache',
+      registers,
+      collect() {
+        const n = engine.counters.preemptions;
+        if (n > seenPreemptions) this.inc(n - seenPreemptions);
+        seenPreemptions = n;
+      },
+    });
+    if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+  }
+
+  observeStep(s: StepStats): void {
+    this.stepSequences.observe(s.sequences);
+    this.stepTokens.observe(s.promptTokens + s.decodeTokens);
+    this.stepSeconds.observe(s.seconds);
+  }
+
+  observeFinish(reason: FinishReason): void {
+    this.finished.inc({ finish_reason: reason });
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  render(): Promise<string> {
+    return this.registry.metrics();
+  }
+}

@@ -1,0 +1,324 @@
+/**
+ * The OpenAI API surface: request validation (into the engine's terms), error bodies, and the
+ * response and stream-chunk shapes of /v1/completions and /v1/chat/completions. No I/O here.
+ */
+import type { FinishReason, TokenEvent, Usage } from '../engine/engine.ts';
+import type { ChatMessage } from '../model/chat_template.ts';
+import type { Tokenizer } from '../model/tokenizer/index.ts';
+import { TokenType } from '../model/tokenizer/vocab.ts';
+
+/** An error answered with OpenAI's body: `{error: {message, type, param, code}}`. */
+export class ApiError extends Error {
+  override name = 'ApiError';
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: string = 'invalid_request_error',
+    readonly param: string | null = null,
+    readonly code: string | null = null,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+
+  body(): ErrorBody {
+    return errorBody(this.message, this.type, this.param, this.code);
+  }
+}
+
+export interface ErrorBody {
+  error: { message: string; type: string; param: string | null; code: string | null };
+}
+
+export const errorBody = (message: string, type = 'invalid_request_error', param: string | null = null, code: string | null = null): ErrorBody => ({
+  error: { message, type, param, code },
+});
+
+/** A 400 for one parameter. */
+const invalid = (param: string, message: string, code = 'invalid_value') => new ApiError(400, message, 'invalid_request_error', param, code);
+
+// ---------------------------------------------------------------------------------------------
+// validation
+
+type Body = Record<string, unknown>;
+
+const describe = (v: unknown): string => (v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v === 'object' ? 'an object' : `a ${typeof v}`);
+const wrongType = (param: string, expected: string, v: unknown) =>
+  invalid(param, `Invalid type for '${param}': expected ${expected}, but got ${describe(v)} instead.`, 'invalid_type');
+
+/** The field, or undefined when absent or null (OpenAI treats an explicit null as "default"). */
+const field = (b: Body, name: string): unknown => (b[name] === null ? undefined : b[name]);
+
+function optNumber(b: Body, name: string, min: number, max: number): number | undefined {
+  const v = field(b, name);
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw wrongType(name, 'a number', v);
+  if (v < min || v > max) throw invalid(name, `Invalid '${name}': expected a value in [${min}, ${max}], but got ${v} instead.`);
+  return v;
+}
+
+function optInteger(b: Body, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
+  const v = field(b, name);
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw wrongType(name, 'an integer', v);
+  if (v < min) throw invalid(name, `Invalid '${name}': integer below minimum value. Expected a value >= ${min}, but got ${v} instead.`, 'integer_below_min_value');
+  if (v > max) throw invalid(name, `Invalid '${name}': integer above maximum value. Expected a value <= ${max}, but got ${v} instead.`, 'integer_above_max_value');
+  return v;
+}
+
+function optBoolean(b: Body, name: string): boolean | undefined {
+  const v = field(b, name);
+  if (v === undefined) return undefined;
+  if (typeof v !== 'boolean') throw wrongType(name, 'a boolean', v);
+  return v;
+}
+
+function optString(b: Body, name: string): string | undefined {
+  const v = field(b, name);
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string') throw wrongType(name, 'a string', v);
+  return v;
+}
+
+function isObject(v: unknown): v is Body {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
+}
+
+/** Top log-probabilities per token at most (vLLM's limit; OpenAI's is 5 for completions, 20 for chat). */
+export const MAX_TOP_LOGPROBS = 20;
+/** Stop strings per request at most. */
+export const MAX_STOP = 16;
+
+/** What both endpoints share, validated. */
+export interface CommonRequest {
+  model: string;
+  /** undefined: the endpoint's default */
+  maxTokens?: number;
+  temperature: number;
+  topP: number;
+  topK: number;
+  /** undefined: a random seed */
+  seed?: number;
+  stop: string[];
+  stream: boolean;
+  includeUsage: boolean;
+  user?: string;
+}
+
+export interface CompletionRequest extends CommonRequest {
+  prompt: { text: string } | { tokens: number[] };
+  echo: boolean;
+  /** top alternatives per token (0: only the chosen token's); null: no logprobs */
+  logprobs: number | null;
+}
+
+export interface ChatRequest extends CommonRequest {
+  messages: ChatMessage[];
+  /** top alternatives per token; null: no logprobs */
+  logprobs: number | null;
+}
+
+function common(body: unknown): { b: Body; req: CommonRequest } {
+  if (!isObject(body)) throw new ApiError(400, 'The request body must be a JSON (or MessagePack) object.', 'invalid_request_error', null, 'invalid_body');
+  const b = body;
+  const model = field(b, 'model');
+  if (model === undefined) throw invalid('model', "Missing required parameter: 'model'.", 'missing_required_parameter');
+  if (typeof model !== 'string') throw wrongType('model', 'a string', model);
+
+  const n = optInteger(b, 'n', 1);
+  if (n !== undefined && n !== 1) throw invalid('n', `Invalid 'n': this server generates one choice per request (n = 1), got ${n}.`, 'unsupported_value');
+
+  const stream = optBoolean(b, 'stream') ?? false;
+  let includeUsage = false;
+  const so = field(b, 'stream_options');
+  if (so !== undefined) {
+    if (!stream) throw invalid('stream_options', "The 'stream_options' parameter is only allowed when 'stream' is enabled.");
+    if (!isObject(so)) throw wrongType('stream_options', 'an object', so);
+    const iu = so.include_usage ?? undefined;
+    if (iu !== undefined && iu !== null && typeof iu !== 'boolean') throw wrongType('stream_options.include_usage', 'a boolean', iu);
+    includeUsage = iu === true;
+  }
+
+  // accepted for compatibility where they change nothing, refused where they would be ignored
+  for (const name of ['presence_penalty', 'frequency_penalty']) {
+    const v = optNumber(b, name, -2, 2);
+    if (v !== undefined && v !== 0) throw invalid(name, `'${name}' is not supported by this server (only 0).`, 'unsupported_parameter');
+  }
+  const bias = field(b, 'logit_bias');
+  if (bias !== undefined) {
+    if (!isObject(bias)) throw wrongType('logit_bias', 'an object', bias);
+    if (Object.keys(bias).length > 0) throw invalid('logit_bias', "'logit_bias' is not supported by this server.", 'unsupported_parameter');
+  }
+
+  const stopField = field(b, 'stop');
+  let stop: string[] = [];
+  if (typeof stopField === 'string') stop = [stopField];
+  else if (Array.isArray(stopField)) {
+    if (!stopField.every((s) => typeof s === 'string')) throw wrongType('stop', 'a string or an array of strings', stopField);
+    if (stopField.length > MAX_STOP) throw invalid('stop', `Invalid 'stop': at most ${MAX_STOP} stop strings, got ${stopField.length}.`);
+    stop = stopField as string[];
+  } else if (stopField !== undefined) throw wrongType('stop', 'a string or an array of strings', stopField);
+
+  const topK = field(b, 'top_k') === -1 ? 0 : optInteger(b, 'top_k', 0); // vLLM's -1 = off too
+  const seed = optInteger(b, 'seed', Number.MIN_SAFE_INTEGER);
+  return {
+    b,
+    req: {
+      model,
+      temperature: optNumber(b, 'temperature', 0, 2) ?? 1,
+      topP: optNumber(b, 'top_p', 0, 1) ?? 1,
+      topK: topK ?? 0,
+      seed,
+      stop: stop.filter((s) => s.length > 0),
+      stream,
+      includeUsage,
+      user: optString(b, 'user'),
+    },
+  };
+}
+
+/** Validates a /v1/completions body. `vocabSize` bounds token-id prompts. */
+export function parseCompletionRequest(body: unknown, vocabSize: number): CompletionRequest {
+  const { b, req } = common(body);
+  const maxTokens = optInteger(b, 'max_tokens', 1);
+
+  let p = field(b, 'prompt');
+  if (p === undefined) throw invalid('prompt', "Missing required parameter: 'prompt'.", 'missing_required_parameter');
+  // a batch of one prompt is that prompt
+  if (Array.isArray(p) && p.length === 1 && (typeof p[0] === 'string' || Array.isArray(p[0]))) p = p[0];
+  let prompt: CompletionRequest['prompt'];
+  if (typeof p === 'string') prompt = { text: p };
+  else if (Array.isArray(p) && p.every((t) => typeof t === 'number')) {
+    for (const t of p as number[]) {
+      if (!Number.isInteger(t) || t < 0 || t >= vocabSize) throw invalid('prompt', `Invalid 'prompt': token id ${t} is outside the vocabulary (0..${vocabSize - 1}).`);
+    }
+    prompt = { tokens: p as number[] };
+  } else if (Array.isArray(p) && p.length > 1 && p.every((x) => typeof x === 'string' || Array.isArray(x))) {
+    throw invalid('prompt', `Invalid 'prompt': this server takes one prompt per request, got ${p.length}.`, 'unsupported_value');
+  } else throw wrongType('prompt', 'a string or an array of token ids', p);
+
+  const best = optInteger(b, 'best_of', 1);
+  if (best !== undefined && best !== 1) throw invalid('best_of', "'best_of' other than 1 is not supported by this server.", 'unsupported_value');
+  const suffix = optString(b, 'suffix');
+  if (suffix) throw invalid('suffix', "'suffix' is not supported by this server.", 'unsupported_parameter');
+  const echo = optBoolean(b, 'echo') ?? false;
+  const logprobs = optInteger(b, 'logprobs', 0, MAX_TOP_LOGPROBS) ?? null;
+  if (echo && logprobs !== null) throw invalid('echo', "'echo' together with 'logprobs' is not supported by this server (no prompt log-probabilities).", 'unsupported_value');
+  return { ...req, maxTokens, prompt, echo, logprobs };
+}
+
+const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
+
+/** Validates a /v1/chat/completions body. */
+export function parseChatRequest(body: unknown): ChatRequest {
+  const { b, req } = common(body);
+  const maxTokens = optInteger(b, 'max_completion_tokens', 1) ?? optInteger(b, 'max_tokens', 1);
+
+  const ms = field(b, 'messages');
+  if (ms === undefined) throw invalid('messages', "Missing required parameter: 'messages'.", 'missing_required_parameter');
+  if (!Array.isArray(ms)) throw wrongType('messages', 'an array', ms);
+  if (ms.length === 0) throw invalid('messages', "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.", 'empty_array');
+  const messages = ms.map((m, i): ChatMessage => {
+    const param = `messages[${i}]`;
+    if (!isObject(m)) throw wrongType(param, 'an object', m);
+    if (typeof m.role !== 'string' || !ROLES.has(m.role)) {
+      throw invalid(`${param}.role`, `Invalid '${param}.role': expected one of ${[...ROLES].join(', ')}, got ${JSON.stringify(m.role ?? null)}.`);
+    }
+    const role = (m.role === 'developer' ? 'system' : m.role) as ChatMessage['role'];
+    const c = m.content ?? null;
+    let content: string;
+    if (typeof c === 'string') content = c;
+    else if (c === null && role === 'assistant') content = '';
+    else if (Array.isArray(c)) {
+      content = c
+        .map((part, j) => {
+          if (!isObject(part) || part.type !== 'text' || typeof part.text !== 'string') {
+            throw invalid(`${param}.content[${j}]`, `Invalid '${param}.content[${j}]': only text parts ({"type": "text", "text": "..."}) are supported.`);
+          }
+          return part.text;
+        })
+        .join('\n');
+    } else throw wrongType(`${param}.content`, 'a string or an array of text parts', c);
+    return { role, content };
+  });
+
+  const tools = field(b, 'tools') ?? field(b, 'functions');
+  if (tools !== undefined && !(Array.isArray(tools) && tools.length === 0)) throw invalid('tools', "'tools' (function calling) is not supported by this server.", 'unsupported_parameter');
+  const rf = field(b, 'response_format');
+  if (rf !== undefined && !(isObject(rf) && rf.type === 'text')) throw invalid('response_format', "Only 'response_format' {\"type\": \"text\"} is supported by this server.", 'unsupported_value');
+
+  const logprobs = optBoolean(b, 'logprobs') ?? false;
+  const top = optInteger(b, 'top_logprobs', 0, MAX_TOP_LOGPROBS);
+  if (top !== undefined && !logprobs) throw invalid('top_logprobs', "'top_logprobs' requires 'logprobs' to be true.");
+  return { ...req, maxTokens, messages, logprobs: logprobs ? (top ?? 0) : null };
+}
+
+// ---------------------------------------------------------------------------------------------
+// responses
+
+export const openAiFinishReason = (r: FinishReason): 'stop' | 'length' => (r === 'length' ? 'length' : 'stop');
+
+export const usageBody = (u: Usage) => ({ prompt_tokens: u.promptTokens, completion_tokens: u.completionTokens, total_tokens: u.promptTokens + u.completionTokens });
+
+/** Text and bytes of single tokens for log-probability entries (control tokens by their name). */
+export class TokenTexts {
+  private readonly utf8 = new TextDecoder('utf-8');
+  constructor(private readonly tokenizer: Tokenizer) {}
+
+  bytes(id: number): Uint8Array {
+    return this.tokenizer.tokenBytes(id);
+  }
+
+  text(id: number): string {
+    const b = this.tokenizer.tokenBytes(id);
+    const v = this.tokenizer.vocab;
+    if (b.length === 0 && (v.types[id] === TokenType.CONTROL || v.types[id] === TokenType.USER_DEFINED)) return v.tokens[id] ?? '';
+    return this.utf8.decode(b);
+  }
+}
+
+type TopLogprobs = NonNullable<TokenEvent['topLogprobs']>;
+
+/** Completions' logprobs object for a run of tokens. */
+export interface CompletionLogprobs {
+  tokens: string[];
+  token_logprobs: number[];
+  top_logprobs: Record<string, number>[];
+  text_offset: number[];
+}
+
+export function completionLogprobs(texts: TokenTexts, events: TokenEvent[], top: number, offset: number): CompletionLogprobs {
+  const out: CompletionLogprobs = { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
+  for (const e of events) {
+    const t = texts.text(e.token);
+    out.tokens.push(t);
+    out.token_logprobs.push(e.logprob ?? 0);
+    const alt: Record<string, number> = {};
+    for (const a of (e.topLogprobs ?? ([] as TopLogprobs)).slice(0, top)) {
+      const k = texts.text(a.token);
+      if (!(k in alt)) alt[k] = a.logprob;
+    }
+    out.top_logprobs.push(alt);
+    out.text_offset.push(offset);
+    offset += t.length;
+  }
+  return out;
+}
+
+export interface ChatLogprobEntry {
+  token: string;
+  logprob: number;
+  bytes: number[];
+  top_logprobs: { token: string; logprob: number; bytes: number[] }[];
+}
+
+export function chatLogprobs(texts: TokenTexts, events: TokenEvent[], top: number): { content: ChatLogprobEntry[]; refusal: null } {
+  const entry = (id: number, logprob: number) => ({ token: texts.text(id), logprob, bytes: [...texts.bytes(id)] });
+  return {
+    content: events.map((e) => ({
+      ...entry(e.token, e.logprob ?? 0),
+      top_logprobs: (e.topLogprobs ?? []).slice(0, top).map((a) => entry(a.token, a.logprob)),
+    })),
+    refusal: null,
+  };
+}

@@ -1,0 +1,363 @@
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Engine, type SamplingOptions } from '../src/engine/engine.ts';
+import { generate } from '../src/engine/generate.ts';
+import { repoRoot } from '../src/gpu/paths.ts';
+import { ChatTemplate } from '../src/model/chat_template.ts';
+import { GpuModel } from '../src/model/gpu_model.ts';
+import { type ModelSource, openModel } from '../src/model/source.ts';
+import { startServer, type WgServer } from '../src/server/app.ts';
+import { MsgpackFrameReader, packMsgpack, unpackMsgpack } from '../src/server/stream.ts';
+import { useGpu } from './helpers/gpu.ts';
+
+// SwiftShader runs a decode step of stories260K in ~0.1-0.2 s: max_tokens stay small throughout.
+const STORIES = join(repoRoot, 'models', 'stories260K', 'stories260K.gguf');
+const MODEL = 'stories260K';
+const greedy = (maxTokens: number): SamplingOptions => ({ maxTokens, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [] });
+const MSGPACK = 'application/msgpack';
+
+/** A metric's value from the Prometheus text (first series whose name and labels match). */
+async function metric(url: string, series: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  if (!line) throw new Error(`metric ${series} not found`);
+  return Number(line.slice(series.length + 1));
+}
+
+async function until(cond: () => Promise<boolean>, what: string, ms = 15_000): Promise<void> {
+  const end = performance.now() + ms;
+  while (!(await cond())) {
+    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Reads an SSE response's `data:` payloads until `stop` says enough (or the stream ends). */
+async function readSse(res: Response, stop: (events: string[]) => boolean = () => false): Promise<string[]> {
+  const reader = res.body!.getReader();
+  const utf8 = new TextDecoder();
+  const events: string[] = [];
+  let buf = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += utf8.decode(value, { stream: true });
+    let i: number;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const block = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      if (block.startsWith('data: ')) events.push(block.slice(6));
+    }
+    if (stop(events)) break;
+  }
+  return events;
+}
+
+const post = (url: string, path: string, body: unknown, headers: Record<string, string> = {}, signal?: AbortSignal) =>
+  fetch(`${url}${path}`, {
+    method: 'POST',
+    signal,
+    headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' || body instanceof Uint8Array ? body : JSON.stringify(body),
+  });
+
+describe('OpenAI-compatible server', () => {
+  const getGpu = useGpu();
+  let src: ModelSource;
+  let model: GpuModel;
+  let server: WgServer & { url: string };
+  let client: OpenAI;
+  const tok = () => src.tokenizer;
+  const chatTokens = (messages: { role: 'user' | 'system'; content: string }[]) => tok().encode(new ChatTemplate().render(messages), { parseSpecial: true });
+
+  beforeAll(async () => {
+    src = await openModel(STORIES);
+    model = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
+    server = await startServer({ engine: new Engine(model, src.tokenizer), modelId: MODEL, host: '127.0.0.1', port: 0, processMetrics: false });
+    client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  });
+  afterAll(async () => {
+    await server?.close();
+    model?.destroy();
+  });
+
+  it('completions and chat, whole and streamed, give generate()’s greedy output', async () => {
+    const prompt = 'Once upon a time';
+    const messages = [{ role: 'user' as const, content: 'Hi' }];
+    const [text, chat] = (await generate(model, tok(), [{ tokens: tok().encode(prompt), options: greedy(10) }, { tokens: chatTokens(messages), options: greedy(6) }])).results;
+
+    // all at once (batched: greedy outputs do not depend on the batch)
+    const collect = async <T>(s: AsyncIterable<T>) => {
+      const out: T[] = [];
+      for await (const x of s) out.push(x);
+      return out;
+    };
+    const [c, ids, chunks, cc, deltas] = await Promise.all([
+      client.completions.create({ model: MODEL, prompt, max_tokens: 10, temperature: 0 }),
+      client.completions.create({ model: MODEL, prompt: tok().encode(prompt), max_tokens: 10, temperature: 0 }), // token ids
+      client.completions.create({ model: MODEL, prompt, max_tokens: 10, temperature: 0, stream: true, stream_options: { include_usage: true } }).then(collect),
+      client.chat.completions.create({ model: MODEL, messages, max_completion_tokens: 6, temperature: 0, user: 'tester' }),
+      client.chat.completions.create({ model: MODEL, messages, max_tokens: 6, temperature: 0, stream: true }).then(collect),
+    ]);
+
+    expect(c.object).toBe('text_completion');
+    expect(c.choices[0]).toMatchObject({ index: 0, text: text.text, finish_reason: 'length', logprobs: null });
+    expect(c.usage).toEqual({ prompt_tokens: 5, completion_tokens: 10, total_tokens: 15 });
+    expect(ids.choices[0].text).toBe(text.text);
+
+    expect(chunks.flatMap((ch) => ch.choices.map((x) => x.text)).join('')).toBe(text.text);
+    expect(chunks.at(-1)).toMatchObject({ choices: [], usage: { prompt_tokens: 5, completion_tokens: 10, total_tokens: 15 } });
+    expect(chunks.at(-2)!.choices[0].finish_reason).toBe('length');
+    expect(chunks.slice(0, -2).every((ch) => ch.choices[0].finish_reason === null && ch.usage === null)).toBe(true);
+
+    expect(cc.object).toBe('chat.completion');
+    expect(cc.choices[0]).toMatchObject({ message: { role: 'assistant', content: chat.text }, finish_reason: 'length' });
+    expect(cc.usage).toMatchObject({ prompt_tokens: chatTokens(messages).length, completion_tokens: 6 });
+
+    expect(deltas[0].object).toBe('chat.completion.chunk');
+    expect(deltas[0].choices[0].delta).toEqual({ role: 'assistant', content: '' });
+    const content = deltas.slice(1);
+    expect(content.map((ch) => ch.choices[0].delta.content).join('')).toBe(chat.text);
+    // finish_reason rides on the last content chunk
+    expect(content.at(-1)!.choices[0]).toMatchObject({ finish_reason: 'length', delta: { content: expect.any(String) } });
+    expect(content.slice(0, -1).every((ch) => ch.choices[0].finish_reason === null)).toBe(true);
+  });
+
+  it('logprobs, stop strings and seeds', async () => {
+    const prompt = 'Once upon a time';
+    const hot = () => client.completions.create({ model: MODEL, prompt, max_tokens: 6, temperature: 1, top_p: 0.95, seed: 7, top_k: 40 } as OpenAI.CompletionCreateParamsNonStreaming);
+    const [lp, chat, stopped, a, b] = await Promise.all([
+      client.completions.create({ model: MODEL, prompt, max_tokens: 3, temperature: 0, logprobs: 2 }),
+      client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 3, temperature: 0, logprobs: true, top_logprobs: 2 }),
+      client.completions.create({ model: MODEL, prompt, max_tokens: 20, temperature: 0, stop: [' Lily.', 'never'] }),
+      hot(),
+      hot(),
+    ]);
+    const l = lp.choices[0].logprobs!;
+    expect(l.tokens).toHaveLength(3);
+    expect(l.tokens!.join('')).toBe(lp.choices[0].text);
+    expect(l.text_offset).toEqual([0, l.tokens![0].length, l.tokens![0].length + l.tokens![1].length]);
+    l.top_logprobs!.forEach((top, i) => {
+      expect(Object.keys(top)).toHaveLength(2);
+      expect(l.token_logprobs![i]).toBeCloseTo(Math.max(...Object.values(top)), 6); // greedy takes the most likely
+    });
+
+    const entries = chat.choices[0].logprobs!.content!;
+    expect(entries).toHaveLength(3);
+    for (const e of entries) {
+      expect(e.top_logprobs).toHaveLength(2);
+      expect(e.top_logprobs[0].token).toBe(e.token);
+      expect(e.logprob).toBeLessThanOrEqual(0);
+      expect(Buffer.from(e.bytes!).toString()).toBe(e.token);
+    }
+
+    expect(stopped.choices[0]).toMatchObject({ text: ', there was a little girl named', finish_reason: 'stop' });
+    expect(a.choices[0].text).toBe(b.choices[0].text); // same seed, same sample
+  });
+
+  it('32 concurrent streaming requests of different lengths each get their own greedy output, batched', async () => {
+    // short prompts (prefill on a software device is slow); every 8th a chat request
+    const names = ['Lily', 'Tom', 'Sue', 'Ben', 'The dog', 'A bird', 'Mom', 'The cat'];
+    const verbs = ['was', 'saw', 'said', 'had a'];
+    const jobs = Array.from({ length: 32 }, (_, i) => {
+      const text = `${names[i % 8]} ${verbs[i >> 3]}`;
+      const chat = i % 8 === 3;
+      const messages = [{ role: 'user' as const, content: text }];
+      return { text, chat, messages, maxTokens: 4 + (i % 5), tokens: chat ? chatTokens(messages) : tok().encode(text) };
+    });
+    // generate() is batch-invariant: one batched call gives every sequence's output alone
+    const expected = (await generate(model, tok(), jobs.map((j) => ({ tokens: j.tokens, options: greedy(j.maxTokens) })))).results;
+    const multi = async () => (await metric(server.url, 'wgserve_step_sequences_count')) - (await metric(server.url, 'wgserve_step_sequences_bucket{le="4"}'));
+    const before = await multi();
+
+    const outputs = await Promise.all(
+      jobs.map(async (j) => {
+        let out = '';
+        let finish: string | null = null;
+        if (j.chat) {
+          for await (const ch of await client.chat.completions.create({ model: MODEL, messages: j.messages, max_tokens: j.maxTokens, temperature: 0, stream: true })) {
+            out += ch.choices[0]?.delta.content ?? '';
+            finish = ch.choices[0]?.finish_reason ?? finish;
+          }
+        } else {
+          for await (const ch of await client.completions.create({ model: MODEL, prompt: j.text, max_tokens: j.maxTokens, temperature: 0, stream: true })) {
+            out += ch.choices[0]?.text ?? '';
+            finish = ch.choices[0]?.finish_reason ?? finish;
+          }
+        }
+        return { out, finish };
+      }),
+    );
+    outputs.forEach((o, i) => {
+      expect(o.out, `request ${i}`).toBe(expected[i].text);
+      expect(o.finish, `request ${i}`).toBe(expected[i].finishReason);
+    });
+    expect(await multi()).toBeGreaterThan(before); // steps with more than 4 sequences
+  });
+
+  it('malformed requests get the right 4xx in OpenAI’s error shape, and the server keeps serving', async () => {
+    const ok = { model: MODEL, prompt: 'Hi', max_tokens: 1 };
+    const chatOk = { model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 1 };
+    const cases: [string, string, unknown, number, string | null, Record<string, string>?][] = [
+      ['bad JSON', '/v1/completions', '{"model": "stories260K", "prompt": ', 400, 'invalid_json'],
+      ['empty JSON body', '/v1/completions', '', 400, 'invalid_json'],
+      ['body not an object', '/v1/completions', '[1, 2]', 400, 'invalid_body'],
+      ['max_tokens a string', '/v1/completions', { ...ok, max_tokens: '5' }, 400, 'invalid_type'],
+      ['temperature a string', '/v1/completions', { ...ok, temperature: 'hot' }, 400, 'invalid_type'],
+      ['stream a string', '/v1/chat/completions', { ...chatOk, stream: 'yes' }, 400, 'invalid_type'],
+      ['prompt a number', '/v1/completions', { ...ok, prompt: 5 }, 400, 'invalid_type'],
+      ['stop a number', '/v1/completions', { ...ok, stop: 3 }, 400, 'invalid_type'],
+      ['negative max_tokens', '/v1/completions', { ...ok, max_tokens: -5 }, 400, 'integer_below_min_value'],
+      ['temperature out of range', '/v1/completions', { ...ok, temperature: 3 }, 400, 'invalid_value'],
+      ['token id outside the vocabulary', '/v1/completions', { ...ok, prompt: [1, 9999] }, 400, 'invalid_value'],
+      ['prompt + max_tokens beyond the context', '/v1/completions', { ...ok, prompt: new Array(3000).fill(403) }, 400, 'context_length_exceeded'],
+      ['body over the size limit', '/v1/completions', { ...ok, prompt: 'x'.repeat(2 << 20) }, 413, 'request_too_large'],
+      ['messages a string', '/v1/chat/completions', { ...chatOk, messages: 'hi' }, 400, 'invalid_type'],
+      ['empty messages', '/v1/chat/completions', { ...chatOk, messages: [] }, 400, 'empty_array'],
+      ['a message without a role', '/v1/chat/completions', { ...chatOk, messages: [{ content: 'hi' }] }, 400, 'invalid_value'],
+      ['unknown model', '/v1/completions', { ...ok, model: 'gpt-4' }, 404, 'model_not_found'],
+      ['missing model', '/v1/chat/completions', { messages: chatOk.messages }, 400, 'missing_required_parameter'],
+      ['n = 2', '/v1/completions', { ...ok, n: 2 }, 400, 'unsupported_value'],
+      ['top_logprobs without logprobs', '/v1/chat/completions', { ...chatOk, top_logprobs: 2 }, 400, 'invalid_value'],
+      ['stream_options without stream', '/v1/completions', { ...ok, stream_options: { include_usage: true } }, 400, 'invalid_value'],
+      ['unknown route', '/v1/embeddings', ok, 404, 'not_found'],
+      ['a form body (curl -d without a Content-Type)', '/v1/completions', 'prompt=hi', 415, 'unsupported_media_type', { 'content-type': 'application/x-www-form-urlencoded' }],
+    ];
+    for (const [what, path, body, status, code, headers] of cases) {
+      const res = await post(server.url, path, body, headers);
+      expect(res.status, what).toBe(status);
+      const err = ((await res.json()) as { error: Record<string, unknown> }).error;
+      expect(err, what).toMatchObject({ message: expect.any(String), type: expect.any(String), code });
+      expect('param' in err, what).toBe(true);
+    }
+    // through the official client: typed errors
+    await expect(client.completions.create({ model: 'gpt-4', prompt: 'Hi', max_tokens: 1 })).rejects.toMatchObject({ status: 404, code: 'model_not_found' });
+    await expect(client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], n: 2 })).rejects.toBeInstanceOf(OpenAI.BadRequestError);
+    // unknown fields are ignored, as OpenAI does; the server still serves
+    const res = await post(server.url, '/v1/completions', { ...ok, max_tokens: 2, frobnicate: true, presence_penalty: 0 });
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(2);
+    expect((await client.models.list()).data.map((m) => m.id)).toEqual([MODEL]);
+    expect(await (await fetch(`${server.url}/health`)).json()).toEqual({ status: 'ready' });
+  });
+
+  it('a client that disconnects mid-stream has its sequence cancelled and its KV freed', async () => {
+    const running = () => metric(server.url, 'wgserve_requests_running');
+    const kvUsed = () => metric(server.url, 'wgserve_kv_blocks_used');
+    expect(await kvUsed()).toBe(0);
+    const abort = new AbortController();
+    const res = await post(server.url, '/v1/completions', { model: MODEL, prompt: 'Once upon a time', max_tokens: 1000, temperature: 0, stream: true }, {}, abort.signal);
+    await readSse(res, (events) => events.length >= 3);
+    expect(await running()).toBe(1);
+    expect(await kvUsed()).toBeGreaterThan(0);
+    abort.abort(); // the client goes away mid-stream
+    await until(async () => (await running()) === 0 && (await kvUsed()) === 0, 'the cancelled sequence to free its KV', 10_000);
+    expect(await metric(server.url, 'wgserve_requests_finished_total{finish_reason="cancelled"}')).toBe(1);
+  });
+
+  it('MessagePack requests and responses, whole and as length-prefixed frames', async () => {
+    const body = { model: MODEL, prompt: 'Once upon a time', max_tokens: 5, temperature: 0 };
+    const expected = (await generate(model, tok(), [{ tokens: tok().encode(body.prompt), options: greedy(5) }])).results[0].text;
+
+    const res = await post(server.url, '/v1/completions', packMsgpack(body), { 'content-type': MSGPACK, accept: MSGPACK });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toBe(MSGPACK);
+    const whole = unpackMsgpack(new Uint8Array(await res.arrayBuffer())) as { choices: { text: string }[]; usage: { completion_tokens: number } };
+    expect(whole.choices[0].text).toBe(expected);
+
+    const streamed = await post(server.url, '/v1/chat/completions', packMsgpack({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4, temperature: 0, stream: true, stream_options: { include_usage: true } }), {
+      'content-type': MSGPACK,
+    });
+    expect(streamed.headers.get('content-type')).toBe(MSGPACK);
+    const frames = new MsgpackFrameReader();
+    const chunks = frames.push(new Uint8Array(await streamed.arrayBuffer())) as { choices: { delta: { role?: string; content?: string }; finish_reason: string | null }[]; usage: unknown }[];
+    expect(frames.pending).toBe(0);
+    expect(chunks[0].choices[0].delta.role).toBe('assistant');
+    expect(chunks.at(-2)!.choices[0].finish_reason).toBe('length');
+    expect(chunks.at(-1)!.usage).toMatchObject({ completion_tokens: 4 });
+    const chat = (await generate(model, tok(), [{ tokens: chatTokens([{ role: 'user', content: 'Hi' }]), options: greedy(4) }])).results[0].text;
+    expect(chunks.map((c) => c.choices[0]?.delta.content ?? '').join('')).toBe(chat);
+
+    // errors come back in the format asked for
+    const bad = await post(server.url, '/v1/completions', new Uint8Array([0x82, 0xa1]), { 'content-type': MSGPACK });
+    expect(bad.status).toBe(400);
+    expect(unpackMsgpack(new Uint8Array(await bad.arrayBuffer()))).toMatchObject({ error: { type: 'invalid_request_error', code: 'invalid_body' } });
+  });
+
+  it('API key, 429 with Retry-After when the queue is full, and draining', async () => {
+    // a second server: one sequence per step, one waiting at most, an API key
+    const m2 = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
+    const s2 = await startServer({ engine: new Engine(m2, src.tokenizer, { maxBatch: 1, maxWaiting: 1 }), modelId: MODEL, port: 0, apiKey: 'sekrit', processMetrics: false });
+    try {
+      const auth = { authorization: 'Bearer sekrit' };
+      const none = await post(s2.url, '/v1/completions', { model: MODEL, prompt: 'Hi', max_tokens: 1 });
+      expect(none.status).toBe(401);
+      expect(((await none.json()) as { error: { code: string } }).error.code).toBe('invalid_api_key');
+      await expect(new OpenAI({ baseURL: `${s2.url}/v1`, apiKey: 'wrong', maxRetries: 0 }).models.list()).rejects.toBeInstanceOf(OpenAI.AuthenticationError);
+      const c2 = new OpenAI({ baseURL: `${s2.url}/v1`, apiKey: 'sekrit', maxRetries: 0 });
+      expect((await c2.completions.create({ model: MODEL, prompt: 'Hi', max_tokens: 1 })).usage?.completion_tokens).toBe(1);
+      expect((await fetch(`${s2.url}/health`)).status).toBe(200); // probes need no key
+
+      const long = { model: MODEL, prompt: 'Once upon a time', max_tokens: 500, stream: true };
+      const a = await post(s2.url, '/v1/completions', long, auth);
+      await readSse(a.clone(), (e) => e.length >= 1); // A runs
+      const abortB = new AbortController();
+      const b = await post(s2.url, '/v1/completions', long, auth, abortB.signal); // B waits (one sequence per step)
+      expect(b.status).toBe(200);
+      const c = await post(s2.url, '/v1/completions', long, auth);
+      expect(c.status).toBe(429);
+      expect(c.headers.get('retry-after')).toBe('1');
+      expect(((await c.json()) as { error: { code: string } }).error.code).toBe('queue_full');
+      abortB.abort();
+      await until(async () => s2.inFlight === 1, 'B to be cancelled');
+
+      // drain: new requests 503, health says draining, A is cancelled at the deadline and told so
+      const events = readSse(a);
+      const drained = s2.drain(400);
+      expect(s2.state).toBe('draining');
+      const health = await fetch(`${s2.url}/health`);
+      expect([health.status, await health.json()]).toEqual([503, { status: 'draining' }]);
+      const refused = await post(s2.url, '/v1/completions', long, auth);
+      expect(refused.status).toBe(503);
+      expect(((await refused.json()) as { error: { code: string } }).error.code).toBe('server_draining');
+      expect(await drained).toEqual({ cancelled: 1 });
+      const tail = (await events).slice(-2);
+      expect(JSON.parse(tail[0]).error.code).toBe('server_shutdown');
+      expect(tail[1]).toBe('[DONE]');
+      expect(m2.kv.pool.used).toBe(0);
+    } finally {
+      await s2.close();
+      m2.destroy();
+    }
+  });
+});
+
+describe('wgserve serve (the CLI process)', () => {
+  it('SIGTERM drains: health says draining, new requests get 503, the running request finishes, exit 0', async () => {
+    const proc = spawn('node', [join(repoRoot, 'bin', 'wgserve.mjs'), 'serve', '--port', '0', '--drain-timeout', '60'], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    proc.stdout.on('data', (d) => (out += d));
+    proc.stderr.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
+    try {
+      const printed = /wgserve: serving .* at (http:\/\/[\w.:[\]-]+)/;
+      await until(async () => printed.test(out), 'the server to print its URL', 60_000);
+      const url = printed.exec(out)![1];
+      expect(out).toMatch(/curl http:\/\/\S+\/v1\/completions/);
+      const inflight = post(url, '/v1/completions', { model: MODEL, prompt: 'Once upon a time', max_tokens: 24, temperature: 0 });
+      await until(async () => (await metric(url, 'wgserve_requests_running')) === 1, 'the request to run');
+      proc.kill('SIGTERM');
+      await until(async () => (await fetch(`${url}/health`)).status === 503, 'health to say draining');
+      expect((await post(url, '/v1/completions', { model: MODEL, prompt: 'Hi', max_tokens: 1 })).status).toBe(503);
+      const res = await inflight;
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(24);
+      expect(await exited).toBe(0);
+      expect(out).toMatch(/drained/);
+    } finally {
+      if (proc.exitCode === null) proc.kill('SIGKILL');
+    }
+  });
+});
