@@ -1,4 +1,5 @@
 import { NO_TOKEN, argmax } from '../kernels/sampling.ts';
+import { withDocSection } from './results.ts';
 import type { WeightFormat } from '../kernels/weights.ts';
 import type { AdapterSummary, GpuFeatures } from '../src/gpu/adapter.ts';
 import { BufferPool, align } from '../src/gpu/buffers.ts';
@@ -323,13 +324,9 @@ export function generateBenchMarkdown(report: GenerateBenchReport): string {
  * a block with the same key (model, scale, dtype) is replaced, others are appended, so separate
  * invocations (q4_0, then f16) accumulate.
  */
-export function mergeDocSection(doc: string, tag: string, blocks: { key: string; markdown: string }[]): string {
-  const begin = `<!-- ${tag}:begin -->`;
-  const end = `<!-- ${tag}:end -->`;
-  const i = doc.indexOf(begin);
-  const j = doc.indexOf(end);
-  if (i < 0 || j < i) throw new Error(`no ${begin} ... ${end} section`);
-  let body = doc.slice(i + begin.length, j);
+/** Replaces each run's block (by key) in a docs section body, or appends it: runs accumulate. */
+export function mergeRunBlocks(section: string, blocks: { key: string; markdown: string }[]): string {
+  let body = section;
   for (const b of blocks) {
     const open = `<!-- generate-run ${b.key} -->`;
     const close = `<!-- /generate-run ${b.key} -->`;
@@ -339,6 +336,9 @@ export function mergeDocSection(doc: string, tag: string, blocks: { key: string;
     if (a >= 0 && z > a) body = body.slice(0, a) + block + body.slice(z + close.length);
     else body = `${body.trimEnd()}\n\n${block}\n`;
   }
-  body = `\n${body.trim()}\n`;
-  return doc.slice(0, i + begin.length) + body + doc.slice(j);
+  return `\n${body.trim()}\n`;
+}
+
+export function mergeDocSection(doc: string, tag: string, blocks: { key: string; markdown: string }[]): string {
+  return withDocSection(doc, tag, (body) => mergeRunBlocks(body, blocks));
 }

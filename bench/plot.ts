@@ -8,10 +8,9 @@
  *   in a 2 x 2 grid.
  * - One run (or runs without an offered rate): the latency CDF of each metric.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { parse, View } from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
+import { writeResult } from './results.ts';
 import type { LatencyStats, RunReport } from './serve.ts';
 
 type Row = Record<string, string | number>;
@@ -96,7 +95,6 @@ export async function renderSvg(spec: TopLevelSpec): Promise<string> {
 /** Writes the plot of the runs to `path` (SVG) and returns the SVG text. */
 export async function writeServePlot(path: string, runs: readonly RunReport[], title: string): Promise<string> {
   const svg = await renderSvg(servePlotSpec(runs, title));
-  mkdirSync(dirname(path), { recursive: true });
-  writeFileSync(path, svg);
+  writeResult(path, svg);
   return svg;
 }

@@ -1,10 +1,8 @@
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
 import { type KernelBenchReport, kernelBenchMarkdown, runKernelBench } from '../../bench/kernels.ts';
+import { updateBenchmarksDoc, writeResult } from '../../bench/results.ts';
 import type { BenchScale } from '../../bench/shapes.ts';
 import type { DeviceMode } from '../gpu/adapter.ts';
 import { Gpu } from '../gpu/gpu.ts';
-import { repoRoot } from '../gpu/paths.ts';
 
 export interface BenchKernelsOptions {
   device: DeviceMode;
@@ -27,8 +25,8 @@ export async function benchKernels(o: BenchKernelsOptions): Promise<KernelBenchR
         console.error(`  ${r.family.padEnd(18)} ${r.name.padEnd(60)} ${r.medianUs.toFixed(1).padStart(10)} µs ${r.gbps.toFixed(2).padStart(9)} GB/s ${r.gflops.toFixed(2).padStart(10)} GFLOP/s`),
     });
     const markdown = kernelBenchMarkdown(report);
-    if (o.json) write(o.json, JSON.stringify(report, null, 2) + '\n');
-    if (o.markdown) write(o.markdown, markdown);
+    if (o.json) writeResult(o.json, JSON.stringify(report, null, 2) + '\n');
+    if (o.markdown) writeResult(o.markdown, markdown);
     if (o.updateDocs) updateDocs(report, markdown);
     if (!o.json && !o.markdown) process.stdout.write(markdown);
     return report;
@@ -37,20 +35,7 @@ export async function benchKernels(o: BenchKernelsOptions): Promise<KernelBenchR
   }
 }
 
-function write(path: string, text: string): void {
-  mkdirSync(dirname(path), { recursive: true });
-  writeFileSync(path, text);
-}
-
 /** Replaces the software- or GPU-device section of docs/benchmarks.md with this run's table. */
 function updateDocs(report: KernelBenchReport, markdown: string): void {
-  const path = join(repoRoot, 'docs', 'benchmarks.md');
-  const tag = report.adapter.isSoftware ? 'kernels-software' : 'kernels-gpu';
-  const begin = `<!-- ${tag}:begin -->`;
-  const end = `<!-- ${tag}:end -->`;
-  const doc = readFileSync(path, 'utf8');
-  const i = doc.indexOf(begin);
-  const j = doc.indexOf(end);
-  if (i < 0 || j < i) throw new Error(`${path} has no ${begin} ... ${end} section`);
-  writeFileSync(path, `${doc.slice(0, i + begin.length)}\n${markdown}${doc.slice(j)}`);
+  updateBenchmarksDoc(report.adapter.isSoftware ? 'kernels-software' : 'kernels-gpu', () => `\n${markdown}`);
 }

@@ -1,11 +1,9 @@
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { type GenerateBenchReport, generateBenchMarkdown, generateRunMarkdown, mergeDocSection, runGenerateBench, runKey } from '../../bench/generate.ts';
+import { type GenerateBenchReport, generateBenchMarkdown, generateRunMarkdown, mergeRunBlocks, runGenerateBench, runKey } from '../../bench/generate.ts';
+import { updateBenchmarksDoc, writeResult } from '../../bench/results.ts';
 import type { BenchScale } from '../../bench/shapes.ts';
 import type { WeightFormat } from '../../kernels/weights.ts';
 import type { DeviceMode } from '../gpu/adapter.ts';
 import { Gpu } from '../gpu/gpu.ts';
-import { repoRoot } from '../gpu/paths.ts';
 
 export interface BenchGenerateOptions {
   device: DeviceMode;
@@ -37,8 +35,8 @@ export async function benchGenerate(o: BenchGenerateOptions): Promise<GenerateBe
     const runs = o.models.flatMap((model) => o.dtypes.map((dtype) => ({ model, dtype, scale, batches: o.batches, promptTokens, decodeTokens, seed: o.seed })));
     const report = await runGenerateBench(gpu, runs, (line) => console.error(line));
     const markdown = generateBenchMarkdown(report);
-    if (o.json) write(o.json, JSON.stringify(report, null, 2) + '\n');
-    if (o.markdown) write(o.markdown, markdown);
+    if (o.json) writeResult(o.json, JSON.stringify(report, null, 2) + '\n');
+    if (o.markdown) writeResult(o.markdown, markdown);
     if (o.updateDocs) updateDocs(report);
     if (!o.json && !o.markdown) process.stdout.write(markdown);
     return report;
@@ -47,15 +45,9 @@ export async function benchGenerate(o: BenchGenerateOptions): Promise<GenerateBe
   }
 }
 
-function write(path: string, text: string): void {
-  mkdirSync(dirname(path), { recursive: true });
-  writeFileSync(path, text);
-}
-
 /** Replaces (or adds) this run's blocks in the software- or GPU-device section of docs/benchmarks.md. */
 function updateDocs(report: GenerateBenchReport): void {
-  const path = join(repoRoot, 'docs', 'benchmarks.md');
   const tag = report.adapter.isSoftware ? 'generate-software' : 'generate-gpu';
   const blocks = report.runs.map((r) => ({ key: runKey(r), markdown: generateRunMarkdown(report, r) }));
-  writeFileSync(path, mergeDocSection(readFileSync(path, 'utf8'), tag, blocks));
+  updateBenchmarksDoc(tag, (body) => mergeRunBlocks(body, blocks));
 }

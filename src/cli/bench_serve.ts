@@ -1,6 +1,5 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { writeServePlot } from '../../bench/plot.ts';
+import { writeResult } from '../../bench/results.ts';
 import { type Arrivals, formatRun, type LoadOptions, type RequestSpec, type RunReport, runAndSummarize, sendCompletion, syntheticPrompt } from '../../bench/serve.ts';
 import { readTrace, scaleTrace, summarizeTrace, type TraceSummary } from '../../bench/trace.ts';
 
@@ -181,8 +180,7 @@ export async function benchServe(o: BenchServeOptions): Promise<ServeBenchReport
 
   const report: ServeBenchReport = { tool: 'wgserve bench serve', date: new Date().toISOString(), url: o.url, model, maxContext, workload, runs };
   if (o.json) {
-    mkdirSync(dirname(o.json), { recursive: true });
-    writeFileSync(o.json, JSON.stringify(report, (_k, v) => (v === Infinity ? 'Infinity' : v), 2) + '\n');
+    writeResult(o.json, JSON.stringify(report, (_k, v) => (v === Infinity ? 'Infinity' : v), 2) + '\n');
     log(`wrote ${o.json}`);
   }
   if (o.plot && runs.length > 0) {
