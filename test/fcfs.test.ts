@@ -18,7 +18,17 @@ function kvOf(seqs: SeqView[], total: number): KvView {
   };
 }
 
-const seq = (id: number, total: number, computed: number, state: SeqView['state']): SeqView => ({ id, arrival: id, totalTokens: total, computed, state });
+const seq = (id: number, total: number, computed: number, state: SeqView['state']): SeqView => ({
+  id,
+  arrival: id,
+  arrivalTime: id,
+  totalTokens: total,
+  computed,
+  state,
+  promptTokens: total,
+  generated: 0,
+  maxTokens: 16,
+});
 
 describe('FCFS scheduler', () => {
   const fcfs: Scheduler = new FcfsScheduler();

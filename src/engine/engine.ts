@@ -3,7 +3,7 @@ import type { Step } from '../gpu/step.ts';
 import type { GpuModel } from '../model/gpu_model.ts';
 import { StreamDecoder, type Tokenizer } from '../model/tokenizer/index.ts';
 import { FcfsScheduler } from '../scheduler/fcfs.ts';
-import type { Scheduler, SchedulerLimits, SeqView } from '../scheduler/scheduler.ts';
+import type { Scheduler, SchedulerLimits, SeqView, Slo } from '../scheduler/scheduler.ts';
 import { StopMatcher } from './stop.ts';
 
 export interface SamplingOptions {
@@ -23,7 +23,8 @@ export interface SamplingOptions {
   logprobs?: number;
 }
 
-export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error';
+/** `rejected`: the scheduler ended it because it can no longer meet its SLO. */
+export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error' | 'rejected';
 
 export interface TokenEvent {
   token: number;
@@ -47,6 +48,10 @@ export interface EngineRequest {
   prompt: number[];
   sampling: SamplingOptions;
   events?: SequenceEvents;
+  /** latency objectives, for SLO-aware schedulers */
+  slo?: Slo;
+  /** larger first among otherwise equal requests (default 0) */
+  priority?: number;
 }
 
 export interface EngineHandle {
@@ -93,6 +98,11 @@ export class RequestTooLargeError extends Error {
 interface Sequence {
   id: number;
   arrival: number;
+  /** seconds, engine clock */
+  arrivalTime: number;
+  firstTokenTime?: number;
+  slo?: Slo;
+  priority?: number;
   tokens: number[]; // prompt, then generated tokens
   promptLength: number;
   computed: number;
@@ -105,6 +115,9 @@ interface Sequence {
 }
 
 let nextId = 1;
+
+/** The engine's clock for scheduling, in seconds (the simulator drives the same policies with its own). */
+const clock = () => performance.now() / 1e3;
 
 /**
  * The iteration-level serving loop. Each step asks the scheduler for a batch (decode tokens and
@@ -161,6 +174,9 @@ export class Engine {
     const seq: Sequence = {
       id: nextId++,
       arrival: this.arrivals++,
+      arrivalTime: clock(),
+      slo: req.slo,
+      priority: req.priority,
       tokens: [...prompt],
       promptLength: prompt.length,
       computed: 0,
@@ -211,13 +227,27 @@ export class Engine {
     for (const s of [...this.seqs.values()]) if (s.cancelled) this.finish(s, 'cancelled');
     if (this.seqs.size === 0) return;
     const kv = this.model.kv;
-    const views: SeqView[] = [...this.seqs.values()].map((s) => ({ id: s.id, arrival: s.arrival, totalTokens: s.tokens.length, computed: s.computed, state: s.state }));
+    const views: SeqView[] = [...this.seqs.values()].map((s) => ({
+      id: s.id,
+      arrival: s.arrival,
+      arrivalTime: s.arrivalTime,
+      totalTokens: s.tokens.length,
+      computed: s.computed,
+      state: s.state,
+      promptTokens: s.promptLength,
+      generated: s.tokens.length - s.promptLength,
+      maxTokens: s.sampling.maxTokens,
+      firstTokenTime: s.firstTokenTime,
+      slo: s.slo,
+      priority: s.priority,
+    }));
     const plan = this.scheduler.plan(
       views,
       { freeBlocks: kv.pool.free, blocksNeeded: (id, n) => kv.blocksNeeded(id, n), blocksHeld: (id) => kv.blocksHeld(id) },
       this.limits,
-      performance.now(),
+      clock(),
     );
+    for (const id of plan.reject ?? []) this.finish(this.seqs.get(id)!, 'rejected');
     for (const id of plan.preempt) {
       const s = this.seqs.get(id)!;
       this.model.release(id);
@@ -280,6 +310,7 @@ export class Engine {
       return;
     }
     s.tokens.push(token);
+    s.firstTokenTime ??= clock();
     this.counters.generatedTokens++;
     const generated = s.tokens.length - s.promptLength;
     const event: TokenEvent = { token, text: '', ...(logits && s.sampling.logprobs ? logprobsOf(logits, token, s.sampling.logprobs) : {}) };

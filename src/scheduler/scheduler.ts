@@ -1,8 +1,30 @@
+/** Latency objectives of one request (all optional), in milliseconds. */
+export interface Slo {
+  /** time to first token */
+  ttftMs?: number;
+  /** mean time per output token after the first */
+  tpotMs?: number;
+  /** the whole response, from arrival */
+  deadlineMs?: number;
+}
+
 /** What the scheduler sees of one sequence (the engine owns the rest). */
 export interface SeqView {
   id: number;
   /** submission order, for first-come-first-served */
   arrival: number;
+  /** arrival time on the scheduler's clock (seconds; the same clock as plan()'s `now`) */
+  arrivalTime: number;
+  /** prompt length, and output tokens generated so far */
+  promptTokens: number;
+  generated: number;
+  /** the request's max_tokens (an upper bound of its output length) */
+  maxTokens: number;
+  /** when its first output token was emitted (seconds), if it has been */
+  firstTokenTime?: number;
+  slo?: Slo;
+  /** larger runs first among otherwise equal requests; default 0 */
+  priority?: number;
   /** tokens the sequence has (prompt + generated) */
   totalTokens: number;
   /** tokens whose KV is in the cache; totalTokens - computed are still to feed */
@@ -24,6 +46,8 @@ export interface StepPlan {
   items: { seq: number; tokens: number }[];
   /** running sequences to preempt first: their KV is freed and they recompute later */
   preempt: number[];
+  /** sequences to end now because they can no longer meet their SLO (policies that refuse) */
+  reject?: number[];
 }
 
 export interface SchedulerLimits {
