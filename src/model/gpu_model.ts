@@ -159,6 +159,9 @@ export class GpuModel {
     };
     const ropeArgs = { positions: positionBuf, freqs: this.freqs, tokens: T, headDim: c.headDim, ropeDim: c.ropeDim, mode: c.ropeMode };
     const shape = { nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim };
+    // the same for every layer: computed once
+    const maxKvLen = nDecode > 0 ? Math.max(...order.slice(0, nDecode).map((ci) => this.kv.length(chunks[ci].seq))) : 0;
+    const maxQLen = prefill.length > 0 ? Math.max(...prefill.map((s) => s.qLen)) : 0;
 
     for (let l = 0; l < c.nLayers; l++) {
       const p = `blk.${l}.`;
@@ -170,13 +173,8 @@ export class GpuModel {
       rope(step, { ...ropeArgs, x: q, heads: c.nHeads });
       rope(step, { ...ropeArgs, x: k, heads: c.nKvHeads });
       writeKv(step, { k, v, kPool: pools.kPool, vPool: pools.vPool, slotMapping: slotBuf, tokens: T, nKvHeads: c.nKvHeads, headDim: c.headDim });
-      if (nDecode > 0) {
-        const maxKvLen = Math.max(...order.slice(0, nDecode).map((ci) => this.kv.length(chunks[ci].seq)));
-        attentionDecode(step, { ...pools, ...shape, q, out: att, kvLen: lengthBuf, batch: nDecode, maxKvLen });
-      }
-      if (metaBuf) {
-        attentionPrefill(step, { ...pools, ...shape, q, out: att, meta: metaBuf, numSeqs: prefill.length, maxQLen: Math.max(...prefill.map((s) => s.qLen)) });
-      }
+      if (nDecode > 0) attentionDecode(step, { ...pools, ...shape, q, out: att, kvLen: lengthBuf, batch: nDecode, maxKvLen });
+      if (metaBuf) attentionPrefill(step, { ...pools, ...shape, q, out: att, meta: metaBuf, numSeqs: prefill.length, maxQLen });
       lin(att, `${p}attn_output`, o, c.dim, qDim);
       add(step, { a: x, b: o, out: x2, count: T * c.dim });
       rmsNorm(step, { x: x2, weight: this.w.get(`${p}ffn_norm.weight`)!.buffer, out: h, rows: T, dim: c.dim, eps: c.rmsEps });
