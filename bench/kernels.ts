@@ -1,11 +1,8 @@
-import { readdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { FLOPS_PER_ITER, PEAK_WG, peakFlops } from '../kernels/peak_flops.ts';
 import type { AdapterSummary, GpuFeatures } from '../src/gpu/adapter.ts';
 import type { Gpu } from '../src/gpu/gpu.ts';
-import { repoRoot } from '../src/gpu/paths.ts';
-import type { BenchCase, CaseFactory, PreparedCase } from './case.ts';
+import type { BenchCase, PreparedCase } from './case.ts';
+import { CASE_FACTORIES } from './cases/index.ts';
 import { measureCopyBandwidth } from './cases/copy.ts';
 import type { BenchScale } from './shapes.ts';
 import { timeRuns } from './timing.ts';
@@ -44,16 +41,11 @@ export interface KernelBenchOptions {
   onResult?: (r: KernelResult) => void;
 }
 
-/** Every bench/cases/<family>.ts module's cases, in file-name order. */
-export async function loadCases(scale: BenchScale): Promise<BenchCase[]> {
-  const dir = join(repoRoot, 'bench', 'cases');
-  const files = readdirSync(dir).filter((f) => f.endsWith('.ts')).sort();
-  const all: BenchCase[] = [];
-  for (const file of files) {
-    const mod = (await import(pathToFileURL(join(dir, file)).href)) as { cases?: CaseFactory };
-    if (mod.cases) all.push(...mod.cases(scale));
-  }
-  return all;
+/** Every registered family's cases (bench/cases/index.ts), in family-name order. */
+export function loadCases(scale: BenchScale): BenchCase[] {
+  return Object.keys(CASE_FACTORIES)
+    .sort()
+    .flatMap((family) => CASE_FACTORIES[family](scale));
 }
 
 /** FLOP/s of the FMA-chain probe: the device's attainable arithmetic rate, measured in this run. */
@@ -71,7 +63,7 @@ export async function runKernelBench(gpu: Gpu, options: KernelBenchOptions): Pro
   const copyBytesPerSecond = await measureCopyBandwidth(gpu, scale);
   const peakFlopsPerSecond = await measurePeakFlops(gpu, scale);
   const results: KernelResult[] = [];
-  for (const c of await loadCases(scale)) {
+  for (const c of loadCases(scale)) {
     if (options.filter && !options.filter.test(`${c.family} ${c.name}`)) continue;
     let prepared: PreparedCase | null = null;
     try {
