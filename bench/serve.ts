@@ -7,7 +7,7 @@
  * - `poisson`: open loop, exponential inter-arrival gaps at a rate (requests/s), from a seeded RNG;
  *   an infinite rate sends every request at once;
  * - `concurrency`: closed loop, C clients each sending their next request when the last one ends;
- * - `trace`: open loop at the arrival times given with the requests (bench/trace.ts).
+ * - `trace`: open loop at the arrival times given with the requests (src/sim/trace.ts).
  * A run stops sending at `durationSeconds` or after `maxRequests`, whichever is first; each request
  * is cut at `requestTimeoutSeconds`, so a run ends by itself within their sum.
  *
@@ -16,7 +16,7 @@
  * Output lengths are the ones the server reports (usage.completion_tokens of the final usage
  * chunk) or, without usage, the number of token chunks: a request may end early on EOS.
  */
-import { quantile } from './trace.ts';
+import { quantile } from '../src/sim/trace.ts';
 import { mulberry32 } from '../src/util/rng.ts';
 
 export interface RequestSpec {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { type GenerateBenchReport, checkFits, decodeWeightBytes, generateBenchMarkdown, mergeDocSection, runGenerateBench, runKey } from '../bench/generate.ts';
-import { MODEL_SHAPES, type ModelShape } from '../bench/shapes.ts';
+import { MODEL_SHAPES, type ModelShape } from '../src/model/shapes.ts';
 import { type WeightFormat, dequantizeRef, rowBytes, weightBytes } from '../kernels/weights.ts';
 import type { Gpu } from '../src/gpu/gpu.ts';
 import { ByteTokenizer, syntheticModel, syntheticShape } from '../src/model/synthetic.ts';

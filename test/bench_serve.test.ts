@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { latencyStats, poissonArrivals, type RunReport, SseParser, syntheticPrompt } from '../bench/serve.ts';
-import { readTrace, scaleTrace } from '../bench/trace.ts';
+import { readTrace, scaleTrace } from '../src/sim/trace.ts';
 import { benchServe, type BenchServeOptions } from '../src/cli/bench_serve.ts';
 import { Engine } from '../src/engine/engine.ts';
 import { repoRoot } from '../src/gpu/paths.ts';

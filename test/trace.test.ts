@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseTimestamp, parseTrace, quantile, readTrace, scaleTrace, summarizeTrace, TraceError, windowTrace } from '../bench/trace.ts';
+import { parseTimestamp, parseTrace, quantile, readTrace, scaleTrace, summarizeTrace, TraceError, windowTrace } from '../src/sim/trace.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
 
 const azure = join(repoRoot, '..', 'shared', 'traces', 'azure-llm-2023');

@@ -1,7 +1,7 @@
 import { writeServePlot } from '../../bench/plot.ts';
 import { writeResult } from '../../bench/results.ts';
 import { type Arrivals, formatRun, type LoadOptions, type RequestSpec, type RunReport, runAndSummarize, sendCompletion, syntheticPrompt } from '../../bench/serve.ts';
-import { readTrace, scaleTrace, summarizeTrace, type TraceSummary } from '../../bench/trace.ts';
+import { readTrace, scaleTrace, summarizeTrace, type TraceSummary } from '../sim/trace.ts';
 
 export interface BenchServeOptions {
   /** server base URL */

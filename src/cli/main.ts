@@ -1,6 +1,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { WeightFormat } from '../../kernels/weights.ts';
 import { parseDeviceMode } from '../gpu/adapter.ts';
+import type { SimulateCliOptions } from './simulate.ts';
 
 const deviceOption = () =>
   new Option('--device <mode>', 'adapter: auto (GPU first, software fallback), gpu, or cpu (software)')
@@ -95,9 +96,12 @@ program
   .option('--token-budget <n>', 'tokens per engine step, decodes and prompt chunks (default 512)', integer('--token-budget', 1))
   .option('--max-waiting <n>', 'requests queued for admission at most; beyond, 429 with Retry-After (default 1024)', integer('--max-waiting', 1))
   .option('--drain-timeout <seconds>', 'on SIGTERM, how long running requests may take to finish before they are cancelled', number('--drain-timeout', 0), 30)
+  .addOption(new Option('--policy <name>', 'scheduling policy: fcfs, edf (earliest SLO deadline first) or slo (goodput: least slack first, rejects hopeless requests)').choices(['fcfs', 'edf', 'slo']).default('fcfs'))
+  .option('--cost-model <file>', 'step-time model for edf/slo (from `wgserve profile`); slo without one fits step times online')
+  .option('--slo-class <spec>', 'an SLO class requests select with "slo_class": NAME=ttft:MS,tpot:MS,deadline:MS (any of the three; repeatable)', (v: string, prev: string[] = []) => [...prev, v])
   .addOption(deviceOption())
   .action(
-    async (o: { model?: string; tokenizer?: string; modelName?: string; host: string; port: number; apiKey?: string; maxBatch?: number; kvMemory: number; tokenBudget?: number; maxWaiting?: number; drainTimeout: number; device: string }) => {
+    async (o: { model?: string; tokenizer?: string; modelName?: string; host: string; port: number; apiKey?: string; maxBatch?: number; kvMemory: number; tokenBudget?: number; maxWaiting?: number; drainTimeout: number; device: string; policy: string; costModel?: string; sloClass?: string[] }) => {
       const { serveCli } = await import('./serve.ts');
       await serveCli({ ...o, device: parseDeviceMode(o.device) });
     },
@@ -132,6 +136,27 @@ const integerList = (name: string) => (v: string) =>
     const n = Number(s.trim());
     if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be positive integers separated by commas`);
     return n;
+  });
+
+program
+  .command('profile')
+  .description('time forward passes over a grid of batch shapes and fit the step-time cost model (JSON for the scheduler and simulator)')
+  .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K)')
+  .option('--tokenizer <file>', 'tokenizer.bin for a llama2.c checkpoint (default: beside the model)')
+  .option('--synthetic <model>', `instead of --model: random weights in a real shape (${SYNTHETIC_MODELS.join(', ')})`, listOf('--synthetic', SYNTHETIC_MODELS))
+  .option('--dtype <format>', `--synthetic weight format: ${SYNTHETIC_DTYPES.join(', ')}`, listOf('--dtype', SYNTHETIC_DTYPES), ['f16'])
+  .addOption(new Option('--scale <scale>', '--synthetic shape: full, reduced (width / 8), or auto (reduced on a software device)').choices(['auto', 'full', 'reduced']).default('auto'))
+  .option('--out <file>', 'JSON to write (default: <model name>.cost.json)')
+  .option('--kv-memory <bytes>', 'KV cache memory', integer('--kv-memory', 1), 64 * 1024 * 1024)
+  .option('--quick', 'a short grid (10 shapes: under a minute for the embedded model on a software device)', false)
+  .option('--repeats <n>', 'timed runs per shape, median kept (default 3)', integer('--repeats', 1))
+  .addOption(new Option('--clock <clock>', 'step times from GPU timestamps, the wall clock, or auto (timestamps where supported)').choices(['auto', 'gpu', 'wall']).default('auto'))
+  .option('--link-bandwidth <bytes/s>', 'KV transfer link between instances, per direction (default 25e9, about PCIe 4.0 x16)', number('--link-bandwidth', 1), 25e9)
+  .addOption(deviceOption())
+  .action(async (o: { model?: string; tokenizer?: string; synthetic?: string[]; dtype: string[]; scale: 'auto' | 'full' | 'reduced'; out?: string; kvMemory: number; quick: boolean; repeats?: number; clock: 'auto' | 'gpu' | 'wall'; linkBandwidth: number; device: string }) => {
+    if ((o.synthetic?.length ?? 1) !== 1 || o.dtype.length !== 1) throw new InvalidArgumentError('--synthetic and --dtype take one value each here');
+    const { profileCli } = await import('./profile.ts');
+    await profileCli({ ...o, synthetic: o.synthetic?.[0], dtype: o.dtype[0] as WeightFormat, device: parseDeviceMode(o.device) });
   });
 
 bench
@@ -250,6 +275,43 @@ bench
       }
     },
   );
+
+program
+  .command('simulate')
+  .description('discrete-event simulation of a serving cluster with the real schedulers and a step-time cost model: SLO attainment, goodput, TTFT/TPOT percentiles; rate sweeps and prefill/decode placement search (docs/simulator.md)')
+  .option('--trace <file>', 'Azure LLM trace CSV, or CSV / JSONL with arrival, input and output columns: arrivals and lengths')
+  .addOption(new Option('--synthetic <arrivals>', 'synthetic arrivals: poisson, or gamma (with --cv)').choices(['poisson', 'gamma']))
+  .option('--rate <r>', 'requests/s for the whole cluster (synthetic; with --trace, the trace rescaled to this mean rate)', number('--rate', 1e-9))
+  .option('--rates <list>', 'a sweep over these rates (comma-separated, requests/s)', (v: string) => v.split(',').map((s) => number('--rates', 1e-9)(s.trim())))
+  .option('--cv <c>', 'coefficient of variation of Gamma inter-arrival gaps (1 = Poisson; > 1 bursty)', number('--cv', 1e-3), 1)
+  .option('--input-len <spec>', 'synthetic prompt lengths: N, A:B (uniform) or a trace file (its lengths; with the same file as --output-len, pairs drawn together)', '1024')
+  .option('--output-len <spec>', 'synthetic response lengths: N, A:B or a trace file', '128')
+  .option('--requests <n>', 'synthetic: requests per run (default 2000); trace: the first n', integer('--requests', 1))
+  .option('--rate-scale <x>', 'multiplies the arrival rate (a trace replayed x times faster)', factor('--rate-scale', 1e-9))
+  .option('--cost-model <file>', 'step-time model JSON (`wgserve profile`, or an analytical preset) instead of --hardware / --model-shape')
+  .option('--hardware <gpu>', 'analytical cost model: h100, a100, rtx4090 or l4', 'h100')
+  .option('--model-shape <name>', 'analytical cost model: llama-3-8b, llama-3.2-1b, qwen2.5-7b, ...', 'llama-3-8b')
+  .option('--instances <n>', 'colocated instances (one GPU each; requests go to the least loaded)', integer('--instances', 1))
+  .option('--prefill <p>', 'disaggregated: prefill instances (with --decode)', integer('--prefill', 1))
+  .option('--decode <d>', 'disaggregated: decode instances (with --prefill)', integer('--decode', 1))
+  .option('--policy <list>', 'scheduling policies, comma-separated: fcfs, edf, slo', listOf('--policy', ['fcfs', 'edf', 'slo']), ['fcfs'])
+  .option('--slo <spec>', 'default SLO in ms: ttft=500,tpot=50[,deadline=MS]')
+  .option('--sweep', 'find the highest rate per GPU with >= --target attainment (bisection), then run a grid of rates (or --rates)', false)
+  .option('--plan', 'try colocated and every prefill/decode split of --gpus, report the best placement by goodput per GPU', false)
+  .option('--gpus <g>', 'GPUs for --plan', integer('--gpus', 1))
+  .option('--target <fraction>', 'attainment a rate must reach in --sweep / --plan', number('--target', 0.01, 1), 0.9)
+  .option('--token-budget <n>', 'tokens per step per instance', integer('--token-budget', 1), 2048)
+  .option('--max-batch <n>', 'sequences per step per instance', integer('--max-batch', 1), 128)
+  .option('--block-size <n>', 'tokens per KV block', integer('--block-size', 1), 16)
+  .option('--max-tokens <n>', 'max_tokens the scheduler is told (at least each response\'s real length)', integer('--max-tokens', 1), 1024)
+  .option('--max-waiting <n>', 'requests waiting per instance at most; beyond, refused (an SLO miss)', integer('--max-waiting', 1), 1024)
+  .option('--seed <s>', 'seed of synthetic arrivals and lengths', integer('--seed', 0), 1)
+  .option('--json <file>', 'write every run as JSON (one object per policy and rate)')
+  .option('--plot <file.svg>', 'write an SVG plot of attainment against rate, one line per policy or placement')
+  .action(async (o: SimulateCliOptions) => {
+    const { simulateCli } = await import('./simulate.ts');
+    await simulateCli(o);
+  });
 
 try {
   await program.parseAsync(process.argv);

@@ -342,6 +342,7 @@ export class Engine {
   private finish(s: Sequence, reason: FinishReason, error?: Error): void {
     if (!this.seqs.delete(s.id)) return;
     if (this.model.kv.has(s.id)) this.model.release(s.id);
+    if (reason === 'stop' || reason === 'length') this.scheduler.observeFinished?.(s.tokens.length - s.promptLength);
     const eos = this.tokenizer.vocab.eos;
     const completion = s.tokens.slice(s.promptLength).filter((t) => t !== eos).length;
     s.events.onFinish?.(reason, { promptTokens: s.promptLength, completionTokens: completion }, error);

@@ -1,4 +1,4 @@
-import { MODEL_SHAPES, type BenchScale, type ModelShape, benchShapes } from '../../bench/shapes.ts';
+import { MODEL_SHAPES, type ModelShape, type ShapeScale, findModelShape, reducedShape } from './shapes.ts';
 import type { RopeScaling } from '../../kernels/rope.ts';
 import { QK, type WeightFormat, encodeWeights, isQuantized, weightBytes } from '../../kernels/weights.ts';
 import { mulberry32 } from '../util/rng.ts';
@@ -59,20 +59,17 @@ function traitsOf(shape: ModelShape): ModelTraits {
 }
 
 /** A model shape by MODEL_SHAPES key (case-insensitive), full or scaled down like `benchShapes('reduced')`. */
-export function syntheticShape(name: string, scale: BenchScale = 'full'): ModelShape {
-  const key = Object.keys(MODEL_SHAPES).find((k) => k.toLowerCase() === name.toLowerCase());
-  if (!key) throw new Error(`unknown synthetic model "${name}" (known: ${Object.keys(MODEL_SHAPES).join(', ')})`);
-  const full = MODEL_SHAPES[key];
+export function syntheticShape(name: string, scale: ShapeScale = 'full'): ModelShape {
+  const full = findModelShape(name);
+  if (!full) throw new Error(`unknown synthetic model "${name}" (known: ${Object.keys(MODEL_SHAPES).join(', ')})`);
   if (scale === 'full') return full;
-  // benchShapes keeps the test model as it is and names the others "<name>/8 (reduced)"
-  const reduced = benchShapes('reduced').find((s) => s.name === full.name || s.name.startsWith(`${full.name}/`));
-  if (!reduced) throw new Error(`no reduced shape for ${full.name}`);
-  return reduced;
+  // like benchShapes: the test model stays as it is, the others are named "<name>/8 (reduced)"
+  return full === MODEL_SHAPES['stories260k'] ? full : reducedShape(full);
 }
 
 export interface SyntheticOptions {
   /** for a shape given by name: full size or scaled down (default full) */
-  scale?: BenchScale;
+  scale?: ShapeScale;
   /** pattern seed (default 1): same seed, same bytes */
   seed?: number;
 }

@@ -65,4 +65,9 @@ export interface SchedulerLimits {
 export interface Scheduler {
   readonly name: string;
   plan(seqs: readonly SeqView[], kv: KvView, limits: SchedulerLimits, now: number): StepPlan;
+  /**
+   * Optional: told the output length (generated tokens, end-of-sequence included) of each
+   * sequence that finished on its own (stop or length), for policies that learn output lengths.
+   */
+  observeFinished?(outputTokens: number): void;
 }

@@ -22,6 +22,7 @@ import type { Engine, EngineHandle, FinishReason, SamplingOptions, TokenEvent, U
 import { QueueFullError, RequestTooLargeError } from '../engine/engine.ts';
 import { ChatTemplate } from '../model/chat_template.ts';
 import { decode, type Tokenizer } from '../model/tokenizer/index.ts';
+import type { Slo } from '../scheduler/scheduler.ts';
 import { ServerMetrics } from './metrics.ts';
 import {
   ApiError,
@@ -57,6 +58,8 @@ export interface ServerOptions {
   retryAfterSeconds?: number;
   /** Node process metrics (CPU, memory, event loop) in /metrics too; default true */
   processMetrics?: boolean;
+  /** SLO classes requests select with `slo_class` (`--slo-class`); a request's own `slo` fields override its class's */
+  sloClasses?: Record<string, Slo>;
 }
 
 export type ServerState = 'ready' | 'draining' | 'closed';
@@ -107,6 +110,10 @@ interface Job {
   user?: string;
   /** the parameter a "too long" error points at */
   lengthParam: string;
+  slo?: Slo;
+  /** the metrics label of a request with an SLO: its class, or `custom` */
+  sloClass: string;
+  priority?: number;
 }
 
 const wantsMsgpack = (request: FastifyRequest): boolean => {
@@ -127,6 +134,10 @@ function sendError(request: FastifyRequest, reply: FastifyReply, e: ApiError): F
   for (const [k, v] of Object.entries(e.headers)) reply.header(k, v);
   return send(request, reply, e.status, e.body());
 }
+
+/** A request the scheduler rejected: it can no longer meet its SLO (429, so clients may retry later). */
+const sloRejection = () =>
+  new ApiError(429, 'The request was rejected by the scheduler: it can no longer meet its SLO at the current load. Relax the SLO or retry later.', 'rate_limit_error', 'slo', 'slo_unattainable');
 
 const sameKey = (given: string, key: string): boolean => {
   const a = Buffer.from(given);
@@ -264,6 +275,22 @@ export function buildServer(o: ServerOptions): WgServer {
 
   const newId = (prefix: string) => `${prefix}-${randomBytes(12).toString('hex')}`;
 
+  const sloClasses = o.sloClasses ?? {};
+  /** The request's SLO: its class's objectives overridden by its own `slo` fields. */
+  const sloOf = (r: CommonRequest): Pick<Job, 'slo' | 'sloClass' | 'priority'> => {
+    let base: Slo = {};
+    if (r.sloClass !== undefined) {
+      if (!Object.hasOwn(sloClasses, r.sloClass)) {
+        const known = Object.keys(sloClasses);
+        throw new ApiError(400, `Unknown 'slo_class' '${r.sloClass}': this server has ${known.length ? known.map((k) => `'${k}'`).join(', ') : 'no SLO classes (see --slo-class)'}.`, 'invalid_request_error', 'slo_class', 'invalid_value');
+      }
+      base = sloClasses[r.sloClass];
+    }
+    const slo: Slo = { ...base, ...r.slo };
+    const has = slo.ttftMs !== undefined || slo.tpotMs !== undefined || slo.deadlineMs !== undefined;
+    return { slo: has ? slo : undefined, sloClass: r.sloClass ?? 'custom', priority: r.priority };
+  };
+
   app.post('/v1/completions', async (request, reply) => {
     const r = parseCompletionRequest(request.body, vocab.tokens.length);
     checkModel(r.model);
@@ -281,6 +308,7 @@ export function buildServer(o: ServerOptions): WgServer {
       echo,
       user: r.user,
       lengthParam: r.maxTokens === undefined ? 'prompt' : 'max_tokens',
+      ...sloOf(r),
     });
   });
 
@@ -315,6 +343,7 @@ export function buildServer(o: ServerOptions): WgServer {
       echo: '',
       user: r.user,
       lengthParam: r.maxTokens === undefined ? 'messages' : 'max_completion_tokens',
+      ...sloOf(r),
     });
   });
 
@@ -329,8 +358,11 @@ export function buildServer(o: ServerOptions): WgServer {
 
     let handle: EngineHandle | undefined;
     let finished = false;
+    /** how it finished, for a stream whose sequence ended before the stream opened (a rejection in submit) */
+    let outcome: { reason: FinishReason; usage: Usage; error?: Error } | null = null;
     let clientGone = false;
     let tokens = 0;
+    let firstToken = 0;
     let lastToken = 0;
     let text = job.echo;
     let textOffset = job.echo.length;
@@ -353,8 +385,10 @@ export function buildServer(o: ServerOptions): WgServer {
 
     const onToken = (e: TokenEvent) => {
       const now = performance.now();
-      if (tokens === 0) metrics.ttft.observe((now - rec.t0) / 1e3);
-      else metrics.interToken.observe((now - lastToken) / 1e3);
+      if (tokens === 0) {
+        metrics.ttft.observe((now - rec.t0) / 1e3);
+        firstToken = now;
+      } else metrics.interToken.observe((now - lastToken) / 1e3);
       lastToken = now;
       tokens++;
       metrics.generationTokens.inc();
@@ -383,9 +417,22 @@ export function buildServer(o: ServerOptions): WgServer {
       }
       metrics.e2e.observe((performance.now() - rec.t0) / 1e3);
       metrics.observeFinish(reason);
+      if (job.slo && reason !== 'cancelled') metrics.observeSlo(job.sloClass, sloMissed(reason), usage.completionTokens);
       rec.gen = { id: job.id, prompt_tokens: usage.promptTokens, completion_tokens: usage.completionTokens, finish_reason: reason, ...(job.user ? { user: job.user } : {}) };
+      outcome = { reason, usage, error };
       if (stream && !clientGone) finishStream(reason, usage, error);
-      settle({ reason, usage, error });
+      settle(outcome);
+    };
+
+    /** null when the finished request met its SLO, else the first objective it missed. */
+    const sloMissed = (reason: FinishReason): string | null => {
+      if (reason === 'rejected' || reason === 'error') return reason;
+      const slo = job.slo!;
+      if (tokens === 0) return null;
+      if (slo.ttftMs !== undefined && firstToken - rec.t0 > slo.ttftMs) return 'ttft';
+      if (slo.tpotMs !== undefined && tokens > 1 && (lastToken - firstToken) / (tokens - 1) > slo.tpotMs) return 'tpot';
+      if (slo.deadlineMs !== undefined && lastToken - rec.t0 > slo.deadlineMs) return 'deadline';
+      return null;
     };
 
     const finishStream = (reason: FinishReason, usage: Usage, error?: Error) => {
@@ -398,13 +445,19 @@ export function buildServer(o: ServerOptions): WgServer {
         if (job.includeUsage) s.write({ ...base, choices: [], usage: usageBody(usage) });
       } else {
         flush();
-        s.write(reason === 'error' ? errorBody(`Generation failed: ${error?.message ?? 'unknown error'}`, 'server_error', null, 'generation_error') : errorBody('The server shut down before the request finished.', 'server_error', null, 'server_shutdown'));
+        s.write(
+          reason === 'error'
+            ? errorBody(`Generation failed: ${error?.message ?? 'unknown error'}`, 'server_error', null, 'generation_error')
+            : reason === 'rejected'
+              ? sloRejection().body()
+              : errorBody('The server shut down before the request finished.', 'server_error', null, 'server_shutdown'),
+        );
       }
       s.end();
     };
 
     try {
-      handle = engine.submit({ prompt: job.prompt, sampling: job.sampling, events: { onToken, onFinish } });
+      handle = engine.submit({ prompt: job.prompt, sampling: job.sampling, events: { onToken, onFinish }, slo: job.slo, priority: job.priority });
     } catch (err) {
       if (err instanceof QueueFullError) {
         throw new ApiError(429, `The server is busy: ${err.message}. Retry later.`, 'rate_limit_error', null, 'queue_full', { 'retry-after': retryAfter });
@@ -425,7 +478,9 @@ export function buildServer(o: ServerOptions): WgServer {
       stream = openChunkStream(reply.raw, format);
       if (job.kind === 'chat') stream.write({ ...base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }], ...usageField });
       else if (job.echo) stream.write({ ...base, choices: [{ index: 0, text: job.echo, logprobs: null, finish_reason: null }], ...usageField });
-      if (finished) finishStream('length', { promptTokens: job.prompt.length, completionTokens: 0 }); // (cannot happen: max_tokens >= 1)
+      // finished already, inside submit (the scheduler rejected it at once)
+      const early = outcome as { reason: FinishReason; usage: Usage; error?: Error } | null;
+      if (early) finishStream(early.reason, early.usage, early.error);
       return;
     }
 
@@ -435,6 +490,7 @@ export function buildServer(o: ServerOptions): WgServer {
       return;
     }
     if (reason === 'error') throw new ApiError(500, `Generation failed: ${error?.message ?? 'unknown error'}`, 'server_error', null, 'generation_error');
+    if (reason === 'rejected') throw sloRejection();
     if (reason === 'cancelled') throw new ApiError(503, 'The server shut down before the request finished.', 'server_error', null, 'server_shutdown');
     const finish = openAiFinishReason(reason);
     const choice =

@@ -18,6 +18,10 @@ export class ServerMetrics {
   readonly stepSequences: Histogram;
   readonly stepTokens: Histogram;
   readonly stepSeconds: Histogram;
+  readonly sloRequests: Counter<'slo_class' | 'result' | 'reason'>;
+  readonly goodputTokens: Counter<'slo_class'>;
+  readonly goodputRequests: Counter<'slo_class'>;
+  readonly rejected: Counter<'slo_class'>;
 
   constructor(engine: Engine, options: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -42,7 +46,7 @@ export class ServerMetrics {
     });
     this.promptTokens = new Counter({ name: `${p}prompt_tokens_total`, help: 'Prompt tokens of admitted requests', registers });
     this.generationTokens = new Counter({ name: `${p}generation_tokens_total`, help: 'Generated tokens (EOS included)', registers });
-    this.finished = new Counter({ name: `${p}requests_finished_total`, help: 'Generation requests finished, by reason (stop, length, cancelled, error)', labelNames: ['finish_reason'], registers });
+    this.finished = new Counter({ name: `${p}requests_finished_total`, help: 'Generation requests finished, by reason (stop, length, cancelled, error, rejected)', labelNames: ['finish_reason'], registers });
     this.http = new Counter({ name: `${p}http_requests_total`, help: 'HTTP requests answered, by route and status', labelNames: ['method', 'route', 'status'], registers });
     this.stepSequences = new Histogram({
       name: `${p}step_sequences`,
@@ -62,6 +66,15 @@ export class ServerMetrics {
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     });
+    this.sloRequests = new Counter({
+      name: `${p}slo_requests_total`,
+      help: 'Requests with an SLO, finished: result met or missed; reason none, or the first objective missed (ttft, tpot, deadline), rejected or error',
+      labelNames: ['slo_class', 'result', 'reason'],
+      registers,
+    });
+    this.goodputTokens = new Counter({ name: `${p}goodput_tokens_total`, help: 'Completion tokens of requests that met their SLO', labelNames: ['slo_class'], registers });
+    this.goodputRequests = new Counter({ name: `${p}goodput_requests_total`, help: 'Requests that met their SLO', labelNames: ['slo_class'], registers });
+    this.rejected = new Counter({ name: `${p}requests_rejected_total`, help: 'Requests the scheduler rejected because they could no longer meet their SLO', labelNames: ['slo_class'], registers });
     new Gauge({
       name: `${p}requests_waiting`,
       help: 'Requests queued for admission (new or preempted)',
@@ -117,6 +130,15 @@ export class ServerMetrics {
 
   observeFinish(reason: FinishReason): void {
     this.finished.inc({ finish_reason: reason });
+  }
+
+  /** One finished request with an SLO: `missed` is null when it met it, else the reason. */
+  observeSlo(sloClass: string, missed: string | null, completionTokens: number): void {
+    this.sloRequests.inc({ slo_class: sloClass, result: missed === null ? 'met' : 'missed', reason: missed ?? 'none' });
+    if (missed === 'rejected') this.rejected.inc({ slo_class: sloClass });
+    if (missed !== null) return;
+    this.goodputRequests.inc({ slo_class: sloClass });
+    this.goodputTokens.inc({ slo_class: sloClass }, completionTokens);
   }
 
   get contentType(): string {

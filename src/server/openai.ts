@@ -5,6 +5,7 @@
 import type { FinishReason, TokenEvent, Usage } from '../engine/engine.ts';
 import type { ChatMessage } from '../model/chat_template.ts';
 import type { Tokenizer } from '../model/tokenizer/index.ts';
+import type { Slo } from '../scheduler/scheduler.ts';
 import { TokenType } from '../model/tokenizer/vocab.ts';
 
 /** An error answered with OpenAI's body: `{error: {message, type, param, code}}`. */
@@ -84,6 +85,26 @@ function isObject(v: unknown): v is Body {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
 }
 
+const SLO_FIELDS: Record<string, keyof Slo> = { ttft_ms: 'ttftMs', tpot_ms: 'tpotMs', deadline_ms: 'deadlineMs' };
+
+/** The `slo` extension: `{ttft_ms, tpot_ms, deadline_ms}`, each optional, positive milliseconds. */
+function optSlo(b: Body): Slo | undefined {
+  const v = field(b, 'slo');
+  if (v === undefined) return undefined;
+  if (!isObject(v)) throw wrongType('slo', 'an object', v);
+  const slo: Slo = {};
+  for (const [k, x] of Object.entries(v)) {
+    const key = SLO_FIELDS[k];
+    const param = `slo.${k}`;
+    if (!key) throw invalid(param, `Unknown parameter '${param}': an slo has ${Object.keys(SLO_FIELDS).join(', ')}.`, 'unknown_parameter');
+    if (x === null || x === undefined) continue;
+    if (typeof x !== 'number' || !Number.isFinite(x)) throw wrongType(param, 'a number (milliseconds)', x);
+    if (x <= 0) throw invalid(param, `Invalid '${param}': expected a positive number of milliseconds, but got ${x} instead.`);
+    slo[key] = x;
+  }
+  return slo;
+}
+
 /** Top log-probabilities per token at most (vLLM's limit; OpenAI's is 5 for completions, 20 for chat). */
 export const MAX_TOP_LOGPROBS = 20;
 /** Stop strings per request at most. */
@@ -103,6 +124,12 @@ export interface CommonRequest {
   stream: boolean;
   includeUsage: boolean;
   user?: string;
+  /** extension: latency objectives (override those of the class) */
+  slo?: Slo;
+  /** extension: a server-side SLO class (`--slo-class`) */
+  sloClass?: string;
+  /** extension: larger first among otherwise equal requests */
+  priority?: number;
 }
 
 export interface CompletionRequest extends CommonRequest {
@@ -159,6 +186,8 @@ function common(body: unknown): { b: Body; req: CommonRequest } {
     stop = stopField as string[];
   } else if (stopField !== undefined) throw wrongType('stop', 'a string or an array of strings', stopField);
 
+  const sloClass = optString(b, 'slo_class');
+  const priority = optInteger(b, 'priority', -(2 ** 31), 2 ** 31 - 1);
   const topK = field(b, 'top_k') === -1 ? 0 : optInteger(b, 'top_k', 0); // vLLM's -1 = off too
   const seed = optInteger(b, 'seed', Number.MIN_SAFE_INTEGER);
   return {
@@ -173,6 +202,9 @@ function common(body: unknown): { b: Body; req: CommonRequest } {
       stream,
       includeUsage,
       user: optString(b, 'user'),
+      slo: optSlo(b),
+      sloClass,
+      priority,
     },
   };
 }

@@ -13,7 +13,7 @@ import { basename, extname } from 'node:path';
  *
  * Arrivals are made relative to the earliest one (seconds, >= 0) and sorted stably, so requests
  * that share a timestamp keep their file order and all stay in the trace. Standalone: the load
- * generator (bench/serve.ts) and the simulator both read traces through this module.
+ * generator (bench/serve.ts) and the simulator (src/sim/simulator.ts) both read traces through this module.
  */
 
 export interface TraceRequest {

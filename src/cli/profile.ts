@@ -1,0 +1,92 @@
+import { basename } from 'node:path';
+import type { DeviceMode } from '../gpu/adapter.ts';
+import { Gpu } from '../gpu/gpu.ts';
+import { DEFAULT_MODEL } from '../model/default_model.ts';
+import { GpuModel } from '../model/gpu_model.ts';
+import { type ShapeScale } from '../model/shapes.ts';
+import { openModel } from '../model/source.ts';
+import { type SyntheticDtype, syntheticModel } from '../model/synthetic.ts';
+import { FittedCostModel, type FittedCostModelJson, TERMS, fitCostModel } from '../sim/cost/fitted.ts';
+import { profileSteps } from '../sim/profile.ts';
+
+export interface ProfileCliOptions {
+  model?: string;
+  tokenizer?: string;
+  /** instead of a file: a synthetic model (random weights) in this MODEL_SHAPES shape */
+  synthetic?: string;
+  dtype: SyntheticDtype;
+  /** synthetic shapes: full, reduced (width / 8), auto: reduced on a software device */
+  scale: ShapeScale | 'auto';
+  device: DeviceMode;
+  out?: string;
+  kvMemory: number;
+  quick: boolean;
+  repeats?: number;
+  clock: 'auto' | 'gpu' | 'wall';
+  /** KV transfer link, bytes/s per direction, stored in the profile for disaggregated serving */
+  linkBandwidth: number;
+}
+
+/** Times forward passes over a grid of batch shapes, fits the step-time model, writes it as JSON. */
+export async function profileCli(o: ProfileCliOptions): Promise<FittedCostModelJson> {
+  const gpu = await Gpu.open({ mode: o.device });
+  try {
+    if (o.synthetic && o.model) throw new Error('--synthetic and --model: give one');
+    const scale: ShapeScale = o.scale === 'auto' ? (gpu.adapter.isSoftware ? 'reduced' : 'full') : o.scale;
+    const path = o.synthetic ? `${o.synthetic}-${scale}-${o.dtype}` : (o.model ?? DEFAULT_MODEL);
+    const source = o.synthetic ? syntheticModel(o.synthetic, o.dtype, { scale }) : await openModel(path, { tokenizer: o.tokenizer });
+    const model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory });
+    try {
+      const c = model.config;
+      const name = o.synthetic ? c.name : basename(path);
+      console.error(`profiling ${name} on ${gpu.adapter.description}${o.quick ? ' (quick grid)' : ''}`);
+      const t0 = performance.now();
+      const { samples, clock } = await profileSteps(model, {
+        quick: o.quick,
+        repeats: o.repeats,
+        clock: o.clock,
+        onCase: (done, total, s) => {
+          const b = s.shape;
+          console.error(
+            `  [${done}/${total}] prefill ${b.prefillTokens} tok (attn ${b.prefillAttention}), decode ${b.decodeSeqs} seqs / ${b.decodeContext} ctx: ${(s.seconds * 1e3).toFixed(2)} ms`,
+          );
+        },
+      });
+      const fit = fitCostModel(samples);
+      const kvBytesPerToken = c.nLayers * 2 * c.nKvHeads * c.headDim * 4; // f32 KV pools
+      const json: FittedCostModelJson = {
+        kind: 'fitted',
+        coefficients: fit.coefficients,
+        kvCapacityTokens: Math.floor(model.kv.pool.numBlocks / c.nKvHeads) * model.blockSize,
+        kvTransferBytesPerSecond: o.linkBandwidth,
+        kvBytesPerToken,
+        device: gpu.adapter.description,
+        model: name,
+        fittedAt: new Date().toISOString(),
+        r2: fit.r2,
+        meanRelativeError: fit.meanRelativeError,
+        clock,
+        samples: samples.map(({ shape, seconds }) => ({ shape, seconds })),
+      };
+      const out = o.out ?? `${o.synthetic ? path : basename(path).replace(/\.[^.]*$/, '')}.cost.json`;
+      const fitted = new FittedCostModel(json);
+      fitted.save(out);
+      const unit: Record<(typeof TERMS)[number], string> = {
+        base: 's/step',
+        prefillTokens: 's/prompt token',
+        prefillAttention: 's/attention pair',
+        decodeSeqs: 's/decode seq',
+        decodeContext: 's/decode context token',
+      };
+      console.log(`step time = c0 + c1*prefillTokens + c2*prefillAttention + c3*decodeSeqs + c4*decodeContext (${samples.length} steps, ${clock} clock, ${((performance.now() - t0) / 1e3).toFixed(1)} s)`);
+      TERMS.forEach((t, i) => console.log(`  c${i} ${t.padEnd(16)} ${fit.coefficients[t].toExponential(3)} ${unit[t]}`));
+      console.log(`  R2 ${fit.r2.toFixed(4)}, mean relative error ${(fit.meanRelativeError * 100).toFixed(1)}%, max ${(fit.maxRelativeError * 100).toFixed(1)}%`);
+      console.log(`  KV capacity ${json.kvCapacityTokens} tokens; wrote ${out}`);
+      return json;
+    } finally {
+      model.destroy();
+    }
+  } finally {
+    gpu.destroy();
+  }
+}

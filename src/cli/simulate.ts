@@ -1,0 +1,243 @@
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { CostModel } from '../scheduler/cost_model.ts';
+import { EdfScheduler } from '../scheduler/edf.ts';
+import { FcfsScheduler } from '../scheduler/fcfs.ts';
+import type { Scheduler, Slo } from '../scheduler/scheduler.ts';
+import { SloScheduler } from '../scheduler/slo.ts';
+import { analyticalCostModel } from '../sim/cost/analytical.ts';
+import { loadCostModel } from '../sim/cost/fitted.ts';
+import { type AttainmentSeries, writeAttainmentPlot } from '../sim/plot.ts';
+import { type Placement, placementLabel, type SimOptions, type SimSummary, simulate } from '../sim/simulator.ts';
+import { type GoodputResult, maxGoodRate, planPlacement, sweepRates, type WorkloadAt } from '../sim/sweep.ts';
+import { readTrace, type TraceRequest } from '../sim/trace.ts';
+import { type LengthDist, type SimRequest, syntheticWorkload, traceWorkload } from '../sim/workload.ts';
+
+export const POLICIES = ['fcfs', 'edf', 'slo'] as const;
+export type PolicyName = (typeof POLICIES)[number];
+
+/** A fresh scheduler of the named policy (one per simulated instance: the SLO policy learns). */
+export function makeScheduler(name: PolicyName, cost: CostModel): Scheduler {
+  switch (name) {
+    case 'fcfs':
+      return new FcfsScheduler();
+    case 'edf':
+      return new EdfScheduler(cost);
+    case 'slo':
+      return new SloScheduler(cost);
+  }
+}
+
+/** `ttft=500,tpot=50,deadline=10000` (milliseconds) to an Slo. */
+export function parseSlo(text: string): Slo {
+  const slo: Slo = {};
+  for (const part of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const m = /^(ttft|tpot|deadline)\s*=\s*([0-9.eE+]+)\s*(ms)?$/.exec(part);
+    const v = m ? Number(m[2]) : NaN;
+    if (!m || !(v > 0)) throw new Error(`--slo: "${part}" is not ttft=MS, tpot=MS or deadline=MS with a number > 0`);
+    slo[`${m[1] as 'ttft' | 'tpot' | 'deadline'}Ms`] = v;
+  }
+  return slo;
+}
+
+/** A length spec: `N` (fixed), `A:B` (uniform integers), or a trace file (its empirical input or output lengths). */
+export function parseLength(text: string, column: 'input' | 'output'): { dist: LengthDist; file?: string; trace?: TraceRequest[] } {
+  const t = text.trim();
+  if (/^\d+$/.test(t)) return { dist: { kind: 'fixed', value: Number(t) } };
+  const m = /^(\d+)\s*:\s*(\d+)$/.exec(t);
+  if (m) return { dist: { kind: 'uniform', min: Number(m[1]), max: Number(m[2]) } };
+  if (!existsSync(t)) throw new Error(`--${column}-len: "${text}" is not N, A:B or a trace file`);
+  const trace = readTrace(t).requests;
+  return { dist: { kind: 'empirical', values: trace.map((r) => Math.max(1, column === 'input' ? r.inputTokens : r.outputTokens)) }, file: t, trace };
+}
+
+export interface SimulateCliOptions {
+  trace?: string;
+  synthetic?: 'poisson' | 'gamma';
+  rate?: number;
+  rates?: number[];
+  cv?: number;
+  inputLen: string;
+  outputLen: string;
+  requests?: number;
+  rateScale?: number;
+  costModel?: string;
+  hardware: string;
+  modelShape: string;
+  instances?: number;
+  prefill?: number;
+  decode?: number;
+  policy: PolicyName[];
+  slo?: string;
+  sweep: boolean;
+  plan: boolean;
+  gpus?: number;
+  tokenBudget: number;
+  maxBatch: number;
+  blockSize: number;
+  maxTokens: number;
+  maxWaiting: number;
+  target: number;
+  seed: number;
+  json?: string;
+  plot?: string;
+  /** report lines (default: stdout) */
+  print?: (line: string) => void;
+}
+
+const ms = (s: number) => (Number.isFinite(s) ? +(s * 1e3).toFixed(3) : null);
+const fmt = (v: number, d = 1) => (Number.isFinite(v) ? v.toFixed(d) : '-');
+
+/** The JSON record of one run (latencies in milliseconds). */
+function record(s: SimSummary, kind: string) {
+  return {
+    policy: s.policy,
+    placement: s.placement,
+    gpus: s.gpus,
+    rate: s.rate,
+    rate_per_gpu: s.rate / s.gpus,
+    attainment: s.attainment,
+    goodput_rps: s.goodputRps,
+    goodput_tokens_per_s: s.goodputTokensPerSecond,
+    ttft_p50: ms(s.ttft.p50),
+    ttft_p90: ms(s.ttft.p90),
+    ttft_p99: ms(s.ttft.p99),
+    tpot_p50: ms(s.tpot.p50),
+    tpot_p90: ms(s.tpot.p90),
+    tpot_p99: ms(s.tpot.p99),
+    e2e_p50: ms(s.e2e.p50),
+    e2e_p99: ms(s.e2e.p99),
+    requests: s.requests,
+    finished: s.finished,
+    rejected: s.rejected,
+    refused: s.refused,
+    unfinished: s.unfinished,
+    preemptions: s.preemptions,
+    steps: s.steps,
+    wall_seconds: s.wallSeconds,
+    run: kind,
+  };
+}
+
+function line(s: SimSummary): string {
+  return (
+    `${s.policy.padEnd(5)} ${s.placement.padEnd(13)} rate ${fmt(s.rate, 2).padStart(7)}/s (${fmt(s.rate / s.gpus, 2)}/GPU)  attainment ${fmt(s.attainment * 100)}%  ` +
+    `goodput ${fmt(s.goodputRps, 2)} req/s/GPU ${fmt(s.goodputTokensPerSecond, 0)} tok/s/GPU  ` +
+    `TTFT p50/p90/p99 ${fmt(s.ttft.p50 * 1e3, 0)}/${fmt(s.ttft.p90 * 1e3, 0)}/${fmt(s.ttft.p99 * 1e3, 0)} ms  TPOT ${fmt(s.tpot.p50 * 1e3, 1)}/${fmt(s.tpot.p90 * 1e3, 1)}/${fmt(s.tpot.p99 * 1e3, 1)} ms` +
+    (s.rejected + s.refused + s.unfinished ? `  (rejected ${s.rejected}, refused ${s.refused}, unfinished ${s.unfinished})` : '') +
+    `  [${s.requests} requests, ${fmt(s.wallSeconds, 2)} s wall, ${Math.round(s.requests / Math.max(s.wallSeconds, 1e-9))} req/s simulated]`
+  );
+}
+
+/** `wgserve simulate`: see docs/simulator.md. */
+export async function simulateCli(o: SimulateCliOptions): Promise<void> {
+  const print = o.print ?? ((l: string) => console.log(l));
+  if (!o.trace === !o.synthetic) throw new Error('give exactly one of --trace FILE or --synthetic poisson|gamma');
+  if (o.plan && !o.gpus) throw new Error('--plan needs --gpus G');
+  if (o.plan && (o.instances !== undefined || o.prefill !== undefined || o.decode !== undefined)) throw new Error('--plan tries the placements itself: drop --instances / --prefill / --decode');
+  if ((o.prefill === undefined) !== (o.decode === undefined)) throw new Error('give --prefill P and --decode D together');
+  if (o.instances !== undefined && o.prefill !== undefined) throw new Error('give --instances N or --prefill P --decode D, not both');
+  const cost: CostModel = o.costModel ? loadCostModel(o.costModel) : analyticalCostModel(o.hardware, o.modelShape);
+  const placement: Placement = o.prefill !== undefined ? { kind: 'disaggregated', prefill: o.prefill, decode: o.decode! } : { kind: 'colocated', instances: o.instances ?? 1 };
+  const slo = o.slo ? parseSlo(o.slo) : undefined;
+
+  // the workload at a whole-cluster rate (sweeps and plans give it; undefined: a single run at
+  // --rate, or the trace's own rate, times --rate-scale)
+  let workloadAt: (rate: number | undefined) => SimRequest[];
+  let describeWorkload: string;
+  if (o.trace) {
+    const all = readTrace(o.trace).requests;
+    const reqs = o.requests !== undefined ? all.slice(0, o.requests) : all;
+    workloadAt = (rate) =>
+      traceWorkload(reqs, rate !== undefined ? { rate } : o.rate !== undefined ? { rate: o.rate * (o.rateScale ?? 1) } : { rateScale: o.rateScale ?? 1 });
+    describeWorkload = `trace ${o.trace} (${reqs.length} requests)`;
+  } else {
+    const input = parseLength(o.inputLen, 'input');
+    const output = parseLength(o.outputLen, 'output');
+    const pairs = input.file && input.file === output.file ? input.trace : undefined;
+    const count = o.requests ?? 2000;
+    workloadAt = (rate) => {
+      const r = rate ?? (o.rate !== undefined ? o.rate * (o.rateScale ?? 1) : undefined);
+      if (r === undefined) throw new Error('--synthetic needs --rate R (or --rates, --sweep, --plan)');
+      return syntheticWorkload({ arrivals: o.synthetic!, rate: r, cv: o.cv, count, input: input.dist, output: output.dist, pairs, seed: o.seed });
+    };
+    describeWorkload = `${o.synthetic} arrivals${o.synthetic === 'gamma' ? ` (CV ${o.cv ?? 1})` : ''}, ${count} requests, input ${o.inputLen}, output ${o.outputLen}${pairs ? ' (pairs drawn together)' : ''}, seed ${o.seed}`;
+  }
+  const at: WorkloadAt = (rate) => workloadAt(rate);
+  const base = (policy: PolicyName): Omit<SimOptions, 'placement'> => ({
+    cost,
+    scheduler: () => makeScheduler(policy, cost),
+    limits: { tokenBudget: o.tokenBudget, maxBatch: o.maxBatch },
+    blockSize: o.blockSize,
+    maxTokens: o.maxTokens,
+    maxWaiting: o.maxWaiting,
+    slo,
+  });
+  print(`cost model: ${cost.describe()}`);
+  print(`workload: ${describeWorkload}; SLO ${slo ? JSON.stringify(slo) : 'none (every finished request counts)'}`);
+
+  const runs: ReturnType<typeof record>[] = [];
+  const series: AttainmentSeries[] = [];
+  let xTitle = 'request rate (req/s)';
+  const goodputs: GoodputResult[] = [];
+
+  if (o.plan) {
+    xTitle = 'request rate per GPU (req/s)';
+    for (const policy of o.policy) {
+      print(`\nplacements of ${o.gpus} GPUs, policy ${policy} (highest rate per GPU with >= ${o.target * 100}% attainment):`);
+      const res = planPlacement(at, o.gpus!, base(policy), { target: o.target });
+      for (const g of res) {
+        goodputs.push(g);
+        print(`  ${g.placement.padEnd(13)} ${fmt(g.ratePerGpu, 3)} req/s per GPU${g.best ? `  (at it: goodput ${fmt(g.best.goodputRps, 2)} req/s/GPU, TTFT p90 ${fmt(g.best.ttft.p90 * 1e3, 0)} ms, TPOT p90 ${fmt(g.best.tpot.p90 * 1e3, 1)} ms)` : ''}  [${g.probes.length} runs]`);
+        for (const p of g.probes) runs.push(record(p, 'bisection'));
+        series.push({ label: o.policy.length > 1 ? `${policy} ${g.placement}` : g.placement, points: g.probes.map((p) => ({ rate: p.rate / p.gpus, attainment: p.attainment })) });
+      }
+      print(`  best: ${res[0].placement}, ${fmt(res[0].ratePerGpu, 3)} req/s per GPU`);
+    }
+  } else if (o.sweep || o.rates) {
+    xTitle = `request rate (req/s, ${placementLabel(placement)})`;
+    let rates = o.rates;
+    if (o.sweep) {
+      for (const policy of o.policy) {
+        const g = maxGoodRate(at, { ...base(policy), placement }, { target: o.target });
+        goodputs.push(g);
+        print(`${policy} ${g.placement}: highest rate with >= ${o.target * 100}% attainment: ${fmt(g.ratePerGpu, 3)} req/s per GPU (${fmt(g.ratePerGpu * g.gpus, 3)} req/s in all) [${g.probes.length} runs]`);
+        for (const p of g.probes) runs.push(record(p, 'bisection'));
+      }
+      if (!rates) {
+        // a common grid around the best policy's knee, for the table and the plot
+        const top = Math.max(...goodputs.map((g) => g.ratePerGpu * g.gpus));
+        const hi = top > 0 ? top * 1.6 : (o.rate ?? 1);
+        rates = Array.from({ length: 8 }, (_, i) => +((hi * (i + 1)) / 8).toPrecision(4));
+      }
+    }
+    for (const policy of o.policy) {
+      const sums = sweepRates(at, rates!, { ...base(policy), placement });
+      print('');
+      for (const s of sums) {
+        print(line(s));
+        runs.push(record(s, 'sweep'));
+      }
+      series.push({ label: policy, points: sums.map((s) => ({ rate: s.rate, attainment: s.attainment })) });
+    }
+  } else {
+    for (const policy of o.policy) {
+      const w = workloadAt(undefined);
+      const s = simulate(w, { ...base(policy), placement }).summary;
+      print(line(s));
+      runs.push(record(s, 'single'));
+      series.push({ label: policy, points: [{ rate: s.rate, attainment: s.attainment }] });
+    }
+  }
+
+  if (o.json) {
+    mkdirSync(dirname(o.json), { recursive: true });
+    writeFileSync(o.json, JSON.stringify(runs, null, 2) + '\n');
+    print(`wrote ${o.json}`);
+  }
+  if (o.plot) {
+    const title = o.plan ? `SLO attainment by placement (${o.gpus} GPUs)` : `SLO attainment (${placementLabel(placement)})`;
+    await writeAttainmentPlot(o.plot, series, { title, xTitle, target: o.target });
+    print(`wrote ${o.plot}`);
+  }
+}

@@ -1,0 +1,63 @@
+/**
+ * Simulator plots as SVG: SLO attainment against request rate, one line per policy or placement,
+ * with the attainment target drawn across. Vega-Lite compiled to Vega and rendered headlessly
+ * (the `none` renderer's scenegraph serialised to SVG; text widths are estimated).
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { parse, View } from 'vega';
+import { compile, type TopLevelSpec } from 'vega-lite';
+
+export interface AttainmentSeries {
+  /** legend label: a policy, a placement, or both */
+  label: string;
+  /** x: request rate (per GPU or whole cluster, as the axis title says); y: attainment in [0, 1] */
+  points: { rate: number; attainment: number }[];
+}
+
+export function attainmentPlotSpec(series: readonly AttainmentSeries[], o: { title: string; xTitle: string; target?: number }): TopLevelSpec {
+  const values = series.flatMap((s) => [...s.points].sort((a, b) => a.rate - b.rate).map((p) => ({ series: s.label, rate: p.rate, attainment: p.attainment })));
+  if (values.length === 0) throw new Error('nothing to plot: no runs');
+  const target = o.target ?? 0.9;
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: o.title,
+    background: 'white',
+    width: 420,
+    height: 260,
+    layer: [
+      {
+        data: { values },
+        mark: { type: 'line', point: true },
+        encoding: {
+          x: { field: 'rate', type: 'quantitative', title: o.xTitle },
+          y: { field: 'attainment', type: 'quantitative', title: 'SLO attainment', scale: { domain: [0, 1] }, axis: { format: '%' } },
+          color: { field: 'series', type: 'nominal', title: null },
+        },
+      },
+      {
+        data: { values: [{ y: target }] },
+        mark: { type: 'rule', strokeDash: [4, 4], color: 'gray' },
+        encoding: { y: { field: 'y', type: 'quantitative' } },
+      },
+    ],
+  } as TopLevelSpec;
+}
+
+/** Renders a Vega-Lite spec to SVG text without a browser. */
+export async function renderSvg(spec: TopLevelSpec): Promise<string> {
+  const view = new View(parse(compile(spec).spec), { renderer: 'none' });
+  try {
+    return await view.toSVG();
+  } finally {
+    view.finalize();
+  }
+}
+
+/** Writes the attainment plot to `path` (directories created) and returns the SVG text. */
+export async function writeAttainmentPlot(path: string, series: readonly AttainmentSeries[], o: { title: string; xTitle: string; target?: number }): Promise<string> {
+  const svg = await renderSvg(attainmentPlotSpec(series, o));
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, svg);
+  return svg;
+}
