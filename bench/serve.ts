@@ -17,6 +17,7 @@
  * chunk) or, without usage, the number of token chunks: a request may end early on EOS.
  */
 import { quantile } from '../src/sim/trace.ts';
+import type { Slo } from '../src/scheduler/scheduler.ts';
 import { mulberry32 } from '../src/util/rng.ts';
 
 export interface RequestSpec {
@@ -49,6 +50,8 @@ export interface LoadOptions {
   seed: number;
   /** aborts the run: nothing new is sent, requests in flight are cancelled ("cancelled" errors) */
   signal?: AbortSignal;
+  /** latency objectives sent with every request (wgserve's `slo` extension) and scored client-side */
+  slo?: Slo;
 }
 
 export interface RequestRecord {
@@ -163,7 +166,7 @@ interface StreamChunk {
  * `t0` is the run's start (performance.now() milliseconds).
  */
 export async function sendCompletion(
-  o: Pick<LoadOptions, 'url' | 'model' | 'temperature' | 'requestTimeoutSeconds' | 'signal'>,
+  o: Pick<LoadOptions, 'url' | 'model' | 'temperature' | 'requestTimeoutSeconds' | 'signal' | 'slo'>,
   index: number,
   prompt: number[],
   maxTokens: number,
@@ -198,6 +201,7 @@ export async function sendCompletion(
         seed,
         stream: true,
         stream_options: { include_usage: true },
+        ...(o.slo ? { slo: { ttft_ms: o.slo.ttftMs, tpot_ms: o.slo.tpotMs, deadline_ms: o.slo.deadlineMs } } : {}),
       }),
       signal,
     });
@@ -422,6 +426,11 @@ export interface RunReport {
   outputCountedFrom: { usage: number; chunks: number };
   /** completed requests whose usage.prompt_tokens differed from the prompt sent */
   promptTokenMismatches: number;
+  /**
+   * with an SLO: the share of requests sent that completed within it, as the client measured
+   * (TTFT, mean TPOT, end to end); a rejected or failed request is a miss. null without one.
+   */
+  sloAttainment: number | null;
   /** per request, in order of sending (seconds) */
   perRequest: {
     index: number;
@@ -440,7 +449,18 @@ export interface RunReport {
 const tpotOf = (r: RequestRecord): number | null =>
   r.ok && r.ttft !== undefined && r.e2e !== undefined && r.outputTokens >= 2 ? (r.e2e - r.ttft) / (r.outputTokens - 1) : null;
 
-export function summarizeRun(o: Pick<LoadOptions, 'arrivals' | 'durationSeconds' | 'maxRequests'>, run: LoadRun, offeredRate: number | null): RunReport {
+/** Whether a request met the SLO, by the client's own measurements. */
+function metSlo(r: RequestRecord, slo: Slo): boolean {
+  if (!r.ok || r.ttft === undefined || r.e2e === undefined) return false;
+  const tpot = tpotOf(r);
+  return (
+    (slo.ttftMs === undefined || r.ttft * 1e3 <= slo.ttftMs) &&
+    (slo.tpotMs === undefined || tpot === null || tpot * 1e3 <= slo.tpotMs) &&
+    (slo.deadlineMs === undefined || r.e2e * 1e3 <= slo.deadlineMs)
+  );
+}
+
+export function summarizeRun(o: Pick<LoadOptions, 'arrivals' | 'durationSeconds' | 'maxRequests' | 'slo'>, run: LoadRun, offeredRate: number | null): RunReport {
   const ok = run.records.filter((r) => r.ok);
   const errors: Record<string, number> = {};
   const errorMessages: Record<string, string> = {};
@@ -474,6 +494,7 @@ export function summarizeRun(o: Pick<LoadOptions, 'arrivals' | 'durationSeconds'
     endedEarly: ok.filter((r) => r.outputTokens < r.maxTokens).length,
     outputCountedFrom: { usage: ok.filter((r) => r.outputCountedFrom === 'usage').length, chunks: ok.filter((r) => r.outputCountedFrom === 'chunks').length },
     promptTokenMismatches: ok.filter((r) => r.promptTokensReported !== undefined && r.promptTokensReported !== r.inputTokens).length,
+    sloAttainment: o.slo && run.records.length ? run.records.filter((r) => metSlo(r, o.slo!)).length / run.records.length : null,
     perRequest: run.records.map((r) => ({
       index: r.index,
       start: r.start,
@@ -520,6 +541,7 @@ export function formatRun(r: RunReport): string {
     `${name.padEnd(10)}${[s?.mean, s?.p50, s?.p90, s?.p99, s?.max].map((v) => f(v).padStart(10)).join('')}${String(s?.count ?? 0).padStart(8)}`;
   lines.push(`${'ms'.padEnd(10)}${['mean', 'p50', 'p90', 'p99', 'max'].map((h) => h.padStart(10)).join('')}${'n'.padStart(8)}`);
   lines.push(row('TTFT', r.ttft), row('TPOT', r.tpot), row('ITL', r.itl), row('E2E', r.e2e));
+  if (r.sloAttainment !== null) lines.push(`SLO attainment (client-measured): ${f(100 * r.sloAttainment)}% of ${r.requests.sent}`);
   const errs = Object.entries(r.errors);
   if (errs.length) {
     lines.push(`errors: ${errs.map(([k, n]) => `${k} x${n}`).join(', ')}`);

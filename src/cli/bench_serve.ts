@@ -1,5 +1,6 @@
 import { writeServePlot } from '../../bench/plot.ts';
 import { writeResult } from '../../bench/results.ts';
+import type { Slo } from '../scheduler/scheduler.ts';
 import { type Arrivals, formatRun, type LoadOptions, type RequestSpec, type RunReport, runAndSummarize, sendCompletion, syntheticPrompt } from '../../bench/serve.ts';
 import { readTrace, scaleTrace, summarizeTrace, type TraceSummary } from '../sim/trace.ts';
 
@@ -33,6 +34,8 @@ export interface BenchServeOptions {
   model?: string;
   temperature: number;
   seed: number;
+  /** latency objectives sent with every request and scored client-side */
+  slo?: Slo;
   json?: string;
   plot?: string;
   /** progress lines (default: stderr) */
@@ -143,6 +146,7 @@ export async function benchServe(o: BenchServeOptions): Promise<ServeBenchReport
     temperature: o.temperature,
     seed: o.seed,
     signal: o.signal,
+    slo: o.slo,
   };
 
   // trace arrivals scaled in time: by --time-scale, or to each swept rate

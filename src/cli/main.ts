@@ -236,6 +236,7 @@ bench
   .option('--model <name>', 'model id to ask for (default: the first one GET /v1/models lists)')
   .option('--temperature <t>', 'sampling temperature sent with each request', number('--temperature', 0, 2), 0)
   .option('--seed <s>', 'seed of the arrivals, prompts and sampling', integer('--seed', 0), 1)
+  .option('--slo <spec>', 'send this SLO with every request (ttft=MS,tpot=MS,deadline=MS) and report attainment as measured here')
   .option('--json <file>', 'write the report as JSON')
   .option('--plot <file.svg>', 'write an SVG plot: latency against offered rate for a sweep, latency CDFs otherwise')
   .action(
@@ -257,10 +258,12 @@ bench
       model?: string;
       temperature: number;
       seed: number;
+      slo?: string;
       json?: string;
       plot?: string;
     }) => {
       const { benchServe } = await import('./bench_serve.ts');
+      const { parseSlo } = await import('./simulate.ts');
       const stop = new AbortController();
       const onSigint = () => {
         console.error('interrupted: cancelling requests in flight and reporting what finished');
@@ -268,8 +271,8 @@ bench
       };
       process.once('SIGINT', onSigint);
       try {
-        const { duration, requestTimeout, ...rest } = o;
-        await benchServe({ ...rest, durationSeconds: duration, requestTimeoutSeconds: requestTimeout, signal: stop.signal });
+        const { duration, requestTimeout, slo, ...rest } = o;
+        await benchServe({ ...rest, slo: slo ? parseSlo(slo) : undefined, durationSeconds: duration, requestTimeoutSeconds: requestTimeout, signal: stop.signal });
       } finally {
         process.off('SIGINT', onSigint);
       }
