@@ -8,9 +8,8 @@
  *   in a 2 x 2 grid.
  * - One run (or runs without an offered rate): the latency CDF of each metric.
  */
-import { parse, View } from 'vega';
-import { compile, type TopLevelSpec } from 'vega-lite';
-import { writeResult } from './results.ts';
+import type { TopLevelSpec } from 'vega-lite';
+import { writeSvgPlot } from '../src/util/output.ts';
 import type { LatencyStats, RunReport } from './serve.ts';
 
 type Row = Record<string, string | number>;
@@ -82,19 +81,8 @@ export function servePlotSpec(runs: readonly RunReport[], title: string): TopLev
   return { $schema: 'https://vega.github.io/schema/vega-lite/v6.json', title, background: 'white', hconcat: panels } as TopLevelSpec;
 }
 
-/** Renders a Vega-Lite spec to SVG text without a browser. */
-export async function renderSvg(spec: TopLevelSpec): Promise<string> {
-  const view = new View(parse(compile(spec).spec), { renderer: 'none' });
-  try {
-    return await view.toSVG();
-  } finally {
-    view.finalize();
-  }
-}
 
 /** Writes the plot of the runs to `path` (SVG) and returns the SVG text. */
 export async function writeServePlot(path: string, runs: readonly RunReport[], title: string): Promise<string> {
-  const svg = await renderSvg(servePlotSpec(runs, title));
-  writeResult(path, svg);
-  return svg;
+  return writeSvgPlot(path, servePlotSpec(runs, title));
 }

@@ -1,12 +1,8 @@
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { repoRoot } from '../src/gpu/paths.ts';
 
-/** Writes a result file (JSON, markdown, SVG), creating its folder. */
-export function writeResult(path: string, text: string): void {
-  mkdirSync(dirname(path), { recursive: true });
-  writeFileSync(path, text);
-}
+export { writeOutput as writeResult } from '../src/util/output.ts';
 
 /**
  * Rewrites the body between `<!-- tag:begin -->` and `<!-- tag:end -->` of a markdown text: the

@@ -1,22 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { FcfsScheduler } from '../src/scheduler/fcfs.ts';
-import type { KvView, Scheduler, SeqView } from '../src/scheduler/scheduler.ts';
+import type { Scheduler, SeqView } from '../src/scheduler/scheduler.ts';
 import { mulberry32 } from '../src/util/rng.ts';
+import { kvOf } from './helpers/kv_view.ts';
 
-/** A KV view with one block per 4 tokens per sequence (one KV head) and a fixed pool. */
-function kvOf(seqs: SeqView[], total: number): KvView {
-  const held = (s: SeqView) => (s.state === 'running' ? Math.ceil(s.computed / 4) : 0);
-  const used = seqs.reduce((n, s) => n + held(s), 0);
-  return {
-    freeBlocks: total - used,
-    blocksNeeded: (id, t) => {
-      const s = seqs.find((x) => x.id === id);
-      const have = s && s.state === 'running' ? s.computed : 0;
-      return Math.ceil((have + t) / 4) - Math.ceil(have / 4);
-    },
-    blocksHeld: (id) => held(seqs.find((x) => x.id === id)!),
-  };
-}
 
 const seq = (id: number, total: number, computed: number, state: SeqView['state']): SeqView => ({
   id,

@@ -2,24 +2,11 @@ import { describe, expect, it } from 'vitest';
 import type { BatchShape, CostModel } from '../src/scheduler/cost_model.ts';
 import { EdfScheduler, effectiveDeadline } from '../src/scheduler/edf.ts';
 import { OnlineCostModel } from '../src/scheduler/online_cost.ts';
-import type { KvView, Scheduler, SeqView, StepPlan } from '../src/scheduler/scheduler.ts';
+import type { Scheduler, SeqView, StepPlan } from '../src/scheduler/scheduler.ts';
 import { SloScheduler } from '../src/scheduler/slo.ts';
 import { mulberry32 } from '../src/util/rng.ts';
+import { kvOf } from './helpers/kv_view.ts';
 
-/** A KV view with one block per 4 tokens per sequence and a fixed pool (as test/fcfs.test.ts). */
-function kvOf(seqs: SeqView[], total: number): KvView {
-  const held = (s: SeqView) => (s.state === 'running' ? Math.ceil(s.computed / 4) : 0);
-  const used = seqs.reduce((n, s) => n + held(s), 0);
-  return {
-    freeBlocks: total - used,
-    blocksNeeded: (id, t) => {
-      const s = seqs.find((x) => x.id === id);
-      const have = s && s.state === 'running' ? s.computed : 0;
-      return Math.ceil((have + t) / 4) - Math.ceil(have / 4);
-    },
-    blocksHeld: (id) => held(seqs.find((x) => x.id === id)!),
-  };
-}
 
 /** 10 ms per step + 1 ms per prompt token + 2 ms per decoding sequence. */
 const fakeCost: CostModel = {

@@ -1,5 +1,5 @@
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { existsSync } from 'node:fs';
+import { writeOutput } from '../util/output.ts';
 import type { CostModel } from '../scheduler/cost_model.ts';
 import { EdfScheduler } from '../scheduler/edf.ts';
 import { FcfsScheduler } from '../scheduler/fcfs.ts';
@@ -231,8 +231,7 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
   }
 
   if (o.json) {
-    mkdirSync(dirname(o.json), { recursive: true });
-    writeFileSync(o.json, JSON.stringify(runs, null, 2) + '\n');
+    writeOutput(o.json, JSON.stringify(runs, null, 2) + '\n');
     print(`wrote ${o.json}`);
   }
   if (o.plot) {

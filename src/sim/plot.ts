@@ -3,10 +3,8 @@
  * with the attainment target drawn across. Vega-Lite compiled to Vega and rendered headlessly
  * (the `none` renderer's scenegraph serialised to SVG; text widths are estimated).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { dirname } from 'node:path';
-import { parse, View } from 'vega';
-import { compile, type TopLevelSpec } from 'vega-lite';
+import type { TopLevelSpec } from 'vega-lite';
+import { writeSvgPlot } from '../util/output.ts';
 
 export interface AttainmentSeries {
   /** legend label: a policy, a placement, or both */
@@ -44,20 +42,8 @@ export function attainmentPlotSpec(series: readonly AttainmentSeries[], o: { tit
   } as TopLevelSpec;
 }
 
-/** Renders a Vega-Lite spec to SVG text without a browser. */
-export async function renderSvg(spec: TopLevelSpec): Promise<string> {
-  const view = new View(parse(compile(spec).spec), { renderer: 'none' });
-  try {
-    return await view.toSVG();
-  } finally {
-    view.finalize();
-  }
-}
 
 /** Writes the attainment plot to `path` (directories created) and returns the SVG text. */
 export async function writeAttainmentPlot(path: string, series: readonly AttainmentSeries[], o: { title: string; xTitle: string; target?: number }): Promise<string> {
-  const svg = await renderSvg(attainmentPlotSpec(series, o));
-  mkdirSync(dirname(path), { recursive: true });
-  writeFileSync(path, svg);
-  return svg;
+  return writeSvgPlot(path, attainmentPlotSpec(series, o));
 }
