@@ -1,0 +1,182 @@
+import { createHash } from 'node:crypto';
+import { closeSync, existsSync, openSync, readSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { Packr } from 'msgpackr';
+import type { ModelSource } from '../model/source.ts';
+
+/**
+ * The worker-to-worker data plane (prefill -> decode KV transfer): length-prefixed MessagePack
+ * frames over a byte stream (TCP). A frame is a 4-byte big-endian payload length, then the payload:
+ * one msgpackr-encoded message. KV tensors travel as raw typed-array bytes (msgpack bin), never
+ * as JSON numbers. A connection starts with a versioned hello carrying the model's fingerprint;
+ * a peer serving another model (or another protocol version) is refused.
+ */
+export const PROTOCOL_VERSION = 1;
+/** Frames above this are refused before anything is allocated for them. */
+export const MAX_FRAME_BYTES = 256 * 1024 * 1024;
+
+export type WorkerRole = 'prefill' | 'decode';
+
+export type Message =
+  | { type: 'hello'; version: number; role: WorkerRole; workerId: string; fingerprint: string }
+  | { type: 'welcome'; workerId: string }
+  | { type: 'refuse'; reason: string }
+  /** one layer of one sequence's KV: K and V rows [tokens, nKvHeads, headDim] as raw f32 bytes */
+  | { type: 'kv'; seq: number; layer: number; tokens: number; k: Uint8Array; v: Uint8Array }
+  | { type: 'kv-done'; seq: number; tokens: number }
+  | { type: 'ack'; seq: number };
+
+/** A malformed, oversize or unexpected frame: the connection is closed with this reason. */
+export class ProtocolError extends Error {
+  override name = 'ProtocolError';
+}
+
+const packr = new Packr({ useRecords: false });
+
+export function encodeFrame(message: Message): Buffer {
+  const payload = packr.pack(message);
+  if (payload.length > MAX_FRAME_BYTES) throw new ProtocolError(`frame of ${payload.length} bytes exceeds ${MAX_FRAME_BYTES}`);
+  const frame = Buffer.allocUnsafe(4 + payload.length);
+  frame.writeUInt32BE(payload.length, 0);
+  payload.copy(frame, 4);
+  return frame;
+}
+
+/**
+ * Reassembles frames from stream chunks split anywhere. push() returns the complete messages so
+ * far, and throws ProtocolError on an oversize length or a payload that is not a valid message;
+ * after that the decoder is unusable (the caller closes the connection).
+ */
+export class FrameDecoder {
+  private chunks: Buffer[] = [];
+  private size = 0;
+
+  push(chunk: Buffer): Message[] {
+    if (chunk.length > 0) {
+      this.chunks.push(chunk);
+      this.size += chunk.length;
+    }
+    const out: Message[] = [];
+    for (;;) {
+      if (this.size < 4) return out;
+      const length = this.peekLength();
+      if (length > MAX_FRAME_BYTES) throw new ProtocolError(`frame length ${length} exceeds ${MAX_FRAME_BYTES}`);
+      if (this.size < 4 + length) return out; // wait for the rest: nothing is copied until then
+      this.consume(4);
+      out.push(parseMessage(this.consume(length)));
+    }
+  }
+
+  /** Bytes received but not yet a whole frame (a stream that ends here was truncated). */
+  get pending(): number {
+    return this.size;
+  }
+
+  private peekLength(): number {
+    const first = this.chunks[0];
+    if (first.length >= 4) return first.readUInt32BE(0);
+    return Buffer.concat(this.chunks, 4).readUInt32BE(0);
+  }
+
+  /** Removes and returns the next n bytes (one copy at most, only when they span chunks). */
+  private consume(n: number): Buffer {
+    const first = this.chunks[0];
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let filled = 0;
+      let k = 0;
+      while (filled < n) {
+        const c = this.chunks[k++];
+        const take = Math.min(c.length, n - filled);
+        c.copy(out, filled, 0, take);
+        filled += take;
+      }
+    }
+    // drop consumed bytes from the front
+    let left = n;
+    while (left > 0) {
+      const c = this.chunks[0];
+      if (c.length <= left) {
+        this.chunks.shift();
+        left -= c.length;
+      } else {
+        this.chunks[0] = c.subarray(left);
+        left = 0;
+      }
+    }
+    this.size -= n;
+    return out;
+  }
+}
+
+const isInt = (v: unknown, min = 0) => Number.isInteger(v) && (v as number) >= min;
+const isBytes = (v: unknown) => v instanceof Uint8Array;
+
+/** Decodes and checks one payload: every field of the message type present with the right type. */
+function parseMessage(payload: Buffer): Message {
+  let m: unknown;
+  try {
+    m = packr.unpack(payload);
+  } catch (err) {
+    throw new ProtocolError(`undecodable frame: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  const o = m as Record<string, unknown>;
+  const ok = (() => {
+    if (typeof o !== 'object' || o === null) return false;
+    switch (o.type) {
+      case 'hello':
+        return isInt(o.version) && (o.role === 'prefill' || o.role === 'decode') && typeof o.workerId === 'string' && typeof o.fingerprint === 'string';
+      case 'welcome':
+        return typeof o.workerId === 'string';
+      case 'refuse':
+        return typeof o.reason === 'string';
+      case 'kv':
+        return isInt(o.seq) && isInt(o.layer) && isInt(o.tokens, 1) && isBytes(o.k) && isBytes(o.v) && (o.k as Uint8Array).length === (o.v as Uint8Array).length;
+      case 'kv-done':
+        return isInt(o.seq) && isInt(o.tokens);
+      case 'ack':
+        return isInt(o.seq);
+      default:
+        return false;
+    }
+  })();
+  if (!ok) throw new ProtocolError(`not a valid message: ${JSON.stringify(o, (_k, v) => (v instanceof Uint8Array ? `<${v.length} bytes>` : v))?.slice(0, 200)}`);
+  return o as Message;
+}
+
+/** Why a peer's hello is refused, or null when it is accepted. */
+export function checkHello(hello: Extract<Message, { type: 'hello' }>, expect: { fingerprint: string; role?: WorkerRole }): string | null {
+  if (hello.version !== PROTOCOL_VERSION) return `protocol version ${hello.version}, this worker speaks ${PROTOCOL_VERSION}`;
+  if (hello.fingerprint !== expect.fingerprint) return `model fingerprint ${hello.fingerprint.slice(0, 12)} differs from this worker's ${expect.fingerprint.slice(0, 12)}: the workers serve different models`;
+  if (expect.role && hello.role !== expect.role) return `expected a ${expect.role} worker, got a ${hello.role} worker`;
+  return null;
+}
+
+/**
+ * Identifies a model for the hello: its config and tensor table, plus samples of the model
+ * file's bytes (4 KiB from the start, middle and end of each file; every file of a Hugging Face
+ * directory), so two files of the same shape but different weights differ, without reading
+ * gigabytes.
+ */
+export function modelFingerprint(source: ModelSource): string {
+  const h = createHash('sha256');
+  h.update(JSON.stringify(source.config));
+  for (const t of [...source.tensors.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) h.update(`${t.name}|${t.typeName}|${t.dims.join('x')}|${t.bytes};`);
+  const files = existsSync(source.path) && statSync(source.path).isDirectory()
+    ? readdirSync(source.path).sort().map((f) => join(source.path, f)).filter((f) => statSync(f).isFile())
+    : existsSync(source.path) ? [source.path] : [];
+  for (const file of files) {
+    const size = statSync(file).size;
+    const fd = openSync(file, 'r');
+    try {
+      const sample = Buffer.alloc(4096);
+      for (const at of [0, Math.max(0, (size >> 1) - 2048), Math.max(0, size - 4096)]) h.update(sample.subarray(0, readSync(fd, sample, 0, 4096, at)));
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return h.digest('hex');
+}
