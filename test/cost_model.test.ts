@@ -208,3 +208,28 @@ describe('wgserve profile', () => {
     expect(rel).toBeLessThan(0.4);
   }, 120_000);
 });
+
+describe('profile --from-steps (a live engine\'s recorded steps)', () => {
+  it('fits the recorded loop periods and writes a loadable cost model', async () => {
+    const { profileFromSteps } = await import('../src/cli/profile.ts');
+    const { loadCostModel } = await import('../src/sim/cost/fitted.ts');
+    const dir = mkdtempSync(join(tmpdir(), 'wgserve-steps-'));
+    const steps = join(dir, 'steps.jsonl');
+    const rand = mulberry32(4);
+    const lines: string[] = [];
+    for (let i = 0; i < 60; i++) {
+      const shape = { prefillTokens: rand() < 0.3 ? Math.floor(rand() * 64) : 0, prefillAttention: 0, decodeSeqs: Math.floor(rand() * 8), decodeContext: 0 };
+      // loop period = 30 ms + 10 ms per prompt token + 20 ms per decoding sequence (compute time is ignored)
+      const periodSeconds = 0.03 + 0.01 * shape.prefillTokens + 0.02 * shape.decodeSeqs;
+      lines.push(JSON.stringify({ shape, seconds: periodSeconds / 2, periodSeconds }));
+    }
+    writeFileSync(steps, lines.join('\n') + '\n');
+    const out = join(dir, 'cost.json');
+    const json = await profileFromSteps({ fromSteps: steps, out, dtype: 'f16', scale: 'auto', device: 'cpu', kvMemory: 4 << 20, quick: true, clock: 'auto', linkBandwidth: 25e9 });
+    expect(json.clock).toBe('engine');
+    expect(json.coefficients.base).toBeCloseTo(0.03, 4);
+    expect(json.coefficients.prefillTokens).toBeCloseTo(0.01, 5);
+    expect(json.coefficients.decodeSeqs).toBeCloseTo(0.02, 5);
+    expect(loadCostModel(out).stepSeconds({ prefillTokens: 10, prefillAttention: 0, decodeSeqs: 2, decodeContext: 0 })).toBeCloseTo(0.17, 4);
+  });
+});

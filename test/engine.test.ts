@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { Engine, QueueFullError, RequestTooLargeError, type SamplingOptions } from '../src/engine/engine.ts';
+import { Engine, QueueFullError, RequestTooLargeError, type SamplingOptions, type StepStats } from '../src/engine/engine.ts';
 import { generate } from '../src/engine/generate.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
 import { GpuModel } from '../src/model/gpu_model.ts';
@@ -25,6 +25,8 @@ describe('engine', () => {
     // 12 blocks: a sequence takes one block per KV head (4) until 16 tokens, then 8; four such cannot all stay
     const tight = GpuModel.load(getGpu(), src, { kvMemoryBytes: 12 * BLOCK });
     const engine = new Engine(tight, src.tokenizer);
+    const steps: StepStats[] = [];
+    engine.onStep = (s) => steps.push(s);
     const outputs = await Promise.all(
       prompts.map(
         (p) =>
@@ -35,6 +37,15 @@ describe('engine', () => {
       ),
     );
     expect(engine.counters.preemptions).toBeGreaterThan(0);
+    // every step reports its batch shape and its loop period (compute plus host work, never less);
+    // a step's report follows its tokens by one turn of the event loop
+    await engine.idle();
+    expect(steps.length).toBe(engine.counters.steps);
+    for (const s of steps) {
+      expect(s.shape.prefillTokens + s.shape.decodeSeqs).toBe(s.promptTokens + s.decodeTokens);
+      expect(s.periodSeconds).toBeGreaterThanOrEqual(s.seconds);
+    }
+    expect(steps.reduce((n, s) => n + s.shape.prefillTokens, 0)).toBeGreaterThan(prompts.reduce((n, p) => n + p.length, 0)); // recomputes after preemption
     expect(outputs).toEqual(alone);
     expect(tight.kv.pool.used).toBe(0);
     tight.destroy();

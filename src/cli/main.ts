@@ -98,10 +98,11 @@ program
   .option('--drain-timeout <seconds>', 'on SIGTERM, how long running requests may take to finish before they are cancelled', number('--drain-timeout', 0), 30)
   .addOption(new Option('--policy <name>', 'scheduling policy: fcfs, edf (earliest SLO deadline first) or slo (goodput: least slack first, rejects hopeless requests)').choices(['fcfs', 'edf', 'slo']).default('fcfs'))
   .option('--cost-model <file>', 'step-time model for edf/slo (from `wgserve profile`); slo without one fits step times online')
+  .option('--record-steps <file>', 'append every engine step (batch shape, compute and loop time) as JSONL, for `wgserve profile --from-steps`')
   .option('--slo-class <spec>', 'an SLO class requests select with "slo_class": NAME=ttft:MS,tpot:MS,deadline:MS (any of the three; repeatable)', (v: string, prev: string[] = []) => [...prev, v])
   .addOption(deviceOption())
   .action(
-    async (o: { model?: string; tokenizer?: string; modelName?: string; host: string; port: number; apiKey?: string; maxBatch?: number; kvMemory: number; tokenBudget?: number; maxWaiting?: number; drainTimeout: number; device: string; policy: string; costModel?: string; sloClass?: string[] }) => {
+    async (o: { model?: string; tokenizer?: string; modelName?: string; host: string; port: number; apiKey?: string; maxBatch?: number; kvMemory: number; tokenBudget?: number; maxWaiting?: number; drainTimeout: number; device: string; policy: string; costModel?: string; sloClass?: string[]; recordSteps?: string }) => {
       const { serveCli } = await import('./serve.ts');
       await serveCli({ ...o, device: parseDeviceMode(o.device) });
     },
@@ -152,11 +153,14 @@ program
   .option('--repeats <n>', 'timed runs per shape, median kept (default 3)', integer('--repeats', 1))
   .addOption(new Option('--clock <clock>', 'step times from GPU timestamps, the wall clock, or auto (timestamps where supported)').choices(['auto', 'gpu', 'wall']).default('auto'))
   .option('--link-bandwidth <bytes/s>', 'KV transfer link between instances, per direction (default 25e9, about PCIe 4.0 x16)', number('--link-bandwidth', 1), 25e9)
+  .option('--from-steps <file>', "fit from a live server's recorded steps (serve --record-steps) instead of timing a grid: host work between steps included")
   .addOption(deviceOption())
-  .action(async (o: { model?: string; tokenizer?: string; synthetic?: string[]; dtype: string[]; scale: 'auto' | 'full' | 'reduced'; out?: string; kvMemory: number; quick: boolean; repeats?: number; clock: 'auto' | 'gpu' | 'wall'; linkBandwidth: number; device: string }) => {
+  .action(async (o: { model?: string; tokenizer?: string; synthetic?: string[]; dtype: string[]; scale: 'auto' | 'full' | 'reduced'; out?: string; kvMemory: number; quick: boolean; repeats?: number; clock: 'auto' | 'gpu' | 'wall'; linkBandwidth: number; device: string; fromSteps?: string }) => {
     if ((o.synthetic?.length ?? 1) !== 1 || o.dtype.length !== 1) throw new InvalidArgumentError('--synthetic and --dtype take one value each here');
-    const { profileCli } = await import('./profile.ts');
-    await profileCli({ ...o, synthetic: o.synthetic?.[0], dtype: o.dtype[0] as WeightFormat, device: parseDeviceMode(o.device) });
+    const { profileCli, profileFromSteps } = await import('./profile.ts');
+    const options = { ...o, synthetic: o.synthetic?.[0], dtype: o.dtype[0] as WeightFormat, device: parseDeviceMode(o.device) };
+    if (o.fromSteps) await profileFromSteps({ ...options, fromSteps: o.fromSteps });
+    else await profileCli(options);
   });
 
 bench

@@ -1,3 +1,4 @@
+import { createWriteStream } from 'node:fs';
 import { basename, extname } from 'node:path';
 import type { DeviceMode } from '../gpu/adapter.ts';
 import { Gpu } from '../gpu/gpu.ts';
@@ -16,6 +17,8 @@ import { SloScheduler } from '../scheduler/slo.ts';
 import { startServer } from '../server/app.ts';
 
 export interface ServeCliOptions {
+  /** append every engine step to this JSONL file (for `profile --from-steps`) */
+  recordSteps?: string;
   model?: string;
   tokenizer?: string;
   modelName?: string;
@@ -111,6 +114,14 @@ export async function serveCli(o: ServeCliOptions): Promise<void> {
     const { scheduler, cost, online } = await schedulerFor(o.policy ?? 'fcfs', o.costModel, kvTokens);
     const engine = new Engine(model, source.tokenizer, { maxBatch: o.maxBatch, tokenBudget: o.tokenBudget, maxWaiting: o.maxWaiting, scheduler });
     if (online) engine.onStep = (s) => online.observe(s);
+    if (o.recordSteps) {
+      const record = createWriteStream(o.recordSteps, { flags: 'a' });
+      const previous = engine.onStep;
+      engine.onStep = (s) => {
+        previous?.(s);
+        record.write(JSON.stringify({ shape: s.shape, seconds: s.seconds, periodSeconds: s.periodSeconds }) + '\n');
+      };
+    }
     const modelId = o.modelName ?? modelIdOf(path);
     const server = await startServer({ engine, modelId, template: chatTemplate(source), apiKey: o.apiKey, host: o.host, port: o.port, logger: { level: 'info' }, sloClasses });
 

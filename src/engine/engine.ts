@@ -3,6 +3,7 @@ import type { Step } from '../gpu/step.ts';
 import type { GpuModel } from '../model/gpu_model.ts';
 import { StreamDecoder, type Tokenizer } from '../model/tokenizer/index.ts';
 import { FcfsScheduler } from '../scheduler/fcfs.ts';
+import type { BatchShape } from '../scheduler/cost_model.ts';
 import type { Scheduler, SchedulerLimits, SeqView, Slo } from '../scheduler/scheduler.ts';
 import { StopMatcher } from './stop.ts';
 
@@ -82,7 +83,15 @@ export interface StepStats {
   sequences: number;
   promptTokens: number;
   decodeTokens: number;
+  /** the step's batch as a cost model sees it */
+  shape: BatchShape;
+  /** forward pass, sampling and read-back */
   seconds: number;
+  /**
+   * from this step's start to the next one's (the engine staying busy): `seconds` plus the host
+   * work between steps (emitting tokens, HTTP). What a simulated clock must advance per step.
+   */
+  periodSeconds: number;
 }
 
 /** The request cannot be queued now; the server answers 429 with Retry-After. */
@@ -214,8 +223,10 @@ export class Engine {
     this.loop = (async () => {
       try {
         while (this.seqs.size > 0) {
-          await this.step();
+          const start = performance.now();
+          const stats = await this.step();
           await new Promise((r) => setImmediate(r)); // let I/O (new requests, disconnects) in
+          if (stats) this.onStep?.({ ...stats, periodSeconds: (performance.now() - start) / 1e3 });
         }
       } finally {
         this.loop = null;
@@ -223,9 +234,10 @@ export class Engine {
     })();
   }
 
-  private async step(): Promise<void> {
+  /** One iteration; its statistics when it ran a forward pass. */
+  private async step(): Promise<Omit<StepStats, 'periodSeconds'> | null> {
     for (const s of [...this.seqs.values()]) if (s.cancelled) this.finish(s, 'cancelled');
-    if (this.seqs.size === 0) return;
+    if (this.seqs.size === 0) return null;
     const kv = this.model.kv;
     const views: SeqView[] = [...this.seqs.values()].map((s) => ({
       id: s.id,
@@ -255,7 +267,7 @@ export class Engine {
       s.state = 'waiting';
       this.counters.preemptions++;
     }
-    if (plan.items.length === 0) return;
+    if (plan.items.length === 0) return null;
 
     const batch = plan.items.map(({ seq, tokens }) => ({ s: this.seqs.get(seq)!, n: tokens }));
     const t0 = performance.now();
@@ -284,15 +296,23 @@ export class Engine {
       await step.discard();
       const error = err instanceof Error ? err : new Error(String(err));
       for (const { s } of batch) this.finish(s, 'error', error);
-      return;
+      return null;
     }
     const seconds = (performance.now() - t0) / 1e3;
     let promptTokens = 0;
     let decodeTokens = 0;
+    const shape: BatchShape = { prefillTokens: 0, prefillAttention: 0, decodeSeqs: 0, decodeContext: 0 };
     batch.forEach(({ s, n }, i) => {
       s.state = 'running';
       if (s.computed < s.promptLength) promptTokens += n;
       else decodeTokens += n;
+      if (n === 1 && s.computed >= s.promptLength) {
+        shape.decodeSeqs++;
+        shape.decodeContext += s.computed;
+      } else {
+        shape.prefillTokens += n;
+        shape.prefillAttention += n * (s.computed + n);
+      }
       s.computed += n;
       if (s.computed < s.tokens.length) return; // a prompt chunk (or recompute) with more to come
       if (s.cancelled) return;
@@ -300,7 +320,7 @@ export class Engine {
     });
     this.counters.steps++;
     this.counters.promptTokens += promptTokens;
-    this.onStep?.({ sequences: batch.length, promptTokens, decodeTokens, seconds });
+    return { sequences: batch.length, promptTokens, decodeTokens, shape, seconds };
   }
 
   /** Appends a sampled token and emits what it makes safe to emit; finishes on EOS, stop or length. */

@@ -26,9 +26,11 @@ export class OnlineCostModel implements CostModel {
   ) {}
 
   /** Records one measured step. */
-  observe(s: StepStats): void {
-    if (!(s.seconds >= 0) || !Number.isFinite(s.seconds)) return;
-    this.rows.push({ p: s.promptTokens, d: s.decodeTokens, t: s.seconds });
+  /** Learns from one engine step; its loop period (host work included) when known. */
+  observe(s: Pick<StepStats, 'sequences' | 'promptTokens' | 'decodeTokens' | 'seconds'> & { periodSeconds?: number }): void {
+    const t = s.periodSeconds ?? s.seconds;
+    if (!(t >= 0) || !Number.isFinite(t)) return;
+    this.rows.push({ p: s.promptTokens, d: s.decodeTokens, t });
     if (this.rows.length > this.window) this.rows.shift();
     this.dirty = true;
   }

@@ -46,8 +46,8 @@ export interface FittedCostModelJson {
   fittedAt: string;
   r2: number;
   meanRelativeError: number;
-  /** how the step times were measured: GPU timestamps or wall clock */
-  clock?: 'gpu' | 'wall';
+  /** how the step times were measured: GPU timestamps, wall clock, or a live engine's loop periods */
+  clock?: 'gpu' | 'wall' | 'engine';
   samples: StepSample[];
 }
 
