@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { FcfsScheduler } from '../src/scheduler/fcfs.ts';
 import type { Scheduler, SeqView } from '../src/scheduler/scheduler.ts';
 import { mulberry32 } from '../src/util/rng.ts';
-import { kvOf } from './helpers/kv_view.ts';
+import { expectValidPlan, kvOf } from './helpers/kv_view.ts';
 
 
 const seq = (id: number, total: number, computed: number, state: SeqView['state']): SeqView => ({
@@ -46,17 +46,7 @@ describe('FCFS scheduler', () => {
       const kv = kvOf(seqs, Math.max(0, seqs.reduce((n, s) => n + Math.ceil(s.computed / 4), 0)) + Math.floor(rand() * 20));
       const limits = { tokenBudget: 1 + Math.floor(rand() * 64), maxBatch: 1 + Math.floor(rand() * 6) };
       const plan = fcfs.plan(seqs, kv, limits, 0);
-      const ids = plan.items.map((i) => i.seq);
-      expect(new Set(ids).size).toBe(ids.length);
-      expect(plan.items.length).toBeLessThanOrEqual(limits.maxBatch);
-      expect(plan.items.reduce((n, i) => n + i.tokens, 0)).toBeLessThanOrEqual(limits.tokenBudget);
-      const freed = plan.preempt.reduce((n, id) => n + kv.blocksHeld(id), 0);
-      expect(plan.items.reduce((n, i) => n + kv.blocksNeeded(i.seq, i.tokens), 0)).toBeLessThanOrEqual(kv.freeBlocks + freed);
-      for (const i of plan.items) {
-        const s = seqs.find((x) => x.id === i.seq)!;
-        expect(i.tokens).toBeLessThanOrEqual(s.totalTokens - s.computed);
-        expect(plan.preempt).not.toContain(i.seq);
-      }
+      expectValidPlan(plan, seqs, kv, limits);
     }
   });
 });

@@ -5,7 +5,7 @@ import { OnlineCostModel } from '../src/scheduler/online_cost.ts';
 import type { Scheduler, SeqView, StepPlan } from '../src/scheduler/scheduler.ts';
 import { SloScheduler } from '../src/scheduler/slo.ts';
 import { mulberry32 } from '../src/util/rng.ts';
-import { kvOf } from './helpers/kv_view.ts';
+import { expectValidPlan, kvOf } from './helpers/kv_view.ts';
 
 
 /** 10 ms per step + 1 ms per prompt token + 2 ms per decoding sequence. */
@@ -184,24 +184,7 @@ describe('SLO scheduler', () => {
       const limits = { tokenBudget: 1 + Math.floor(rand() * 64), maxBatch: 1 + Math.floor(rand() * 6) };
       for (const p of policies) {
         const plan: StepPlan = p.plan(seqs, kv, limits, now);
-        const ids = plan.items.map((i) => i.seq);
-        expect(new Set(ids).size).toBe(ids.length);
-        expect(plan.items.length).toBeLessThanOrEqual(limits.maxBatch);
-        expect(plan.items.reduce((n, i) => n + i.tokens, 0)).toBeLessThanOrEqual(limits.tokenBudget);
-        const freed = plan.preempt.reduce((n, id) => n + kv.blocksHeld(id), 0);
-        expect(plan.items.reduce((n, i) => n + kv.blocksNeeded(i.seq, i.tokens), 0)).toBeLessThanOrEqual(kv.freeBlocks + freed);
-        expect(new Set(plan.preempt).size).toBe(plan.preempt.length);
-        for (const i of plan.items) {
-          const s = seqs.find((x) => x.id === i.seq)!;
-          expect(i.tokens).toBeGreaterThan(0);
-          expect(i.tokens).toBeLessThanOrEqual(s.totalTokens - s.computed);
-          expect(plan.preempt).not.toContain(i.seq);
-          expect(plan.reject ?? []).not.toContain(i.seq);
-        }
-        for (const id of plan.preempt) {
-          expect(seqs.find((x) => x.id === id)!.state).toBe('running');
-          expect(plan.reject ?? []).not.toContain(id);
-        }
+        expectValidPlan(plan, seqs, kv, limits);
         if (p.name === 'edf') expect(plan.reject).toBeUndefined();
       }
     }

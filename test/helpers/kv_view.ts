@@ -1,4 +1,5 @@
-import type { KvView, SeqView } from '../../src/scheduler/scheduler.ts';
+import { expect } from 'vitest';
+import type { KvView, SchedulerLimits, SeqView, StepPlan } from '../../src/scheduler/scheduler.ts';
 
 /** A scheduler's KV view for tests: one block per 4 tokens per sequence (one KV head), a fixed pool. */
 export function kvOf(seqs: SeqView[], total: number): KvView {
@@ -13,4 +14,30 @@ export function kvOf(seqs: SeqView[], total: number): KvView {
     },
     blocksHeld: (id) => held(seqs.find((x) => x.id === id)!),
   };
+}
+
+/**
+ * What every scheduler plan must respect: no sequence twice, the batch size, the token budget, the
+ * KV free after preemption, at most each sequence's unfed tokens, nobody both planned and preempted
+ * or rejected, only running sequences preempted.
+ */
+export function expectValidPlan(plan: StepPlan, seqs: readonly SeqView[], kv: KvView, limits: SchedulerLimits): void {
+  const ids = plan.items.map((i) => i.seq);
+  expect(new Set(ids).size).toBe(ids.length);
+  expect(plan.items.length).toBeLessThanOrEqual(limits.maxBatch);
+  expect(plan.items.reduce((n, i) => n + i.tokens, 0)).toBeLessThanOrEqual(limits.tokenBudget);
+  const freed = plan.preempt.reduce((n, id) => n + kv.blocksHeld(id), 0);
+  expect(plan.items.reduce((n, i) => n + kv.blocksNeeded(i.seq, i.tokens), 0)).toBeLessThanOrEqual(kv.freeBlocks + freed);
+  expect(new Set(plan.preempt).size).toBe(plan.preempt.length);
+  for (const i of plan.items) {
+    const s = seqs.find((x) => x.id === i.seq)!;
+    expect(i.tokens).toBeGreaterThan(0);
+    expect(i.tokens).toBeLessThanOrEqual(s.totalTokens - s.computed);
+    expect(plan.preempt).not.toContain(i.seq);
+    expect(plan.reject ?? []).not.toContain(i.seq);
+  }
+  for (const id of plan.preempt) {
+    expect(seqs.find((x) => x.id === id)!.state).toBe('running');
+    expect(plan.reject ?? []).not.toContain(id);
+  }
 }
