@@ -2,7 +2,9 @@
 # Shared setup for `make serve` and `make test`: installs only what is missing.
 #   1. npm dependencies from the lockfile;
 #   2. the Vulkan loader (libvulkan1);
-#   3. when no GPU Vulkan driver is present, SwiftShader's Vulkan driver, taken out of Debian's
+#   3. nats-server, the control-plane broker for disaggregated workers (into .cache/nats when
+#      it cannot be installed system-wide);
+#   4. when no GPU Vulkan driver is present, SwiftShader's Vulkan driver, taken out of Debian's
 #      chromium-common package into .cache/swiftshader (it links only libc, libm and libgcc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,12 +31,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; t
 apt_lists_ready=0
 apt_download() { # apt_download DIR PACKAGE: fetch a .deb without installing it
   local dir=$1 pkg=$2
-  if [ $apt_lists_ready = 0 ] && ! (cd "$dir" && apt-get download "$pkg" >/dev/null 2>&1); then
-    as_root apt-get update -qq >/dev/null 2>&1 || true
-    apt_lists_ready=1
-  else
-    return 0
-  fi
+  (cd "$dir" && apt-get download "$pkg" >/dev/null 2>&1) && return 0
+  [ $apt_lists_ready = 0 ] || return 1
+  as_root apt-get update -qq >/dev/null 2>&1 || true
+  apt_lists_ready=1
   (cd "$dir" && apt-get download "$pkg" >/dev/null 2>&1)
 }
 
@@ -52,7 +52,22 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1 ' && [ ! -e "$cache/vul
   fi
 fi
 
-# 3. A GPU Vulkan driver? Ask Dawn for a hardware adapter (installed ICD files alone can name
+# 3. nats-server (Debian's package is one static Go binary). Before the GPU probe, which may end
+#    the script early. As root it is installed system-wide; otherwise the binary is unpacked into
+#    .cache/nats, where src/workers/nats_server.ts looks for it.
+if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ] && [ ! -x /usr/bin/nats-server ] && [ ! -x "$cache/nats/nats-server" ]; then
+  log "installing nats-server"
+  if ! { as_root apt-get install -y -qq --no-install-recommends nats-server >/dev/null 2>&1 || { as_root apt-get update -qq >/dev/null 2>&1 && as_root apt-get install -y -qq --no-install-recommends nats-server >/dev/null 2>&1; }; }; then
+    tmp=$(mktemp -d)
+    apt_download "$tmp" nats-server || { log "cannot fetch nats-server: install it with your package manager"; exit 1; }
+    dpkg -x "$tmp"/nats-server_*.deb "$tmp/x"
+    mkdir -p "$cache/nats"
+    cp "$tmp/x/usr/sbin/nats-server" "$cache/nats/nats-server"
+    rm -rf "$tmp"
+  fi
+fi
+
+# 4. A GPU Vulkan driver? Ask Dawn for a hardware adapter (installed ICD files alone can name
 #    drivers for hardware that is not there).
 if [ "$(node scripts/probe-gpu.mjs 2>/dev/null)" = gpu ]; then
   exit 0

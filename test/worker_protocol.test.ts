@@ -20,8 +20,11 @@ describe('worker data-plane frames', () => {
       { type: 'welcome', workerId: 'd0' },
       kv(7, 0, 96),
       kv(7, 1, 96),
-      { type: 'kv-done', seq: 7, tokens: 3 },
+      { type: 'kv-begin', seq: 7, tokens: 3 },
+      { type: 'kv-done', seq: 7, tokens: 3, request: { rid: 7, attempt: 1, prompt: [1, 2, 3], generated: [4], sampling: { maxTokens: 9, temperature: 0.5, topK: 0, topP: 1, seed: 3, stop: ['x'] } } },
+      { type: 'kv-abort', seq: 8, reason: 'cancelled' },
       { type: 'ack', seq: 7 },
+      { type: 'ack', seq: 9, error: 'queue full' },
       { type: 'refuse', reason: 'no' },
     ];
     const stream = Buffer.concat(messages.map(encodeFrame));
@@ -38,7 +41,7 @@ describe('worker data-plane frames', () => {
       }
       expect(decoder.pending).toBe(0);
       expect(got.map((m) => m.type)).toEqual(messages.map((m) => m.type));
-      const k = got[2] as Extract<Message, { type: 'kv' }>;
+      const k = got.find((m) => m.type === 'kv') as Extract<Message, { type: 'kv' }>;
       expect(Array.from(new Float32Array(k.k.buffer.slice(k.k.byteOffset, k.k.byteOffset + k.k.byteLength)))).toEqual(Array.from(new Float32Array(96).map((_, i) => i * 0.5 - 7)));
     }
   });

@@ -100,11 +100,62 @@ program
   .option('--cost-model <file>', 'step-time model for edf/slo (from `wgserve profile`); slo without one fits step times online')
   .option('--record-steps <file>', 'append every engine step (batch shape, compute and loop time) as JSONL, for `wgserve profile --from-steps`')
   .option('--slo-class <spec>', 'an SLO class requests select with "slo_class": NAME=ttft:MS,tpot:MS,deadline:MS (any of the three; repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+  .option('--disaggregate', 'prefill and decode in separate worker processes, KV shipped between them (docs/disaggregation.md)', false)
+  .option('--prefill-workers <n>', 'with --disaggregate: prefill workers to spawn (or, with --nats, to wait for)', integer('--prefill-workers', 1), 1)
+  .option('--decode-workers <n>', 'with --disaggregate: decode workers to spawn (or, with --nats, to wait for)', integer('--decode-workers', 1), 1)
+  .option('--nats <url>', 'with --disaggregate: find workers started with `wgserve worker --nats URL` (on any host) instead of spawning them')
+  .option('--worker-timeout <seconds>', 'with --disaggregate: how long to wait for the workers to come up', number('--worker-timeout', 1), 120)
   .addOption(deviceOption())
   .action(
-    async (o: { model?: string; tokenizer?: string; modelName?: string; host: string; port: number; apiKey?: string; maxBatch?: number; kvMemory: number; tokenBudget?: number; maxWaiting?: number; drainTimeout: number; device: string; policy: string; costModel?: string; sloClass?: string[]; recordSteps?: string }) => {
+    async (o: {
+      model?: string;
+      tokenizer?: string;
+      modelName?: string;
+      host: string;
+      port: number;
+      apiKey?: string;
+      maxBatch?: number;
+      kvMemory: number;
+      tokenBudget?: number;
+      maxWaiting?: number;
+      drainTimeout: number;
+      device: string;
+      policy: string;
+      costModel?: string;
+      sloClass?: string[];
+      recordSteps?: string;
+      disaggregate: boolean;
+      prefillWorkers: number;
+      decodeWorkers: number;
+      nats?: string;
+      workerTimeout: number;
+    }) => {
       const { serveCli } = await import('./serve.ts');
       await serveCli({ ...o, device: parseDeviceMode(o.device) });
+    },
+  );
+
+program
+  .command('worker')
+  .description('run one disaggregated prefill or decode worker (spawned by `serve --disaggregate`, or started on any host with --nats)')
+  .addOption(new Option('--role <role>', 'prefill: computes prompts and ships their KV; decode: takes sequences over and generates').choices(['prefill', 'decode']).makeOptionMandatory())
+  .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K); must be the front\'s model')
+  .option('--tokenizer <file>', 'tokenizer.bin for a llama2.c checkpoint (default: beside the model)')
+  .option('--id <id>', 'worker id (default: role, host name and pid)')
+  .option('--adapter <n>', 'use the n-th WebGPU adapter (boxes with several GPUs)', integer('--adapter', 0))
+  .option('--nats <url>', 'control plane: register with the front through this NATS server')
+  .option('--ipc', 'control plane: the IPC channel of the front that spawned this worker', false)
+  .option('--kv-memory <bytes>', 'KV cache memory', integer('--kv-memory', 1), 64 * 1024 * 1024)
+  .option('--max-batch <n>', 'sequences per engine step (default 64)', integer('--max-batch', 1))
+  .option('--token-budget <n>', 'tokens per engine step (default 512)', integer('--token-budget', 1))
+  .option('--data-host <host>', 'decode workers: address the KV listener binds (default 127.0.0.1; 0.0.0.0 with --nats)')
+  .option('--data-port <port>', 'decode workers: KV listener port (0 picks a free one)', integer('--data-port', 0), 0)
+  .option('--advertise <host>', 'decode workers: the host name prefill workers connect to (default: the bind address, or this host\'s name when binding 0.0.0.0)')
+  .addOption(deviceOption())
+  .action(
+    async (o: { role: 'prefill' | 'decode'; model?: string; tokenizer?: string; id?: string; adapter?: number; nats?: string; ipc: boolean; kvMemory: number; maxBatch?: number; tokenBudget?: number; dataHost?: string; dataPort: number; advertise?: string; device: string }) => {
+      const { workerCli } = await import('./worker.ts');
+      process.exitCode = await workerCli({ ...o, device: parseDeviceMode(o.device) });
     },
   );
 

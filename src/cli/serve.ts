@@ -3,7 +3,7 @@ import { basename, extname } from 'node:path';
 import type { DeviceMode } from '../gpu/adapter.ts';
 import { Gpu } from '../gpu/gpu.ts';
 import { Engine } from '../engine/engine.ts';
-import { generate } from '../engine/generate.ts';
+import { warmUp } from '../engine/generate.ts';
 import { ChatTemplate, DEFAULT_CHAT_TEMPLATE } from '../model/chat_template.ts';
 import { DEFAULT_MODEL } from '../model/default_model.ts';
 import { GpuModel } from '../model/gpu_model.ts';
@@ -15,6 +15,11 @@ import { OnlineCostModel } from '../scheduler/online_cost.ts';
 import type { Scheduler, Slo } from '../scheduler/scheduler.ts';
 import { SloScheduler } from '../scheduler/slo.ts';
 import { startServer } from '../server/app.ts';
+import { Cluster } from '../workers/cluster.ts';
+import { ChildProcessPlane, type ControlPlane } from '../workers/control.ts';
+import { natsControlPlane } from '../workers/nats_link.ts';
+import { modelFingerprint } from '../workers/protocol.ts';
+import type { ServingEngine } from '../engine/serving.ts';
 
 export interface ServeCliOptions {
   /** append every engine step to this JSONL file (for `profile --from-steps`) */
@@ -38,6 +43,13 @@ export interface ServeCliOptions {
   costModel?: string;
   /** `NAME=ttft:MS,tpot:MS,deadline:MS` each */
   sloClass?: string[];
+  /** prefill and decode in worker processes (spawned, or found through --nats) */
+  disaggregate?: boolean;
+  prefillWorkers?: number;
+  decodeWorkers?: number;
+  nats?: string;
+  /** seconds to wait for the workers */
+  workerTimeout?: number;
 }
 
 export const POLICIES = ['fcfs', 'edf', 'slo'] as const;
@@ -100,35 +112,18 @@ export function modelIdOf(path: string): string {
  */
 export async function serveCli(o: ServeCliOptions): Promise<void> {
   const sloClasses = parseSloClasses(o.sloClass ?? []); // flag errors before loading anything
-  const gpu = await Gpu.open({ mode: o.device });
-  let model: GpuModel | undefined;
+  const path = o.model ?? DEFAULT_MODEL;
+  if (!o.disaggregate && o.nats) throw new Error('--nats is for --disaggregate');
+  const backend = o.disaggregate ? await disaggregated(o, path) : await colocated(o, path);
   try {
-    const path = o.model ?? DEFAULT_MODEL;
-    const source = await openModel(path, { tokenizer: o.tokenizer });
-    model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory });
-    // compile the prefill, decode and sampling pipelines now rather than in the first request
-    const warmup = source.tokenizer.encode('Once upon a time, there was a little girl who liked to play in the park.');
-    await generate(model, source.tokenizer, [{ tokens: warmup, options: { maxTokens: 2, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [] } }]);
-    const layout = model.kv.layout;
-    const kvTokens = Math.floor(model.kv.pool.numBlocks / layout.nKvHeads) * layout.blockSize;
-    const { scheduler, cost, online } = await schedulerFor(o.policy ?? 'fcfs', o.costModel, kvTokens);
-    const engine = new Engine(model, source.tokenizer, { maxBatch: o.maxBatch, tokenBudget: o.tokenBudget, maxWaiting: o.maxWaiting, scheduler });
-    if (online) engine.onStep = (s) => online.observe(s);
-    if (o.recordSteps) {
-      const record = createWriteStream(o.recordSteps, { flags: 'a' });
-      const previous = engine.onStep;
-      engine.onStep = (s) => {
-        previous?.(s);
-        record.write(JSON.stringify({ shape: s.shape, seconds: s.seconds, periodSeconds: s.periodSeconds }) + '\n');
-      };
-    }
+    const { engine, source } = backend;
     const modelId = o.modelName ?? modelIdOf(path);
     const server = await startServer({ engine, modelId, template: chatTemplate(source), apiKey: o.apiKey, host: o.host, port: o.port, logger: { level: 'info' }, sloClasses });
 
     const auth = o.apiKey ? ` -H 'Authorization: Bearer ${o.apiKey}'` : '';
     const classes = Object.entries(sloClasses).map(([k, v]) => `${k} (${[v.ttftMs && `ttft ${v.ttftMs} ms`, v.tpotMs && `tpot ${v.tpotMs} ms`, v.deadlineMs && `deadline ${v.deadlineMs} ms`].filter(Boolean).join(', ')})`);
-    if (scheduler.name !== 'fcfs' || classes.length) console.log(`wgserve: scheduler ${scheduler.name}${cost ? `, cost model: ${cost.describe()}` : ''}${classes.length ? `; SLO classes: ${classes.join('; ')}` : ''}`);
-    console.log(`wgserve: serving ${modelId} (${source.format}, context ${model.config.contextLength}) on ${gpu.adapter.description} at ${server.url}`);
+    if (classes.length) console.log(`wgserve: SLO classes: ${classes.join('; ')}`);
+    console.log(`wgserve: serving ${modelId} (${source.format}, context ${source.config.contextLength}) on ${backend.description} at ${server.url}`);
     console.log(
       `wgserve: try  curl ${server.url}/v1/completions -H 'Content-Type: application/json'${auth} ` +
         `-d '{"model": "${modelId}", "prompt": "Once upon a time", "max_tokens": 32}'`,
@@ -151,11 +146,88 @@ export async function serveCli(o: ServeCliOptions): Promise<void> {
     });
     await engine.idle();
   } finally {
-    // a live device keeps dawn.node's event polling running: release it on every path
-    model?.destroy();
-    gpu.destroy();
+    await backend.close();
   }
   process.exit(0);
+}
+
+interface Backend {
+  engine: ServingEngine;
+  source: ModelSource;
+  /** where it runs, for the startup line */
+  description: string;
+  /** releases the device, or stops the workers */
+  close(): Promise<void>;
+}
+
+/** One process, one device: the Engine over the model on this machine's GPU. */
+async function colocated(o: ServeCliOptions, path: string): Promise<Backend> {
+  const gpu = await Gpu.open({ mode: o.device });
+  let model: GpuModel | undefined;
+  try {
+    const source = await openModel(path, { tokenizer: o.tokenizer });
+    model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory });
+    await warmUp(model, source.tokenizer);
+    const layout = model.kv.layout;
+    const kvTokens = Math.floor(model.kv.pool.numBlocks / layout.nKvHeads) * layout.blockSize;
+    const { scheduler, cost, online } = await schedulerFor(o.policy ?? 'fcfs', o.costModel, kvTokens);
+    const engine = new Engine(model, source.tokenizer, { maxBatch: o.maxBatch, tokenBudget: o.tokenBudget, maxWaiting: o.maxWaiting, scheduler });
+    if (online) engine.onStep = (s) => online.observe(s);
+    if (o.recordSteps) {
+      const record = createWriteStream(o.recordSteps, { flags: 'a' });
+      const previous = engine.onStep;
+      engine.onStep = (s) => {
+        previous?.(s);
+        record.write(JSON.stringify({ shape: s.shape, seconds: s.seconds, periodSeconds: s.periodSeconds }) + '\n');
+      };
+    }
+    if (scheduler.name !== 'fcfs') console.log(`wgserve: scheduler ${scheduler.name}${cost ? `, cost model: ${cost.describe()}` : ''}`);
+    const m = model;
+    return {
+      engine,
+      source,
+      description: gpu.adapter.description,
+      close: async () => {
+        // a live device keeps dawn.node's event polling running: release it on every path
+        m.destroy();
+        gpu.destroy();
+      },
+    };
+  } catch (err) {
+    model?.destroy();
+    gpu.destroy();
+    throw err;
+  }
+}
+
+/**
+ * The front of disaggregated serving: no device here, the model file only for its tokenizer,
+ * config and fingerprint; prefill and decode workers spawned as child processes, or found
+ * through NATS.
+ */
+async function disaggregated(o: ServeCliOptions, path: string): Promise<Backend> {
+  if (o.policy && o.policy !== 'fcfs') throw new Error('--policy applies to colocated serving; with --disaggregate the front places requests on workers (docs/disaggregation.md)');
+  if (o.recordSteps || o.costModel) throw new Error('--record-steps and --cost-model apply to colocated serving');
+  const source = await openModel(path, { tokenizer: o.tokenizer });
+  const fingerprint = modelFingerprint(source);
+  const want = { prefill: o.prefillWorkers ?? 1, decode: o.decodeWorkers ?? 1 };
+  let plane: ControlPlane;
+  if (o.nats) plane = await natsControlPlane(o.nats);
+  else {
+    const args = ['--model', path, ...(o.tokenizer ? ['--tokenizer', o.tokenizer] : []), '--device', o.device, '--kv-memory', String(o.kvMemory)];
+    if (o.maxBatch) args.push('--max-batch', String(o.maxBatch));
+    if (o.tokenBudget) args.push('--token-budget', String(o.tokenBudget));
+    plane = new ChildProcessPlane([...Array.from({ length: want.prefill }, () => ({ role: 'prefill' as const, args })), ...Array.from({ length: want.decode }, () => ({ role: 'decode' as const, args }))]);
+  }
+  const cluster = new Cluster({ plane, tokenizer: source.tokenizer, config: source.config, fingerprint, maxWaiting: o.maxWaiting });
+  try {
+    console.log(`wgserve: ${o.nats ? `waiting for workers on ${o.nats}` : 'starting workers'}: ${want.prefill} prefill, ${want.decode} decode`);
+    await cluster.ready(want, (o.workerTimeout ?? 120) * 1000);
+  } catch (err) {
+    await cluster.close();
+    throw err;
+  }
+  return { engine: cluster, source, description: `${want.prefill} prefill + ${want.decode} decode workers${o.nats ? ` via ${o.nats}` : ''}`, close: () => cluster.close() };
 }
 
 /** The model's own chat template, or ChatML when it has none or ours cannot parse it. */

@@ -1,10 +1,12 @@
 import { NO_TOKEN, packSampleParams, sample } from '../../kernels/sampling.ts';
 import type { Step } from '../gpu/step.ts';
-import type { GpuModel } from '../model/gpu_model.ts';
+import type { ModelConfig } from '../model/config.ts';
+import type { GpuModel, KvLayer } from '../model/gpu_model.ts';
 import { StreamDecoder, type Tokenizer } from '../model/tokenizer/index.ts';
 import { FcfsScheduler } from '../scheduler/fcfs.ts';
 import type { BatchShape } from '../scheduler/cost_model.ts';
 import type { Scheduler, SchedulerLimits, SeqView, Slo } from '../scheduler/scheduler.ts';
+import type { ServingEngine } from './serving.ts';
 import { StopMatcher } from './stop.ts';
 
 export interface SamplingOptions {
@@ -53,6 +55,36 @@ export interface EngineRequest {
   slo?: Slo;
   /** larger first among otherwise equal requests (default 0) */
   priority?: number;
+  /**
+   * Tokens this request already generated elsewhere (a sequence resumed after its worker died, or
+   * handed over after prefill): they are context, count toward max_tokens, and are replayed into
+   * the text decoder and stop matcher without being emitted again.
+   */
+  generated?: number[];
+  /** prefill only (a disaggregated prefill worker): the sequence leaves after its next token */
+  handoff?: KvHandoff;
+}
+
+/**
+ * Prefill-only sequences: the step that computes the last of the sequence's context also records
+ * a copy of its KV, layer by layer, each flushed to the GPU so the copy of layer l can travel while
+ * layers after it compute. If the sampled token does not end the sequence, it leaves the engine.
+ */
+export interface KvHandoff {
+  /** that step is recorded: KV of `tokens` tokens, layer l resolving when the GPU has computed it */
+  onKv(tokens: number, layers: Promise<KvLayer>[]): void;
+  /** the token was sampled (and emitted) without ending the sequence: it left this engine with these generated tokens */
+  onHandoff(generated: number[]): void;
+}
+
+/** KV received for a sequence before it is adopted (see Engine.importKv / adopt). */
+export interface KvImport {
+  readonly seq: number;
+  readonly tokens: number;
+  /** writes one layer into the reserved blocks (one small GPU submit) */
+  writeLayer(layer: number, kv: { k: ArrayBufferView; v: ArrayBufferView }): Promise<void>;
+  /** gives the blocks back (the transfer failed) */
+  release(): void;
 }
 
 export interface EngineHandle {
@@ -121,6 +153,7 @@ interface Sequence {
   decoder: StreamDecoder;
   stops: StopMatcher;
   cancelled: boolean;
+  handoff?: KvHandoff;
 }
 
 let nextId = 1;
@@ -134,7 +167,7 @@ const clock = () => performance.now() / 1e3;
  * sequence keeps its tokens), runs one forward pass and one GPU sampling dispatch, and emits each
  * sequence's new token. Sequences join and leave between steps.
  */
-export class Engine {
+export class Engine implements ServingEngine {
   private readonly seqs = new Map<number, Sequence>();
   private readonly scheduler: Scheduler;
   private readonly limits: SchedulerLimits;
@@ -155,6 +188,19 @@ export class Engine {
     this.maxWaiting = options.maxWaiting ?? 1024;
   }
 
+  get config(): ModelConfig {
+    return this.model.config;
+  }
+
+  get maxSequenceTokens(): number {
+    const { layout, pool } = this.model.kv;
+    return Math.min(this.model.config.contextLength, Math.floor(pool.numBlocks / layout.nKvHeads) * layout.blockSize);
+  }
+
+  kvBlocks(): { used: number; total: number } {
+    return { used: this.model.kv.pool.used, total: this.model.kv.pool.numBlocks };
+  }
+
   get waiting(): number {
     let n = 0;
     for (const s of this.seqs.values()) if (s.state === 'waiting') n++;
@@ -167,37 +213,87 @@ export class Engine {
 
   /** Queues a request; throws RequestTooLargeError or QueueFullError when it cannot be taken. */
   submit(req: EngineRequest): EngineHandle {
+    return this.enqueue(req, null, nextId++);
+  }
+
+  /**
+   * Reserves KV blocks for a sequence arriving with the KV of `tokens` tokens computed elsewhere
+   * (the decode side of a handover); null when the pool cannot hold them now (adopt it without:
+   * it recomputes its context).
+   */
+  importKv(tokens: number): KvImport | null {
+    const seq = nextId++;
+    let slots: Uint32Array;
+    try {
+      slots = this.model.kv.append(seq, tokens);
+    } catch {
+      return null;
+    }
+    const model = this.model;
+    return {
+      seq,
+      tokens,
+      async writeLayer(layer, kv) {
+        const step = model.gpu.step({ label: 'kv import' });
+        try {
+          model.importLayer(step, slots, layer, kv);
+        } catch (err) {
+          await step.discard();
+          throw err;
+        }
+        await step.submit();
+      },
+      release: () => {
+        if (!this.seqs.has(seq)) model.release(seq);
+      },
+    };
+  }
+
+  /**
+   * Takes over a sequence whose KV was imported (every token but the last generated one), or,
+   * with `kv` null, one that recomputes its context here. `req.generated` must hold at least the
+   * token sampled where it was prefilled.
+   */
+  adopt(req: EngineRequest, kv: KvImport | null): EngineHandle {
+    const context = req.prompt.length + (req.generated?.length ?? 0) - 1;
+    if (!req.generated?.length) throw new Error('adopt: the sequence has no generated token');
+    if (kv && kv.tokens !== context) throw new Error(`adopt: imported KV holds ${kv.tokens} tokens, the sequence's context is ${context}`);
+    return this.enqueue(req, kv, kv?.seq ?? nextId++);
+  }
+
+  private enqueue(req: EngineRequest, kv: KvImport | null, id: number): EngineHandle {
     const { prompt, sampling } = req;
-    const cfg = this.model.config;
-    if (prompt.length === 0) throw new RequestTooLargeError('the prompt is empty (it needs at least one token)');
-    for (const t of prompt) if (!(Number.isInteger(t) && t >= 0 && t < cfg.vocabSize)) throw new RequestTooLargeError(`token id ${t} is outside the vocabulary (0..${cfg.vocabSize - 1})`);
-    const total = prompt.length + sampling.maxTokens;
-    if (total > cfg.contextLength) {
-      throw new RequestTooLargeError(`the prompt (${prompt.length} tokens) plus max_tokens (${sampling.maxTokens}) exceeds the context length of ${cfg.contextLength} tokens`);
+    const generated = req.generated ?? [];
+    try {
+      checkRequest(prompt, generated, sampling, this.config, this.maxSequenceTokens);
+      if (!kv && this.waiting >= this.maxWaiting) throw new QueueFullError(`${this.waiting} requests are already waiting`);
+    } catch (err) {
+      kv?.release();
+      throw err;
     }
-    const kv = this.model.kv;
-    if (kv.blocksNeeded(-1, total) > kv.pool.numBlocks) {
-      throw new RequestTooLargeError(`the prompt plus max_tokens (${total} tokens) needs more KV cache than the server has; lower max_tokens or raise --kv-memory`);
-    }
-    if (this.waiting >= this.maxWaiting) throw new QueueFullError(`${this.waiting} requests are already waiting`);
+    const now = clock();
     const seq: Sequence = {
-      id: nextId++,
+      id,
       arrival: this.arrivals++,
-      arrivalTime: clock(),
+      arrivalTime: now,
+      firstTokenTime: generated.length ? now : undefined,
       slo: req.slo,
       priority: req.priority,
-      tokens: [...prompt],
+      tokens: [...prompt, ...generated],
       promptLength: prompt.length,
-      computed: 0,
-      state: 'waiting',
+      computed: kv ? kv.tokens : 0,
+      state: kv ? 'running' : 'waiting',
       sampling,
       events: req.events ?? {},
       decoder: new StreamDecoder(this.tokenizer),
       stops: new StopMatcher(sampling.stop),
       cancelled: false,
+      handoff: req.handoff,
     };
+    // what was emitted before is not emitted again, but shapes what follows (partial characters, stop strings)
+    for (const t of generated) seq.stops.push(seq.decoder.push(t));
     this.seqs.set(seq.id, seq);
-    if (sampling.maxTokens <= 0) this.finish(seq, 'length');
+    if (generated.length >= sampling.maxTokens) this.finish(seq, 'length');
     else this.kick();
     return { id: seq.id, cancel: () => this.cancel(seq.id) };
   }
@@ -219,7 +315,8 @@ export class Engine {
   }
 
   private kick(): void {
-    if (this.loop) return;
+    // with nothing to run the loop would end before `this.loop` is assigned, and stay assigned
+    if (this.loop || this.seqs.size === 0) return;
     this.loop = (async () => {
       try {
         while (this.seqs.size > 0) {
@@ -275,11 +372,21 @@ export class Engine {
     let logitRows: Float32Array | null = null;
     const vocab = this.model.config.vocabSize;
     const step = this.model.gpu.step({ label: 'engine step' });
+    // prefill-only sequences whose context this step completes: their KV is copied out layer by layer
+    const exports = batch.filter(({ s, n }) => s.handoff && s.computed + n === s.tokens.length).map(({ s }) => ({ s, layers: [] as Promise<KvLayer>[] }));
+    const afterLayer = exports.length
+      ? (layer: number) => {
+          for (const e of exports) e.layers.push(this.model.exportLayer(step, e.s.id, layer));
+          step.flush();
+        }
+      : undefined;
     try {
       const { logits, rows } = this.model.forward(
         step,
         batch.map(({ s, n }) => ({ seq: s.id, tokens: s.tokens.slice(s.computed, s.computed + n) })),
+        { afterLayer },
       );
+      for (const e of exports) e.s.handoff!.onKv(e.s.tokens.length, e.layers);
       for (const p of this.options.logitsProcessors ?? []) p(step, logits, rows, batch.map(({ s }) => s.id));
       const params = packSampleParams(
         batch.map(({ s }) => ({ temperature: s.sampling.temperature, topK: s.sampling.topK, topP: s.sampling.topP, seed: s.sampling.seed >>> 0, counter: s.tokens.length - s.promptLength })),
@@ -317,6 +424,7 @@ export class Engine {
       if (s.computed < s.tokens.length) return; // a prompt chunk (or recompute) with more to come
       if (s.cancelled) return;
       this.accept(s, sampled[i], logitRows ? logitRows.subarray(i * vocab, (i + 1) * vocab) : null);
+      if (s.handoff && this.seqs.has(s.id)) this.handOff(s);
     });
     this.counters.steps++;
     this.counters.promptTokens += promptTokens;
@@ -353,6 +461,13 @@ export class Engine {
     s.events.onToken?.({ ...event, text: r.emit });
   }
 
+  /** A prefill-only sequence that did not end with its token leaves: its KV is freed here, the receiver has a copy. */
+  private handOff(s: Sequence): void {
+    this.seqs.delete(s.id);
+    this.model.release(s.id);
+    s.handoff!.onHandoff(s.tokens.slice(s.promptLength));
+  }
+
   /** The end of a sequence's text: bytes of an unfinished character, text held back for a stop string. */
   private flushText(s: Sequence): string {
     const r = s.stops.push(s.decoder.flush());
@@ -366,6 +481,22 @@ export class Engine {
     const eos = this.tokenizer.vocab.eos;
     const completion = s.tokens.slice(s.promptLength).filter((t) => t !== eos).length;
     s.events.onFinish?.(reason, { promptTokens: s.promptLength, completionTokens: completion }, error);
+  }
+}
+
+/**
+ * Why a request can never run (RequestTooLargeError): an empty prompt, token ids outside the
+ * vocabulary, more tokens than the context or one sequence's share of the KV pool.
+ */
+export function checkRequest(prompt: readonly number[], generated: readonly number[], sampling: SamplingOptions, config: ModelConfig, maxSequenceTokens: number): void {
+  if (prompt.length === 0) throw new RequestTooLargeError('the prompt is empty (it needs at least one token)');
+  for (const t of [...prompt, ...generated]) if (!(Number.isInteger(t) && t >= 0 && t < config.vocabSize)) throw new RequestTooLargeError(`token id ${t} is outside the vocabulary (0..${config.vocabSize - 1})`);
+  const total = prompt.length + sampling.maxTokens;
+  if (total > config.contextLength) {
+    throw new RequestTooLargeError(`the prompt (${prompt.length} tokens) plus max_tokens (${sampling.maxTokens}) exceeds the context length of ${config.contextLength} tokens`);
+  }
+  if (total > maxSequenceTokens) {
+    throw new RequestTooLargeError(`the prompt plus max_tokens (${total} tokens) needs more KV cache than the server has; lower max_tokens or raise --kv-memory`);
   }
 }
 

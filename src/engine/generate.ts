@@ -66,3 +66,13 @@ export async function generate(
   stats.generatedTokens = engine.counters.generatedTokens;
   return { results, stats };
 }
+
+/**
+ * Compiles the pipelines a server needs before its first request (WebGPU compiles them
+ * synchronously, which would stall the event loop mid-request): a batch of prompts long enough
+ * for the tiled matmul and prefill attention, then decode steps with several sequences.
+ */
+export async function warmUp(model: GpuModel, tokenizer: Tokenizer): Promise<void> {
+  const prompts = ['Once upon a time, there was a little girl who liked to play in the park.', 'The dog ran.'].map((t) => tokenizer.encode(t));
+  await generate(model, tokenizer, prompts.map((tokens) => ({ tokens, options: { maxTokens: 3, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [] } })));
+}

@@ -28,6 +28,8 @@ let globalsInstalled = false;
  * event polling keeps calling into the freed instance and the process crashes.
  */
 let instance: GPU | null = null;
+/** instances made only to list adapters: kept referenced for the same reason */
+const listingInstances: GPU[] = [];
 
 /** Installs GPUBufferUsage & co. as globals (dawn.node provides them; browsers have them built in). */
 export function installWebGpuGlobals(): void {
@@ -59,10 +61,39 @@ const INSTALL_HINT =
   'Install a Vulkan GPU driver (with libvulkan1), or run `make test`/`make serve` once so that ' +
   'setup caches the SwiftShader software driver in .cache/swiftshader.';
 
-/** Finds an adapter according to `mode` (default: WGSERVE_DEVICE or auto). */
-export async function requestAdapter(mode: DeviceMode): Promise<GPUAdapter> {
+/**
+ * The adapters Dawn sees, by name, in its order. Dawn's Node binding has no listing call: asked
+ * for an adapter name that matches none, it answers with the list, which is parsed here.
+ */
+export async function listAdapterNames(): Promise<string[]> {
   exposeSoftwareDriver();
   installWebGpuGlobals();
+  const probe = create(['adapter=\u0001 wgserve: list adapters']);
+  listingInstances.push(probe);
+  try {
+    await probe.requestAdapter();
+    return [];
+  } catch (err) {
+    const text = err instanceof Error ? err.message : String(err);
+    return [...text.matchAll(/name: '(.*)'/g)].map((m) => m[1]);
+  }
+}
+
+/**
+ * Finds an adapter according to `mode` (default: WGSERVE_DEVICE or auto); with `index`, the
+ * index-th adapter of listAdapterNames() (boxes with several GPUs: one worker per GPU). Dawn
+ * selects adapters by name, so two GPUs with the same name cannot be told apart this way.
+ */
+export async function requestAdapter(mode: DeviceMode, index?: number): Promise<GPUAdapter> {
+  exposeSoftwareDriver();
+  installWebGpuGlobals();
+  if (index !== undefined && !instance) {
+    const names = await listAdapterNames();
+    if (!(index >= 0 && index < names.length)) throw new Error(`--adapter ${index}: there are ${names.length} adapters (${names.map((n, i) => `${i}: ${n}`).join(', ') || 'none'})`);
+    const first = names.indexOf(names[index]);
+    if (first !== index) throw new Error(`--adapter ${index}: adapters ${first} and ${index} are both "${names[index]}", and Dawn selects adapters by name`);
+    instance = create([`adapter=${names[index]}`]);
+  }
   instance ??= create([]);
   const gpu = instance;
   if (mode === 'cpu') {

@@ -6,6 +6,8 @@ import { Step } from './step.ts';
 export interface OpenOptions {
   /** auto (hardware first, software fallback), gpu or cpu. Default: $WGSERVE_DEVICE or auto. */
   mode?: DeviceMode;
+  /** the index of the adapter among those Dawn lists (several GPUs in one box) */
+  adapter?: number;
 }
 
 /** Limits a model needs raised above WebGPU's defaults; each is requested at the adapter's maximum. */
@@ -35,7 +37,7 @@ export class Gpu {
   }
 
   static async open(options: OpenOptions = {}): Promise<Gpu> {
-    const adapter = await requestAdapter(options.mode ?? parseDeviceMode(process.env.WGSERVE_DEVICE));
+    const adapter = await requestAdapter(options.mode ?? parseDeviceMode(process.env.WGSERVE_DEVICE), options.adapter);
     const wanted: GPUFeatureName[] = ['shader-f16', 'subgroups', 'timestamp-query'];
     const requiredFeatures = wanted.filter((f) => adapter.features.has(f));
     const requiredLimits: Record<string, number> = {};

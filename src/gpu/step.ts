@@ -18,6 +18,13 @@ export interface StepResult {
   gpuTimeNs?: number;
 }
 
+interface Readback {
+  staging: GPUBuffer;
+  size: number;
+  resolve: (d: ArrayBuffer) => void;
+  reject: (e: unknown) => void;
+}
+
 const UNIFORM_CHUNK = 64 * 1024;
 const MAX_TIMED_PASSES = 64;
 
@@ -27,14 +34,17 @@ const MAX_TIMED_PASSES = 64;
  * Scratch buffers taken with `scratch()` return to the pool after submit (queue order makes that
  * safe: the next step's commands run after this one's). Validation errors raised while the step
  * was recorded are thrown from `submit()` with the driver's message. A step is either submitted
- * or discarded.
+ * or discarded, and is recorded without awaiting between its creation and submit() (its error
+ * scopes sit on the device's scope stack, so steps may overlap only in their awaits after that).
  */
 export class Step {
-  private readonly encoder: GPUCommandEncoder;
+  private encoder: GPUCommandEncoder;
   private pass: GPUComputePassEncoder | null = null;
   private readonly uniformChunks: { buffer: GPUBuffer; staging: Uint8Array; used: number }[] = [];
   private readonly scratchBuffers: GPUBuffer[] = [];
-  private readonly readbacks: { staging: GPUBuffer; size: number; resolve: (d: ArrayBuffer) => void; reject: (e: unknown) => void }[] = [];
+  private readonly readbacks: Readback[] = [];
+  /** readbacks of flushed parts, mapping as their part finishes */
+  private readonly mapping: Promise<void>[] = [];
   private readonly querySet: GPUQuerySet | null;
   private passes = 0;
   private submitted = false;
@@ -90,6 +100,20 @@ export class Step {
     return data;
   }
 
+  /**
+   * Submits what is recorded so far and goes on recording into a new encoder: readbacks recorded
+   * before the flush resolve as soon as that part has run, while the GPU runs later parts (the
+   * prefill worker streams each layer's KV this way while later layers compute). Scratch buffers
+   * stay held until submit(); errors of any part are still thrown from submit().
+   */
+  flush(): void {
+    if (this.submitted) throw new Error('Step flushed after submit');
+    this.endPass();
+    this.submitUniformsAndCommands();
+    this.encoder = this.gpu.device.createCommandEncoder({ label: 'step (continued)' });
+    for (const r of this.readbacks.splice(0)) this.mapping.push(this.map(r));
+  }
+
   async submit(): Promise<StepResult> {
     if (this.submitted) throw new Error('Step submitted twice');
     this.submitted = true;
@@ -104,28 +128,20 @@ export class Step {
       this.encoder.copyBufferToBuffer(resolveBuf, 0, timestamps, 0, bytes);
       this.scratchBuffers.push(resolveBuf);
     }
-    for (const chunk of this.uniformChunks) device.queue.writeBuffer(chunk.buffer, 0, chunk.staging, 0, align(chunk.used, 4));
-    device.queue.submit([this.encoder.finish()]);
-    for (const chunk of this.uniformChunks) this.gpu.pool.release(chunk.buffer);
+    this.submitUniformsAndCommands();
     for (const b of this.scratchBuffers) this.gpu.pool.release(b);
 
-    const oom = await device.popErrorScope();
-    const validation = await device.popErrorScope();
+    // both pops issued in this tick, so a step recorded while this one awaits cannot take its scopes
+    const [oom, validation] = await Promise.all([device.popErrorScope(), device.popErrorScope()]);
     const error = validation ?? oom;
     if (error) {
       const failure = new Error(`WebGPU error in step: ${error.message}`);
       for (const r of this.readbacks) r.reject(failure);
+      await Promise.allSettled(this.mapping);
       throw failure;
     }
 
-    await Promise.all(
-      this.readbacks.map(async (r) => {
-        await r.staging.mapAsync(MAP_READ_MODE);
-        r.resolve(r.staging.getMappedRange(0, align(r.size, 4)).slice(0, r.size));
-        r.staging.unmap();
-        this.gpu.pool.release(r.staging);
-      }),
-    );
+    await Promise.all([...this.mapping, ...this.readbacks.map((r) => this.map(r))]);
     const result: StepResult = {};
     if (timestamps) {
       await timestamps.mapAsync(MAP_READ_MODE);
@@ -156,8 +172,23 @@ export class Step {
       this.gpu.pool.release(r.staging);
       r.reject(failure);
     }
-    await this.gpu.device.popErrorScope();
-    await this.gpu.device.popErrorScope();
+    await Promise.all([this.gpu.device.popErrorScope(), this.gpu.device.popErrorScope()]);
+    await Promise.allSettled(this.mapping); // parts already flushed still run
+  }
+
+  /** Writes the staged uniforms and submits the encoder; the uniform chunks go back to the pool (queue order keeps them intact for the commands just submitted). */
+  private submitUniformsAndCommands(): void {
+    const queue = this.gpu.device.queue;
+    for (const chunk of this.uniformChunks) queue.writeBuffer(chunk.buffer, 0, chunk.staging, 0, align(chunk.used, 4));
+    queue.submit([this.encoder.finish()]);
+    for (const chunk of this.uniformChunks.splice(0)) this.gpu.pool.release(chunk.buffer);
+  }
+
+  private async map(r: Readback): Promise<void> {
+    await r.staging.mapAsync(MAP_READ_MODE);
+    r.resolve(r.staging.getMappedRange(0, align(r.size, 4)).slice(0, r.size));
+    r.staging.unmap();
+    this.gpu.pool.release(r.staging);
   }
 
   private computePass(): GPUComputePassEncoder {

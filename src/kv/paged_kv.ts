@@ -104,6 +104,19 @@ export class PagedKvTables {
     return slots;
   }
 
+  /** The pool slots of every token `seq` holds, [token][head] as append() returns them (for exporting its KV). */
+  slotsOf(seq: number): Uint32Array {
+    const { blockSize, nKvHeads } = this.layout;
+    const rows = this.rows(seq);
+    const tokens = rows[0].length;
+    const slots = new Uint32Array(tokens * nKvHeads);
+    rows.forEach((row, h) => {
+      if (row.length !== tokens) throw new Error(`slotsOf: sequence ${seq}'s heads hold different lengths`);
+      for (let t = 0; t < tokens; t++) slots[t * nKvHeads + h] = row.blocks[Math.floor(t / blockSize)] * blockSize + (t % blockSize);
+    });
+    return slots;
+  }
+
   /** Shortens every head row of `seq` to `length` tokens, returning blocks no longer needed (undoes an append). */
   truncate(seq: number, length: number): void {
     for (const row of this.rows(seq)) {

@@ -27,6 +27,19 @@ export interface ModelOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
+export interface ForwardOptions {
+  /** logits for every token, not only each chunk's last */
+  allPositions?: boolean;
+  /** called once each layer is recorded (its KV written): where KV export is recorded */
+  afterLayer?: (layer: number) => void;
+}
+
+/** One layer of one sequence's KV on the CPU: K (after RoPE) and V rows [tokens, nKvHeads, headDim], f32. */
+export interface KvLayer {
+  k: ArrayBuffer;
+  v: ArrayBuffer;
+}
+
 export interface ForwardOutput {
   /** f32 [rows, vocab]: the last token of each chunk (in the order given), or every token */
   logits: GPUBuffer;
@@ -87,7 +100,7 @@ export class GpuModel {
    * Records one forward pass into `step`. Appends the chunks' tokens to their sequences' KV
    * (all or nothing: on KvPoolExhausted nothing is appended) and returns logits on the GPU.
    */
-  forward(step: Step, chunks: SeqChunk[], options: { allPositions?: boolean } = {}): ForwardOutput {
+  forward(step: Step, chunks: SeqChunk[], options: ForwardOptions = {}): ForwardOutput {
     const c = this.config;
     // decode tokens first (contiguous rows for the decode kernel), then prompt chunks
     const order = [...chunks.keys()].sort((a, b) => Number(chunks[b].tokens.length === 1) - Number(chunks[a].tokens.length === 1));
@@ -183,6 +196,7 @@ export class GpuModel {
       siluMul(step, { gate, up, out: act, count: T * c.ffn });
       lin(act, `${p}ffn_down`, down, c.dim, c.ffn);
       add(step, { a: x2, b: down, out: x, count: T * c.dim });
+      options.afterLayer?.(l);
     }
 
     // logits only for the rows asked for (each chunk's last token, in the caller's chunk order):
@@ -199,6 +213,52 @@ export class GpuModel {
     const head = this.w.get('output.weight') ?? emb;
     matmul(step, { x: x2, w: head.buffer, out: logits, m: rows, n: c.vocabSize, k: c.dim, format: head.format });
     return { logits, rows };
+  }
+
+  /**
+   * Records a copy of layer `layer`'s K and V for every token `seq` holds (gathered from its
+   * blocks with the f32 row-gather kernel) and a read-back that resolves when that much of the
+   * step has run (see Step.flush).
+   */
+  exportLayer(step: Step, seq: number, layer: number): Promise<KvLayer> {
+    const c = this.config;
+    const slots = this.kv.slotsOf(seq);
+    const rows = slots.length;
+    const bytes = rows * c.headDim * F32;
+    const slotBuf = step.upload(slots, 'export slots');
+    const poolRows = this.kv.pool.numBlocks * this.blockSize;
+    const gather = (pool: GPUBuffer, label: string) => {
+      const out = step.scratch(bytes, label);
+      embedding(step, { table: pool, tokens: slotBuf, out, count: rows, dim: c.headDim, rows: poolRows, format: 'f32' });
+      return step.readback(out, 0, bytes);
+    };
+    const k = gather(this.kPools[layer], 'export k');
+    const v = gather(this.vPools[layer], 'export v');
+    const kvLayer = Promise.all([k, v]).then(([kb, vb]) => ({ k: kb, v: vb }));
+    kvLayer.catch(() => {}); // a failed step throws from submit(); an unawaited export must not crash the process
+    return kvLayer;
+  }
+
+  /**
+   * Records the write of one layer of imported KV (rows [tokens, nKvHeads, headDim], f32) into the
+   * slots `slots` that `kv.append` gave the receiving sequence.
+   */
+  importLayer(step: Step, slots: Uint32Array, layer: number, kv: { k: ArrayBufferView; v: ArrayBufferView }): void {
+    const c = this.config;
+    const tokens = slots.length / c.nKvHeads;
+    const expect = slots.length * c.headDim * F32;
+    if (kv.k.byteLength !== expect || kv.v.byteLength !== expect) throw new RangeError(`imported KV layer ${layer}: ${kv.k.byteLength} bytes, expected ${expect} (${tokens} tokens)`);
+    if (!(layer >= 0 && layer < c.nLayers)) throw new RangeError(`imported KV layer ${layer}: the model has ${c.nLayers} layers`);
+    writeKv(step, {
+      k: step.upload(kv.k, 'import k'),
+      v: step.upload(kv.v, 'import v'),
+      kPool: this.kPools[layer],
+      vPool: this.vPools[layer],
+      slotMapping: step.upload(slots, 'import slots'),
+      tokens,
+      nKvHeads: c.nKvHeads,
+      headDim: c.headDim,
+    });
   }
 
   destroy(): void {

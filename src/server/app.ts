@@ -18,7 +18,8 @@
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify';
-import type { Engine, EngineHandle, FinishReason, SamplingOptions, TokenEvent, Usage } from '../engine/engine.ts';
+import type { EngineHandle, FinishReason, SamplingOptions, TokenEvent, Usage } from '../engine/engine.ts';
+import type { ServingEngine } from '../engine/serving.ts';
 import { QueueFullError, RequestTooLargeError } from '../engine/engine.ts';
 import { ChatTemplate } from '../model/chat_template.ts';
 import { decode, type Tokenizer } from '../model/tokenizer/index.ts';
@@ -39,7 +40,8 @@ import {
 import { MSGPACK_TYPES, openChunkStream, packMsgpack, unpackMsgpack, type ChunkStream } from './stream.ts';
 
 export interface ServerOptions {
-  engine: Engine;
+  /** the colocated Engine or the disaggregated front */
+  engine: ServingEngine;
   /** the id clients pass as `model` and /v1/models lists */
   modelId: string;
   /** default: the engine's tokenizer */
@@ -153,18 +155,16 @@ export function buildServer(o: ServerOptions): WgServer {
   const texts = new TokenTexts(tokenizer);
   const vocab = tokenizer.vocab;
   const bosText = vocab.bos !== null ? (vocab.tokens[vocab.bos] ?? '') : '';
-  const contextLength = o.contextLength ?? engine.model.config.contextLength;
+  const contextLength = o.contextLength ?? engine.config.contextLength;
   // the most tokens one sequence can hold: the context, and the KV pool when that is smaller
-  const layout = engine.model.kv.layout;
-  const kvTokens = Math.floor(engine.model.kv.pool.numBlocks / layout.nKvHeads) * layout.blockSize;
-  const maxSequence = Math.min(contextLength, kvTokens);
+  const maxSequence = Math.min(contextLength, engine.maxSequenceTokens);
   const bodyLimit = o.bodyLimit ?? MiB;
   const retryAfter = String(o.retryAfterSeconds ?? 1);
   const created = Math.floor(Date.now() / 1000);
 
   const metrics = new ServerMetrics(engine, { processMetrics: o.processMetrics });
   const previousOnStep = engine.onStep;
-  const onStep: NonNullable<Engine['onStep']> = (s) => {
+  const onStep: NonNullable<ServingEngine['onStep']> = (s) => {
     previousOnStep?.(s);
     metrics.observeStep(s);
   };
@@ -252,7 +252,14 @@ export function buildServer(o: ServerOptions): WgServer {
 
   const modelCard = () => ({ id: modelId, object: 'model', created, owned_by: 'wgserve', max_model_len: contextLength });
 
-  app.get('/health', async (request, reply) => send(request, reply, state === 'ready' ? 200 : 503, { status: state === 'ready' ? 'ready' : 'draining' }));
+  app.get('/health', async (request, reply) => {
+    if (!engine.workers) return send(request, reply, state === 'ready' ? 200 : 503, { status: state === 'ready' ? 'ready' : 'draining' });
+    // disaggregated: ready while at least one prefill and one decode worker answer
+    const workers = engine.workers();
+    const serving = (['prefill', 'decode'] as const).every((role) => workers.some((w) => w.role === role && w.state === 'up'));
+    const status = state !== 'ready' ? 'draining' : serving ? 'ready' : 'degraded';
+    return send(request, reply, status === 'ready' ? 200 : 503, { status, workers });
+  });
 
   app.get('/metrics', async (_request, reply) => reply.type(metrics.contentType).send(await metrics.render()));
 

@@ -4,7 +4,8 @@
  * docs/api.md lists every metric.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Engine, FinishReason, StepStats } from '../engine/engine.ts';
+import type { FinishReason, StepStats } from '../engine/engine.ts';
+import type { ServingEngine, WorkerStatus } from '../engine/serving.ts';
 
 export class ServerMetrics {
   readonly registry = new Registry();
@@ -23,7 +24,7 @@ export class ServerMetrics {
   readonly goodputRequests: Counter<'slo_class'>;
   readonly rejected: Counter<'slo_class'>;
 
-  constructor(engine: Engine, options: { processMetrics?: boolean } = {}) {
+  constructor(engine: ServingEngine, options: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
     const p = 'wgserve_';
     this.ttft = new Histogram({
@@ -91,21 +92,20 @@ export class ServerMetrics {
         this.set(engine.running);
       },
     });
-    const pool = engine.model.kv.pool;
     new Gauge({
       name: `${p}kv_blocks_used`,
-      help: 'KV cache blocks in use',
+      help: 'KV cache blocks in use (all workers)',
       registers,
       collect() {
-        this.set(pool.used);
+        this.set(engine.kvBlocks().used);
       },
     });
     new Gauge({
       name: `${p}kv_blocks_total`,
-      help: 'KV cache blocks in the pool',
+      help: 'KV cache blocks in the pool (all workers)',
       registers,
       collect() {
-        this.set(pool.numBlocks);
+        this.set(engine.kvBlocks().total);
       },
     });
     let seenPreemptions = engine.counters.preemptions;
@@ -119,7 +119,34 @@ export class ServerMetrics {
         seenPreemptions = n;
       },
     });
+    if (engine.workers) this.workerMetrics(() => engine.workers!(), registers);
     if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Disaggregated serving: each worker's state, load and KV transfers, labelled by worker and role. */
+  private workerMetrics(workers: () => WorkerStatus[], registers: Registry[]): void {
+    const p = 'wgserve_worker_';
+    const labelNames = ['worker', 'role'] as const;
+    const gauge = (name: string, help: string, value: (w: WorkerStatus) => number) =>
+      new Gauge({
+        name: `${p}${name}`,
+        help,
+        labelNames,
+        registers,
+        collect() {
+          this.reset();
+          for (const w of workers()) this.set({ worker: w.id, role: w.role }, value(w));
+        },
+      });
+    gauge('up', 'Whether the worker answers (1) or was lost (0)', (w) => (w.state === 'up' ? 1 : 0));
+    gauge('requests_waiting', 'Sequences queued on the worker', (w) => w.waiting);
+    gauge('requests_running', 'Sequences the worker runs', (w) => w.running);
+    gauge('kv_blocks_used', "KV cache blocks in use on the worker", (w) => w.kvBlocksUsed);
+    gauge('kv_blocks_total', "KV cache blocks in the worker's pool", (w) => w.kvBlocksTotal);
+    // the workers count since they started: exported as gauges of those running totals
+    gauge('kv_transfer_bytes', 'KV bytes this prefill worker has handed over (since it started)', (w) => w.kvBytesSent);
+    gauge('kv_transfer_seconds', 'Seconds its handovers took, first layer sent to acknowledgement (since it started)', (w) => w.kvTransferSeconds);
+    gauge('kv_transfers', 'Sequences this prefill worker has handed over (since it started)', (w) => w.kvTransfers);
   }
 
   observeStep(s: StepStats): void {

@@ -1,3 +1,4 @@
+import { pickDecode } from '../scheduler/placement.ts';
 import { PagedKvTables } from '../kv/paged_kv.ts';
 import type { BatchShape, CostModel } from '../scheduler/cost_model.ts';
 import type { KvView, Scheduler, SchedulerLimits, SeqView, Slo, StepPlan } from '../scheduler/scheduler.ts';
@@ -347,15 +348,7 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
     for (const i of insts) if (i.live.size < best.live.size) best = i;
     return best;
   };
-  const mostFreeKv = (insts: Instance[]) => {
-    let best = insts[0];
-    for (const i of insts) {
-      const f = i.kv.pool.free;
-      const bf = best.kv.pool.free;
-      if (f > bf || (f === bf && i.live.size < best.live.size)) best = i;
-    }
-    return best;
-  };
+  const mostFreeKv = (insts: Instance[]) => pickDecode(insts.map((inst) => ({ inst, freeBlocks: inst.kv.pool.free, sequences: inst.live.size })))!.inst;
   const waitingOn = (inst: Instance) => {
     let n = 0;
     for (const s of inst.live.values()) if (s.state === 'waiting') n++;

@@ -2,7 +2,9 @@ import { createHash } from 'node:crypto';
 import { closeSync, existsSync, openSync, readSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
+import type { SamplingOptions } from '../engine/engine.ts';
 import type { ModelSource } from '../model/source.ts';
+import type { Slo } from '../scheduler/scheduler.ts';
 
 /**
  * The worker-to-worker data plane (prefill -> decode KV transfer): length-prefixed MessagePack
@@ -17,14 +19,35 @@ export const MAX_FRAME_BYTES = 256 * 1024 * 1024;
 
 export type WorkerRole = 'prefill' | 'decode';
 
+/**
+ * A request as the front dispatches it and as it travels with its KV: `rid` is the front's id,
+ * `attempt` counts dispatches (a request resumed after a worker died is dispatched again; messages
+ * of an earlier attempt are stale), `generated` holds the tokens generated so far.
+ */
+export interface RequestSpec {
+  rid: number;
+  attempt: number;
+  prompt: number[];
+  generated: number[];
+  sampling: SamplingOptions;
+  slo?: Slo;
+  priority?: number;
+}
+
 export type Message =
   | { type: 'hello'; version: number; role: WorkerRole; workerId: string; fingerprint: string }
   | { type: 'welcome'; workerId: string }
   | { type: 'refuse'; reason: string }
+  /** a sequence's KV follows: `tokens` tokens in every layer */
+  | { type: 'kv-begin'; seq: number; tokens: number }
   /** one layer of one sequence's KV: K and V rows [tokens, nKvHeads, headDim] as raw f32 bytes */
   | { type: 'kv'; seq: number; layer: number; tokens: number; k: Uint8Array; v: Uint8Array }
-  | { type: 'kv-done'; seq: number; tokens: number }
-  | { type: 'ack'; seq: number };
+  /** every layer was sent; the receiver takes the sequence over (its context is `tokens` tokens plus the last generated one) */
+  | { type: 'kv-done'; seq: number; tokens: number; request: RequestSpec }
+  /** the sequence will not come (it ended, or its prefill failed): drop what arrived */
+  | { type: 'kv-abort'; seq: number; reason: string }
+  /** the receiver took the sequence over, or could not (`error`) */
+  | { type: 'ack'; seq: number; error?: string };
 
 /** A malformed, oversize or unexpected frame: the connection is closed with this reason. */
 export class ProtocolError extends Error {
@@ -114,6 +137,19 @@ export class FrameDecoder {
 
 const isInt = (v: unknown, min = 0) => Number.isInteger(v) && (v as number) >= min;
 const isBytes = (v: unknown) => v instanceof Uint8Array;
+const isNum = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
+const isTokens = (v: unknown) => Array.isArray(v) && v.every((t) => isInt(t));
+
+/** A request spec with every field of the right type (values are checked again where it is submitted). */
+export function isRequestSpec(v: unknown): v is RequestSpec {
+  const r = v as Record<string, unknown>;
+  if (typeof r !== 'object' || r === null || !isInt(r.rid) || !isInt(r.attempt) || !isTokens(r.prompt) || !isTokens(r.generated)) return false;
+  const s = r.sampling as Record<string, unknown>;
+  if (typeof s !== 'object' || s === null) return false;
+  if (!(isInt(s.maxTokens) && isNum(s.temperature) && isInt(s.topK) && isNum(s.topP) && isInt(s.seed))) return false;
+  if (!(Array.isArray(s.stop) && s.stop.every((x) => typeof x === 'string')) || !(s.logprobs === undefined || isInt(s.logprobs))) return false;
+  return (r.priority === undefined || isNum(r.priority)) && (r.slo === undefined || (typeof r.slo === 'object' && r.slo !== null));
+}
 
 /** Decodes and checks one payload: every field of the message type present with the right type. */
 function parseMessage(payload: Buffer): Message {
@@ -133,12 +169,16 @@ function parseMessage(payload: Buffer): Message {
         return typeof o.workerId === 'string';
       case 'refuse':
         return typeof o.reason === 'string';
+      case 'kv-begin':
+        return isInt(o.seq) && isInt(o.tokens, 1);
       case 'kv':
         return isInt(o.seq) && isInt(o.layer) && isInt(o.tokens, 1) && isBytes(o.k) && isBytes(o.v) && (o.k as Uint8Array).length === (o.v as Uint8Array).length;
       case 'kv-done':
-        return isInt(o.seq) && isInt(o.tokens);
+        return isInt(o.seq) && isInt(o.tokens) && isRequestSpec(o.request);
+      case 'kv-abort':
+        return isInt(o.seq) && typeof o.reason === 'string';
       case 'ack':
-        return isInt(o.seq);
+        return isInt(o.seq) && (o.error === undefined || typeof o.error === 'string');
       default:
         return false;
     }

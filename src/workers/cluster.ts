@@ -1,0 +1,368 @@
+import { type EngineHandle, type EngineRequest, type FinishReason, QueueFullError, type SequenceEvents, type StepStats, type TokenEvent, type Usage, checkRequest } from '../engine/engine.ts';
+import type { ServingEngine, WorkerStatus } from '../engine/serving.ts';
+import type { ModelConfig } from '../model/config.ts';
+import type { Tokenizer } from '../model/tokenizer/index.ts';
+import { pickDecode, pickPrefill } from '../scheduler/placement.ts';
+import { type ControlPlane, type FromWorker, LIVENESS_TIMEOUT_MS, STATUS_INTERVAL_MS, type WorkerInfo, type WorkerLoad } from './control.ts';
+import type { RequestSpec, WorkerRole } from './protocol.ts';
+
+export interface ClusterOptions {
+  plane: ControlPlane;
+  tokenizer: Tokenizer;
+  config: ModelConfig;
+  /** modelFingerprint() of the front's model: workers of another model are refused */
+  fingerprint: string;
+  /** prompt tokens a prefill worker may have queued before requests wait at the front (default 2048) */
+  prefillBacklog?: number;
+  /** requests waiting at the front at most (QueueFullError beyond; default 1024) */
+  maxWaiting?: number;
+  /** dispatches of one request at most (a worker dying mid-request costs one; default 3) */
+  maxAttempts?: number;
+  log?: (line: string) => void;
+}
+
+interface Worker {
+  info: WorkerInfo;
+  load: WorkerLoad;
+  lastSeen: number;
+  state: 'up' | 'lost';
+}
+
+type Phase = 'queued' | 'prefill' | 'transfer' | 'decode';
+
+interface Request {
+  rid: number;
+  attempt: number;
+  arrival: number;
+  prompt: number[];
+  generated: number[];
+  req: EngineRequest;
+  events: SequenceEvents;
+  phase: Phase;
+  prefillWorker?: string;
+  decodeWorker?: string;
+  cancelled: boolean;
+  /** tokens that arrived ahead of one still in flight (prefill and decode workers send on different links) */
+  early: Map<number, TokenEvent>;
+  finish?: { generated: number; reason: FinishReason; usage: Usage; error?: string };
+}
+
+/**
+ * The front of disaggregated serving: the HTTP server's engine (ServingEngine) when prefill and
+ * decode run in worker processes. It keeps the requests (their tokens so far, their events) and
+ * places them: a waiting request goes to the prefill worker with the shortest queue once one has
+ * room (pickPrefill), with the decode worker that has the most free KV (pickDecode) named as the
+ * KV's destination. Workers report status every STATUS_INTERVAL_MS; one that exits or is silent
+ * for LIVENESS_TIMEOUT_MS is lost, and its requests are dispatched again with the tokens
+ * generated so far (recomputed on a prefill worker, then decoded elsewhere), or end with an
+ * error when no worker of a role is left or the attempts are spent.
+ */
+export class Cluster implements ServingEngine {
+  readonly tokenizer: Tokenizer;
+  readonly config: ModelConfig;
+  readonly counters = { preemptions: 0, redispatches: 0, workersLost: 0, workersRefused: 0 };
+  onStep?: (s: StepStats) => void;
+  private readonly workersById = new Map<string, Worker>();
+  private readonly requests = new Map<number, Request>();
+  private queue: Request[] = [];
+  private nextRid = 1;
+  private arrivals = 0;
+  private idleWaiters: (() => void)[] = [];
+  private readyWaiters: (() => void)[] = [];
+  private readonly timer: NodeJS.Timeout;
+  private readonly log: (line: string) => void;
+
+  constructor(private readonly o: ClusterOptions) {
+    this.tokenizer = o.tokenizer;
+    this.config = o.config;
+    this.log = o.log ?? ((line) => console.log(`wgserve: ${line}`));
+    o.plane.onMessage((id, m) => this.onMessage(id, m));
+    o.plane.onGone((id, reason) => this.lost(id, reason));
+    this.timer = setInterval(() => {
+      const now = performance.now();
+      for (const [id, w] of this.workersById) if (w.state === 'up' && now - w.lastSeen > LIVENESS_TIMEOUT_MS) this.lost(id, `no status for ${LIVENESS_TIMEOUT_MS / 1000} s`);
+    }, STATUS_INTERVAL_MS);
+  }
+
+  /** Resolves once `prefill` prefill and `decode` decode workers are up; throws after `timeoutMs`. */
+  async ready(want: { prefill: number; decode: number }, timeoutMs: number): Promise<void> {
+    const enough = () => this.up('prefill').length >= want.prefill && this.up('decode').length >= want.decode;
+    const deadline = performance.now() + timeoutMs;
+    while (!enough()) {
+      const left = deadline - performance.now();
+      if (left <= 0) throw new Error(`workers not up after ${timeoutMs / 1000} s: ${this.up('prefill').length}/${want.prefill} prefill, ${this.up('decode').length}/${want.decode} decode`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.readyWaiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
+  get maxSequenceTokens(): number {
+    const up = [...this.workersById.values()].filter((w) => w.state === 'up');
+    return Math.min(this.config.contextLength, ...up.map((w) => w.info.maxSequenceTokens));
+  }
+
+  get waiting(): number {
+    return this.queue.length;
+  }
+
+  get running(): number {
+    return this.requests.size - this.queue.length;
+  }
+
+  kvBlocks(): { used: number; total: number } {
+    let used = 0;
+    let total = 0;
+    for (const w of this.workersById.values()) {
+      if (w.state !== 'up') continue;
+      used += w.load.kvBlocksUsed;
+      total += w.load.kvBlocksTotal;
+    }
+    return { used, total };
+  }
+
+  workers(): WorkerStatus[] {
+    return [...this.workersById.values()].map((w) => ({
+      id: w.info.id,
+      role: w.info.role,
+      state: w.state,
+      waiting: w.load.waiting,
+      running: w.load.running,
+      kvBlocksUsed: w.load.kvBlocksUsed,
+      kvBlocksTotal: w.load.kvBlocksTotal,
+      kvBytesSent: w.load.kvBytesSent,
+      kvTransferSeconds: w.load.kvTransferSeconds,
+      kvTransfers: w.load.kvTransfers,
+      ...(w.info.data ? { kvAddress: `${w.info.data.host}:${w.info.data.port}` } : {}),
+    }));
+  }
+
+  submit(req: EngineRequest): EngineHandle {
+    checkRequest(req.prompt, [], req.sampling, this.config, this.maxSequenceTokens);
+    if (this.up('prefill').length === 0 || this.up('decode').length === 0) throw new QueueFullError('no prefill or no decode worker is up');
+    if (this.queue.length >= (this.o.maxWaiting ?? 1024)) throw new QueueFullError(`${this.queue.length} requests are already waiting`);
+    const r: Request = {
+      rid: this.nextRid++,
+      attempt: 0,
+      arrival: this.arrivals++,
+      prompt: [...req.prompt],
+      generated: [],
+      req,
+      events: req.events ?? {},
+      phase: 'queued',
+      cancelled: false,
+      early: new Map(),
+    };
+    this.requests.set(r.rid, r);
+    if (req.sampling.maxTokens <= 0) {
+      this.end(r, 'length', { promptTokens: r.prompt.length, completionTokens: 0 });
+    } else {
+      this.queue.push(r);
+      this.pump();
+    }
+    return { id: r.rid, cancel: () => this.cancel(r.rid) };
+  }
+
+  async idle(): Promise<void> {
+    while (this.requests.size > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  cancelAll(): void {
+    for (const rid of [...this.requests.keys()]) this.cancel(rid);
+  }
+
+  /** Stops the liveness timer and closes the control plane (child workers exit). */
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    await this.o.plane.close();
+  }
+
+  private up(role: WorkerRole): Worker[] {
+    return [...this.workersById.values()].filter((w) => w.state === 'up' && w.info.role === role);
+  }
+
+  private cancel(rid: number): void {
+    const r = this.requests.get(rid);
+    if (!r || r.cancelled) return;
+    r.cancelled = true;
+    if (r.phase === 'queued') {
+      this.queue = this.queue.filter((q) => q !== r);
+      this.end(r, 'cancelled', this.usage(r));
+      return;
+    }
+    // in transfer the request is between workers: the cancel goes out when the decode worker adopts it
+    const holder = r.phase === 'prefill' ? r.prefillWorker : r.phase === 'decode' ? r.decodeWorker : undefined;
+    if (holder) this.o.plane.send(holder, { type: 'cancel', rid, attempt: r.attempt });
+  }
+
+  /** Dispatches waiting requests (highest priority, then oldest) while a prefill worker has room. */
+  private pump(): void {
+    if (this.queue.length === 0) return;
+    this.queue.sort((a, b) => (b.req.priority ?? 0) - (a.req.priority ?? 0) || a.arrival - b.arrival);
+    const backlog = this.o.prefillBacklog ?? 2048;
+    const queued = new Map<string, number>();
+    const incoming = new Map<string, { blocks: number; seqs: number }>();
+    for (const r of this.requests.values()) {
+      if (r.phase === 'prefill' && r.prefillWorker) queued.set(r.prefillWorker, (queued.get(r.prefillWorker) ?? 0) + r.prompt.length + r.generated.length);
+      if ((r.phase === 'prefill' || r.phase === 'transfer') && r.decodeWorker) {
+        const w = this.workersById.get(r.decodeWorker);
+        const inc = incoming.get(r.decodeWorker) ?? { blocks: 0, seqs: 0 };
+        if (w) inc.blocks += this.blocksFor(w, r.prompt.length + r.req.sampling.maxTokens);
+        inc.seqs++;
+        incoming.set(r.decodeWorker, inc);
+      }
+    }
+    while (this.queue.length > 0) {
+      const r = this.queue[0];
+      const p = pickPrefill(this.up('prefill').map((w) => ({ w, queuedTokens: queued.get(w.info.id) ?? 0 })), backlog);
+      const d = pickDecode(
+        this.up('decode').map((w) => {
+          const inc = incoming.get(w.info.id) ?? { blocks: 0, seqs: 0 };
+          return { w, freeBlocks: w.load.kvBlocksTotal - w.load.kvBlocksUsed - inc.blocks, sequences: w.load.running + w.load.waiting + inc.seqs };
+        }),
+      );
+      if (!p || !d || !d.w.info.data) return;
+      this.queue.shift();
+      r.attempt++;
+      r.phase = 'prefill';
+      r.prefillWorker = p.w.info.id;
+      r.decodeWorker = d.w.info.id;
+      const tokens = r.prompt.length + r.generated.length;
+      queued.set(p.w.info.id, p.queuedTokens + tokens);
+      const inc = incoming.get(d.w.info.id) ?? { blocks: 0, seqs: 0 };
+      inc.blocks += this.blocksFor(d.w, r.prompt.length + r.req.sampling.maxTokens);
+      inc.seqs++;
+      incoming.set(d.w.info.id, inc);
+      const spec: RequestSpec = { rid: r.rid, attempt: r.attempt, prompt: r.prompt, generated: [...r.generated], sampling: r.req.sampling, slo: r.req.slo, priority: r.req.priority };
+      this.o.plane.send(p.w.info.id, { type: 'prefill', req: spec, decode: { id: d.w.info.id, address: d.w.info.data } });
+    }
+  }
+
+  private blocksFor(w: Worker, tokens: number): number {
+    return w.load.nKvHeads * Math.ceil(tokens / w.load.blockSize);
+  }
+
+  private onMessage(id: string, m: FromWorker): void {
+    if (m.type === 'status') return this.onStatus(id, m);
+    const w = this.workersById.get(id);
+    if (!w || w.state !== 'up') return; // a refused or lost worker: not ours any more
+    w.lastSeen = performance.now();
+    const r = this.requests.get(m.rid);
+    if (!r || r.attempt !== m.attempt) {
+      // an earlier attempt's late message; one that still got adopted somewhere is stopped there
+      if (m.type === 'adopted') this.o.plane.send(id, { type: 'cancel', rid: m.rid, attempt: m.attempt });
+      return;
+    }
+    switch (m.type) {
+      case 'token':
+        if (r.phase === 'prefill') r.phase = 'transfer';
+        this.deliver(r, m.index, m.event);
+        return;
+      case 'finish':
+        r.finish = { generated: m.generated, reason: m.reason, usage: m.usage, error: m.error };
+        this.tryEnd(r);
+        return;
+      case 'handed-over':
+        if (r.phase === 'prefill') r.phase = 'transfer';
+        this.pump();
+        return;
+      case 'adopted':
+        r.phase = 'decode';
+        r.decodeWorker = id;
+        if (r.cancelled) this.o.plane.send(id, { type: 'cancel', rid: r.rid, attempt: r.attempt });
+        return;
+      case 'handover-failed':
+        this.redispatch(r, `handover from ${id} failed: ${m.reason}`);
+        return;
+    }
+  }
+
+  private onStatus(id: string, m: Extract<FromWorker, { type: 'status' }>): void {
+    let w = this.workersById.get(id);
+    if (!w) {
+      if (m.worker.fingerprint !== this.o.fingerprint) {
+        this.counters.workersRefused++;
+        const reason = `model fingerprint ${m.worker.fingerprint.slice(0, 12)} differs from the front's ${this.o.fingerprint.slice(0, 12)}: the worker serves another model`;
+        this.log(`refused worker ${id} (${m.worker.role} on ${m.worker.host}, pid ${m.worker.pid}): ${reason}`);
+        this.o.plane.send(id, { type: 'refuse', reason });
+        return;
+      }
+      w = { info: m.worker, load: m.load, lastSeen: performance.now(), state: 'up' };
+      this.workersById.set(id, w);
+      this.log(`worker ${id} up: ${m.worker.role} on ${m.worker.host} (${m.worker.device})${m.worker.data ? `, KV on ${m.worker.data.host}:${m.worker.data.port}` : ''}`);
+      this.o.plane.send(id, { type: 'welcome' });
+      for (const f of this.readyWaiters.splice(0)) f();
+    } else if (w.state === 'lost') {
+      return; // its requests went elsewhere; a lost worker does not come back under the same id
+    }
+    w.info = m.worker;
+    w.load = m.load;
+    w.lastSeen = performance.now();
+    for (const s of m.steps) this.onStep?.(s);
+    this.pump();
+  }
+
+  /** Emits tokens in order: one that arrives before an earlier one waits for it. */
+  private deliver(r: Request, index: number, event: TokenEvent): void {
+    if (index < r.generated.length) return;
+    r.early.set(index, event);
+    for (let e = r.early.get(r.generated.length); e; e = r.early.get(r.generated.length)) {
+      r.early.delete(r.generated.length);
+      r.generated.push(e.token);
+      r.events.onToken?.(e);
+    }
+    this.tryEnd(r);
+  }
+
+  private tryEnd(r: Request): void {
+    const f = r.finish;
+    if (f && r.generated.length >= f.generated) this.end(r, f.reason, f.usage, f.error !== undefined ? new Error(f.error) : undefined);
+  }
+
+  private end(r: Request, reason: FinishReason, usage: Usage, error?: Error): void {
+    if (!this.requests.delete(r.rid)) return;
+    this.queue = this.queue.filter((q) => q !== r);
+    r.events.onFinish?.(reason, usage, error);
+    if (this.requests.size === 0) for (const f of this.idleWaiters.splice(0)) f();
+    this.pump();
+  }
+
+  private usage(r: Request): Usage {
+    const eos = this.tokenizer.vocab.eos;
+    return { promptTokens: r.prompt.length, completionTokens: r.generated.filter((t) => t !== eos).length };
+  }
+
+  /** Sends a request back to the queue with what it generated so far (or ends it when that cannot help). */
+  private redispatch(r: Request, why: string): void {
+    const previous = r.phase === 'decode' ? r.decodeWorker : r.prefillWorker;
+    if (previous && this.workersById.get(previous)?.state === 'up') this.o.plane.send(previous, { type: 'cancel', rid: r.rid, attempt: r.attempt });
+    if (r.cancelled) return this.end(r, 'cancelled', this.usage(r));
+    if (r.attempt >= (this.o.maxAttempts ?? 3)) return this.end(r, 'error', this.usage(r), new Error(`request failed after ${r.attempt} attempts: ${why}`));
+    if (this.up('prefill').length === 0 || this.up('decode').length === 0) return this.end(r, 'error', this.usage(r), new Error(`${why}; no ${this.up('prefill').length === 0 ? 'prefill' : 'decode'} worker is left`));
+    this.counters.redispatches++;
+    this.log(`request ${r.rid}: ${why}; dispatching it again after ${r.generated.length} generated tokens`);
+    r.phase = 'queued';
+    r.early.clear();
+    r.finish = undefined;
+    this.queue.push(r);
+    this.pump();
+  }
+
+  private lost(id: string, reason: string): void {
+    const w = this.workersById.get(id);
+    if (!w || w.state === 'lost') return;
+    w.state = 'lost';
+    this.counters.workersLost++;
+    this.log(`worker ${id} (${w.info.role}) lost: ${reason}`);
+    for (const r of [...this.requests.values()]) {
+      const onIt = (r.phase !== 'queued' && r.decodeWorker === id) || ((r.phase === 'prefill' || r.phase === 'transfer') && r.prefillWorker === id);
+      if (onIt) this.redispatch(r, `worker ${id} lost (${reason})`);
+    }
+    // nothing can place what waits when a role has no worker left: say so rather than hang
+    if (this.up(w.info.role).length === 0) for (const r of [...this.queue]) this.end(r, 'error', this.usage(r), new Error(`no ${w.info.role} worker is left (${id}: ${reason})`));
+  }
+}

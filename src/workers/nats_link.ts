@@ -1,0 +1,75 @@
+import { Packr } from 'msgpackr';
+import { type NatsConnection, connect } from 'nats';
+import type { ControlPlane, FromWorker, ToWorker, WorkerLink } from './control.ts';
+
+/**
+ * The control plane over NATS, for workers on other hosts: workers publish their status
+ * (registration and heartbeat), tokens and handover events on `wgserve.front`; the front sends
+ * each worker its dispatches and cancels on `wgserve.worker.<id>`. Membership is NATS plus the
+ * heartbeat timeout (no protocol of our own); KV does not travel here.
+ */
+const FRONT_SUBJECT = 'wgserve.front';
+const workerSubject = (id: string) => `wgserve.worker.${id}`;
+const packr = new Packr({ useRecords: false });
+
+async function connectTo(url: string, name: string): Promise<NatsConnection> {
+  try {
+    return await connect({ servers: url, name, reconnectTimeWait: 500, maxReconnectAttempts: -1 });
+  } catch (err) {
+    throw new Error(`cannot reach NATS at ${url}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+/** A worker's end: listens on its own subject, publishes to the front's. */
+export async function natsWorkerLink(url: string, workerId: string): Promise<WorkerLink> {
+  const nc = await connectTo(url, `wgserve worker ${workerId}`);
+  let handler: (m: ToWorker) => void = () => {};
+  nc.subscribe(workerSubject(workerId), {
+    callback: (err, msg) => {
+      if (err) return;
+      try {
+        handler(packr.unpack(msg.data) as ToWorker);
+      } catch (e) {
+        console.error(`wgserve worker ${workerId}: dropped an undecodable control message: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    },
+  });
+  return {
+    send: (m) => {
+      if (!nc.isClosed()) nc.publish(FRONT_SUBJECT, packr.pack({ from: workerId, m }));
+    },
+    onMessage: (h) => (handler = h),
+    onClose: (h) => void nc.closed().then(h),
+    close: async () => {
+      if (!nc.isClosed()) await nc.drain();
+    },
+  };
+}
+
+/** The front's end: hears every worker on the front subject; liveness is the cluster's heartbeat timeout. */
+export async function natsControlPlane(url: string): Promise<ControlPlane> {
+  const nc = await connectTo(url, 'wgserve front');
+  let handler: (workerId: string, m: FromWorker) => void = () => {};
+  nc.subscribe(FRONT_SUBJECT, {
+    callback: (err, msg) => {
+      if (err) return;
+      try {
+        const { from, m } = packr.unpack(msg.data) as { from: string; m: FromWorker };
+        if (typeof from === 'string' && m && typeof m === 'object') handler(from, m);
+      } catch {
+        // not ours: ignore
+      }
+    },
+  });
+  await nc.flush(); // subscribed before anyone is told to start
+  return {
+    send: (id, m) => {
+      if (!nc.isClosed()) nc.publish(workerSubject(id), packr.pack(m));
+    },
+    onMessage: (h) => (handler = h),
+    onGone: () => {},
+    close: async () => {
+      if (!nc.isClosed()) await nc.drain();
+    },
+  };
+}

@@ -1,0 +1,106 @@
+import { describe, expect, it } from 'vitest';
+import { Engine, type KvImport, type SamplingOptions } from '../src/engine/engine.ts';
+import { generate } from '../src/engine/generate.ts';
+import { GpuModel, type KvLayer } from '../src/model/gpu_model.ts';
+import { DEFAULT_MODEL } from '../src/model/default_model.ts';
+import { openModel } from '../src/model/source.ts';
+import { useGpu } from './helpers/gpu.ts';
+
+const sampling = (maxTokens: number, temperature = 0, seed = 0): SamplingOptions => ({ maxTokens, temperature, topK: 0, topP: 1, seed, stop: [] });
+
+/**
+ * The handover in one process, two models on one device: a prefill-only engine exports each
+ * sequence's KV layer by layer, a second engine imports it and decodes on. Token for token the
+ * same as one engine doing both (greedy and seeded sampling), since the KV moves bit for bit.
+ */
+describe('KV handover between engines', () => {
+  const getGpu = useGpu();
+
+  it('prefill on one engine, decode on another: the outputs of one engine', async () => {
+    const src = await openModel(DEFAULT_MODEL);
+    const prompts = ['Once upon a time', 'The little dog was sad because', 'Tom', 'One day a bird flew over the big tree and saw'].map((p) => src.tokenizer.encode(p));
+    const opts = prompts.map((_, i) => sampling(12 + i, i % 2 ? 0.8 : 0, 7 + i));
+    const colocated = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
+    const expected = (await generate(colocated, src.tokenizer, prompts.map((tokens, i) => ({ tokens, options: opts[i] })))).results.map((r) => r.tokens);
+    colocated.destroy();
+
+    const prefillModel = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
+    const decodeModel = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
+    const prefill = new Engine(prefillModel, src.tokenizer);
+    const decode = new Engine(decodeModel, src.tokenizer);
+    let layersSeen = 0;
+    const outputs = await Promise.all(
+      prompts.map(
+        (prompt, i) =>
+          new Promise<number[]>((resolve, reject) => {
+            const tokens: number[] = [];
+            const events = { onToken: (e: { token: number }) => tokens.push(e.token), onFinish: (_r: string, _u: unknown, err?: Error) => (err ? reject(err) : resolve(tokens)) };
+            let kv: { tokens: number; layers: Promise<KvLayer>[] } | null = null;
+            prefill.submit({
+              prompt,
+              sampling: opts[i],
+              events,
+              handoff: {
+                onKv: (n, layers) => (kv = { tokens: n, layers }),
+                onHandoff: (generated) => {
+                  void (async () => {
+                    const imp: KvImport = decode.importKv(kv!.tokens)!;
+                    for (const [l, layer] of kv!.layers.entries()) {
+                      const { k, v } = await layer;
+                      expect(k.byteLength).toBe(kv!.tokens * src.config.nKvHeads * src.config.headDim * 4);
+                      await imp.writeLayer(l, { k: new Float32Array(k), v: new Float32Array(v) });
+                      layersSeen++;
+                    }
+                    decode.adopt({ prompt, generated, sampling: opts[i], events }, imp);
+                  })().catch(reject);
+                },
+              },
+            });
+          }),
+      ),
+    );
+    expect(outputs).toEqual(expected);
+    expect(layersSeen).toBe(prompts.length * src.config.nLayers);
+    await prefill.idle();
+    await decode.idle();
+    expect(prefillModel.kv.pool.used).toBe(0);
+    expect(decodeModel.kv.pool.used).toBe(0);
+    prefillModel.destroy();
+    decodeModel.destroy();
+  });
+
+  it('a sequence adopted without KV recomputes its context and still gives the same tokens', async () => {
+    const src = await openModel(DEFAULT_MODEL);
+    const prompt = src.tokenizer.encode('Lily wanted to play outside');
+    const model = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
+    const alone = (await generate(model, src.tokenizer, [{ tokens: prompt, options: sampling(10, 0.9, 3) }])).results[0].tokens;
+    const engine = new Engine(model, src.tokenizer);
+    // resume after 4 tokens, as the front does when a decode worker dies
+    const rest = await new Promise<number[]>((resolve, reject) => {
+      const tokens: number[] = [];
+      engine.adopt({ prompt, generated: alone.slice(0, 4), sampling: sampling(10, 0.9, 3), events: { onToken: (e) => tokens.push(e.token), onFinish: (_r, _u, err) => (err ? reject(err) : resolve(tokens)) } }, null);
+    });
+    expect([...alone.slice(0, 4), ...rest]).toEqual(alone);
+    model.destroy();
+  });
+
+  it('a prefill-only sequence that ends with its first token finishes instead of handing over', async () => {
+    const src = await openModel(DEFAULT_MODEL);
+    const model = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
+    const engine = new Engine(model, src.tokenizer);
+    let handedOver = false;
+    const reason = await new Promise<string>((resolve) =>
+      engine.submit({
+        prompt: src.tokenizer.encode('Once'),
+        sampling: sampling(1),
+        events: { onFinish: (r) => resolve(r) },
+        handoff: { onKv: () => {}, onHandoff: () => (handedOver = true) },
+      }),
+    );
+    expect(reason).toBe('length');
+    expect(handedOver).toBe(false);
+    await engine.idle();
+    expect(model.kv.pool.used).toBe(0);
+    model.destroy();
+  });
+});
