@@ -175,6 +175,7 @@ describe('disaggregated serving', () => {
       }
       expect(outcomes.filter((o) => o.reason !== 'error').length).toBeGreaterThan(0);
       expect(log.some((l) => /decode-0 .*lost/.test(l))).toBe(true);
+      expect(cluster.counters.redispatches).toBeGreaterThan(0); // at least one request moved off the killed worker
       expect(cluster.workers().find((w) => w.id === 'decode-0')!.state).toBe('lost');
       const after = await run(cluster, prompts[3], samplingOf(3, 24)).done;
       expect(after.tokens).toEqual(expected[3]);
@@ -232,7 +233,7 @@ describe('disaggregated serving', () => {
       const bytes = (n: number) => Buffer.from(Array.from({ length: n }, () => Math.floor(rand() * 256)));
       const oversize = Buffer.alloc(8);
       oversize.writeUInt32BE(MAX_FRAME_BYTES + 1, 0);
-      const kv = (tokens: number, size: number) => encodeFrame({ type: 'kv', seq: 1, layer: 0, tokens, k: new Uint8Array(size), v: new Uint8Array(size) });
+      const kv = (tokens: number, size: number) => encodeFrame({ type: 'kv', seq: 1, layer: 0, start: 0, tokens, k: new Uint8Array(size), v: new Uint8Array(size) });
       const cases: Buffer[][] = [
         [bytes(1)],
         [bytes(300)],

@@ -4,6 +4,8 @@ import { generate } from '../src/engine/generate.ts';
 import { GpuModel, type KvLayer } from '../src/model/gpu_model.ts';
 import { DEFAULT_MODEL } from '../src/model/default_model.ts';
 import { openModel } from '../src/model/source.ts';
+import { KvReceiver, KvSender } from '../src/workers/kv_transfer.ts';
+import { modelFingerprint } from '../src/workers/protocol.ts';
 import { useGpu } from './helpers/gpu.ts';
 
 const sampling = (maxTokens: number, temperature = 0, seed = 0): SamplingOptions => ({ maxTokens, temperature, topK: 0, topP: 1, seed, stop: [] });
@@ -65,6 +67,67 @@ describe('KV handover between engines', () => {
     await decode.idle();
     expect(prefillModel.kv.pool.used).toBe(0);
     expect(decodeModel.kv.pool.used).toBe(0);
+    prefillModel.destroy();
+    decodeModel.destroy();
+  });
+
+  it('over TCP (KvSender to KvReceiver), layers split into many small frames: the outputs of one engine, and every block comes back', async () => {
+    const src = await openModel(DEFAULT_MODEL);
+    const prompts = ['Once upon a time there was a girl named Lily who', 'The dog'].map((p) => src.tokenizer.encode(p));
+    const opts = sampling(10);
+    const colocated = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
+    const expected = (await generate(colocated, src.tokenizer, prompts.map((tokens) => ({ tokens, options: opts })))).results.map((r) => r.tokens);
+    colocated.destroy();
+
+    const prefillModel = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
+    const decodeModel = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
+    const prefill = new Engine(prefillModel, src.tokenizer);
+    const decode = new Engine(decodeModel, src.tokenizer);
+    const fingerprint = modelFingerprint(src);
+    const logs: string[] = [];
+    const outputs = new Map<number, { tokens: number[]; resolve: (t: number[]) => void }>();
+    const receiver = new KvReceiver({
+      engine: decode,
+      workerId: 'd',
+      fingerprint,
+      log: (l) => logs.push(l),
+      adopt: (spec, kv) => {
+        const out = outputs.get(spec.rid)!;
+        decode.adopt({ prompt: spec.prompt, generated: spec.generated, sampling: spec.sampling, events: { onToken: (e) => out.tokens.push(e.token), onFinish: () => out.resolve(out.tokens) } }, kv);
+        return null;
+      },
+    });
+    const address = await receiver.listen('127.0.0.1', 0);
+    // one K/V row of stories260K is 4 heads x 8 dims x 4 bytes: 200-byte frames hold one token each
+    const sender = new KvSender({ workerId: 'p', fingerprint, log: (l) => logs.push(l), frameBytes: 200 });
+    const results = await Promise.all(
+      prompts.map(
+        (prompt, rid) =>
+          new Promise<number[]>((resolve, reject) => {
+            const out = { tokens: [] as number[], resolve };
+            outputs.set(rid, out);
+            const transfer = sender.begin({ id: 'd', address });
+            prefill.submit({
+              prompt,
+              sampling: opts,
+              events: { onToken: (e) => out.tokens.push(e.token) },
+              handoff: {
+                onKv: (tokens, layers) => transfer.stream(tokens, layers),
+                onHandoff: (generated) => void transfer.finish({ rid, attempt: 1, prompt, generated, sampling: opts }).catch(reject),
+              },
+            });
+          }),
+      ),
+    );
+    expect(results).toEqual(expected);
+    expect(sender.stats.transfers).toBe(2);
+    expect(sender.stats.bytes).toBe(prompts.reduce((n, p) => n + 2 * src.config.nLayers * p.length * src.config.nKvHeads * src.config.headDim * 4, 0));
+    expect(logs).toEqual([]);
+    await decode.idle();
+    expect(prefillModel.kv.pool.used).toBe(0);
+    expect(decodeModel.kv.pool.used).toBe(0);
+    sender.close();
+    await receiver.close();
     prefillModel.destroy();
     decodeModel.destroy();
   });

@@ -10,7 +10,7 @@ const STORIES = join(repoRoot, 'models', 'stories260K');
 const kv = (seq: number, layer: number, n: number): Message => {
   const k = new Float32Array(n).map((_, i) => i * 0.5 - seq);
   const v = new Float32Array(n).map((_, i) => -i - layer);
-  return { type: 'kv', seq, layer, tokens: 3, k: new Uint8Array(k.buffer), v: new Uint8Array(v.buffer) };
+  return { type: 'kv', seq, layer, start: 0, tokens: 3, k: new Uint8Array(k.buffer), v: new Uint8Array(v.buffer) };
 };
 
 describe('worker data-plane frames', () => {
@@ -98,7 +98,7 @@ describe('hello', () => {
 describe('large frames', () => {
   it('a 64 MiB KV frame in 64 KiB chunks decodes in linear time', () => {
     const n = 8 * 1024 * 1024; // 8M f32 = 32 MiB per tensor
-    const big: Message = { type: 'kv', seq: 1, layer: 0, tokens: 1, k: new Uint8Array(n * 4).fill(1), v: new Uint8Array(n * 4).fill(2) };
+    const big: Message = { type: 'kv', seq: 1, layer: 0, start: 0, tokens: 1, k: new Uint8Array(n * 4).fill(1), v: new Uint8Array(n * 4).fill(2) };
     const frame = encodeFrame(big);
     const decoder = new FrameDecoder();
     const t0 = performance.now();

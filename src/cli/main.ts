@@ -259,6 +259,47 @@ bench
     },
   );
 
+bench
+  .command('disagg')
+  .description('disaggregated vs colocated serving: KV handover time and bandwidth vs prompt length, and the TPOT of running decodes while long prompts arrive (spawns one prefill and one decode worker)')
+  .option('--model <file>', 'model file (default: the embedded stories260K)')
+  .option('--prompt-lengths <list>', 'prompt lengths for the handover measurement, comma-separated', integerList('--prompt-lengths'), [16, 64, 256, 1024])
+  .option('--repeats <n>', 'requests per prompt length and mode', integer('--repeats', 1), 3)
+  .option('--decoders <n>', 'interference: decoding requests', integer('--decoders', 1), 4)
+  .option('--decode-tokens <n>', 'interference: tokens each decoder generates', integer('--decode-tokens', 2), 96)
+  .option('--long-prompts <n>', 'interference: long prompts arriving', integer('--long-prompts', 1), 4)
+  .option('--long-prompt-tokens <n>', 'interference: tokens of each long prompt', integer('--long-prompt-tokens', 1), 768)
+  .option('--interval <ms>', 'interference: ms between long prompts', integer('--interval', 0), 250)
+  .option('--kv-memory <bytes>', 'KV cache memory of each engine', integer('--kv-memory', 1), 64 * 1024 * 1024)
+  .option('--seed <s>', 'seed of the random prompts', integer('--seed', 0), 1)
+  .addOption(deviceOption())
+  .option('--json <file>', 'write the results as JSON')
+  .option('--markdown <file>', 'write the results as markdown tables')
+  .option('--plot <file.svg>', 'write the interference and handover plot')
+  .option('--update-docs', 'replace the disaggregation section for this device class in docs/benchmarks.md', false)
+  .action(
+    async (o: {
+      model?: string;
+      promptLengths: number[];
+      repeats: number;
+      decoders: number;
+      decodeTokens: number;
+      longPrompts: number;
+      longPromptTokens: number;
+      interval: number;
+      kvMemory: number;
+      seed: number;
+      device: string;
+      json?: string;
+      markdown?: string;
+      plot?: string;
+      updateDocs: boolean;
+    }) => {
+      const { benchDisagg } = await import('./bench_disagg.ts');
+      await benchDisagg({ ...o, device: parseDeviceMode(o.device) });
+    },
+  );
+
 /** A factor >= min: a number or a fraction such as 1/64. */
 const factor = (name: string, min: number) => (v: string) => {
   const m = /^\s*([0-9.eE+-]+)\s*\/\s*([0-9.eE+-]+)\s*$/.exec(v);

@@ -81,8 +81,8 @@ export interface KvHandoff {
 export interface KvImport {
   readonly seq: number;
   readonly tokens: number;
-  /** writes one layer into the reserved blocks (one small GPU submit) */
-  writeLayer(layer: number, kv: { k: ArrayBufferView; v: ArrayBufferView }): Promise<void>;
+  /** writes rows [start, start + rows) of one layer into the reserved blocks (one small GPU submit); rows follow from the byte size */
+  writeLayer(layer: number, kv: { k: ArrayBufferView; v: ArrayBufferView }, start?: number): Promise<void>;
   /** gives the blocks back (the transfer failed) */
   release(): void;
 }
@@ -230,13 +230,18 @@ export class Engine implements ServingEngine {
       return null;
     }
     const model = this.model;
+    let released = false;
     return {
       seq,
       tokens,
-      async writeLayer(layer, kv) {
+      async writeLayer(layer, kv, start = 0) {
+        if (released) throw new Error(`KV import of sequence ${seq} was released`);
+        const { nKvHeads, headDim } = model.config;
+        const rows = kv.k.byteLength / (nKvHeads * headDim * 4);
+        if (!(Number.isInteger(rows) && start >= 0 && start + rows <= tokens)) throw new RangeError(`KV import of sequence ${seq}: rows ${start}..${start + rows} outside its ${tokens} tokens`);
         const step = model.gpu.step({ label: 'kv import' });
         try {
-          model.importLayer(step, slots, layer, kv);
+          model.importLayer(step, slots.subarray(start * nKvHeads, (start + rows) * nKvHeads), layer, kv);
         } catch (err) {
           await step.discard();
           throw err;
@@ -244,6 +249,7 @@ export class Engine implements ServingEngine {
         await step.submit();
       },
       release: () => {
+        released = true;
         if (!this.seqs.has(seq)) model.release(seq);
       },
     };
@@ -256,8 +262,11 @@ export class Engine implements ServingEngine {
    */
   adopt(req: EngineRequest, kv: KvImport | null): EngineHandle {
     const context = req.prompt.length + (req.generated?.length ?? 0) - 1;
-    if (!req.generated?.length) throw new Error('adopt: the sequence has no generated token');
-    if (kv && kv.tokens !== context) throw new Error(`adopt: imported KV holds ${kv.tokens} tokens, the sequence's context is ${context}`);
+    const wrong = !req.generated?.length ? 'the sequence has no generated token' : kv && kv.tokens !== context ? `imported KV holds ${kv.tokens} tokens, the sequence's context is ${context}` : null;
+    if (wrong) {
+      kv?.release();
+      throw new Error(`adopt: ${wrong}`);
+    }
     return this.enqueue(req, kv, kv?.seq ?? nextId++);
   }
 

@@ -111,7 +111,11 @@ export class Step {
     this.endPass();
     this.submitUniformsAndCommands();
     this.encoder = this.gpu.device.createCommandEncoder({ label: 'step (continued)' });
-    for (const r of this.readbacks.splice(0)) this.mapping.push(this.map(r));
+    for (const r of this.readbacks.splice(0)) {
+      const mapped = this.map(r);
+      mapped.catch(() => {}); // awaited (and thrown) in submit() or discard()
+      this.mapping.push(mapped);
+    }
   }
 
   async submit(): Promise<StepResult> {
@@ -185,10 +189,16 @@ export class Step {
   }
 
   private async map(r: Readback): Promise<void> {
-    await r.staging.mapAsync(MAP_READ_MODE);
-    r.resolve(r.staging.getMappedRange(0, align(r.size, 4)).slice(0, r.size));
-    r.staging.unmap();
-    this.gpu.pool.release(r.staging);
+    try {
+      await r.staging.mapAsync(MAP_READ_MODE);
+      r.resolve(r.staging.getMappedRange(0, align(r.size, 4)).slice(0, r.size));
+      r.staging.unmap();
+    } catch (err) {
+      r.reject(err); // e.g. the device was lost: whoever waits on it must hear
+      throw err;
+    } finally {
+      this.gpu.pool.release(r.staging);
+    }
   }
 
   private computePass(): GPUComputePassEncoder {

@@ -24,14 +24,20 @@ export interface DecodeCandidate {
   freeBlocks: number;
   /** sequences it decodes (or is about to receive) */
   sequences: number;
+  /** blocks the request needs there (workers with fewer free are skipped; default 0) */
+  needBlocks?: number;
 }
 
 /**
  * TPOT-aware: the decode worker with the most free KV (the least likely to preempt), and among
- * equals the one with the fewest sequences (the smallest batch decodes fastest).
+ * equals the one with the fewest sequences (the smallest batch decodes fastest). Null when none
+ * has the blocks the request needs: it waits rather than land where it would recompute.
  */
 export function pickDecode<T extends DecodeCandidate>(candidates: readonly T[]): T | null {
   let best: T | null = null;
-  for (const c of candidates) if (!best || c.freeBlocks > best.freeBlocks || (c.freeBlocks === best.freeBlocks && c.sequences < best.sequences)) best = c;
+  for (const c of candidates) {
+    if (c.freeBlocks < (c.needBlocks ?? 0)) continue;
+    if (!best || c.freeBlocks > best.freeBlocks || (c.freeBlocks === best.freeBlocks && c.sequences < best.sequences)) best = c;
+  }
   return best;
 }

@@ -62,6 +62,8 @@ export class Cluster implements ServingEngine {
   readonly config: ModelConfig;
   readonly counters = { preemptions: 0, redispatches: 0, workersLost: 0, workersRefused: 0 };
   onStep?: (s: StepStats) => void;
+  /** each acknowledged KV handover: prefill worker, decode worker, K and V bytes, seconds from its first frame to the ack */
+  onTransfer?: (t: { from: string; to: string; bytes: number; seconds: number }) => void;
   private readonly workersById = new Map<string, Worker>();
   private readonly requests = new Map<number, Request>();
   private queue: Request[] = [];
@@ -222,9 +224,15 @@ export class Cluster implements ServingEngine {
       const d = pickDecode(
         this.up('decode').map((w) => {
           const inc = incoming.get(w.info.id) ?? { blocks: 0, seqs: 0 };
-          return { w, freeBlocks: w.load.kvBlocksTotal - w.load.kvBlocksUsed - inc.blocks, sequences: w.load.running + w.load.waiting + inc.seqs };
+          return {
+            w,
+            freeBlocks: w.load.kvBlocksTotal - w.load.kvBlocksUsed - inc.blocks,
+            sequences: w.load.running + w.load.waiting + inc.seqs,
+            needBlocks: this.blocksFor(w, r.prompt.length + r.req.sampling.maxTokens),
+          };
         }),
       );
+      // no prefill room, or no decode worker with KV for the whole request: wait for a status or an end
       if (!p || !d || !d.w.info.data) return;
       this.queue.shift();
       r.attempt++;
@@ -249,12 +257,14 @@ export class Cluster implements ServingEngine {
   private onMessage(id: string, m: FromWorker): void {
     if (m.type === 'status') return this.onStatus(id, m);
     const w = this.workersById.get(id);
-    if (!w || w.state !== 'up') return; // a refused or lost worker: not ours any more
-    w.lastSeen = performance.now();
+    if (!w) return; // never registered (or refused)
+    // a lost worker's late messages still count for the current attempt: a token it sent before
+    // it was declared lost may be the one the rest of the stream waits for
+    if (w.state === 'up') w.lastSeen = performance.now();
     const r = this.requests.get(m.rid);
-    if (!r || r.attempt !== m.attempt) {
-      // an earlier attempt's late message; one that still got adopted somewhere is stopped there
-      if (m.type === 'adopted') this.o.plane.send(id, { type: 'cancel', rid: m.rid, attempt: m.attempt });
+    if (!r || r.attempt !== m.attempt || r.phase === 'queued') {
+      // an earlier attempt (or one being dispatched again): stop whatever still runs it there
+      if (m.type === 'token' || m.type === 'adopted') this.o.plane.send(id, { type: 'cancel', rid: m.rid, attempt: m.attempt });
       return;
     }
     switch (m.type) {
@@ -267,6 +277,7 @@ export class Cluster implements ServingEngine {
         this.tryEnd(r);
         return;
       case 'handed-over':
+        this.onTransfer?.({ from: id, to: m.to, bytes: m.bytes, seconds: m.seconds });
         if (r.phase === 'prefill') r.phase = 'transfer';
         this.pump();
         return;
@@ -297,7 +308,9 @@ export class Cluster implements ServingEngine {
       this.o.plane.send(id, { type: 'welcome' });
       for (const f of this.readyWaiters.splice(0)) f();
     } else if (w.state === 'lost') {
-      return; // its requests went elsewhere; a lost worker does not come back under the same id
+      // it was only slow (its requests went elsewhere and were cancelled there): take it back
+      w.state = 'up';
+      this.log(`worker ${id} is answering again: back in service`);
     }
     w.info = m.worker;
     w.load = m.load;
@@ -338,8 +351,9 @@ export class Cluster implements ServingEngine {
 
   /** Sends a request back to the queue with what it generated so far (or ends it when that cannot help). */
   private redispatch(r: Request, why: string): void {
-    const previous = r.phase === 'decode' ? r.decodeWorker : r.prefillWorker;
-    if (previous && this.workersById.get(previous)?.state === 'up') this.o.plane.send(previous, { type: 'cancel', rid: r.rid, attempt: r.attempt });
+    if (r.phase === 'queued') return; // already waiting to go out again
+    // stop this attempt wherever it may still run (a worker lost by timeout may be alive)
+    for (const id of new Set([r.prefillWorker, r.decodeWorker])) if (id) this.o.plane.send(id, { type: 'cancel', rid: r.rid, attempt: r.attempt });
     if (r.cancelled) return this.end(r, 'cancelled', this.usage(r));
     if (r.attempt >= (this.o.maxAttempts ?? 3)) return this.end(r, 'error', this.usage(r), new Error(`request failed after ${r.attempt} attempts: ${why}`));
     if (this.up('prefill').length === 0 || this.up('decode').length === 0) return this.end(r, 'error', this.usage(r), new Error(`${why}; no ${this.up('prefill').length === 0 ? 'prefill' : 'decode'} worker is left`));
@@ -359,7 +373,9 @@ export class Cluster implements ServingEngine {
     this.counters.workersLost++;
     this.log(`worker ${id} (${w.info.role}) lost: ${reason}`);
     for (const r of [...this.requests.values()]) {
-      const onIt = (r.phase !== 'queued' && r.decodeWorker === id) || ((r.phase === 'prefill' || r.phase === 'transfer') && r.prefillWorker === id);
+      // a decoding request whose stream waits for a token the lost prefill worker never delivered is stuck too
+      const stuck = r.phase === 'decode' && r.prefillWorker === id && r.early.size > 0;
+      const onIt = (r.phase !== 'queued' && r.decodeWorker === id) || ((r.phase === 'prefill' || r.phase === 'transfer') && r.prefillWorker === id) || stuck;
       if (onIt) this.redispatch(r, `worker ${id} lost (${reason})`);
     }
     // nothing can place what waits when a role has no worker left: say so rather than hang

@@ -2,7 +2,7 @@ import { type Server, type Socket, connect, createServer } from 'node:net';
 import type { Engine, KvImport } from '../engine/engine.ts';
 import type { KvLayer } from '../model/gpu_model.ts';
 import type { DataAddress } from './control.ts';
-import { FrameDecoder, type Message, PROTOCOL_VERSION, ProtocolError, type RequestSpec, checkHello, encodeFrame } from './protocol.ts';
+import { FrameDecoder, KV_FRAME_BYTES, type Message, PROTOCOL_VERSION, ProtocolError, type RequestSpec, checkHello, encodeFrame } from './protocol.ts';
 
 /**
  * The data plane: a prefill worker streams each handed-over sequence's KV to the decode worker the
@@ -12,7 +12,8 @@ import { FrameDecoder, type Message, PROTOCOL_VERSION, ProtocolError, type Reque
  */
 
 type Log = (line: string) => void;
-const ACK_TIMEOUT_MS = 15_000;
+/** from a transfer's first frame to its acknowledgement at most (a stalled peer fails the connection) */
+const TRANSFER_TIMEOUT_MS = 60_000;
 
 /** Sender statistics: bytes of K and V sent, and seconds from kv-begin to ack, over acknowledged transfers. */
 export interface TransferStats {
@@ -77,24 +78,10 @@ class SenderConnection {
     }
   }
 
+  /** Resolves when the receiver acknowledges `seq` (the transfer's own timer bounds the wait). */
   ack(seq: number): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
-    return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.acks.delete(seq);
-        reject(new Error(`no acknowledgement of the KV of sequence ${seq} within ${ACK_TIMEOUT_MS / 1000} s`));
-      }, ACK_TIMEOUT_MS);
-      this.acks.set(seq, {
-        resolve: () => {
-          clearTimeout(timer);
-          resolve();
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      });
-    });
+    return new Promise<void>((resolve, reject) => this.acks.set(seq, { resolve, reject }));
   }
 
   private fail(e: Error): void {
@@ -106,8 +93,8 @@ class SenderConnection {
     this.socket.destroy();
   }
 
-  close(): void {
-    this.fail(new Error('closed'));
+  close(reason = new Error('closed')): void {
+    this.fail(reason);
   }
 }
 
@@ -127,7 +114,7 @@ export class KvSender {
   private readonly connections = new Map<string, SenderConnection>();
   private nextSeq = 1;
 
-  constructor(private readonly o: { workerId: string; fingerprint: string; log: Log }) {}
+  constructor(private readonly o: { workerId: string; fingerprint: string; log: Log; /** K (and V) bytes per frame at most (default KV_FRAME_BYTES) */ frameBytes?: number }) {}
 
   begin(to: { id: string; address: DataAddress }): Transfer {
     const key = `${to.id}@${to.address.host}:${to.address.port}`;
@@ -145,8 +132,11 @@ export class KvSender {
     let aborted = false;
     let bytes = 0;
     let t0 = 0;
+    let timer: NodeJS.Timeout | undefined;
     return {
       stream: (tokens, layers) => {
+        // a peer that stops reading (or never acknowledges) fails the connection and every transfer on it
+        timer = setTimeout(() => c.close(new Error(`KV transfer of sequence ${seq} took more than ${TRANSFER_TIMEOUT_MS / 1000} s`)), TRANSFER_TIMEOUT_MS);
         chain = chain.then(async () => {
           t0 = performance.now();
           begun = true;
@@ -155,7 +145,13 @@ export class KvSender {
             const { k, v } = await pending;
             if (aborted) return;
             bytes += k.byteLength + v.byteLength;
-            await c.send({ type: 'kv', seq, layer, tokens, k: new Uint8Array(k), v: new Uint8Array(v) });
+            const rowBytes = k.byteLength / tokens;
+            const step = Math.max(1, Math.floor((this.o.frameBytes ?? KV_FRAME_BYTES) / rowBytes));
+            for (let start = 0; start < tokens; start += step) {
+              const n = Math.min(step, tokens - start);
+              const part = (b: ArrayBuffer) => new Uint8Array(b, start * rowBytes, n * rowBytes);
+              await c.send({ type: 'kv', seq, layer, start, tokens: n, k: part(k), v: part(v) });
+            }
           }
         });
         settle();
@@ -165,8 +161,12 @@ export class KvSender {
         if (!begun) throw new Error('finish() before stream()');
         const acked = c.ack(seq);
         acked.catch(() => {}); // awaited below, unless the send fails first
-        await c.send({ type: 'kv-done', seq, tokens: request.prompt.length + request.generated.length - 1, request });
-        await acked;
+        try {
+          await c.send({ type: 'kv-done', seq, tokens: request.prompt.length + request.generated.length - 1, request });
+          await acked;
+        } finally {
+          clearTimeout(timer);
+        }
         const seconds = (performance.now() - t0) / 1e3;
         this.stats.bytes += bytes;
         this.stats.seconds += seconds;
@@ -175,6 +175,7 @@ export class KvSender {
       },
       abort: (reason) => {
         aborted = true;
+        clearTimeout(timer);
         chain = chain.then(() => (begun ? c.send({ type: 'kv-abort', seq, reason }) : undefined)).catch(() => {});
       },
     };
@@ -189,7 +190,8 @@ export class KvSender {
 interface Incoming {
   tokens: number;
   imp: KvImport | null;
-  layers: Set<number>;
+  /** rows received so far, per layer */
+  rows: Map<number, number>;
   writes: Promise<void>;
 }
 
@@ -248,8 +250,11 @@ export class KvReceiver {
       if (!closed) socket.write(encodeFrame(m));
     };
     const drop = (seq: number) => {
-      incoming.get(seq)?.imp?.release();
+      const e = incoming.get(seq);
       incoming.delete(seq);
+      // after the writes already queued: they must not land in blocks handed out again
+      const imp = e?.imp;
+      if (imp) void e.writes.catch(() => {}).then(() => imp.release());
     };
     const shut = (reason: string | null) => {
       if (closed) return;
@@ -278,28 +283,30 @@ export class KvReceiver {
         case 'kv-begin': {
           if (incoming.has(m.seq)) throw new ProtocolError(`kv-begin for sequence ${m.seq} twice`);
           // null: no room now; the sequence is adopted without KV and recomputes its context
-          incoming.set(m.seq, { tokens: m.tokens, imp: this.o.engine.importKv(m.tokens), layers: new Set(), writes: Promise.resolve() });
+          incoming.set(m.seq, { tokens: m.tokens, imp: this.o.engine.importKv(m.tokens), rows: new Map(), writes: Promise.resolve() });
           return;
         }
         case 'kv': {
           const e = incoming.get(m.seq);
           if (!e) throw new ProtocolError(`kv frame for sequence ${m.seq} without kv-begin`);
-          if (m.tokens !== e.tokens) throw new ProtocolError(`kv frame of ${m.tokens} tokens for a sequence of ${e.tokens}`);
-          if (m.layer >= nLayers || e.layers.has(m.layer)) throw new ProtocolError(`kv frame for layer ${m.layer} (${nLayers} layers${e.layers.has(m.layer) ? ', already received' : ''})`);
+          if (m.layer >= nLayers) throw new ProtocolError(`kv frame for layer ${m.layer} of a ${nLayers}-layer model`);
+          const have = e.rows.get(m.layer) ?? 0;
+          if (m.start !== have || m.start + m.tokens > e.tokens) throw new ProtocolError(`kv frame for rows ${m.start}..${m.start + m.tokens} of layer ${m.layer}: expected rows from ${have} of ${e.tokens}`);
           const expect = m.tokens * nKvHeads * headDim * 4;
           if (m.k.byteLength !== expect) throw new ProtocolError(`kv frame of ${m.k.byteLength} bytes per tensor, expected ${expect}`);
-          e.layers.add(m.layer);
+          e.rows.set(m.layer, have + m.tokens);
           this.stats.bytes += 2 * expect;
           const imp = e.imp;
-          if (imp) e.writes = e.writes.then(() => imp.writeLayer(m.layer, { k: m.k, v: m.v }));
+          if (imp) e.writes = e.writes.then(() => imp.writeLayer(m.layer, { k: m.k, v: m.v }, m.start));
           return;
         }
         case 'kv-done': {
           const e = incoming.get(m.seq);
           if (!e) throw new ProtocolError(`kv-done for sequence ${m.seq} without kv-begin`);
           const context = m.request.prompt.length + m.request.generated.length - 1;
-          if (e.layers.size !== nLayers || m.tokens !== e.tokens || context !== e.tokens) {
-            throw new ProtocolError(`kv-done for sequence ${m.seq} after ${e.layers.size} of ${nLayers} layers (${e.tokens} tokens; the request's context is ${context})`);
+          const complete = [...e.rows.values()].filter((n) => n === e.tokens).length;
+          if (complete !== nLayers || m.tokens !== e.tokens || context !== e.tokens) {
+            throw new ProtocolError(`kv-done for sequence ${m.seq} after ${complete} of ${nLayers} layers (${e.tokens} tokens; the request's context is ${context})`);
           }
           incoming.delete(m.seq);
           void e.writes.then(
@@ -311,6 +318,7 @@ export class KvReceiver {
               } catch (err) {
                 error = err instanceof Error ? err.message : String(err);
               }
+              if (error) e.imp?.release(); // a no-op once adopted
               send(error ? { type: 'ack', seq: m.seq, error } : { type: 'ack', seq: m.seq });
             },
             (err) => {

@@ -16,6 +16,8 @@ import type { Slo } from '../scheduler/scheduler.ts';
 export const PROTOCOL_VERSION = 1;
 /** Frames above this are refused before anything is allocated for them. */
 export const MAX_FRAME_BYTES = 256 * 1024 * 1024;
+/** K (and V) bytes per kv frame at most: long contexts travel in several frames per layer */
+export const KV_FRAME_BYTES = 32 * 1024 * 1024;
 
 export type WorkerRole = 'prefill' | 'decode';
 
@@ -40,8 +42,8 @@ export type Message =
   | { type: 'refuse'; reason: string }
   /** a sequence's KV follows: `tokens` tokens in every layer */
   | { type: 'kv-begin'; seq: number; tokens: number }
-  /** one layer of one sequence's KV: K and V rows [tokens, nKvHeads, headDim] as raw f32 bytes */
-  | { type: 'kv'; seq: number; layer: number; tokens: number; k: Uint8Array; v: Uint8Array }
+  /** rows [start, start + tokens) of one layer of one sequence's KV: K and V [tokens, nKvHeads, headDim] as raw f32 bytes (a layer larger than KV_FRAME_BYTES comes in several frames, in order) */
+  | { type: 'kv'; seq: number; layer: number; start: number; tokens: number; k: Uint8Array; v: Uint8Array }
   /** every layer was sent; the receiver takes the sequence over (its context is `tokens` tokens plus the last generated one) */
   | { type: 'kv-done'; seq: number; tokens: number; request: RequestSpec }
   /** the sequence will not come (it ended, or its prefill failed): drop what arrived */
@@ -172,7 +174,7 @@ function parseMessage(payload: Buffer): Message {
       case 'kv-begin':
         return isInt(o.seq) && isInt(o.tokens, 1);
       case 'kv':
-        return isInt(o.seq) && isInt(o.layer) && isInt(o.tokens, 1) && isBytes(o.k) && isBytes(o.v) && (o.k as Uint8Array).length === (o.v as Uint8Array).length;
+        return isInt(o.seq) && isInt(o.layer) && isInt(o.start) && isInt(o.tokens, 1) && isBytes(o.k) && isBytes(o.v) && (o.k as Uint8Array).length === (o.v as Uint8Array).length;
       case 'kv-done':
         return isInt(o.seq) && isInt(o.tokens) && isRequestSpec(o.request);
       case 'kv-abort':
