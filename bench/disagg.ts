@@ -10,6 +10,7 @@ import { quantile } from '../src/sim/trace.ts';
 import { mulberry32 } from '../src/util/rng.ts';
 import { Cluster } from '../src/workers/cluster.ts';
 import { ChildProcessPlane } from '../src/workers/control.ts';
+import { KvReceiver, KvSender, type TransferResult } from '../src/workers/kv_transfer.ts';
 import { modelFingerprint } from '../src/workers/protocol.ts';
 
 /**
@@ -18,8 +19,11 @@ import { modelFingerprint } from '../src/workers/protocol.ts';
  *
  * 1. Handover cost vs prompt length: TTFT, and the gap from the first token to the second (in
  *    disaggregated serving the first token comes from the prefill worker; the KV transfer and the
- *    decode worker's first step sit in that gap), with the KV bytes and the transfer time the
- *    prefill worker measures (first frame sent to acknowledgement) and their ratio, the bandwidth.
+ *    decode worker's first step sit in that gap), with the KV bytes and the times the prefill
+ *    worker measures: first frame to acknowledgement (overlapping the prefill of later layers)
+ *    and last layer on the host to acknowledgement (what is left exposed). The data plane alone:
+ *    the same bytes, already on the host, sent over loopback TCP into this process's engine
+ *    (framing, TCP, GPU upload, adoption) and their rate.
  * 2. Interference: decodes are running when long prompts arrive. Colocated, the prompts' chunks
  *    share steps with the decodes and stretch their inter-token times; disaggregated, they run on
  *    the prefill worker. The inter-token gaps of the running decodes while prompts arrive are the
@@ -52,8 +56,13 @@ export interface TransferRow {
   colocatedSecondTokenMs: number;
   disaggregatedSecondTokenMs: number;
   kvBytes: number;
-  transferMs: number;
-  bandwidthMBps: number;
+  /** first frame to acknowledgement */
+  streamMs: number;
+  /** last layer on the host to acknowledgement */
+  exposedMs: number;
+  /** the data plane alone: host bytes to acknowledgement, and the rate */
+  dataPlaneMs: number;
+  dataPlaneMBps: number;
 }
 
 export interface InterferenceRow {
@@ -114,7 +123,7 @@ export async function runDisaggBench(gpu: Gpu, o: DisaggBenchOptions): Promise<D
   const args = ['--model', o.model, '--device', o.device, '--kv-memory', String(o.kvMemory)];
   const plane = new ChildProcessPlane([{ role: 'prefill', args }, { role: 'decode', args }]);
   const cluster = new Cluster({ plane, tokenizer: source.tokenizer, config: source.config, fingerprint: modelFingerprint(source), log: o.log });
-  const transfers: { bytes: number; seconds: number }[] = [];
+  const transfers: TransferResult[] = [];
   cluster.onTransfer = (t) => transfers.push(t);
   try {
     await cluster.ready({ prefill: 1, decode: 1 }, 180_000);
@@ -139,11 +148,18 @@ export async function runDisaggBench(gpu: Gpu, o: DisaggBenchOptions): Promise<D
           row.disaggregatedTtftMs = median(ttft);
           row.disaggregatedSecondTokenMs = median(second);
           row.kvBytes = median(transfers.map((t) => t.bytes));
-          row.transferMs = median(transfers.map((t) => t.seconds * 1e3));
-          row.bandwidthMBps = row.kvBytes / 1e6 / (row.transferMs / 1e3);
+          row.streamMs = median(transfers.map((t) => t.seconds * 1e3));
+          row.exposedMs = median(transfers.map((t) => t.exposedSeconds * 1e3));
         }
       }
-      o.log(`prompt ${n}: TTFT ${row.colocatedTtftMs!.toFixed(1)} / ${row.disaggregatedTtftMs!.toFixed(1)} ms, second token ${row.colocatedSecondTokenMs!.toFixed(1)} / ${row.disaggregatedSecondTokenMs!.toFixed(1)} ms (colocated / disaggregated); KV ${row.kvBytes} B in ${row.transferMs!.toFixed(1)} ms`);
+      const alone: number[] = [];
+      for (let r = 0; r < o.repeats; r++) alone.push(await dataPlaneMs(colocated, source, n));
+      row.dataPlaneMs = median(alone);
+      row.dataPlaneMBps = row.kvBytes! / 1e6 / (row.dataPlaneMs / 1e3);
+      o.log(
+        `prompt ${n}: TTFT ${row.colocatedTtftMs!.toFixed(1)} / ${row.disaggregatedTtftMs!.toFixed(1)} ms, second token ${row.colocatedSecondTokenMs!.toFixed(1)} / ${row.disaggregatedSecondTokenMs!.toFixed(1)} ms (colocated / disaggregated); ` +
+          `KV ${row.kvBytes} B, streamed ${row.streamMs!.toFixed(1)} ms, exposed ${row.exposedMs!.toFixed(1)} ms; data plane alone ${row.dataPlaneMs.toFixed(1)} ms (${row.dataPlaneMBps.toFixed(1)} MB/s)`,
+      );
       transfer.push(row as TransferRow);
     }
 
@@ -192,6 +208,41 @@ export async function runDisaggBench(gpu: Gpu, o: DisaggBenchOptions): Promise<D
   }
 }
 
+/**
+ * The data plane alone: KV of `tokens` tokens (random, already on the host) from a KvSender to a
+ * KvReceiver in this process over loopback TCP, written into `engine`'s cache and adopted (the
+ * sequence ends at once: it asks for no more tokens); milliseconds to the acknowledgement.
+ */
+async function dataPlaneMs(engine: Engine, source: ModelSource, tokens: number): Promise<number> {
+  const fingerprint = modelFingerprint(source);
+  const receiver = new KvReceiver({
+    engine,
+    workerId: 'bench',
+    fingerprint,
+    log: () => {},
+    adopt: (spec, kv) => {
+      engine.adopt({ prompt: spec.prompt, generated: spec.generated, sampling: spec.sampling }, kv);
+      return null;
+    },
+  });
+  const address = await receiver.listen('127.0.0.1', 0);
+  const sender = new KvSender({ workerId: 'bench', fingerprint, log: () => {} });
+  try {
+    const { nLayers, nKvHeads, headDim } = source.config;
+    const bytes = tokens * nKvHeads * headDim * 4;
+    const layer = () => ({ k: new Float32Array(bytes / 4).map(Math.random).buffer, v: new Float32Array(bytes / 4).map(Math.random).buffer });
+    const layers = Array.from({ length: nLayers }, layer);
+    const transfer = sender.begin({ id: 'bench', address });
+    const t0 = performance.now();
+    transfer.stream(tokens, layers.map((l) => Promise.resolve(l)));
+    await transfer.finish({ rid: 0, attempt: 1, prompt: Array.from({ length: tokens }, () => 1), generated: [1], sampling: greedy(1) });
+    return performance.now() - t0;
+  } finally {
+    sender.close();
+    await receiver.close();
+  }
+}
+
 const f = (x: number, digits = 1) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
 
 export function disaggBenchMarkdown(r: DisaggBenchReport): string {
@@ -201,9 +252,12 @@ export function disaggBenchMarkdown(r: DisaggBenchReport): string {
     '',
     '**KV handover vs prompt length** (medians; colocated / disaggregated)',
     '',
-    '| prompt tokens | TTFT ms | first-to-second token ms | KV bytes | transfer ms | MB/s |',
-    '|---:|---:|---:|---:|---:|---:|',
-    ...r.transfer.map((t) => `| ${t.promptTokens} | ${f(t.colocatedTtftMs)} / ${f(t.disaggregatedTtftMs)} | ${f(t.colocatedSecondTokenMs)} / ${f(t.disaggregatedSecondTokenMs)} | ${t.kvBytes} | ${f(t.transferMs)} | ${f(t.bandwidthMBps)} |`),
+    '| prompt tokens | TTFT ms | first-to-second token ms | KV bytes | streamed ms (first frame to ack) | exposed ms (last layer to ack) | data plane alone ms | data plane MB/s |',
+    '|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...r.transfer.map(
+      (t) =>
+        `| ${t.promptTokens} | ${f(t.colocatedTtftMs)} / ${f(t.disaggregatedTtftMs)} | ${f(t.colocatedSecondTokenMs)} / ${f(t.disaggregatedSecondTokenMs)} | ${t.kvBytes} | ${f(t.streamMs)} | ${f(t.exposedMs)} | ${f(t.dataPlaneMs)} | ${f(t.dataPlaneMBps)} |`,
+    ),
     '',
     `**Interference**: ${i.decoders} running decodes (${i.decodeTokens} tokens each) while ${i.longPrompts} prompts of ${i.longPromptTokens} tokens arrive ${i.intervalMs} ms apart; inter-token gaps of the decodes from the first prompt on`,
     '',
@@ -220,12 +274,14 @@ export function disaggPlotSpec(r: DisaggBenchReport): TopLevelSpec {
   const handover = r.transfer.flatMap((t) => [
     { promptTokens: t.promptTokens, series: 'first-to-second token, colocated', ms: t.colocatedSecondTokenMs },
     { promptTokens: t.promptTokens, series: 'first-to-second token, disaggregated', ms: t.disaggregatedSecondTokenMs },
-    { promptTokens: t.promptTokens, series: 'KV transfer (first frame to ack)', ms: t.transferMs },
+    { promptTokens: t.promptTokens, series: 'KV exposed (last layer to ack)', ms: t.exposedMs },
+    { promptTokens: t.promptTokens, series: 'data plane alone', ms: t.dataPlaneMs },
   ]);
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: `Disaggregation on ${r.device}`,
     background: 'white',
+    resolve: { scale: { color: 'independent' } },
     hconcat: [
       {
         title: 'Inter-token gaps of running decodes while long prompts arrive',

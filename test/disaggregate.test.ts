@@ -69,9 +69,15 @@ function run(cluster: Cluster, prompt: number[], sampling: SamplingOptions): { h
   return { handle, done };
 }
 
-function workerProcess(args: string[]): ChildProcess & { exited: Promise<number | null> } {
-  const child = spawn(process.execPath, [join(repoRoot, 'bin', 'wgserve.mjs'), 'worker', ...args], { stdio: ['ignore', 'ignore', 'pipe'] }) as ChildProcess & { exited: Promise<number | null> };
+type WorkerProcess = ChildProcess & { exited: Promise<number | null>; stderr: NonNullable<ChildProcess['stderr']>; log: string[] };
+
+/** A worker started on its own (as on another host), its stderr lines collected. */
+function workerProcess(args: string[]): WorkerProcess {
+  const child = spawn(process.execPath, [join(repoRoot, 'bin', 'wgserve.mjs'), 'worker', ...args], { stdio: ['ignore', 'ignore', 'pipe'] }) as WorkerProcess;
   child.exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+  child.log = [];
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (d: string) => child.log.push(...d.split('\n').filter(Boolean)));
   return child;
 }
 
@@ -186,7 +192,7 @@ describe('disaggregated serving', () => {
     let nats: NatsServerProcess;
     let plane: ControlPlane;
     let cluster: Cluster;
-    const workers: ReturnType<typeof workerProcess>[] = [];
+    const workers: WorkerProcess[] = [];
     const log: string[] = [];
 
     beforeAll(async () => {
@@ -251,9 +257,41 @@ describe('disaggregated serving', () => {
       await Promise.all(cases.map((c) => poke(address, c, 100)));
       await new Promise((r) => setTimeout(r, 1200)); // more than two status rounds
       expect(workers[1].exitCode).toBeNull();
+      // each bad connection was closed with its reason in the worker's log
+      const closed = workers[1].log.filter((l) => l.includes('KV connection from'));
+      expect(closed.length).toBeGreaterThanOrEqual(cases.length - 2); // a valid hello then a valid-looking ack-less close may end quietly
+      expect(closed.some((l) => /exceeds/.test(l))).toBe(true);
+      expect(closed.some((l) => /without kv-begin/.test(l))).toBe(true);
+      expect(closed.some((l) => /ended inside a frame/.test(l))).toBe(true);
       expect(cluster.workers().find((w) => w.id === 'nats-decode')!.state).toBe('up');
       const after = await run(cluster, prompts[2], samplingOf(2, 24)).done;
       expect(after.tokens).toEqual(expected[2]);
+    });
+
+    it('a worker that stops answering (SIGSTOP) is lost within seconds: its streams end with an error, none hangs; it is taken back when it answers again', async () => {
+      const decode = workers[1];
+      const runs = Array.from({ length: 2 }, () => run(cluster, prompts[0], greedy(64)));
+      const deadline = performance.now() + 60_000;
+      while (cluster.workers().find((w) => w.id === 'nats-decode')!.running === 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      const stoppedAt = performance.now();
+      decode.kill('SIGSTOP');
+      try {
+        const outcomes = await Promise.all(runs.map((r) => r.done));
+        for (const o of outcomes) {
+          // the only decode worker is gone: an error, within the liveness timeout plus a status round
+          expect(o.reason).toBe('error');
+          expect(o.error?.message).toMatch(/no decode worker is left/);
+          expect(o.finishedAt - stoppedAt).toBeLessThan(5000);
+        }
+        expect(cluster.workers().find((w) => w.id === 'nats-decode')!.state).toBe('lost');
+      } finally {
+        decode.kill('SIGCONT');
+      }
+      const back = performance.now() + 10_000;
+      while (cluster.workers().find((w) => w.id === 'nats-decode')!.state !== 'up' && performance.now() < back) await new Promise((r) => setTimeout(r, 50));
+      expect(log.some((l) => /nats-decode is answering again/.test(l))).toBe(true);
+      const after = await run(cluster, prompts[4], samplingOf(4, 24)).done;
+      expect(after.tokens).toEqual(expected[4]);
     });
   });
 });

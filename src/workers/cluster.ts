@@ -4,6 +4,7 @@ import type { ModelConfig } from '../model/config.ts';
 import type { Tokenizer } from '../model/tokenizer/index.ts';
 import { pickDecode, pickPrefill } from '../scheduler/placement.ts';
 import { type ControlPlane, type FromWorker, LIVENESS_TIMEOUT_MS, STATUS_INTERVAL_MS, type WorkerInfo, type WorkerLoad } from './control.ts';
+import type { TransferResult } from './kv_transfer.ts';
 import type { RequestSpec, WorkerRole } from './protocol.ts';
 
 export interface ClusterOptions {
@@ -62,8 +63,8 @@ export class Cluster implements ServingEngine {
   readonly config: ModelConfig;
   readonly counters = { preemptions: 0, redispatches: 0, workersLost: 0, workersRefused: 0 };
   onStep?: (s: StepStats) => void;
-  /** each acknowledged KV handover: prefill worker, decode worker, K and V bytes, seconds from its first frame to the ack */
-  onTransfer?: (t: { from: string; to: string; bytes: number; seconds: number }) => void;
+  /** each acknowledged KV handover, from the prefill worker to the decode worker */
+  onTransfer?: (t: { from: string; to: string } & TransferResult) => void;
   private readonly workersById = new Map<string, Worker>();
   private readonly requests = new Map<number, Request>();
   private queue: Request[] = [];
@@ -277,7 +278,7 @@ export class Cluster implements ServingEngine {
         this.tryEnd(r);
         return;
       case 'handed-over':
-        this.onTransfer?.({ from: id, to: m.to, bytes: m.bytes, seconds: m.seconds });
+        this.onTransfer?.({ from: id, to: m.to, bytes: m.bytes, seconds: m.seconds, exposedSeconds: m.exposedSeconds });
         if (r.phase === 'prefill') r.phase = 'transfer';
         this.pump();
         return;

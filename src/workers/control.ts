@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FinishReason, StepStats, TokenEvent, Usage } from '../engine/engine.ts';
 import { repoRoot } from '../gpu/paths.ts';
+import type { TransferResult } from './kv_transfer.ts';
 import type { RequestSpec, WorkerRole } from './protocol.ts';
 
 /**
@@ -62,7 +63,7 @@ export type FromWorker =
   /** `generated`: tokens generated when it ended (the front emits the finish after that many tokens) */
   | { type: 'finish'; rid: number; attempt: number; generated: number; reason: FinishReason; usage: Usage; error?: string }
   /** prefill worker: the decode worker acknowledged the KV */
-  | { type: 'handed-over'; rid: number; attempt: number; to: string; bytes: number; seconds: number }
+  | ({ type: 'handed-over'; rid: number; attempt: number; to: string } & TransferResult)
   /** prefill worker: the handover failed; the front dispatches the request again */
   | { type: 'handover-failed'; rid: number; attempt: number; generated: number[]; reason: string }
   /** decode worker: it took the request over */

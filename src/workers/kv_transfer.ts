@@ -15,6 +15,17 @@ type Log = (line: string) => void;
 /** from a transfer's first frame to its acknowledgement at most (a stalled peer fails the connection) */
 const TRANSFER_TIMEOUT_MS = 60_000;
 
+/**
+ * One acknowledged handover: K and V bytes; seconds from its first frame to the ack (overlapping
+ * the prefill of later layers); and the exposed part, from the last layer reaching the host to
+ * the ack: what the transfer adds after the prefill step.
+ */
+export interface TransferResult {
+  bytes: number;
+  seconds: number;
+  exposedSeconds: number;
+}
+
 /** Sender statistics: bytes of K and V sent, and seconds from kv-begin to ack, over acknowledged transfers. */
 export interface TransferStats {
   bytes: number;
@@ -103,7 +114,7 @@ export interface Transfer {
   /** sends kv-begin, then each layer as it resolves, in order */
   stream(tokens: number, layers: Promise<KvLayer>[]): void;
   /** after the layers: kv-done with the request; resolves on the receiver's ack */
-  finish(request: RequestSpec): Promise<{ bytes: number; seconds: number }>;
+  finish(request: RequestSpec): Promise<TransferResult>;
   /** the sequence will not be handed over: tell the receiver to drop what it has */
   abort(reason: string): void;
 }
@@ -132,6 +143,7 @@ export class KvSender {
     let aborted = false;
     let bytes = 0;
     let t0 = 0;
+    let lastLayerAt = 0;
     let timer: NodeJS.Timeout | undefined;
     return {
       stream: (tokens, layers) => {
@@ -143,6 +155,7 @@ export class KvSender {
           await c.send({ type: 'kv-begin', seq, tokens });
           for (const [layer, pending] of layers.entries()) {
             const { k, v } = await pending;
+            lastLayerAt = performance.now();
             if (aborted) return;
             bytes += k.byteLength + v.byteLength;
             const rowBytes = k.byteLength / tokens;
@@ -167,11 +180,12 @@ export class KvSender {
         } finally {
           clearTimeout(timer);
         }
-        const seconds = (performance.now() - t0) / 1e3;
+        const now = performance.now();
+        const seconds = (now - t0) / 1e3;
         this.stats.bytes += bytes;
         this.stats.seconds += seconds;
         this.stats.transfers++;
-        return { bytes, seconds };
+        return { bytes, seconds, exposedSeconds: (now - lastLayerAt) / 1e3 };
       },
       abort: (reason) => {
         aborted = true;

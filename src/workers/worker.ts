@@ -112,7 +112,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
             onHandoff: (generated) => {
               live.delete(key(rid, attempt));
               entry.transfer!.finish({ ...spec, generated }).then(
-                ({ bytes, seconds }) => link.send({ type: 'handed-over', rid, attempt, to: decode.id, bytes, seconds }),
+                (result) => link.send({ type: 'handed-over', rid, attempt, to: decode.id, ...result }),
                 (err) => link.send({ type: 'handover-failed', rid, attempt, generated, reason: err instanceof Error ? err.message : String(err) }),
               );
             },
