@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -186,6 +186,42 @@ describe('disaggregated serving', () => {
       const after = await run(cluster, prompts[3], samplingOf(3, 24)).done;
       expect(after.tokens).toEqual(expected[3]);
     });
+  });
+
+  it('`wgserve serve --disaggregate` as a user runs it: serves the colocated output, and SIGTERM stops the front and its workers', async () => {
+    const proc = spawn(process.execPath, [join(repoRoot, 'bin', 'wgserve.mjs'), 'serve', '--disaggregate', '--prefill-workers', '1', '--decode-workers', '1', '--port', '0', '--kv-memory', String(8 << 20)], {
+      cwd: repoRoot,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    proc.stdout.on('data', (d) => (out += d));
+    proc.stderr.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
+    try {
+      const printed = /wgserve: serving .* on 1 prefill \+ 1 decode workers at (http:\/\/[\w.:[\]-]+)/;
+      const deadline = performance.now() + 90_000;
+      while (!printed.test(out) && performance.now() < deadline && proc.exitCode === null) await new Promise((r) => setTimeout(r, 100));
+      expect(out).toMatch(printed);
+      const url = printed.exec(out)![1];
+      const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stories260K', prompt: PROMPTS[0], max_tokens: 24, temperature: 0 }) });
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as { choices: { text: string }[] }).choices[0].text).toBe(decode(source.tokenizer, expected[0].filter((t) => t !== source.tokenizer.vocab.eos)));
+      const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(proc.pid)], { encoding: 'utf8' }).split('\n').map(Number).filter((n) => n > 0);
+      expect(children).toHaveLength(2);
+      proc.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      const alive = (pid: number) => {
+        try {
+          process.kill(pid, 0);
+          return true;
+        } catch {
+          return false;
+        }
+      };
+      expect(children.filter(alive)).toEqual([]);
+    } finally {
+      if (proc.exitCode === null) proc.kill('SIGKILL');
+    }
   });
 
   describe('workers found through NATS', () => {

@@ -1,28 +1,20 @@
-import { type DisaggBenchReport, disaggBenchMarkdown, disaggPlotSpec, runDisaggBench } from '../../bench/disagg.ts';
+import { type DisaggBenchOptions, type DisaggBenchReport, disaggBenchMarkdown, disaggPlotSpec, runDisaggBench } from '../../bench/disagg.ts';
 import { updateBenchmarksDoc, writeResult } from '../../bench/results.ts';
-import type { DeviceMode } from '../gpu/adapter.ts';
 import { Gpu } from '../gpu/gpu.ts';
 import { DEFAULT_MODEL } from '../model/default_model.ts';
 import { openModel } from '../model/source.ts';
 import { writeSvgPlot } from '../util/output.ts';
 
-export interface BenchDisaggOptions {
+export type BenchDisaggOptions = Omit<DisaggBenchOptions, 'model' | 'source' | 'intervalMs' | 'log'> & {
+  /** default: the embedded model */
   model?: string;
-  promptLengths: number[];
-  repeats: number;
-  decoders: number;
-  decodeTokens: number;
-  longPrompts: number;
-  longPromptTokens: number;
+  /** ms between long prompts */
   interval: number;
-  kvMemory: number;
-  seed: number;
-  device: DeviceMode;
   json?: string;
   markdown?: string;
   plot?: string;
   updateDocs: boolean;
-}
+};
 
 /** `wgserve bench disagg`: see bench/disagg.ts. */
 export async function benchDisagg(o: BenchDisaggOptions): Promise<DisaggBenchReport> {

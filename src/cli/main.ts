@@ -1,6 +1,8 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { WeightFormat } from '../../kernels/weights.ts';
 import { parseDeviceMode } from '../gpu/adapter.ts';
+import type { BenchDisaggOptions } from './bench_disagg.ts';
+import type { ServeCliOptions } from './serve.ts';
 import type { SimulateCliOptions } from './simulate.ts';
 
 const deviceOption = () =>
@@ -107,29 +109,7 @@ program
   .option('--worker-timeout <seconds>', 'with --disaggregate: how long to wait for the workers to come up', number('--worker-timeout', 1), 120)
   .addOption(deviceOption())
   .action(
-    async (o: {
-      model?: string;
-      tokenizer?: string;
-      modelName?: string;
-      host: string;
-      port: number;
-      apiKey?: string;
-      maxBatch?: number;
-      kvMemory: number;
-      tokenBudget?: number;
-      maxWaiting?: number;
-      drainTimeout: number;
-      device: string;
-      policy: string;
-      costModel?: string;
-      sloClass?: string[];
-      recordSteps?: string;
-      disaggregate: boolean;
-      prefillWorkers: number;
-      decodeWorkers: number;
-      nats?: string;
-      workerTimeout: number;
-    }) => {
+    async (o: Omit<ServeCliOptions, 'device'> & { device: string }) => {
       const { serveCli } = await import('./serve.ts');
       await serveCli({ ...o, device: parseDeviceMode(o.device) });
     },
@@ -278,23 +258,7 @@ bench
   .option('--plot <file.svg>', 'write the interference and handover plot')
   .option('--update-docs', 'replace the disaggregation section for this device class in docs/benchmarks.md', false)
   .action(
-    async (o: {
-      model?: string;
-      promptLengths: number[];
-      repeats: number;
-      decoders: number;
-      decodeTokens: number;
-      longPrompts: number;
-      longPromptTokens: number;
-      interval: number;
-      kvMemory: number;
-      seed: number;
-      device: string;
-      json?: string;
-      markdown?: string;
-      plot?: string;
-      updateDocs: boolean;
-    }) => {
+    async (o: Omit<BenchDisaggOptions, 'device'> & { device: string }) => {
       const { benchDisagg } = await import('./bench_disagg.ts');
       await benchDisagg({ ...o, device: parseDeviceMode(o.device) });
     },
