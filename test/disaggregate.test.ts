@@ -204,12 +204,12 @@ describe('disaggregated serving', () => {
       expect(out).toMatch(printed);
       const url = printed.exec(out)![1];
       const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stories260K', prompt: PROMPTS[0], max_tokens: 24, temperature: 0 }) });
-      expect(res.status).toBe(200);
-      expect(((await res.json()) as { choices: { text: string }[] }).choices[0].text).toBe(decode(source.tokenizer, expected[0].filter((t) => t !== source.tokenizer.vocab.eos)));
+      expect(res.status, out).toBe(200);
+      expect(((await res.json()) as { choices: { text: string }[] }).choices[0].text, out).toBe(decode(source.tokenizer, expected[0].filter((t) => t !== source.tokenizer.vocab.eos)));
       const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(proc.pid)], { encoding: 'utf8' }).split('\n').map(Number).filter((n) => n > 0);
-      expect(children).toHaveLength(2);
+      expect(children, out).toHaveLength(2);
       proc.kill('SIGTERM');
-      expect(await exited).toBe(0);
+      expect(await exited, out).toBe(0);
       const alive = (pid: number) => {
         try {
           process.kill(pid, 0);
@@ -218,7 +218,7 @@ describe('disaggregated serving', () => {
           return false;
         }
       };
-      expect(children.filter(alive)).toEqual([]);
+      expect(children.filter(alive), out).toEqual([]);
     } finally {
       if (proc.exitCode === null) proc.kill('SIGKILL');
     }

@@ -58,9 +58,8 @@ export async function profileCli(o: ProfileCliOptions): Promise<FittedCostModelJ
           );
         },
       });
-      const layout = model.kv.layout;
       const defaultOut = `${o.synthetic ? path : basename(path).replace(/\.[^.]*$/, '')}.cost.json`;
-      return writeFit(o, samples, clock, name, gpu.adapter.description, Math.floor(model.kv.pool.numBlocks / layout.nKvHeads) * layout.blockSize, c, t0, defaultOut);
+      return writeFit(o, samples, clock, name, gpu.adapter.description, model.kv.maxSequenceTokens, c, t0, defaultOut);
     } finally {
       model.destroy();
     }

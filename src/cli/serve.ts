@@ -1,12 +1,10 @@
 import { createWriteStream } from 'node:fs';
 import { basename, extname } from 'node:path';
 import type { DeviceMode } from '../gpu/adapter.ts';
-import { Gpu } from '../gpu/gpu.ts';
 import { Engine } from '../engine/engine.ts';
-import { warmUp } from '../engine/generate.ts';
+import { loadServingModel } from '../engine/load.ts';
 import { ChatTemplate, DEFAULT_CHAT_TEMPLATE } from '../model/chat_template.ts';
 import { DEFAULT_MODEL } from '../model/default_model.ts';
-import { GpuModel } from '../model/gpu_model.ts';
 import { type ModelSource, openModel } from '../model/source.ts';
 import type { CostModel } from '../scheduler/cost_model.ts';
 import { EdfScheduler } from '../scheduler/edf.ts';
@@ -162,15 +160,10 @@ interface Backend {
 
 /** One process, one device: the Engine over the model on this machine's GPU. */
 async function colocated(o: ServeCliOptions, path: string): Promise<Backend> {
-  const gpu = await Gpu.open({ mode: o.device });
-  let model: GpuModel | undefined;
+  const loaded = await loadServingModel({ device: o.device, path, tokenizer: o.tokenizer, kvMemory: o.kvMemory });
+  const { gpu, source, model } = loaded;
   try {
-    const source = await openModel(path, { tokenizer: o.tokenizer });
-    model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory });
-    await warmUp(model, source.tokenizer);
-    const layout = model.kv.layout;
-    const kvTokens = Math.floor(model.kv.pool.numBlocks / layout.nKvHeads) * layout.blockSize;
-    const { scheduler, cost, online } = await schedulerFor(o.policy ?? 'fcfs', o.costModel, kvTokens);
+    const { scheduler, cost, online } = await schedulerFor(o.policy ?? 'fcfs', o.costModel, model.kv.maxSequenceTokens);
     const engine = new Engine(model, source.tokenizer, { maxBatch: o.maxBatch, tokenBudget: o.tokenBudget, maxWaiting: o.maxWaiting, scheduler });
     if (online) engine.onStep = (s) => online.observe(s);
     if (o.recordSteps) {
@@ -182,20 +175,9 @@ async function colocated(o: ServeCliOptions, path: string): Promise<Backend> {
       };
     }
     if (scheduler.name !== 'fcfs') console.log(`wgserve: scheduler ${scheduler.name}${cost ? `, cost model: ${cost.describe()}` : ''}`);
-    const m = model;
-    return {
-      engine,
-      source,
-      description: gpu.adapter.description,
-      close: async () => {
-        // a live device keeps dawn.node's event polling running: release it on every path
-        m.destroy();
-        gpu.destroy();
-      },
-    };
+    return { engine, source, description: gpu.adapter.description, close: async () => loaded.destroy() };
   } catch (err) {
-    model?.destroy();
-    gpu.destroy();
+    loaded.destroy();
     throw err;
   }
 }

@@ -193,8 +193,7 @@ export class Engine implements ServingEngine {
   }
 
   get maxSequenceTokens(): number {
-    const { layout, pool } = this.model.kv;
-    return Math.min(this.model.config.contextLength, Math.floor(pool.numBlocks / layout.nKvHeads) * layout.blockSize);
+    return Math.min(this.model.config.contextLength, this.model.kv.maxSequenceTokens);
   }
 
   kvBlocks(): { used: number; total: number } {
@@ -382,10 +381,13 @@ export class Engine implements ServingEngine {
     const vocab = this.model.config.vocabSize;
     const step = this.model.gpu.step({ label: 'engine step' });
     // prefill-only sequences whose context this step completes: their KV is copied out layer by layer
-    const exports = batch.filter(({ s, n }) => s.handoff && s.computed + n === s.tokens.length).map(({ s }) => ({ s, layers: [] as Promise<KvLayer>[] }));
+    const exports = batch
+      .filter(({ s, n }) => s.handoff && s.computed + n === s.tokens.length)
+      .map(({ s }) => ({ s, layers: [] as Promise<KvLayer>[], copy: null as ((layer: number) => Promise<KvLayer>) | null }));
     const afterLayer = exports.length
       ? (layer: number) => {
-          for (const e of exports) e.layers.push(this.model.exportLayer(step, e.s.id, layer));
+          // the exporter is made at the first layer, after forward() appended the step's tokens
+          for (const e of exports) e.layers.push((e.copy ??= this.model.kvExporter(step, e.s.id))(layer));
           step.flush();
         }
       : undefined;

@@ -54,6 +54,11 @@ export class PagedKvTables {
     this.pool = new BlockPool(numBlocks);
   }
 
+  /** The most tokens one sequence can hold: every one of its head rows with an equal share of the pool. */
+  get maxSequenceTokens(): number {
+    return Math.floor(this.pool.numBlocks / this.layout.nKvHeads) * this.layout.blockSize;
+  }
+
   has(seq: number): boolean {
     return this.seqs.has(seq);
   }

@@ -216,11 +216,12 @@ export class GpuModel {
   }
 
   /**
-   * Records a copy of layer `layer`'s K and V for every token `seq` holds (gathered from its
-   * blocks with the f32 row-gather kernel) and a read-back that resolves when that much of the
-   * step has run (see Step.flush).
+   * For exporting the KV `seq` holds now: returns a function that records a copy of one layer's K
+   * and V (gathered from the sequence's blocks with the f32 row-gather kernel) and a read-back
+   * that resolves when that much of the step has run (see Step.flush). The slots are found and
+   * uploaded once, for every layer.
    */
-  exportLayer(step: Step, seq: number, layer: number): Promise<KvLayer> {
+  kvExporter(step: Step, seq: number): (layer: number) => Promise<KvLayer> {
     const c = this.config;
     const slots = this.kv.slotsOf(seq);
     const rows = slots.length;
@@ -232,11 +233,13 @@ export class GpuModel {
       embedding(step, { table: pool, tokens: slotBuf, out, count: rows, dim: c.headDim, rows: poolRows, format: 'f32' });
       return step.readback(out, 0, bytes);
     };
-    const k = gather(this.kPools[layer], 'export k');
-    const v = gather(this.vPools[layer], 'export v');
-    const kvLayer = Promise.all([k, v]).then(([kb, vb]) => ({ k: kb, v: vb }));
-    kvLayer.catch(() => {}); // a failed step throws from submit(); an unawaited export must not crash the process
-    return kvLayer;
+    return (layer) => {
+      const k = gather(this.kPools[layer], 'export k');
+      const v = gather(this.vPools[layer], 'export v');
+      const kvLayer = Promise.all([k, v]).then(([kb, vb]) => ({ k: kb, v: vb }));
+      kvLayer.catch(() => {}); // a failed step throws from submit(); an unawaited export must not crash the process
+      return kvLayer;
+    };
   }
 
   /**

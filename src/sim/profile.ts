@@ -97,7 +97,7 @@ export async function profileSteps(model: GpuModel, options: ProfileOptions = {}
   const wantGpu = options.clock === 'gpu' || (options.clock !== 'wall' && gpu.features.timestampQuery);
   if (options.clock === 'gpu' && !gpu.features.timestampQuery) throw new Error('--clock gpu: this device has no timestamp queries');
   const clock: 'gpu' | 'wall' = wantGpu ? 'gpu' : 'wall';
-  const capacityTokens = Math.floor(model.kv.pool.numBlocks / c.nKvHeads) * model.blockSize;
+  const capacityTokens = model.kv.maxSequenceTokens;
   const cases = profileGrid({ quick, contextLength: c.contextLength, capacityTokens, tokenBudget, blockSize: model.blockSize });
   if (cases.length === 0) throw new Error('profile: no batch shape fits this model (context length, KV memory)');
   const rand = mulberry32(options.seed ?? 1);

@@ -207,18 +207,20 @@ export class Cluster implements ServingEngine {
     if (this.queue.length === 0) return;
     this.queue.sort((a, b) => (b.req.priority ?? 0) - (a.req.priority ?? 0) || a.arrival - b.arrival);
     const backlog = this.o.prefillBacklog ?? 2048;
+    // prompt tokens queued on each prefill worker; KV blocks and sequences headed to each decode worker
     const queued = new Map<string, number>();
     const incoming = new Map<string, { blocks: number; seqs: number }>();
-    for (const r of this.requests.values()) {
+    const count = (r: Request) => {
       if (r.phase === 'prefill' && r.prefillWorker) queued.set(r.prefillWorker, (queued.get(r.prefillWorker) ?? 0) + r.prompt.length + r.generated.length);
       if ((r.phase === 'prefill' || r.phase === 'transfer') && r.decodeWorker) {
         const w = this.workersById.get(r.decodeWorker);
         const inc = incoming.get(r.decodeWorker) ?? { blocks: 0, seqs: 0 };
-        if (w) inc.blocks += this.blocksFor(w, r.prompt.length + r.req.sampling.maxTokens);
+        if (w) inc.blocks += this.blocksFor(w, r);
         inc.seqs++;
         incoming.set(r.decodeWorker, inc);
       }
-    }
+    };
+    for (const r of this.requests.values()) count(r);
     while (this.queue.length > 0) {
       const r = this.queue[0];
       const p = pickPrefill(this.up('prefill').map((w) => ({ w, queuedTokens: queued.get(w.info.id) ?? 0 })), backlog);
@@ -229,7 +231,7 @@ export class Cluster implements ServingEngine {
             w,
             freeBlocks: w.load.kvBlocksTotal - w.load.kvBlocksUsed - inc.blocks,
             sequences: w.load.running + w.load.waiting + inc.seqs,
-            needBlocks: this.blocksFor(w, r.prompt.length + r.req.sampling.maxTokens),
+            needBlocks: this.blocksFor(w, r),
           };
         }),
       );
@@ -240,19 +242,15 @@ export class Cluster implements ServingEngine {
       r.phase = 'prefill';
       r.prefillWorker = p.w.info.id;
       r.decodeWorker = d.w.info.id;
-      const tokens = r.prompt.length + r.generated.length;
-      queued.set(p.w.info.id, p.queuedTokens + tokens);
-      const inc = incoming.get(d.w.info.id) ?? { blocks: 0, seqs: 0 };
-      inc.blocks += this.blocksFor(d.w, r.prompt.length + r.req.sampling.maxTokens);
-      inc.seqs++;
-      incoming.set(d.w.info.id, inc);
+      count(r);
       const spec: RequestSpec = { rid: r.rid, attempt: r.attempt, prompt: r.prompt, generated: [...r.generated], sampling: r.req.sampling, slo: r.req.slo, priority: r.req.priority };
       this.o.plane.send(p.w.info.id, { type: 'prefill', req: spec, decode: { id: d.w.info.id, address: d.w.info.data } });
     }
   }
 
-  private blocksFor(w: Worker, tokens: number): number {
-    return w.load.nKvHeads * Math.ceil(tokens / w.load.blockSize);
+  /** KV blocks a request can come to hold on a worker (prompt plus max_tokens) */
+  private blocksFor(w: Worker, r: Request): number {
+    return w.load.nKvHeads * Math.ceil((r.prompt.length + r.req.sampling.maxTokens) / w.load.blockSize);
   }
 
   private onMessage(id: string, m: FromWorker): void {

@@ -1,10 +1,7 @@
 import { hostname } from 'node:os';
 import { Engine, type EngineHandle, type EngineRequest, type SequenceEvents, type StepStats } from '../engine/engine.ts';
-import { warmUp } from '../engine/generate.ts';
+import { loadServingModel } from '../engine/load.ts';
 import type { DeviceMode } from '../gpu/adapter.ts';
-import { Gpu } from '../gpu/gpu.ts';
-import { GpuModel } from '../model/gpu_model.ts';
-import { openModel } from '../model/source.ts';
 import { STATUS_INTERVAL_MS, type ToWorker, type WorkerInfo, type WorkerLink } from './control.ts';
 import { KvReceiver, KvSender, type Transfer } from './kv_transfer.ts';
 import { type RequestSpec, type WorkerRole, modelFingerprint } from './protocol.ts';
@@ -42,16 +39,13 @@ interface Live {
  * (the front went away, it refused this worker, or SIGTERM).
  */
 export async function runWorker(o: WorkerOptions): Promise<number> {
-  const gpu = await Gpu.open({ mode: o.device, adapter: o.adapter });
-  let model: GpuModel | undefined;
+  const loaded = await loadServingModel({ device: o.device, adapter: o.adapter, path: o.model, tokenizer: o.tokenizer, kvMemory: o.kvMemory });
+  const { gpu, source, model } = loaded;
   let receiver: KvReceiver | undefined;
   let sender: KvSender | undefined;
   let timer: NodeJS.Timeout | undefined;
   try {
-    const source = await openModel(o.model, { tokenizer: o.tokenizer });
     const fingerprint = modelFingerprint(source);
-    model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory });
-    await warmUp(model, source.tokenizer);
     const engine = new Engine(model, source.tokenizer, { maxBatch: o.maxBatch, tokenBudget: o.tokenBudget });
     const steps: StepStats[] = [];
     engine.onStep = (s) => steps.push(s);
@@ -169,8 +163,8 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
             running: engine.running,
             kvBlocksUsed: kv.used,
             kvBlocksTotal: kv.total,
-            blockSize: model!.blockSize,
-            nKvHeads: model!.config.nKvHeads,
+            blockSize: model.blockSize,
+            nKvHeads: model.config.nKvHeads,
             kvBytesSent: stats.bytes,
             kvTransferSeconds: stats.seconds,
             kvTransfers: stats.transfers,
@@ -186,7 +180,6 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
     sender?.close();
     await receiver?.close();
     await o.link.close().catch(() => {});
-    model?.destroy();
-    gpu.destroy();
+    loaded.destroy();
   }
 }

@@ -1,0 +1,42 @@
+import type { DeviceMode } from '../gpu/adapter.ts';
+import { Gpu } from '../gpu/gpu.ts';
+import { GpuModel } from '../model/gpu_model.ts';
+import { type ModelSource, openModel } from '../model/source.ts';
+import { warmUp } from './generate.ts';
+
+export interface LoadedModel {
+  gpu: Gpu;
+  source: ModelSource;
+  model: GpuModel;
+  /** releases the model and the device (a live device keeps dawn.node's event polling running) */
+  destroy(): void;
+}
+
+/**
+ * What a serving process (colocated server or disaggregated worker) starts with: the device, the
+ * model file opened and its weights and KV cache on the device, its pipelines compiled by a
+ * warm-up. The device is released if any of it fails.
+ */
+export async function loadServingModel(o: { device: DeviceMode; adapter?: number; path: string; tokenizer?: string; kvMemory: number }): Promise<LoadedModel> {
+  const gpu = await Gpu.open({ mode: o.device, adapter: o.adapter });
+  let model: GpuModel | undefined;
+  try {
+    const source = await openModel(o.path, { tokenizer: o.tokenizer });
+    model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory });
+    await warmUp(model, source.tokenizer);
+    const m = model;
+    return {
+      gpu,
+      source,
+      model: m,
+      destroy: () => {
+        m.destroy();
+        gpu.destroy();
+      },
+    };
+  } catch (err) {
+    model?.destroy();
+    gpu.destroy();
+    throw err;
+  }
+}
