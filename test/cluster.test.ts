@@ -1,21 +1,22 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { FinishReason, SamplingOptions, TokenEvent } from '../src/engine/engine.ts';
 import { DEFAULT_MODEL } from '../src/model/default_model.ts';
 import { openModel } from '../src/model/source.ts';
 import { Cluster } from '../src/workers/cluster.ts';
-import type { ControlPlane, FromWorker, ToWorker, WorkerInfo, WorkerLoad } from '../src/workers/control.ts';
+import { type ControlPlane, type FromWorker, LIVENESS_TIMEOUT_MS, STATUS_INTERVAL_MS, type ToWorker, type WorkerInfo, type WorkerLoad } from '../src/workers/control.ts';
 
 /**
  * The front's bookkeeping under message orders that real processes produce only by chance:
  * tokens of one request arriving over two links out of order, late messages of an attempt that
- * was dispatched again, workers lost mid-request. The workers are scripted (a control plane that
- * records what the front sends and lets the test answer); test/disaggregate.test.ts runs the
- * real ones.
+ * was dispatched again, workers lost mid-request, control links that were down (messages lost).
+ * The workers are scripted (a control plane that records what the front sends and lets the test
+ * answer); test/disaggregate.test.ts runs the real ones.
  */
 class ScriptedPlane implements ControlPlane {
   sent: { to: string; m: ToWorker }[] = [];
   private handler: (id: string, m: FromWorker) => void = () => {};
   private gone: (id: string, reason: string) => void = () => {};
+  private linkHandler: (up: boolean) => void = () => {};
   send(to: string, m: ToWorker): void {
     this.sent.push({ to, m });
   }
@@ -24,6 +25,13 @@ class ScriptedPlane implements ControlPlane {
   }
   onGone(h: (id: string, reason: string) => void): void {
     this.gone = h;
+  }
+  onLink(h: (up: boolean) => void): void {
+    this.linkHandler = h;
+  }
+  /** the front's own control link drops (false) or comes back (true) */
+  link(up: boolean): void {
+    this.linkHandler(up);
   }
   async close(): Promise<void> {}
   from(id: string, m: FromWorker): void {
@@ -56,7 +64,7 @@ async function setup(o: { decodeFree?: number[]; prefillBacklog?: number; maxAtt
     ...(role === 'decode' ? { data: { host: '127.0.0.1', port: 9 } } : {}),
   });
   const load = (free = 1000): WorkerLoad => ({ waiting: 0, running: 0, kvBlocksUsed: 1000 - free, kvBlocksTotal: 1000, blockSize: 16, nKvHeads: 4, kvBytesSent: 0, kvTransferSeconds: 0, kvTransfers: 0 });
-  const status = (id: string, role: 'prefill' | 'decode', free?: number, fingerprint?: string) => plane.from(id, { type: 'status', worker: info(id, role, fingerprint), load: load(free), steps: [] });
+  const status = (id: string, role: 'prefill' | 'decode', free?: number, fingerprint?: string, link = 0) => plane.from(id, { type: 'status', worker: info(id, role, fingerprint), load: load(free), steps: [], link });
   status('p0', 'prefill');
   (o.decodeFree ?? [1000, 1000]).forEach((free, i) => status(`d${i}`, 'decode', free));
   const submit = (prompt: number[], maxTokens: number) => {
@@ -164,6 +172,69 @@ describe('disaggregated front (scripted workers)', () => {
     expect(plane.sent.at(-1)).toEqual({ to: 'p0', m: { type: 'cancel', rid, attempt } });
     plane.from('p0', { type: 'finish', rid, attempt, generated: 0, reason: 'cancelled', usage: { promptTokens: 3, completionTokens: 0 } });
     expect(r.finished()?.reason).toBe('cancelled');
+    await cluster.close();
+  });
+  it("the front's control link down and back: workers are not lost meanwhile; requests in flight go out again with their tokens once workers are heard, without spending an attempt", async () => {
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'performance'] });
+    try {
+      const { plane, cluster, status, submit } = await setup({ maxAttempts: 1 });
+      const r = submit([1, 2, 3], 4);
+      const a1 = plane.prefills[0];
+      const { rid } = a1.req;
+      plane.from('p0', { type: 'token', rid, attempt: 1, index: 0, event: token(10) });
+      plane.from(a1.decode.id, { type: 'adopted', rid, attempt: 1 });
+      plane.from(a1.decode.id, { type: 'token', rid, attempt: 1, index: 1, event: token(11) });
+      plane.link(false);
+      const waiting = submit([4, 5], 2); // no worker can be reached: it waits at the front
+      vi.advanceTimersByTime(3 * LIVENESS_TIMEOUT_MS); // silence while the front's own link is down is not the workers'
+      expect(cluster.workers().map((w) => w.state)).toEqual(['up', 'up', 'up']);
+      plane.link(true);
+      // attempt 1 is stopped wherever it ran (its messages may be lost); nothing goes out before workers are heard
+      expect(plane.sent.filter((s) => s.m.type === 'cancel' && s.m.rid === rid && s.m.attempt === 1).map((s) => s.to).sort()).toEqual([a1.decode.id, 'p0'].sort());
+      expect(plane.prefills).toHaveLength(1);
+      vi.advanceTimersByTime(LIVENESS_TIMEOUT_MS - STATUS_INTERVAL_MS); // the liveness clock restarted when the link came back
+      expect(cluster.workers().map((w) => w.state)).toEqual(['up', 'up', 'up']);
+      status('p0', 'prefill');
+      status('d0', 'decode');
+      status('d1', 'decode');
+      const a2 = plane.prefills.find((p) => p.req.rid === rid && p.req.attempt === 2)!;
+      expect(a2.req.generated).toEqual([10, 11]);
+      expect(plane.prefills.some((p) => p.req.rid === waiting.handle.id)).toBe(true);
+      plane.from('p0', { type: 'token', rid, attempt: 1, index: 2, event: token(99) }); // late, of the old attempt
+      plane.from('p0', { type: 'token', rid, attempt: 2, index: 2, event: token(12) });
+      plane.from(a2.decode.id, { type: 'adopted', rid, attempt: 2 });
+      plane.from(a2.decode.id, { type: 'token', rid, attempt: 2, index: 3, event: token(13) });
+      plane.from(a2.decode.id, { type: 'finish', rid, attempt: 2, generated: 4, reason: 'length', usage: { promptTokens: 3, completionTokens: 4 } });
+      expect(r.tokens).toEqual([10, 11, 12, 13]);
+      expect(r.finished()?.reason).toBe('length'); // maxAttempts 1, yet no error: the outage spent no attempt
+      await cluster.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("a worker whose control link reconnected: the requests it held go out again with their tokens, without spending an attempt; other workers' requests go on", async () => {
+    const { plane, cluster, status, submit } = await setup({ maxAttempts: 2 });
+    const r1 = submit([1, 2, 3], 4);
+    const r2 = submit([1, 2], 4);
+    const [a1, b1] = plane.prefills;
+    expect(a1.decode.id).not.toBe(b1.decode.id); // spread over both decode workers
+    for (const [p, t] of [[a1, 10], [b1, 20]] as const) {
+      plane.from('p0', { type: 'token', rid: p.req.rid, attempt: 1, index: 0, event: token(t) });
+      plane.from(p.decode.id, { type: 'adopted', rid: p.req.rid, attempt: 1 });
+    }
+    status(a1.decode.id, 'decode', 1000, 'model-a', 1); // its link was down: tokens it sent meanwhile may be lost
+    expect(plane.sent.filter((s) => s.m.type === 'cancel').map((s) => [s.to, (s.m as { rid: number }).rid])).toEqual(expect.arrayContaining([[a1.decode.id, a1.req.rid]]));
+    expect(plane.prefills.map((p) => [p.req.rid, p.req.attempt])).toEqual([[a1.req.rid, 1], [b1.req.rid, 1], [a1.req.rid, 2]]);
+    expect(plane.prefills[2].req.generated).toEqual([10]);
+    status(a1.decode.id, 'decode', 1000, 'model-a', 1); // the same link count again: nothing more
+    expect(plane.prefills).toHaveLength(3);
+    // a real failure now is the first to count: one more try of the 2 allowed
+    plane.from('p0', { type: 'handover-failed', rid: a1.req.rid, attempt: 2, generated: [10], reason: 'connection reset' });
+    expect(plane.prefills.map((p) => [p.req.rid, p.req.attempt])).toEqual([[a1.req.rid, 1], [b1.req.rid, 1], [a1.req.rid, 2], [a1.req.rid, 3]]);
+    expect(r1.finished()).toBeNull();
+    plane.from(b1.decode.id, { type: 'finish', rid: b1.req.rid, attempt: 1, generated: 1, reason: 'stop', usage: { promptTokens: 2, completionTokens: 1 } });
+    expect(r2.finished()?.reason).toBe('stop');
     await cluster.close();
   });
 });

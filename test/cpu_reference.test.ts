@@ -4,7 +4,7 @@ import { repoRoot } from '../src/gpu/paths.ts';
 import { configFromGgufMetadata } from '../src/model/config.ts';
 import { type CpuWeights, cpuForward } from '../src/model/cpu_reference.ts';
 import { readGguf, readTensorBytes } from '../src/model/gguf.ts';
-import { tokenizerFromGguf } from '../src/model/tokenizer/index.ts';
+import { openTokenizer } from '../src/model/source.ts';
 
 // llama2.c's run.c (fp32, greedy) on stories260K for "Once upon a time", quoted in shared/models/README.md.
 const REFERENCE =
@@ -20,7 +20,7 @@ describe('float64 CPU forward pass (the oracle for the GPU model)', () => {
       const bytes = readTensorBytes(g, t);
       weights.set(t.name, new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4));
     }
-    const tok = await tokenizerFromGguf(file);
+    const tok = await openTokenizer(file);
     const ids = tok.encode(REFERENCE);
     const promptLen = tok.encode('Once upon a time').length;
     const logits = cpuForward(cfg, weights, ids);

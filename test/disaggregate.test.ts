@@ -12,17 +12,20 @@ import { decode } from '../src/model/tokenizer/index.ts';
 import { startServer } from '../src/server/app.ts';
 import { mulberry32 } from '../src/util/rng.ts';
 import { Cluster } from '../src/workers/cluster.ts';
-import { ChildProcessPlane, type ControlPlane } from '../src/workers/control.ts';
+import { ChildProcessPlane, type DataAddress } from '../src/workers/control.ts';
 import { natsControlPlane } from '../src/workers/nats_link.ts';
 import { type NatsServerProcess, startNatsServer } from '../src/workers/nats_server.ts';
 import { FrameDecoder, MAX_FRAME_BYTES, type Message, PROTOCOL_VERSION, encodeFrame, modelFingerprint } from '../src/workers/protocol.ts';
+import { KvRelay, LOSS_LIMIT_MS, SLACK, STATUS_LIMIT_MS, TapPlane, waitFor, within } from './helpers/disagg.ts';
 import { useGpu } from './helpers/gpu.ts';
 
 /**
  * Disaggregated serving with real worker processes (each with its own software WebGPU device),
  * real TCP KV transfer and a real nats-server: outputs equal colocated serving; a decode worker
- * killed mid-stream costs no request more than a few seconds; a worker of another model is
- * refused; fuzzed data-plane input closes only its own connection.
+ * killed mid-stream, a prefill worker killed or stopped mid-handover and a broker restart cost no
+ * request its output, and leave no KV reserved; a worker of another model is refused; fuzzed
+ * data-plane input closes only its own connection. Waits are on conditions, bounded by the
+ * workers' constants (helpers/disagg.ts).
  */
 const PROMPTS = [
   'Once upon a time',
@@ -81,15 +84,14 @@ function workerProcess(args: string[]): WorkerProcess {
   return child;
 }
 
-/** Sends `bytes` to a decode worker's KV port and returns the frames it answered before closing. */
-function poke(address: string, bytes: Buffer[], waitMs = 300): Promise<Message[]> {
-  const [host, port] = address.split(':');
+/** Sends `bytes` to a decode worker's KV port, ends the stream, and returns the frames it answered before closing. */
+function poke(address: DataAddress, bytes: Buffer[]): Promise<Message[]> {
   return new Promise((resolve) => {
     const got: Message[] = [];
     const decoder = new FrameDecoder();
-    const socket = connect(Number(port), host, () => {
+    const socket = connect(address.port, address.host, () => {
       for (const b of bytes) socket.write(b);
-      setTimeout(() => socket.end(), waitMs);
+      socket.end();
     });
     socket.on('data', (c) => {
       try {
@@ -103,31 +105,38 @@ function poke(address: string, bytes: Buffer[], waitMs = 300): Promise<Message[]
   });
 }
 
+/** A worker's KV listener as the front knows it. */
+function kvAddress(cluster: Cluster, id: string): DataAddress {
+  const [host, port] = cluster.workers().find((w) => w.id === id)!.kvAddress!.split(':');
+  return { host, port: Number(port) };
+}
+
 describe('disaggregated serving', () => {
   const getGpu = useGpu();
   let source: ModelSource;
   let prompts: number[][];
   let expected: number[][];
-  let expectedLong: number[];
 
   beforeAll(async () => {
     source = await openModel(DEFAULT_MODEL);
     prompts = PROMPTS.map((p) => source.tokenizer.encode(p));
     const model = GpuModel.load(getGpu(), source, { kvMemoryBytes: 8 << 20 });
     expected = (await generate(model, source.tokenizer, prompts.map((tokens, i) => ({ tokens, options: samplingOf(i, 24) })))).results.map((r) => r.tokens);
-    expectedLong = (await generate(model, source.tokenizer, [{ tokens: prompts[0], options: greedy(64) }])).results[0].tokens;
     model.destroy();
   });
 
   describe('child-process workers', () => {
-    let plane: ChildProcessPlane;
+    let children: ChildProcessPlane;
+    let tap: TapPlane;
     let cluster: Cluster;
     const log: string[] = [];
+    const worker = (id: string) => cluster.workers().find((w) => w.id === id)!;
 
     beforeAll(async () => {
       const args = ['--model', DEFAULT_MODEL, '--kv-memory', String(8 << 20)];
-      plane = new ChildProcessPlane([{ role: 'prefill', args }, { role: 'decode', args }, { role: 'decode', args }]);
-      cluster = new Cluster({ plane, tokenizer: source.tokenizer, config: source.config, fingerprint: modelFingerprint(source), log: (l) => log.push(l) });
+      children = new ChildProcessPlane([{ role: 'prefill', args }, { role: 'decode', args }, { role: 'decode', args }]);
+      tap = new TapPlane(children);
+      cluster = new Cluster({ plane: tap, tokenizer: source.tokenizer, config: source.config, fingerprint: modelFingerprint(source), log: (l) => log.push(l) });
       await cluster.ready({ prefill: 1, decode: 2 }, 90_000);
     });
     afterAll(async () => {
@@ -144,14 +153,16 @@ describe('disaggregated serving', () => {
         const res = await fetch(`${server.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stories260K', prompt: PROMPTS[1], max_tokens: 24, temperature: 0 }) });
         const body = (await res.json()) as { choices: { text: string }[] };
         expect(res.status).toBe(200);
-        expect(body.choices[0].text).toBe(decode(source.tokenizer, expected[1].filter((t) => t !== source.tokenizer.vocab.eos)));
+        expect(body.choices[0].text).toBe(decode(source.tokenizer, expected[1].filter((t) => t !== source.tokenizer.vocab.eos), prompts[1].at(-1)));
 
-        await new Promise((r) => setTimeout(r, 700)); // a status round carries the latest transfer totals
+        // every request above was handed over once; a later status round carries the totals
+        await waitFor(() => worker('prefill-0').kvTransfers >= expected.filter((t) => t.length > 1).length + 1, STATUS_LIMIT_MS, 'the prefill worker reports its transfers');
         const health = (await (await fetch(`${server.url}/health`)).json()) as { status: string; workers: { id: string; role: string; state: string; kvTransfers: number; kvBytesSent: number; kvAddress?: string }[] };
         expect(health.status).toBe('ready');
         expect(health.workers.map((w) => `${w.id}:${w.state}`).sort()).toEqual(['decode-0:up', 'decode-1:up', 'prefill-0:up']);
         const prefill = health.workers.find((w) => w.role === 'prefill')!;
-        expect(prefill.kvTransfers).toBeGreaterThanOrEqual(PROMPTS.length);
+        // a request whose first token ends it is not handed over
+        expect(prefill.kvTransfers).toBe(expected.filter((t) => t.length > 1).length + 1);
         // every handover carries K and V of every layer: 2 * layers * kvHeads * headDim * 4 bytes per context token
         const c = source.config;
         expect(prefill.kvBytesSent).toBeGreaterThanOrEqual(2 * c.nLayers * c.nKvHeads * c.headDim * 4 * prompts.reduce((n, p) => n + p.length, 0));
@@ -163,33 +174,28 @@ describe('disaggregated serving', () => {
       }
     });
 
-    it('kill -9 of a decode worker mid-stream: its requests go on elsewhere within 5 s and finish; new requests are served', async () => {
-      const runs = Array.from({ length: 3 }, () => run(cluster, prompts[0], greedy(64)));
-      // wait until every request streams from a decode worker
-      const deadline = performance.now() + 60_000;
-      while (cluster.workers().find((w) => w.id === 'decode-0')!.running === 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      await new Promise((r) => setTimeout(r, 300));
-      const killedAt = performance.now();
-      process.kill(plane.pid('decode-0')!, 'SIGKILL');
+    it('kill -9 of a decode worker mid-stream: the front sees the exit at once, its requests go on elsewhere and finish with their tokens; new requests are served', async () => {
+      expect(expected[0]).toHaveLength(24); // no early end: a request adopted by decode-0 has 20-odd tokens to go when it dies
+      // both decode workers idle, as their statuses say, so placement spreads the requests over both
+      await waitFor(() => ['decode-0', 'decode-1'].every((id) => worker(id).kvBlocksUsed === 0 && worker(id).running === 0), STATUS_LIMIT_MS, 'decode workers report idle');
+      const runs = Array.from({ length: 3 }, () => run(cluster, prompts[0], samplingOf(0, 24)));
+      await tap.adopted('decode-0', runs.map((r) => r.handle.id));
+      process.kill(children.pid('decode-0')!, 'SIGKILL');
       const outcomes = await Promise.all(runs.map((r) => r.done));
-      for (const o of outcomes) {
-        // nothing hangs: the first event after the kill (a token from elsewhere, or the end) comes within 5 s
-        const next = [...o.times, o.finishedAt].find((t) => t > killedAt)!;
-        expect(next - killedAt).toBeLessThan(5000);
-        if (o.reason === 'error') expect(o.finishedAt - killedAt).toBeLessThan(5000);
-        else expect(o.tokens).toEqual(expectedLong);
-      }
-      expect(outcomes.filter((o) => o.reason !== 'error').length).toBeGreaterThan(0);
-      expect(log.some((l) => /decode-0 .*lost/.test(l))).toBe(true);
-      expect(cluster.counters.redispatches).toBeGreaterThan(0); // at least one request moved off the killed worker
-      expect(cluster.workers().find((w) => w.id === 'decode-0')!.state).toBe('lost');
+      expect(outcomes.map((o) => o.error?.message)).toEqual(outcomes.map(() => undefined));
+      expect(outcomes.map((o) => o.tokens)).toEqual(runs.map(() => expected[0]));
+      // lost through its process (its exit, or the IPC write that failed first), not after the heartbeat timeout
+      expect(log.filter((l) => l.startsWith('worker decode-0 (decode) lost'))).toEqual([expect.stringMatching(/lost: process (exited \(SIGKILL\)|error: write EPIPE)$/)]);
+      expect(cluster.counters.redispatches).toBeGreaterThan(0);
+      expect(worker('decode-0').state).toBe('lost');
       const after = await run(cluster, prompts[3], samplingOf(3, 24)).done;
       expect(after.tokens).toEqual(expected[3]);
     });
   });
 
   it('`wgserve serve --disaggregate` as a user runs it: serves the colocated output, and SIGTERM stops the front and its workers', async () => {
-    const proc = spawn(process.execPath, [join(repoRoot, 'bin', 'wgserve.mjs'), 'serve', '--disaggregate', '--prefill-workers', '1', '--decode-workers', '1', '--port', '0', '--kv-memory', String(8 << 20)], {
+    const workerTimeoutS = 90;
+    const proc = spawn(process.execPath, [join(repoRoot, 'bin', 'wgserve.mjs'), 'serve', '--disaggregate', '--prefill-workers', '1', '--decode-workers', '1', '--port', '0', '--kv-memory', String(8 << 20), '--worker-timeout', String(workerTimeoutS)], {
       cwd: repoRoot,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -199,14 +205,18 @@ describe('disaggregated serving', () => {
     const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
     try {
       const printed = /wgserve: serving .* on 1 prefill \+ 1 decode workers at (http:\/\/[\w.:[\]-]+)/;
-      const deadline = performance.now() + 90_000;
-      while (!printed.test(out) && performance.now() < deadline && proc.exitCode === null) await new Promise((r) => setTimeout(r, 100));
+      // serving, or exited (the CLI gives up on its workers after --worker-timeout and says why)
+      await waitFor(() => printed.test(out) || proc.exitCode !== null, workerTimeoutS * 1000 + STATUS_LIMIT_MS, () => `serve --disaggregate starts:\n${out}`);
       expect(out).toMatch(printed);
       const url = printed.exec(out)![1];
       const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stories260K', prompt: PROMPTS[0], max_tokens: 24, temperature: 0 }) });
       expect(res.status, out).toBe(200);
-      expect(((await res.json()) as { choices: { text: string }[] }).choices[0].text, out).toBe(decode(source.tokenizer, expected[0].filter((t) => t !== source.tokenizer.vocab.eos)));
-      const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(proc.pid)], { encoding: 'utf8' }).split('\n').map(Number).filter((n) => n > 0);
+      expect(((await res.json()) as { choices: { text: string }[] }).choices[0].text, out).toBe(decode(source.tokenizer, expected[0].filter((t) => t !== source.tokenizer.vocab.eos), prompts[0].at(-1)));
+      // its worker processes (tsx may have an esbuild service beside them)
+      const children = execFileSync('ps', ['-o', 'pid=,args=', '--ppid', String(proc.pid)], { encoding: 'utf8' })
+        .split('\n')
+        .filter((line) => / worker --role /.test(line))
+        .map((line) => Number.parseInt(line, 10));
       expect(children, out).toHaveLength(2);
       proc.kill('SIGTERM');
       expect(await exited, out).toBe(0);
@@ -226,22 +236,30 @@ describe('disaggregated serving', () => {
 
   describe('workers found through NATS', () => {
     let nats: NatsServerProcess;
-    let plane: ControlPlane;
+    let tap: TapPlane;
     let cluster: Cluster;
-    const workers: WorkerProcess[] = [];
+    const workers = new Map<string, WorkerProcess>();
     const log: string[] = [];
+    const worker = (id: string) => cluster.workers().find((w) => w.id === id)!;
+    /**
+     * The decode worker's limit on silence mid-sequence: 3x the longest gap measured between a
+     * normal handover's frames here (3.2 s, with a CPU hog beside the suite: the frames of a
+     * batched prefill step wait for that step), and short enough to wait for.
+     */
+    const TRANSFER_TIMEOUT_S = 10;
 
     beforeAll(async () => {
       nats = await startNatsServer();
-      plane = await natsControlPlane(nats.url);
-      cluster = new Cluster({ plane, tokenizer: source.tokenizer, config: source.config, fingerprint: modelFingerprint(source), log: (l) => log.push(l) });
-      const common = ['--nats', nats.url, '--kv-memory', String(8 << 20), '--data-host', '127.0.0.1'];
-      workers.push(workerProcess(['--role', 'prefill', '--id', 'nats-prefill', '--model', DEFAULT_MODEL, ...common]));
-      workers.push(workerProcess(['--role', 'decode', '--id', 'nats-decode', '--model', DEFAULT_MODEL, ...common]));
-      await cluster.ready({ prefill: 1, decode: 1 }, 90_000);
+      tap = new TapPlane(await natsControlPlane(nats.url));
+      cluster = new Cluster({ plane: tap, tokenizer: source.tokenizer, config: source.config, fingerprint: modelFingerprint(source), log: (l) => log.push(l) });
+      const common = ['--nats', nats.url, '--kv-memory', String(8 << 20), '--data-host', '127.0.0.1', '--model', DEFAULT_MODEL];
+      for (const [id, role, ...extra] of [['nats-prefill', 'prefill'], ['nats-prefill-2', 'prefill'], ['nats-decode', 'decode', '--transfer-timeout', String(TRANSFER_TIMEOUT_S)]]) {
+        workers.set(id, workerProcess(['--role', role, '--id', id, ...common, ...extra]));
+      }
+      await cluster.ready({ prefill: 2, decode: 1 }, 90_000);
     });
     afterAll(async () => {
-      for (const w of workers) w.kill('SIGKILL');
+      for (const w of workers.values()) w.kill('SIGKILL');
       await cluster?.close();
       await nats?.stop();
     });
@@ -253,12 +271,12 @@ describe('disaggregated serving', () => {
 
     it('a worker started with a different model file is refused, at registration and at the KV hello', async () => {
       const wrong = workerProcess(['--role', 'prefill', '--id', 'wrong-model', '--model', join(repoRoot, 'models', 'stories260K', 'stories260K-Q8_0.gguf'), '--nats', nats.url]);
-      workers.push(wrong);
+      workers.set('wrong-model', wrong);
       expect(await wrong.exited).toBe(1);
       expect(log.some((l) => l.startsWith('refused worker wrong-model') && l.includes('fingerprint'))).toBe(true);
       expect(cluster.workers().map((w) => w.id)).not.toContain('wrong-model');
 
-      const address = cluster.workers().find((w) => w.role === 'decode')!.kvAddress!;
+      const address = kvAddress(cluster, 'nats-decode');
       const q8 = await openModel(join(repoRoot, 'models', 'stories260K', 'stories260K-Q8_0.gguf'));
       const answer = await poke(address, [encodeFrame({ type: 'hello', version: PROTOCOL_VERSION, role: 'prefill', workerId: 'intruder', fingerprint: modelFingerprint(q8) })]);
       expect(answer).toHaveLength(1);
@@ -269,7 +287,8 @@ describe('disaggregated serving', () => {
     });
 
     it('fuzzed frames (random bytes, truncated and oversize lengths, nonsense after a valid hello) never crash the decode worker', async () => {
-      const address = cluster.workers().find((w) => w.role === 'decode')!.kvAddress!;
+      const decodeProc = workers.get('nats-decode')!;
+      const address = kvAddress(cluster, 'nats-decode');
       const hello = encodeFrame({ type: 'hello', version: PROTOCOL_VERSION, role: 'prefill', workerId: 'fuzzer', fingerprint: modelFingerprint(source) });
       const rand = mulberry32(9);
       const bytes = (n: number) => Buffer.from(Array.from({ length: n }, () => Math.floor(rand() * 256)));
@@ -290,41 +309,115 @@ describe('disaggregated serving', () => {
         [hello, encodeFrame({ type: 'ack', seq: 1 })],
       ];
       for (let i = 0; i < 40; i++) cases.push([hello, bytes(1 + Math.floor(rand() * 200))]);
-      await Promise.all(cases.map((c) => poke(address, c, 100)));
-      await new Promise((r) => setTimeout(r, 1200)); // more than two status rounds
-      expect(workers[1].exitCode).toBeNull();
-      // each bad connection was closed with its reason in the worker's log
-      const closed = workers[1].log.filter((l) => l.includes('KV connection from'));
-      expect(closed.length).toBeGreaterThanOrEqual(cases.length - 2); // a valid hello then a valid-looking ack-less close may end quietly
-      expect(closed.some((l) => /exceeds/.test(l))).toBe(true);
-      expect(closed.some((l) => /without kv-begin/.test(l))).toBe(true);
-      expect(closed.some((l) => /ended inside a frame/.test(l))).toBe(true);
-      expect(cluster.workers().find((w) => w.id === 'nats-decode')!.state).toBe('up');
+      await Promise.all(cases.map((c) => poke(address, c)));
+      // each bad connection was closed with its reason in the worker's log (a valid hello then a
+      // valid-looking ack-less close may end quietly)
+      const closed = () => decodeProc.log.filter((l) => l.includes('KV connection from'));
+      await waitFor(() => closed().length >= cases.length - 2, STATUS_LIMIT_MS, () => `closed connections logged (${closed().length} of ${cases.length})`);
+      expect(closed().some((l) => /exceeds/.test(l))).toBe(true);
+      expect(closed().some((l) => /without kv-begin/.test(l))).toBe(true);
+      expect(closed().some((l) => /ended inside a frame/.test(l))).toBe(true);
+      // alive and answering: two status rounds after the fuzz
+      const mark = tap.statuses('nats-decode');
+      await waitFor(() => tap.statuses('nats-decode') >= mark + 2, STATUS_LIMIT_MS, 'the decode worker reports after the fuzz');
+      expect(decodeProc.exitCode).toBeNull();
+      expect(worker('nats-decode').state).toBe('up');
+      expect(worker('nats-decode').kvBlocksUsed).toBe(0); // what the half-sent sequences reserved is free
       const after = await run(cluster, prompts[2], samplingOf(2, 24)).done;
       expect(after.tokens).toEqual(expected[2]);
     });
 
-    it('a worker that stops answering (SIGSTOP) is lost within seconds: its streams end with an error, none hangs; it is taken back when it answers again', async () => {
-      const decode = workers[1];
-      const runs = Array.from({ length: 2 }, () => run(cluster, prompts[0], greedy(64)));
-      const deadline = performance.now() + 60_000;
-      while (cluster.workers().find((w) => w.id === 'nats-decode')!.running === 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      const stoppedAt = performance.now();
-      decode.kill('SIGSTOP');
+    it('a NATS broker restart: the front and every worker reconnect and stay registered; a request streaming across it and requests after it give the colocated outputs', async () => {
+      const ids = ['nats-prefill', 'nats-prefill-2', 'nats-decode'];
+      expect(expected[0]).toHaveLength(24); // still streaming when the broker goes: 20-odd tokens to go after its adoption
+      const streaming = run(cluster, prompts[0], samplingOf(0, 24));
+      await tap.adopted('nats-decode', [streaming.handle.id]);
+      await nats.stop();
+      nats = await startNatsServer({ port: nats.port });
+      // a status after the restart came through the new broker: that worker and the front are back on it
+      const mark = new Map(ids.map((id) => [id, tap.statuses(id)]));
+      await waitFor(() => ids.every((id) => tap.statuses(id) > mark.get(id)!), STATUS_LIMIT_MS, 'every worker heard through the new broker');
+      expect(ids.map((id) => worker(id).state)).toEqual(ids.map(() => 'up'));
+      const across = await streaming.done;
+      expect(log).toContain('control link back: dispatching the requests in flight again');
+      expect(across.error?.message).toBeUndefined();
+      expect(across.tokens).toEqual(expected[0]);
+      const outcomes = await Promise.all([1, 2, 3].map((i) => run(cluster, prompts[i], samplingOf(i, 24)).done));
+      expect(outcomes.map((o) => o.tokens)).toEqual(expected.slice(1, 4));
+    });
+
+    /**
+     * Holds a handover still after its first KV frame (a relay between the prefill worker and the
+     * decode worker's KV port), until the decode worker's status shows the blocks it reserved.
+     * Returns the request and the prefill worker it went to.
+     */
+    async function stallHandover(i: number) {
+      const decodeAddress = kvAddress(cluster, 'nats-decode');
+      await waitFor(() => worker('nats-decode').kvBlocksUsed === 0, STATUS_LIMIT_MS, 'the decode worker reports no KV in use');
+      const { relay, address } = await KvRelay.start(decodeAddress, (m) => m.type === 'kv');
+      const dispatched = tap.redirectNext(address);
+      const request = run(cluster, prompts[i], samplingOf(i, 24));
+      const { worker: prefillId } = await dispatched;
+      await relay.holding;
+      expect(relay.passed.map((m) => m.type)).toEqual(['hello', 'kv-begin', 'kv']);
+      await waitFor(() => worker('nats-decode').kvBlocksUsed > 0, STATUS_LIMIT_MS, 'the decode worker reports the blocks of the partial import');
+      return { relay, request, prefill: workers.get(prefillId)!, prefillId };
+    }
+
+    it('a KV transfer stalled mid-sequence (its prefill worker stopped): the request goes on elsewhere; the decode worker gives up after --transfer-timeout and frees the KV', async () => {
+      const { relay, request, prefill, prefillId } = await stallHandover(5);
+      prefill.kill('SIGSTOP');
       try {
-        const outcomes = await Promise.all(runs.map((r) => r.done));
+        // lost after the liveness timeout, dispatched again to the other prefill worker
+        const o = await request.done;
+        expect(o.error?.message).toBeUndefined();
+        expect(o.tokens).toEqual(expected[5]);
+        expect(log.some((l) => l.includes(`${prefillId} (prefill) lost: no status`))).toBe(true);
+        // the stalled connection is closed by the decode worker's own timer (its peer cannot close it) ...
+        const decodeLog = workers.get('nats-decode')!.log;
+        await waitFor(() => decodeLog.some((l) => new RegExp(`no KV data for ${TRANSFER_TIMEOUT_S} s`).test(l)), SLACK * TRANSFER_TIMEOUT_S * 1000, 'the decode worker times the transfer out');
+        // ... and the blocks it reserved are free again
+        await waitFor(() => worker('nats-decode').kvBlocksUsed === 0, STATUS_LIMIT_MS, 'the decode worker frees the partial import');
+      } finally {
+        prefill.kill('SIGCONT');
+        await relay.close();
+      }
+      await waitFor(() => worker(prefillId).state === 'up', STATUS_LIMIT_MS, 'the stopped worker is taken back');
+    });
+
+    it('kill -9 of a prefill worker mid-handover: the request is dispatched again and finishes with its tokens; the decode worker frees the partial import', async () => {
+      const { relay, request, prefill, prefillId } = await stallHandover(6);
+      prefill.kill('SIGKILL');
+      try {
+        const o = await request.done;
+        expect(o.error?.message).toBeUndefined();
+        expect(o.tokens).toEqual(expected[6]);
+        expect(log.some((l) => l.includes(`${prefillId} (prefill) lost`))).toBe(true);
+        await waitFor(() => worker('nats-decode').kvBlocksUsed === 0, STATUS_LIMIT_MS, 'the decode worker frees the partial import');
+      } finally {
+        await relay.close();
+      }
+      // freed when the connection ended, not by the transfer timeout
+      expect(workers.get('nats-decode')!.log.filter((l) => /no KV data for/.test(l))).toHaveLength(1);
+    });
+
+    it('a worker that stops answering (SIGSTOP) is lost within the liveness timeout: its streams end with an error, none hangs; it is taken back when it answers again', async () => {
+      const decodeProc = workers.get('nats-decode')!;
+      const runs = Array.from({ length: 2 }, () => run(cluster, prompts[0], samplingOf(0, 24)));
+      await tap.adopted('nats-decode', runs.map((r) => r.handle.id));
+      decodeProc.kill('SIGSTOP');
+      try {
+        // the only decode worker is gone: an error, once the front declares it lost
+        const outcomes = await within(Promise.all(runs.map((r) => r.done)), LOSS_LIMIT_MS, 'the streams end after the decode worker stopped');
         for (const o of outcomes) {
-          // the only decode worker is gone: an error, within the liveness timeout plus a status round
           expect(o.reason).toBe('error');
           expect(o.error?.message).toMatch(/no decode worker is left/);
-          expect(o.finishedAt - stoppedAt).toBeLessThan(5000);
         }
-        expect(cluster.workers().find((w) => w.id === 'nats-decode')!.state).toBe('lost');
+        expect(worker('nats-decode').state).toBe('lost');
       } finally {
-        decode.kill('SIGCONT');
+        decodeProc.kill('SIGCONT');
       }
-      const back = performance.now() + 10_000;
-      while (cluster.workers().find((w) => w.id === 'nats-decode')!.state !== 'up' && performance.now() < back) await new Promise((r) => setTimeout(r, 50));
+      await waitFor(() => worker('nats-decode').state === 'up', STATUS_LIMIT_MS, 'the stopped worker is taken back');
       expect(log.some((l) => /nats-decode is answering again/.test(l))).toBe(true);
       const after = await run(cluster, prompts[4], samplingOf(4, 24)).done;
       expect(after.tokens).toEqual(expected[4]);

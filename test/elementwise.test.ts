@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { add, addBias, addBiasRef, addRef, siluMul, siluMulRef } from '../kernels/elementwise.ts';
 import { normalArray, uniformArray } from '../src/util/rng.ts';
 import type { Gpu } from '../src/gpu/gpu.ts';
@@ -115,11 +115,17 @@ describe('add', () => {
     b.destroy();
   });
 
-  it('count 0 records nothing', async () => {
+  it('count 0 (and 0 bias rows) records nothing', async () => {
     const gpu = getGpu();
     const [a, b, out] = [gpu.createBuffer(16), gpu.createBuffer(16), gpu.createBuffer(16)];
+    // empty ranges: WebGPU rejects a zero-size binding, so submit() throws if anything was recorded
+    const empty = (buffer: GPUBuffer) => ({ buffer, offset: 0, size: 0 });
     const step = gpu.step();
-    add(step, { a, b, out, count: 0 });
+    const dispatch = vi.spyOn(step, 'dispatch');
+    add(step, { a: empty(a), b: empty(b), out: empty(out), count: 0 });
+    siluMul(step, { gate: empty(a), up: empty(b), out: empty(out), count: 0 });
+    addBias(step, { x: empty(a), bias: b, out: empty(out), rows: 0, width: 4 });
+    expect(dispatch).not.toHaveBeenCalled();
     await step.submit();
     for (const buf of [a, b, out]) buf.destroy();
   });

@@ -1,11 +1,12 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { Engine, QueueFullError, RequestTooLargeError, type SamplingOptions, type StepStats } from '../src/engine/engine.ts';
+import { Engine, QueueFullError, RequestTooLargeError, type SamplingOptions, type StepStats, type TokenEvent } from '../src/engine/engine.ts';
 import { generate } from '../src/engine/generate.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
 import { GpuModel } from '../src/model/gpu_model.ts';
 import { openModel } from '../src/model/source.ts';
 import { useGpu } from './helpers/gpu.ts';
+import { UNIT_ROUNDOFF, oracleGreedy } from './helpers/logits.ts';
 
 const STORIES = join(repoRoot, 'models', 'stories260K', 'stories260K.gguf');
 const greedy = (maxTokens: number): SamplingOptions => ({ maxTokens, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [] });
@@ -90,21 +91,46 @@ describe('engine', () => {
     model.destroy();
   });
 
-  it('logprobs: the chosen token and the top alternatives, most likely first', async () => {
+  it('logprobs are the log-softmax of the float64 CPU logits; asked for all of them, they sum to 1', async () => {
     const src = await openModel(STORIES);
+    const V = src.config.vocabSize;
     const model = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
     const engine = new Engine(model, src.tokenizer);
-    const events: { token: number; logprob?: number; topLogprobs?: { token: number; logprob: number }[] }[] = [];
-    engine.submit({ prompt: src.tokenizer.encode('Once upon a time'), sampling: { ...greedy(4), logprobs: 3 }, events: { onToken: (e) => events.push(e) } });
+    const run = (text: string, logprobs: number) => {
+      const prompt = src.tokenizer.encode(text);
+      const events: TokenEvent[] = [];
+      engine.submit({ prompt, sampling: { ...greedy(4), logprobs }, events: { onToken: (e) => events.push(e) } });
+      return { prompt, logprobs, events };
+    };
+    // batched: each sequence must get its own row of logits; one asks for the whole distribution
+    const runs = [run('Once upon a time', V), run('The little dog', 3)];
     await engine.idle();
-    expect(events).toHaveLength(4);
-    for (const e of events) {
-      expect(e.topLogprobs).toHaveLength(3);
-      expect(e.topLogprobs![0].token).toBe(e.token); // greedy picks the most likely token
-      expect(e.logprob).toBeCloseTo(e.topLogprobs![0].logprob, 6);
-      expect(e.logprob!).toBeLessThanOrEqual(0);
-      expect(e.topLogprobs![1].logprob).toBeLessThanOrEqual(e.topLogprobs![0].logprob);
-    }
     model.destroy();
+    for (const { prompt, logprobs, events } of runs) {
+      // oracle.tolerance 1.2e-4 and 9.5e-5 (measured 5.5e-6 and 5.0e-6); the oracle's top two differ
+      // by >= 0.28 at every step, so greedy picks the same tokens; a logZ taken as the max logit
+      // would be off by -log(p of the top token) >= 7.8e-4
+      const oracle = oracleGreedy(src, prompt, 4);
+      expect(events.map((e) => e.token)).toEqual(oracle.tokens);
+      events.forEach((e, i) => {
+        const lp = oracle.logprobs[i];
+        const top = e.topLogprobs!;
+        expect(top).toHaveLength(logprobs);
+        expect(Math.abs(e.logprob! - lp[e.token])).toBeLessThanOrEqual(oracle.tolerance);
+        for (const a of top) expect(Math.abs(a.logprob - lp[a.token]), `token ${a.token}`).toBeLessThanOrEqual(oracle.tolerance);
+        for (let j = 1; j < top.length; j++) expect(top[j].logprob).toBeLessThanOrEqual(top[j - 1].logprob);
+        // nothing the oracle ranks clearly above the last alternative was left out
+        const nth = [...lp].sort((a, b) => b - a)[logprobs - 1];
+        expect(top.at(-1)!.logprob).toBeGreaterThanOrEqual(nth - oracle.tolerance);
+        if (logprobs === V) {
+          expect(new Set(top.map((a) => a.token)).size).toBe(V);
+          // logsumexp of the whole distribution is 0: float64 sums of V terms in the engine and
+          // here, each within V·2^-53 relative: bound 1.1e-13, measured 2.5e-15
+          const max = top[0].logprob;
+          const lse = max + Math.log(top.reduce((s, a) => s + Math.exp(a.logprob - max), 0));
+          expect(Math.abs(lse)).toBeLessThanOrEqual(2 * V * UNIT_ROUNDOFF.f64);
+        }
+      });
+    }
   });
 });

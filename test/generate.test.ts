@@ -6,11 +6,9 @@ import { generate } from '../src/engine/generate.ts';
 import { GpuModel } from '../src/model/gpu_model.ts';
 import { type ModelSource, openModel } from '../src/model/source.ts';
 import { useGpu } from './helpers/gpu.ts';
+import { continuesReference, STORIES_PROMPT } from './helpers/stories.ts';
 
 const STORIES = join(repoRoot, 'models', 'stories260K');
-// llama2.c's run.c (fp32, greedy) on stories260K, as quoted in shared/models/README.md
-const REFERENCE =
-  'Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.\nLily\'s mom said, "Lily, let\'s go to';
 const greedy = (maxTokens: number, stop: string[] = []): SamplingOptions => ({ maxTokens, temperature: 0, topK: 0, topP: 1, seed: 0, stop });
 
 describe('generation on the GPU', () => {
@@ -28,9 +26,9 @@ describe('generation on the GPU', () => {
   ] as const) {
     it(`${file}: greedy continuation is a prefix of llama2.c's (${n} tokens)`, async () => {
       const { src, model } = await load(file);
-      const { results } = await generate(model, src.tokenizer, [{ tokens: src.tokenizer.encode('Once upon a time'), options: greedy(n) }]);
+      const { results } = await generate(model, src.tokenizer, [{ tokens: src.tokenizer.encode(STORIES_PROMPT), options: greedy(n) }]);
       expect(results[0].tokens.length).toBe(n);
-      expect(REFERENCE.startsWith('Once upon a time' + results[0].text)).toBe(true);
+      expect(continuesReference(results[0].text)).toBe(true);
       expect(model.kv.pool.used).toBe(0); // finished sequences give their KV back
       model.destroy();
     });

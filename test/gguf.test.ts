@@ -1,20 +1,25 @@
-import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { repoRoot } from '../src/gpu/paths.ts';
 import { ModelFileError, readGguf, readTensorBytes } from '../src/model/gguf.ts';
+import { useTmpDirs } from './helpers/tmp.ts';
 
 const STORIES = join(repoRoot, 'models', 'stories260K');
-const original = readFileSync(join(STORIES, 'stories260K.gguf'));
-const dir = mkdtempSync(join(tmpdir(), 'wgserve-gguf-'));
-const variant = (name: string, bytes: Uint8Array) => {
-  const p = join(dir, name);
-  writeFileSync(p, bytes);
-  return p;
-};
 
 describe('GGUF reader', () => {
+  const tmpDir = useTmpDirs('wgserve-gguf-');
+  let original: Buffer;
+  let dir: string;
+  beforeAll(() => {
+    original = readFileSync(join(STORIES, 'stories260K.gguf'));
+    dir = tmpDir();
+  });
+  const variant = (name: string, bytes: Uint8Array) => {
+    const p = join(dir, name);
+    writeFileSync(p, bytes);
+    return p;
+  };
   it('reads the stories260K files: metadata, tensor table, bytes', async () => {
     for (const [file, types] of [
       ['stories260K.gguf', ['F32']],
@@ -32,7 +37,8 @@ describe('GGUF reader', () => {
     }
   });
 
-  // Each corrupt file must fail fast with a ModelFileError that names the file and the problem.
+  // Each corrupt file must fail with a ModelFileError that names the file and the problem (not a
+  // RangeError from an allocation its counts ask for, nor a read past the end).
   const corrupt: [string, () => Uint8Array, RegExp][] = [
     ['wrong magic', () => Buffer.concat([Buffer.from('GGUX'), original.subarray(4)]), /not a GGUF file/],
     ['empty file', () => new Uint8Array(0), /not a GGUF file/],
@@ -48,9 +54,7 @@ describe('GGUF reader', () => {
   for (const [what, make, message] of corrupt) {
     it(`refuses a file with ${what}`, async () => {
       const path = variant(`${what.replaceAll(' ', '_')}.gguf`, make());
-      const t0 = performance.now();
       const err = await readGguf(path).catch((e: unknown) => e);
-      expect(performance.now() - t0).toBeLessThan(1000);
       expect(err).toBeInstanceOf(ModelFileError);
       expect((err as Error).message).toContain(path);
       expect((err as Error).message).toMatch(message);

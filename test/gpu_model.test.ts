@@ -6,23 +6,23 @@ import { GpuModel } from '../src/model/gpu_model.ts';
 import { type ModelSource, openModel } from '../src/model/source.ts';
 import { normalArray } from '../src/util/rng.ts';
 import { useGpu } from './helpers/gpu.ts';
-import { cpuLogits, gpuLogits, relativeLogitError } from './helpers/logits.ts';
+import { expectGpuLogits } from './helpers/logits.ts';
 
 const STORIES = join(repoRoot, 'models', 'stories260K');
 
-// Tolerance: max |GPU - CPU| logit error relative to the largest |logit| < 1e-4. The GPU runs in f32
-// (sums of at most 172 terms per dot product, 5 layers, softmax), the oracle in f64 on the same
-// dequantised weights; f32 rounding through the stack gives ~1e-6 relative in the worst case and
-// 3.5e-7 was measured for every format, so 1e-4 leaves a wide margin yet fails on any real bug
-// (a wrong rotation, mask or scale moves logits by O(1)).
+// The GPU runs in f32, the oracle in float64 on the same decoded weights, so only f32 rounding
+// separates them: the logit error relative to the largest |logit| stays within roundingTolerance
+// (expectGpuLogits, test/helpers/logits.ts: u·√N, 3.0e-6 for 21 positions, 2.98e-6 for 13).
+// Measured: 3.5e-7 (F32), 3.6e-7 (F16), 3.5e-7 (Q8_0), 3.7e-7 (Q4_0), 3.5e-7 (Qwen2 variant),
+// 3.9e-7 (rope_freqs variant): a margin of 8x. RMSNorm with eps/10 gives 4e-5; a wrong rotation,
+// mask or scale O(1).
 describe('GPU forward pass vs the float64 CPU forward pass', () => {
   const getGpu = useGpu();
   for (const file of ['stories260K.gguf', 'stories260K-F16.gguf', 'stories260K-Q8_0.gguf', 'stories260K-Q4_0.gguf']) {
     it(`${file}: logits of every position`, async () => {
       const src = await openModel(join(STORIES, file));
       const tokens = src.tokenizer.encode('Once upon a time, there was a little girl named Lily. She loved to play');
-      // the reference uses the same dequantised weights, so only f32 vs f64 arithmetic differs
-      expect(relativeLogitError(await gpuLogits(getGpu(), src, tokens), cpuLogits(src, tokens))).toBeLessThan(1e-4);
+      await expectGpuLogits(getGpu(), src, tokens);
     });
   }
 });
@@ -41,11 +41,7 @@ describe('architecture variants through the whole forward pass', () => {
     return { ...src, config: { ...src.config, ...config }, tensors };
   }
 
-  async function compare(src: ModelSource): Promise<number> {
-    const tokens = src.tokenizer.encode('Once upon a time, there was a little girl');
-    return relativeLogitError(await gpuLogits(getGpu(), src, tokens), cpuLogits(src, tokens));
-  }
-
+  const expectOracleLogits = (src: ModelSource) => expectGpuLogits(getGpu(), src, src.tokenizer.encode('Once upon a time, there was a little girl'));
 
   it('Qwen2-style: q/k/v biases and NeoX RoPE', async () => {
     const biases: Record<string, Float32Array> = {};
@@ -55,12 +51,12 @@ describe('architecture variants through the whole forward pass', () => {
       biases[`blk.${l}.attn_v.bias`] = normalArray(32, 30 + l, 0.5);
     }
     const src = await variant(biases, { architecture: 'qwen2', ropeMode: 'neox', qkvBias: true });
-    expect(await compare(src)).toBeLessThan(1e-4);
+    await expectOracleLogits(src);
   });
 
   it('Llama-3-style rope_freqs divisors', async () => {
     const src = await variant({ 'rope_freqs.weight': new Float32Array([1, 1.5, 4, 8]) }, {});
-    expect(await compare(src)).toBeLessThan(1e-4);
+    await expectOracleLogits(src);
   });
 
   it('a model that needs biases but lacks them is refused clearly', async () => {

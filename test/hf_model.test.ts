@@ -1,7 +1,7 @@
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import fs, { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { repoRoot } from '../src/gpu/paths.ts';
 import { cpuForward } from '../src/model/cpu_reference.ts';
 import { ModelFileError, readGguf } from '../src/model/gguf.ts';
@@ -13,43 +13,32 @@ import { StreamDecoder, type Tokenizer, decode } from '../src/model/tokenizer/in
 import { TokenType } from '../src/model/tokenizer/vocab.ts';
 import { cpuWeightsOf } from './helpers/cpu_weights.ts';
 import { useGpu } from './helpers/gpu.ts';
-import { gpuLogits, relativeLogitError } from './helpers/logits.ts';
-import { CHAT_TEMPLATE, byteLevelTokenizerJson, spmTokenizerJson, writeHfDir } from './helpers/hf_dir.ts';
+import { UNIT_ROUNDOFF, cpuLogits, expectGpuLogits, relativeLogitError, roundingTolerance } from './helpers/logits.ts';
+import { CHAT_TEMPLATE, SMOLLM_DIR, byteLevelTokenizerJson, safetensorsBytes, spmTokenizerJson, writeHfDir } from './helpers/hf_dir.ts';
+import { useTmpDirs } from './helpers/tmp.ts';
 import { VOCAB_DIR, loadVectors } from './helpers/vocab_vectors.ts';
 
 const STORIES_GGUF = join(repoRoot, 'models', 'stories260K', 'stories260K.gguf');
-const SMOLLM = join(repoRoot, '..', 'shared', 'models', 'smollm2-135m-instruct');
 const PROMPT = 'Once upon a time, there was a little girl named Lily. She loved to play';
 
-
-/** The float64 reference logits of the GGUF model for a prompt (computed once per prompt). */
-const ggufRef = new Map<string, Float64Array[]>();
-function ggufCpuLogits(tokens: number[]): Float64Array[] {
-  const key = tokens.join(',');
-  if (!ggufRef.has(key)) ggufRef.set(key, cpuForward(gguf.config, cpuWeightsOf(gguf), tokens));
-  return ggufRef.get(key)!;
-}
-
-
+const tmpDir = useTmpDirs('wgserve-hf-');
 let root: string;
 let gguf: ModelSource;
 /** stories260K as an F32 Hugging Face directory */
 let f32Dir: string;
+/** the float64 oracle's logits of the GGUF model for PROMPT */
+let ggufRef: Float64Array[];
 beforeAll(async () => {
-  root = mkdtempSync(join(tmpdir(), 'wgserve-hf-'));
+  root = tmpDir();
   gguf = await openModel(STORIES_GGUF);
   f32Dir = writeHfDir(gguf, join(root, 'f32'));
-});
-afterAll(() => {
-  if (root) rmSync(root, { recursive: true, force: true });
+  ggufRef = cpuLogits(gguf, gguf.tokenizer.encode(PROMPT));
 });
 
 // ------------------------------------------------------------------------------------------------
 
-describe('Hugging Face model directory: stories260K converted from its GGUF', () => {
+describe('Hugging Face model directory: stories260K as save_pretrained writes it', () => {
   const getGpu = useGpu();
-
-
 
   it('loads through openModel(dir): config, GGUF tensor names and shapes, tokenizer, chat template', async () => {
     const hf = await openModel(f32Dir);
@@ -73,47 +62,49 @@ describe('Hugging Face model directory: stories260K converted from its GGUF', ()
     expect(hf.tokenizer.vocab.types.slice(0, 4)).toEqual(Uint8Array.from([TokenType.CONTROL, TokenType.CONTROL, TokenType.CONTROL, TokenType.BYTE]));
   });
 
-  it('un-permuted q/k with NeoX RoPE is the GGUF model with adjacent-pair RoPE (float64 reference)', async () => {
+  it('un-permuted q/k with NeoX RoPE is the GGUF model with adjacent-pair RoPE (float64 oracle)', async () => {
     const hf = await openModel(f32Dir);
     const tokens = gguf.tokenizer.encode(PROMPT);
-    // same weights, rows of q/k reordered: the same float64 sums in another order
-    expect(relativeLogitError(cpuForward(hf.config, cpuWeightsOf(hf), tokens), ggufCpuLogits(tokens))).toBeLessThan(1e-12);
+    // the same weights, rows of q/k reordered: the same float64 sums in another order, within
+    // roundingTolerance at float64's unit roundoff (5.6e-15; measured 1.1e-15)
+    expect(relativeLogitError(cpuLogits(hf, tokens), ggufRef)).toBeLessThan(roundingTolerance(hf.config, tokens.length, UNIT_ROUNDOFF.f64));
   });
 
-  it('F32: GPU logits of every position equal the GGUF model on the GPU', async () => {
+  it('F32: GPU logits of every position equal the GGUF model\'s float64 logits', async () => {
     const hf = await openModel(f32Dir);
-    const tokens = hf.tokenizer.encode(PROMPT);
-    const got = await gpuLogits(getGpu(), hf, tokens);
-    const want = await gpuLogits(getGpu(), gguf, tokens);
-    // the tolerance of test/gpu_model.test.ts: f32 arithmetic, different summation orders
-    expect(relativeLogitError(got, want)).toBeLessThan(1e-4);
-    expect(relativeLogitError(got, ggufCpuLogits(tokens))).toBeLessThan(1e-4);
+    // f32 rounding only (gpu_model.test.ts): bound 3.0e-6, measured 2.6e-7
+    await expectGpuLogits(getGpu(), hf, hf.tokenizer.encode(PROMPT), ggufRef);
   });
 
-  for (const [dtype, shards, vsGguf] of [
-    ['BF16', 1, 2e-2],
-    ['F16', 2, 5e-3],
-  ] as const) {
-    it(`${dtype}${shards > 1 ? ` in ${shards} shards` : ''}: GPU logits equal the float64 reference on the rounded weights`, async () => {
-      const dir = writeHfDir(gguf, join(root, dtype), { dtype, shards });
+  for (const dtype of ['BF16', 'F16'] as const) {
+    it(`${dtype}, sharded: GPU logits equal the float64 oracle on the rounded weights, and near the f32 model`, async () => {
+      const dir = writeHfDir(gguf, join(root, dtype), { dtype, shards: 2 });
+      const index = JSON.parse(readFileSync(join(dir, 'model.safetensors.index.json'), 'utf8'));
+      expect(new Set(Object.values(index.weight_map)).size).toBeGreaterThan(1);
       const hf = await openModel(dir);
       expect(hf.tensors.get('blk.0.attn_q.weight')!.typeName).toBe(dtype);
       // norms keep the file's dtype here; the GPU loader widens vectors to f32 (see gpu_weights.test.ts)
-      expect(hf.tensors.get('blk.0.attn_norm.weight')).toMatchObject({ bytes: gguf.config.dim * (hf.tensors.get('blk.0.attn_norm.weight')!.typeName === 'F32' ? 4 : 2) });
+      expect(hf.tensors.get('blk.0.attn_norm.weight')).toMatchObject({ typeName: dtype, bytes: gguf.config.dim * 2 });
       const tokens = hf.tokenizer.encode(PROMPT);
-      const got = await gpuLogits(getGpu(), hf, tokens);
-      const want = cpuForward(hf.config, cpuWeightsOf(hf), tokens);
-      expect(relativeLogitError(got, want)).toBeLessThan(1e-4);
-      // and close to the f32 model: bf16 keeps 8 significant bits, f16 11
-      expect(relativeLogitError(want, ggufCpuLogits(tokens))).toBeLessThan(vsGguf);
+      const rounded = cpuLogits(hf, tokens);
+      await expectGpuLogits(getGpu(), hf, tokens, rounded); // as above; measured 2.8e-7 (BF16), 3.4e-7 (F16)
+      // Every weight is the f32 one rounded to 8 (bf16) or 11 (f16) significant bits: the same
+      // random-walk bound at the weight format's unit roundoff, 0.20 (bf16) and 0.025 (f16);
+      // measured 4.2e-3 and 7.6e-4. A misread tensor (wrong dtype, offset or order) is off by O(1).
+      expect(relativeLogitError(rounded, ggufRef)).toBeLessThan(roundingTolerance(hf.config, tokens.length, UNIT_ROUNDOFF[dtype === 'BF16' ? 'bf16' : 'f16']));
     });
   }
 
-  it('tie_word_embeddings: no lm_head, the embedding is the output projection', async () => {
+  it('tie_word_embeddings: no lm_head in the file, the embedding is the output projection', async () => {
     const dir = writeHfDir(gguf, join(root, 'tied'), { config: { tie_word_embeddings: true } });
     const hf = await openModel(dir);
     expect(hf.tensors.has('output.weight')).toBe(false);
-    expect(hf.tensors.has('token_embd.weight')).toBe(true);
+    const tokens = hf.tokenizer.encode(PROMPT);
+    // the oracle: the GGUF model with the embedding as its output projection (stories260K's
+    // output.weight is a copy of it: llama2.c's shared classifier)
+    const weights = cpuWeightsOf(gguf);
+    weights.set('output.weight', weights.get('token_embd.weight')!);
+    await expectGpuLogits(getGpu(), hf, tokens, cpuForward(gguf.config, weights, tokens));
   });
 });
 
@@ -124,12 +115,10 @@ describe('safetensors and model-directory errors name the file', () => {
   }
 
   async function rejects(dir: string, pattern: RegExp): Promise<void> {
-    const t0 = performance.now();
     const err = await openModel(dir).then(
       () => undefined,
       (e: unknown) => e,
     );
-    expect(performance.now() - t0).toBeLessThan(1000);
     expect(err).toBeInstanceOf(ModelFileError);
     expect((err as Error).message).toMatch(pattern);
   }
@@ -210,13 +199,13 @@ describe('safetensors and model-directory errors name the file', () => {
     const noTok = brokenDir('tokenizer');
     rmSync(join(noTok, 'tokenizer.json'));
     await rejects(noTok, /tokenizer\.json: tokenizer\.json not found/);
-    const t0 = performance.now();
     await expect(openTokenizer(noTok)).rejects.toThrow(ModelFileError);
-    expect(performance.now() - t0).toBeLessThan(1000);
 
     const sharded = writeHfDir(gguf, join(root, 'broken-shard'), { shards: 2 });
-    rmSync(join(sharded, 'model-00002-of-00002.safetensors'));
-    await rejects(sharded, /model\.safetensors\.index\.json: shard model-00002-of-00002\.safetensors \(tensor "[\w.]+"\) is missing/);
+    const last = Object.values(JSON.parse(readFileSync(join(sharded, 'model.safetensors.index.json'), 'utf8')).weight_map as Record<string, string>).sort().at(-1)!;
+    expect(last).toMatch(/^model-0000(\d)-of-0000\1\.safetensors$/);
+    rmSync(join(sharded, last));
+    await rejects(sharded, new RegExp(`model\\.safetensors\\.index\\.json: shard ${last.replaceAll('.', '\\.')} \\(tensor "[\\w.]+"\\) is missing`));
   });
 
   it('a tensor the shape in config.json does not allow', async () => {
@@ -226,13 +215,27 @@ describe('safetensors and model-directory errors name the file', () => {
     await rejects(dir, /model\.safetensors: tensor "model\.layers\.\d+\.mlp\.\w+_proj\.weight" has shape \[\d+, \d+\] but config\.json implies/);
   });
 
+  it("reads the safetensors crate's own serialization test vector, which the tests' writer reproduces", () => {
+    // safetensors/src/tensor.rs, test_serialization_forced_alignement: "attn0", F32 [1, 1, 2, 3]
+    // holding 0..5; a 65-byte header padded with 7 spaces to 72
+    const header = '{"attn0":{"dtype":"F32","shape":[1,1,2,3],"data_offsets":[0,24]}}       ';
+    const data = new Uint8Array(Float32Array.from([0, 1, 2, 3, 4, 5]).buffer);
+    const bytes = Buffer.concat([Buffer.from([72, 0, 0, 0, 0, 0, 0, 0]), Buffer.from(header), data]);
+    expect(safetensorsBytes([{ name: 'attn0', dtype: 'F32', shape: [1, 1, 2, 3], data }])).toEqual(bytes);
+    const file = join(root, 'crate-vector.safetensors');
+    writeFileSync(file, bytes);
+    const t = readSafetensorsHeader(file).get('attn0')!;
+    expect(t).toMatchObject({ dtype: 'F32', shape: [1, 1, 2, 3], elements: 6, offset: 80, bytes: 24 });
+    expect(Array.from(new Float32Array(readSafetensorsBytes(t).buffer))).toEqual([0, 1, 2, 3, 4, 5]);
+  });
+
   it('the header reader ignores __metadata__; tensors are read one at a time, never the whole file', () => {
     const tensors = readSafetensorsHeader(join(f32Dir, 'model.safetensors'));
     expect(tensors.has('__metadata__')).toBe(false);
     expect(tensors.get('model.embed_tokens.weight')).toMatchObject({ dtype: 'F32', shape: [512, 64], bytes: 512 * 64 * 4 });
 
-    // a 4 GiB tensor in a sparse file: opening reads only the header, reading the small tensor
-    // after it reads its 16 bytes
+    // a 4 GiB tensor in a sparse file before a small one: opening reads the header, reading the
+    // small tensor its 16 bytes (counted at fs.readSync, which the reader reads through)
     const file = join(root, 'sparse.safetensors');
     const big = 2 ** 30;
     const head = Buffer.from(
@@ -244,12 +247,18 @@ describe('safetensors and model-directory errors name the file', () => {
     const fd = openSync(file, 'r+');
     writeSync(fd, new Uint8Array(Float32Array.from([1, 2, 3, 4]).buffer), 0, 16, 8 + head.length + 4 * big);
     closeSync(fd);
-    const t0 = performance.now();
-    const sparse = readSafetensorsHeader(file);
-    expect(sparse.get('big')).toMatchObject({ elements: big, bytes: 4 * big });
-    expect(Array.from(new Float32Array(readSafetensorsBytes(sparse.get('small')!).buffer))).toEqual([1, 2, 3, 4]);
-    expect(performance.now() - t0).toBeLessThan(1000);
-    rmSync(file);
+    const read = vi.spyOn(fs, 'readSync');
+    syncBuiltinESMExports();
+    try {
+      const sparse = readSafetensorsHeader(file);
+      expect(sparse.get('big')).toMatchObject({ elements: big, bytes: 4 * big });
+      expect(Array.from(new Float32Array(readSafetensorsBytes(sparse.get('small')!).buffer))).toEqual([1, 2, 3, 4]);
+      expect(read.mock.results.reduce((n, r) => n + (r.value as number), 0)).toBe(8 + head.length + 16);
+    } finally {
+      read.mockRestore();
+      syncBuiltinESMExports();
+      rmSync(file);
+    }
   });
 });
 
@@ -281,6 +290,28 @@ describe('config.json mapping', () => {
     expect(() => configFromHf({ ...base, model_type: 'llama', hidden_act: 'gelu' }, 'config.json')).toThrow(ModelFileError);
   });
 
+  it("SmolLM2-135M's config.json as save_pretrained wrote it", () => {
+    const hf = JSON.parse(readFileSync(join(SMOLLM_DIR, 'config.json'), 'utf8'));
+    // the model card's architecture: 30 layers of width 576, 9 query heads and 3 KV heads of 64, MLP 1536
+    expect(configFromHf(hf, 'config.json', 'smollm2')).toEqual({
+      architecture: 'llama',
+      name: 'smollm2',
+      dim: 576,
+      ffn: 1536,
+      nLayers: 30,
+      nHeads: 9,
+      nKvHeads: 3,
+      headDim: 64,
+      vocabSize: 49152,
+      contextLength: 8192,
+      rmsEps: 1e-5,
+      ropeBase: 100000,
+      ropeDim: 64,
+      ropeMode: 'neox',
+      qkvBias: false,
+    });
+  });
+
   it('tensor names: Hugging Face -> llama.cpp GGUF', () => {
     expect(ggufTensorName('model.embed_tokens.weight')).toBe('token_embd.weight');
     expect(ggufTensorName('model.layers.12.self_attn.q_proj.weight')).toBe('blk.12.attn_q.weight');
@@ -299,11 +330,11 @@ describe('config.json mapping', () => {
 describe('Hugging Face tokenizer.json', () => {
   let smol: Tokenizer;
   beforeAll(async () => {
-    smol = await openTokenizer(SMOLLM);
+    smol = await openTokenizer(SMOLLM_DIR);
   });
 
   it('SmolLM2: vocabulary, special tokens and ids checked against tokenizer.json', () => {
-    const json = JSON.parse(readFileSync(join(SMOLLM, 'tokenizer.json'), 'utf8'));
+    const json = JSON.parse(readFileSync(join(SMOLLM_DIR, 'tokenizer.json'), 'utf8'));
     const vocab: Record<string, number> = json.model.vocab;
     expect(smol).toBeInstanceOf(HfTokenizer);
     expect((smol as HfTokenizer).style).toBe('byte-level');
@@ -346,8 +377,6 @@ describe('Hugging Face tokenizer.json', () => {
     for (const text of texts) {
       const ids = smol.encode(text, { addSpecial: false });
       expect(decode(smol, ids), text).toBe(text);
-      // the library encodes it the same way every time (ids derived from the library, not invented)
-      expect(smol.encode(text, { addSpecial: false })).toEqual(ids);
     }
   });
 

@@ -10,8 +10,11 @@ import {
   drawUniform,
   filterRowRef,
   packSampleParams,
+  philox4x32,
+  philoxBlocks,
   sample,
   sampleRef,
+  seedWords,
 } from '../kernels/sampling.ts';
 import type { Gpu } from '../src/gpu/gpu.ts';
 import { mulberry32, normalArray } from '../src/util/rng.ts';
@@ -114,12 +117,46 @@ function compareWithRef(run: Run, logits: Float32Array, params: SampleParams[], 
 describe('sampling', () => {
   const getGpu = useGpu();
 
-  it('RNG: the TypeScript mirror equals the GPU hash bit for bit', async () => {
+  // Random123's known-answer vectors for Philox4x32-10 (kat_vectors, lines "philox4x32 10"):
+  // counter (4 words), key (2 words) -> output (4 words).
+  const PHILOX_KAT: [number[], number[], number[]][] = [
+    [[0, 0, 0, 0], [0, 0], [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]],
+    [[0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff], [0xffffffff, 0xffffffff], [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]],
+    [[0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0], [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]],
+  ];
+  /** Seeds that differ only in their high 32 bits (or only in sign), and the ends of the range. */
+  const WIDE_SEEDS = [0, 1, 2 ** 32 + 1, 2 ** 32, -1, 2 ** 32 - 1, -(2 ** 32) + 1, 2 ** 53 - 1, -(2 ** 53 - 1), 0x80000000];
+
+  it('RNG: Philox4x32-10 matches the Random123 known answers, on the CPU and on the GPU', async () => {
+    for (const [ctr, key, want] of PHILOX_KAT) expect(philox4x32(ctr, key)).toEqual(want);
+    // the GPU on the same vectors, plus random blocks against the CPU mirror
+    const gpu = getGpu();
+    const next = mulberry32(17);
+    const blocks = [...PHILOX_KAT.map(([c, k]) => [...c, ...k]), ...Array.from({ length: 500 }, () => Array.from({ length: 6 }, () => (next() * 2 ** 32) >>> 0))];
+    const io = new Uint32Array(blocks.length * 8);
+    blocks.forEach((b, i) => io.set(b, i * 8));
+    const buf = gpu.upload(io);
+    const step = gpu.step();
+    philoxBlocks(step, { io: buf, blocks: blocks.length });
+    await step.submit();
+    const out = await gpu.readU32(buf, io.length);
+    buf.destroy();
+    blocks.forEach((b, i) => {
+      const want = i < PHILOX_KAT.length ? PHILOX_KAT[i][2] : philox4x32(b.slice(0, 4), b.slice(4));
+      expect(Array.from(out.subarray(i * 8, i * 8 + 4)), `block ${i}`).toEqual(want);
+    });
+  });
+
+  it('RNG: the GPU draw equals the TypeScript mirror bit for bit, over the whole 64-bit seed range', async () => {
     const gpu = getGpu();
     const next = mulberry32(99);
     const params: SampleParams[] = [];
-    for (const seed of [0, 1, 0xffffffff, 0x80000000]) for (let c = 0; c < 64; c++) params.push({ temperature: 1, topK: 0, topP: 1, seed, counter: c });
-    for (let i = 0; i < 2000; i++) params.push({ temperature: 1, topK: 0, topP: 1, seed: (next() * 2 ** 32) >>> 0, counter: (next() * 2 ** 32) >>> 0 });
+    for (const seed of WIDE_SEEDS) for (let c = 0; c < 64; c++) params.push({ temperature: 1, topK: 0, topP: 1, seed, counter: c });
+    for (let i = 0; i < 2000; i++) {
+      // any safe integer: 21 high bits, 32 low bits, either sign
+      const mag = Math.floor(next() * 2 ** 21) * 2 ** 32 + Math.floor(next() * 2 ** 32);
+      params.push({ temperature: 1, topK: 0, topP: 1, seed: next() < 0.5 ? -mag : mag, counter: (next() * 2 ** 32) >>> 0 });
+    }
     const rows = params.length;
     const pb = gpu.upload(packSampleParams(params));
     const hb = gpu.createBuffer(rows * 4);
@@ -130,31 +167,44 @@ describe('sampling', () => {
     const hashes = await gpu.readU32(hb, rows);
     const us = await gpu.readF32(ub, rows);
     for (let r = 0; r < rows; r++) {
-      if (hashes[r] !== drawHash(params[r].seed, params[r].counter)) expect.fail(`row ${r}: GPU hash ${hashes[r]} != ${drawHash(params[r].seed, params[r].counter)}`);
-      if (us[r] !== drawUniform(params[r].seed, params[r].counter)) expect.fail(`row ${r}: GPU uniform ${us[r]} != ${drawUniform(params[r].seed, params[r].counter)}`);
+      const { seed, counter } = params[r];
+      if (hashes[r] !== drawHash(seed, counter)) expect.fail(`row ${r}: GPU hash ${hashes[r]} != ${drawHash(seed, counter)}`);
+      if (us[r] !== drawUniform(seed, counter)) expect.fail(`row ${r}: GPU uniform ${us[r]} != ${drawUniform(seed, counter)}`);
     }
     for (const b of [pb, hb, ub]) b.destroy();
+    // the seed's words as the kernel reads them: two's complement, low word first
+    expect(seedWords(2 ** 32 + 1)).toEqual([1, 1]);
+    expect(seedWords(-1)).toEqual([0xffffffff, 0xffffffff]);
+    expect(seedWords(-(2 ** 53 - 1))).toEqual([1, 0xffe00000]);
+    expect(() => seedWords(2 ** 53)).toThrow(RangeError);
   });
 
-  it('RNG: distinct per counter, uniform in [0, 1)', () => {
-    // For a fixed seed, counter -> hash is a bijection: consecutive decode steps never repeat a hash.
-    for (const seed of [0, 7, 0xdeadbeef]) {
-      const seen = new Set<number>();
-      for (let c = 0; c < 100_000; c++) seen.add(drawHash(seed, c));
-      expect(seen.size).toBe(100_000);
-    }
+  it('RNG: uniform in [0, 1), and seeds differing only in the high word draw independently', () => {
     // Uniformity over 64 bins of 2^16 consecutive counters: chi-square with 63 degrees of freedom;
     // 120 is beyond its 1e-6 upper quantile (~117), so a fair generator fails with p < 1e-6.
-    const bins = new Float64Array(64);
     const n = 1 << 16;
-    for (let c = 0; c < n; c++) {
-      const u = drawUniform(12345, c);
-      expect(u >= 0 && u < 1).toBe(true);
-      bins[Math.floor(u * 64)]++;
+    const chi2 = (bins: Float64Array, expected: number) => bins.reduce((acc, b) => acc + (b - expected) ** 2 / expected, 0);
+    for (const seed of [12345, 2 ** 32 + 12345]) {
+      const bins = new Float64Array(64);
+      for (let c = 0; c < n; c++) {
+        const u = drawUniform(seed, c);
+        expect(u >= 0 && u < 1).toBe(true);
+        bins[Math.floor(u * 64)]++;
+      }
+      expect(chi2(bins, n / 64), `seed ${seed}`).toBeLessThan(120);
     }
-    let chi2 = 0;
-    for (const b of bins) chi2 += (b - n / 64) ** 2 / (n / 64);
-    expect(chi2).toBeLessThan(120);
+    // Pairs (a, b) of seeds equal in their low 32 bits: the joint histogram of their draws at the
+    // same counters over 8 x 8 bins is uniform when b's draws do not follow from a's (chi-square,
+    // 63 degrees of freedom, same bound). A generator keyed by the low word alone (the old
+    // `seed >>> 0`) puts every pair on the diagonal. Also no counter gives both the same 32 bits.
+    for (const [a, b] of [[1, 2 ** 32 + 1], [-1, 2 ** 32 - 1], [0, 2 ** 32], [7, -(2 ** 32) + 7], [2 ** 53 - 1, 2 ** 32 - 1]]) {
+      const joint = new Float64Array(64);
+      for (let c = 0; c < n; c++) {
+        expect(drawHash(a, c) === drawHash(b, c), `seeds ${a} and ${b} at counter ${c}`).toBe(false);
+        joint[Math.floor(drawUniform(a, c) * 8) * 8 + Math.floor(drawUniform(b, c) * 8)]++;
+      }
+      expect(chi2(joint, n / 64), `seeds ${a} and ${b}`).toBeLessThan(120);
+    }
   });
 
   for (const [name, config] of CONFIGS) {
@@ -225,7 +275,9 @@ describe('sampling', () => {
     const perSetting = 10;
     const next = mulberry32(2024);
     const params: SampleParams[] = [];
-    for (let d = 0; d < perSetting; d++) for (const s of settings) params.push({ ...s, seed: (next() * 2 ** 32) >>> 0, counter: (next() * 1e6) >>> 0 });
+    // min-p cycles through off, mild and strong across the draws of each setting
+    const minPs = [0, 0.05, 0.3];
+    for (let d = 0; d < perSetting; d++) for (const s of settings) params.push({ ...s, minP: minPs[d % 3], seed: Math.floor((next() - 0.5) * 2 ** 53), counter: (next() * 1e6) >>> 0 });
     const rows = params.length;
     // Each row its own logits; std 2.5 gives peaked and flat-ish rows at these temperatures.
     const logits = normalArray(rows * cols, 77, 2.5);
@@ -251,6 +303,14 @@ describe('sampling', () => {
           const f = filterRowRef(row, q);
           if (f.topPMargin < EPS) nucleusEdge++;
           else expect(f.kept.includes(tok), `row ${r}: token outside the top-p nucleus`).toBe(true);
+        }
+        if (q.minP) {
+          // Min-p from its definition: p(token) >= minP * p(max), i.e. (l - max) / T >= ln(minP),
+          // up to the f32 roundings of the kernel's threshold max + T ln(minP) (two half-ULPs of
+          // at most |max| + |T ln minP|, i.e. <= 2^-24 of that sum in logit units).
+          const max = Math.max(...row);
+          const slack = 2 ** -24 * (Math.abs(max) + Math.abs(q.temperature * Math.log(q.minP)));
+          expect((row[tok] - max + slack) / q.temperature, `row ${r} min-p ${q.minP}`).toBeGreaterThanOrEqual(Math.log(q.minP));
         }
       }
       expect(nucleusEdge).toBeLessThanOrEqual(Math.ceil(rows * 0.01));
@@ -289,6 +349,8 @@ describe('sampling', () => {
       { temperature: 1.5, topK: 0, topP: 0.9 },
       { temperature: 1, topK: 6, topP: 0.8 },
       { temperature: 1, topK: 2, topP: 1 }, // the tie at the 2nd value keeps 3 tokens
+      { temperature: 1, topK: 0, topP: 1, minP: 0.2 }, // exp(l - 2) >= 0.2: l >= 0.39, 6 tokens
+      { temperature: 2, topK: 0, topP: 1, minP: 0.5 }, // exp((l - 2) / 2) >= 0.5: l >= 0.61, 5 tokens
     ];
     const draws = 4000;
     const params: SampleParams[] = [];
@@ -315,6 +377,9 @@ describe('sampling', () => {
     });
     // The tied pair at 1.5 (indices 1 and 10) is kept or dropped together.
     expect(filterRowRef(row, { ...settings[4], seed: 0, counter: 0 }).kept).toEqual([0, 1, 10]);
+    // Min-p sets by hand: probability >= minP x the largest.
+    expect(filterRowRef(row, { ...settings[5], seed: 0, counter: 0 }).kept).toEqual([0, 1, 2, 3, 4, 10]);
+    expect(filterRowRef(row, { ...settings[6], seed: 0, counter: 0 }).kept).toEqual([0, 1, 2, 3, 10]);
   });
 
   it('a batch of rows with different parameters and edge cases', async () => {
@@ -334,6 +399,11 @@ describe('sampling', () => {
       { logits: (r) => r.forEach((_, i) => (r[i] = i % 2 ? NEG_INF : r[i])), q: { temperature: 0.5, topK: 40, topP: 0.95 } },
       { logits: () => {}, q: { temperature: 0, topK: 0, topP: 1 }, check: (t, p) => (expect(t).toBe(argmaxRef(base, 1, cols)[0]), expect(p).toBe(1)) },
       { logits: () => {}, q: { temperature: 1.5, topK: 300, topP: 0.99 } },
+      // min-p 1: only the tie group of the maximum (three tokens at 9)
+      { logits: (r) => ((r[5] = 9), (r[200] = 9), (r[256] = 9)), q: { temperature: 1, topK: 0, topP: 1, minP: 1 }, check: (t, p) => (expect([5, 200, 256]).toContain(t), expect(p).toBeCloseTo(1 / 3, 6)) }, // f32 1/3: 1e-8 off
+      { logits: () => {}, q: { temperature: 0.9, topK: 0, topP: 1, minP: 1e-300 } }, // a cut below every logit: nothing removed
+      { logits: (r) => r.fill(-3e38), q: { temperature: 2, topK: 0, topP: 1, minP: 0.1 } }, // max + offset near -FLT_MAX stays finite
+      { logits: () => {}, q: { temperature: 0, topK: 0, topP: 1, minP: 0.5 }, check: (t) => expect(t).toBe(argmaxRef(base, 1, cols)[0]) }, // greedy ignores min-p
     ];
     const reps = 8;
     const params: SampleParams[] = [];
@@ -344,7 +414,7 @@ describe('sampling', () => {
         const row = logits.subarray(r * cols, (r + 1) * cols);
         row.set(base);
         cs.logits(row);
-        params.push({ ...cs.q, seed: 1000 + ci, counter: rep });
+        params.push({ ...cs.q, seed: 1000 + ci + rep * 2 ** 40, counter: rep });
       });
     }
     for (const [name, config] of CONFIGS) {

@@ -1,3 +1,4 @@
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.ts';
@@ -8,6 +9,8 @@ import type { CostModel } from '../src/scheduler/cost_model.ts';
 import { SloScheduler } from '../src/scheduler/slo.ts';
 import { startServer, type WgServer } from '../src/server/app.ts';
 import { useGpu } from './helpers/gpu.ts';
+import { startServeProcess } from './helpers/serve_process.ts';
+import { useTmpDirs } from './helpers/tmp.ts';
 
 const STORIES = join(repoRoot, 'models', 'stories260K', 'stories260K.gguf');
 const MODEL = 'stories260K';
@@ -97,4 +100,37 @@ describe('SLO fields, classes, rejection and attainment metrics (slo policy)', (
     expect(await series(url, 'wgserve_goodput_tokens_total', { slo_class: 'interactive' })).toBe(okBody.usage.completion_tokens);
     expect(await series(url, 'wgserve_requests_finished_total', { finish_reason: 'rejected' })).toBe(2);
   });
+});
+
+describe('wgserve serve --policy slo: the online step-time fit learns from the real steps', () => {
+  const tmp = useTmpDirs('wgserve-slo-');
+
+  it('a TPOT no step can meet is served until 8 steps are measured, and rejected once the fit has learned them', async () => {
+    const steps = join(tmp(), 'steps.jsonl');
+    const server = await startServeProcess(['--policy', 'slo', '--record-steps', steps, '--kv-memory', String(4 << 20)]);
+    try {
+      expect(server.output()).toMatch(/scheduler slo, cost model: online step-time fit \(0\/8 steps measured/);
+      // 1 us per token: any real step is longer, but the fit predicts 0 s until it has 8 steps
+      const tooFast = { model: MODEL, prompt: 'Once upon a time', max_tokens: 4, temperature: 0, slo: { tpot_ms: 0.001 } };
+      expect((await post(server.url, '/v1/completions', tooFast)).status).toBe(200);
+      // 12 more steps (greedy output of this prompt has no end of text within 24 tokens)
+      const learn = await post(server.url, '/v1/completions', { model: MODEL, prompt: 'Once upon a time', max_tokens: 12, temperature: 0 });
+      expect(((await learn.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(12);
+      // each step is recorded right after the fit observes it: 8 records mean the fit has 8 steps
+      const recorded = () => (existsSync(steps) ? readFileSync(steps, 'utf8').split('\n').slice(0, -1).map((l) => JSON.parse(l) as { seconds: number; periodSeconds: number }) : []);
+      const end = performance.now() + 10_000; // only the write stream's flush is awaited
+      while (recorded().length < 8 && performance.now() < end) await new Promise((r) => setTimeout(r, 20));
+      expect(recorded().length).toBeGreaterThanOrEqual(8);
+      for (const r of recorded()) expect(r.seconds > 0 && r.periodSeconds >= r.seconds, JSON.stringify(r)).toBe(true);
+
+      const rejected = await post(server.url, '/v1/completions', tooFast);
+      expect(rejected.status, server.output()).toBe(429);
+      expect(((await rejected.json()) as { error: { code: string } }).error.code).toBe('slo_unattainable');
+      // the learned step times are finite and far below a minute: a relaxed SLO is served
+      const relaxed = await post(server.url, '/v1/completions', { ...tooFast, slo: { ttft_ms: 60_000, tpot_ms: 60_000 } });
+      expect(relaxed.status).toBe(200);
+    } finally {
+      await server.stop();
+    }
+  }, 240_000); // the start-up limit (120 s) and the requests
 });

@@ -1,9 +1,9 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseTimestamp, parseTrace, quantile, readTrace, scaleTrace, summarizeTrace, TraceError, windowTrace } from '../src/sim/trace.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
+import { useTmpDirs } from './helpers/tmp.ts';
 
 const azure = join(repoRoot, '..', 'shared', 'traces', 'azure-llm-2023');
 
@@ -38,6 +38,7 @@ describe('Azure LLM traces (shared/traces/README.md)', () => {
 });
 
 describe('trace parsing', () => {
+  const tmp = useTmpDirs('wgserve-trace-');
   it('parses date-times to whole seconds and 100 ns ticks', () => {
     expect(parseTimestamp('2023-11-16 18:17:03.9799600')).toEqual([Date.UTC(2023, 10, 16, 18, 17, 3) / 1000, 9799600]);
     expect(parseTimestamp('2023-11-16T18:17:03.5Z')).toEqual([Date.UTC(2023, 10, 16, 18, 17, 3) / 1000, 5000000]);
@@ -76,7 +77,7 @@ describe('trace parsing', () => {
       { arrival: 0, inputTokens: 3, outputTokens: 4 },
       { arrival: 2.5, inputTokens: 1, outputTokens: 2 },
     ]);
-    const dir = mkdtempSync(join(tmpdir(), 'wgserve-trace-'));
+    const dir = tmp();
     writeFileSync(join(dir, 't.jsonl'), jsonl);
     expect(readTrace(join(dir, 't.jsonl')).requests).toHaveLength(2);
   });

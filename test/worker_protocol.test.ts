@@ -1,8 +1,10 @@
+import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { repoRoot } from '../src/gpu/paths.ts';
 import { openModel } from '../src/model/source.ts';
 import { mulberry32 } from '../src/util/rng.ts';
+import { KvSender } from '../src/workers/kv_transfer.ts';
 import { FrameDecoder, MAX_FRAME_BYTES, type Message, PROTOCOL_VERSION, ProtocolError, checkHello, encodeFrame, modelFingerprint } from '../src/workers/protocol.ts';
 
 const STORIES = join(repoRoot, 'models', 'stories260K');
@@ -96,19 +98,66 @@ describe('hello', () => {
 });
 
 describe('large frames', () => {
-  it('a 64 MiB KV frame in 64 KiB chunks decodes in linear time', () => {
-    const n = 8 * 1024 * 1024; // 8M f32 = 32 MiB per tensor
+  it('a 4 MiB KV frame arriving in 64 KiB chunks is copied once, when complete (not re-concatenated per chunk)', () => {
+    const n = 512 * 1024; // 512K f32 = 2 MiB per tensor
     const big: Message = { type: 'kv', seq: 1, layer: 0, start: 0, tokens: 1, k: new Uint8Array(n * 4).fill(1), v: new Uint8Array(n * 4).fill(2) };
     const frame = encodeFrame(big);
-    const decoder = new FrameDecoder();
-    const t0 = performance.now();
-    const got: Message[] = [];
-    for (let at = 0; at < frame.length; at += 65536) got.push(...decoder.push(frame.subarray(at, at + 65536)));
-    expect(got).toHaveLength(1);
-    const m = got[0] as Extract<Message, { type: 'kv' }>;
-    expect(m.k.length).toBe(n * 4);
-    expect(m.v[n * 4 - 1]).toBe(2);
-    // a guard against quadratic re-concatenation (~34 GB copied here); linear decoding takes ~0.2 s
-    expect(performance.now() - t0).toBeLessThan(5000);
+    const concat = vi.spyOn(Buffer, 'concat');
+    const copy = vi.spyOn(Buffer.prototype, 'copy');
+    try {
+      const decoder = new FrameDecoder();
+      const got: Message[] = [];
+      for (let at = 0; at < frame.length; at += 65536) got.push(...decoder.push(frame.subarray(at, at + 65536)));
+      expect(got).toHaveLength(1);
+      const m = got[0] as Extract<Message, { type: 'kv' }>;
+      expect(m.k.length).toBe(n * 4);
+      expect(m.v[n * 4 - 1]).toBe(2);
+      // bytes the decoder copied: the payload once, gathering the chunks of the complete frame
+      // (measured: 4194356 of 4194360); concatenating what has arrived on each of the 65 pushes
+      // would copy ~33 times the frame
+      const copied = copy.mock.results.reduce((sum, r) => sum + (r.value as number), 0) + concat.mock.results.reduce((sum, r) => sum + (r.value as Buffer).length, 0);
+      expect(copied).toBeGreaterThan(0);
+      expect(copied).toBeLessThanOrEqual(frame.length);
+    } finally {
+      concat.mockRestore();
+      copy.mockRestore();
+    }
+  });
+});
+
+describe('KV sender', () => {
+  it('a decode worker that takes the KV but never acknowledges fails the handover after the transfer timeout', async () => {
+    // a peer that welcomes the sender and reads everything, then stays silent
+    const received: string[] = [];
+    let sawDone!: () => void;
+    const done = new Promise<void>((resolve) => (sawDone = resolve));
+    const peer = createServer((socket) => {
+      const decoder = new FrameDecoder();
+      socket.on('data', (chunk) => {
+        for (const m of decoder.push(chunk)) {
+          received.push(m.type);
+          if (m.type === 'hello') socket.write(encodeFrame({ type: 'welcome', workerId: 'silent' }));
+          if (m.type === 'kv-done') sawDone();
+        }
+      });
+      socket.on('error', () => {});
+    });
+    await new Promise<void>((resolve) => peer.listen(0, '127.0.0.1', resolve));
+    const address = { host: '127.0.0.1', port: (peer.address() as AddressInfo).port };
+    const sender = new KvSender({ workerId: 'p', fingerprint: 'f', log: () => {}, timeoutMs: 200 });
+    try {
+      const transfer = sender.begin({ id: 'silent', address });
+      transfer.stream(1, [Promise.resolve({ k: new ArrayBuffer(32), v: new ArrayBuffer(32) })]);
+      const sampling = { maxTokens: 4, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [] };
+      const finishing = transfer.finish({ rid: 1, attempt: 1, prompt: [1], generated: [2], sampling });
+      finishing.catch(() => {}); // asserted below
+      await done;
+      expect(received).toEqual(['hello', 'kv-begin', 'kv', 'kv-done']);
+      await expect(finishing).rejects.toThrow(/KV transfer of sequence 1: no progress for 0.2 s/);
+      expect(sender.stats.transfers).toBe(0);
+    } finally {
+      sender.close();
+      await new Promise((resolve) => peer.close(resolve));
+    }
   });
 });

@@ -32,12 +32,14 @@ program
   .option('--tokenizer <file>', 'tokenizer.bin for a llama2.c checkpoint (default: beside the model)')
   .requiredOption('--text <text>', 'text to tokenize')
   .option('--no-special', 'do not add BOS/EOS')
-  .option('--parse-special', 'turn control-token text such as <|im_start|> into ids', false)
+  .option('--no-parse-special', 'keep control-token text such as <s> or <|im_start|> as plain text (by default it becomes its id, as in /v1/completions)')
   .action(async (o: { model?: string; tokenizer?: string; text: string; special: boolean; parseSpecial: boolean }) => {
     const { openTokenizer } = await import('../model/source.ts');
     const { DEFAULT_MODEL } = await import('../model/default_model.ts');
+    const { encodePromptText } = await import('../model/prompt.ts');
     const tokenizer = await openTokenizer(o.model ?? DEFAULT_MODEL, { tokenizer: o.tokenizer });
-    console.log(JSON.stringify(tokenizer.encode(o.text, { addSpecial: o.special, parseSpecial: o.parseSpecial })));
+    const ids = o.parseSpecial ? encodePromptText(tokenizer, o.text, { addSpecial: o.special }) : tokenizer.encode(o.text, { addSpecial: o.special });
+    console.log(JSON.stringify(ids));
   });
 
 const number = (name: string, min: number, max = Infinity) => (v: string) => {
@@ -131,9 +133,10 @@ program
   .option('--data-host <host>', 'decode workers: address the KV listener binds (default 127.0.0.1; 0.0.0.0 with --nats)')
   .option('--data-port <port>', 'decode workers: KV listener port (0 picks a free one)', integer('--data-port', 0), 0)
   .option('--advertise <host>', 'decode workers: the host name prefill workers connect to (default: the bind address, or this host\'s name when binding 0.0.0.0)')
+  .option('--transfer-timeout <seconds>', 'a KV transfer without progress this long fails its connection; the decode worker frees what arrived (default 60)', number('--transfer-timeout', 0.001))
   .addOption(deviceOption())
   .action(
-    async (o: { role: 'prefill' | 'decode'; model?: string; tokenizer?: string; id?: string; adapter?: number; nats?: string; ipc: boolean; kvMemory: number; maxBatch?: number; tokenBudget?: number; dataHost?: string; dataPort: number; advertise?: string; device: string }) => {
+    async (o: { role: 'prefill' | 'decode'; model?: string; tokenizer?: string; id?: string; adapter?: number; nats?: string; ipc: boolean; kvMemory: number; maxBatch?: number; tokenBudget?: number; dataHost?: string; dataPort: number; advertise?: string; transferTimeout?: number; device: string }) => {
       const { workerCli } = await import('./worker.ts');
       process.exitCode = await workerCli({ ...o, device: parseDeviceMode(o.device) });
     },

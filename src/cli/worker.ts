@@ -20,6 +20,8 @@ export interface WorkerCliOptions {
   dataHost?: string;
   dataPort: number;
   advertise?: string;
+  /** seconds */
+  transferTimeout?: number;
   device: DeviceMode;
 }
 
@@ -33,7 +35,8 @@ export async function workerCli(o: WorkerCliOptions): Promise<number> {
   // a stray rejection (a peer gone mid-transfer) is logged: it must not take the worker's other sequences down
   process.on('unhandledRejection', (err) => log(`unhandled rejection: ${err instanceof Error ? err.stack : String(err)}`));
   const link = o.nats ? await natsWorkerLink(o.nats, id) : ipcWorkerLink();
-  const code = await runWorker({ ...o, id, model: o.model ?? DEFAULT_MODEL, dataHost, advertiseHost, link, log });
+  const transferTimeoutMs = o.transferTimeout === undefined ? undefined : o.transferTimeout * 1000;
+  const code = await runWorker({ ...o, id, model: o.model ?? DEFAULT_MODEL, dataHost, advertiseHost, transferTimeoutMs, link, log });
   // a released device can leave dawn.node's polling alive: exit explicitly
   process.exit(code);
 }

@@ -7,6 +7,7 @@ import { FcfsScheduler } from '../scheduler/fcfs.ts';
 import type { BatchShape } from '../scheduler/cost_model.ts';
 import type { Scheduler, SchedulerLimits, SeqView, Slo } from '../scheduler/scheduler.ts';
 import type { ServingEngine } from './serving.ts';
+import { LogitPenalties, samplingProblem } from './logit_penalties.ts';
 import { StopMatcher } from './stop.ts';
 
 export interface SamplingOptions {
@@ -18,12 +19,24 @@ export interface SamplingOptions {
   topK: number;
   /** 1 = off */
   topP: number;
-  /** same seed, same output (also across preemption: the RNG is keyed by the token's index) */
+  /** same seed, same output (also across preemption: the RNG is keyed by the token's index); any safe integer, all 64 bits of its two's complement key the RNG */
   seed: number;
   /** strings that end generation; never emitted */
   stop: string[];
   /** log-probabilities of the chosen token and this many alternatives (0 = none) */
   logprobs?: number;
+  /** OpenAI's logit_bias: [token id, bias in [-100, 100]] pairs added to the logits (ids unique, at most 300) */
+  logitBias?: [number, number][];
+  /** in [-2, 2]: subtracted from the logit of every token the output holds (0 = off) */
+  presencePenalty?: number;
+  /** in [-2, 2]: subtracted from a token's logit per occurrence in the output (0 = off) */
+  frequencyPenalty?: number;
+  /** in [0.01, 100] (vLLM's): logits of tokens in the prompt or output divided by it when positive, multiplied when not (1 = off) */
+  repetitionPenalty?: number;
+  /** end-of-sequence cannot be sampled before this many tokens are generated (0 = off; at most maxTokens) */
+  minTokens?: number;
+  /** in [0, 1]: drop tokens less likely than minP times the most likely one, after temperature (0 = off) */
+  minP?: number;
 }
 
 /** `rejected`: the scheduler ended it because it can no longer meet its SLO. */
@@ -174,6 +187,8 @@ export class Engine implements ServingEngine {
   private readonly maxWaiting: number;
   private loop: Promise<void> | null = null;
   private arrivals = 0;
+  /** token counts, bias and penalties on the GPU */
+  private readonly penalties: LogitPenalties;
   /** counters for metrics */
   readonly counters = { steps: 0, preemptions: 0, promptTokens: 0, generatedTokens: 0 };
   onStep?: (s: StepStats) => void;
@@ -186,6 +201,8 @@ export class Engine implements ServingEngine {
     this.scheduler = options.scheduler ?? new FcfsScheduler();
     this.limits = { tokenBudget: options.tokenBudget ?? 512, maxBatch: options.maxBatch ?? 64 };
     this.maxWaiting = options.maxWaiting ?? 1024;
+    const eos = tokenizer.vocab.eos;
+    this.penalties = new LogitPenalties(model.gpu, model.config.vocabSize, eos === null ? [] : [eos]);
   }
 
   get config(): ModelConfig {
@@ -293,7 +310,7 @@ export class Engine implements ServingEngine {
       state: kv ? 'running' : 'waiting',
       sampling,
       events: req.events ?? {},
-      decoder: new StreamDecoder(this.tokenizer),
+      decoder: new StreamDecoder(this.tokenizer, prompt[prompt.length - 1]),
       stops: new StopMatcher(sampling.stop),
       cancelled: false,
       handoff: req.handoff,
@@ -368,6 +385,7 @@ export class Engine implements ServingEngine {
     for (const id of plan.preempt) {
       const s = this.seqs.get(id)!;
       this.model.release(id);
+      this.penalties.release(id); // its counts are rebuilt from its tokens when it runs again
       s.computed = 0;
       s.state = 'waiting';
       this.counters.preemptions++;
@@ -399,14 +417,21 @@ export class Engine implements ServingEngine {
       );
       for (const e of exports) e.s.handoff!.onKv(e.s.tokens.length, e.layers);
       for (const p of this.options.logitsProcessors ?? []) p(step, logits, rows, batch.map(({ s }) => s.id));
+      // log-probabilities are of the model's distribution: read before bias and penalties
+      const wantLogits = batch.some(({ s }) => (s.sampling.logprobs ?? 0) > 0);
+      const readLogits = wantLogits ? step.readback(logits, 0, rows * vocab * 4) : null;
+      const countSampled = this.penalties.record(
+        step,
+        logits,
+        batch.map(({ s, n }) => ({ seq: s.id, sampling: s.sampling, tokens: s.tokens, promptLength: s.promptLength, accepts: s.computed + n === s.tokens.length })),
+      );
       const params = packSampleParams(
-        batch.map(({ s }) => ({ temperature: s.sampling.temperature, topK: s.sampling.topK, topP: s.sampling.topP, seed: s.sampling.seed >>> 0, counter: s.tokens.length - s.promptLength })),
+        batch.map(({ s }) => ({ temperature: s.sampling.temperature, topK: s.sampling.topK, topP: s.sampling.topP, minP: s.sampling.minP, seed: s.sampling.seed, counter: s.tokens.length - s.promptLength })),
       );
       const out = step.scratch(rows * 4, 'sampled');
       sample(step, { logits, params: step.upload(params, 'sample params'), out, rows, cols: vocab });
+      countSampled?.(out);
       const read = step.readback(out, 0, rows * 4);
-      const wantLogits = batch.some(({ s }) => (s.sampling.logprobs ?? 0) > 0);
-      const readLogits = wantLogits ? step.readback(logits, 0, rows * vocab * 4) : null;
       await step.submit();
       sampled = new Uint32Array(await read);
       if (readLogits) logitRows = new Float32Array(await readLogits);
@@ -476,6 +501,7 @@ export class Engine implements ServingEngine {
   private handOff(s: Sequence): void {
     this.seqs.delete(s.id);
     this.model.release(s.id);
+    this.penalties.release(s.id);
     s.handoff!.onHandoff(s.tokens.slice(s.promptLength));
   }
 
@@ -488,6 +514,7 @@ export class Engine implements ServingEngine {
   private finish(s: Sequence, reason: FinishReason, error?: Error): void {
     if (!this.seqs.delete(s.id)) return;
     if (this.model.kv.has(s.id)) this.model.release(s.id);
+    this.penalties.release(s.id);
     if (reason === 'stop' || reason === 'length') this.scheduler.observeFinished?.(s.tokens.length - s.promptLength);
     const eos = this.tokenizer.vocab.eos;
     const completion = s.tokens.slice(s.promptLength).filter((t) => t !== eos).length;
@@ -497,11 +524,14 @@ export class Engine implements ServingEngine {
 
 /**
  * Why a request can never run (RequestTooLargeError): an empty prompt, token ids outside the
- * vocabulary, more tokens than the context or one sequence's share of the KV pool.
+ * vocabulary, sampling options out of range, more tokens than the context or one sequence's share
+ * of the KV pool.
  */
 export function checkRequest(prompt: readonly number[], generated: readonly number[], sampling: SamplingOptions, config: ModelConfig, maxSequenceTokens: number): void {
   if (prompt.length === 0) throw new RequestTooLargeError('the prompt is empty (it needs at least one token)');
   for (const t of [...prompt, ...generated]) if (!(Number.isInteger(t) && t >= 0 && t < config.vocabSize)) throw new RequestTooLargeError(`token id ${t} is outside the vocabulary (0..${config.vocabSize - 1})`);
+  const bad = samplingProblem(sampling, config.vocabSize);
+  if (bad) throw new RequestTooLargeError(bad);
   const total = prompt.length + sampling.maxTokens;
   if (total > config.contextLength) {
     throw new RequestTooLargeError(`the prompt (${prompt.length} tokens) plus max_tokens (${sampling.maxTokens}) exceeds the context length of ${config.contextLength} tokens`);

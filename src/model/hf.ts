@@ -1,8 +1,8 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { RopeScaling } from '../../kernels/rope.ts';
-import { type Architecture, type ModelConfig, validateConfig } from './config.ts';
-import { ModelFileError } from './gguf.ts';
+import { type Architecture, type ConfigFields, type ModelConfig, checkTensorShapes, checkVocabulary, expectedDims, validateConfig } from './config.ts';
+import { ModelFileError, quoted } from './gguf.ts';
 import { type SafetensorsTensor, openSafetensorsDir, readSafetensorsBytes } from './safetensors.ts';
 import type { ModelSource, TensorSource } from './source.ts';
 import { readOptionalJson, tokenizerFromHfDir } from './tokenizer/hf.ts';
@@ -36,6 +36,32 @@ export function ggufTensorName(hfName: string): string | undefined {
   return name ? `blk.${Number(layer[1])}.${name}.${kind}` : undefined;
 }
 
+/** The Hugging Face name of a GGUF tensor name (for messages; the inverse of ggufTensorName). */
+export function hfTensorName(gguf: string): string {
+  const m = /^(?:blk\.(\d+)\.)?(\w+)\.(weight|bias)$/.exec(gguf);
+  const module = m && (m[1] === undefined ? Object.keys(GLOBAL_NAMES).find((k) => GLOBAL_NAMES[k] === m[2]) : Object.keys(LAYER_NAMES).find((k) => LAYER_NAMES[k] === m[2]));
+  if (!m || !module) return gguf;
+  return m[1] === undefined ? `${module}.${m[3]}` : `model.layers.${m[1]}.${module}.${m[3]}`;
+}
+
+/** The config.json keys a config read by configFromHf comes from. */
+function hfConfigFields(hf: Record<string, unknown>): ConfigFields {
+  const headDim = hf.head_dim !== undefined && hf.head_dim !== null ? 'head_dim' : 'hidden_size / num_attention_heads';
+  return {
+    dim: 'hidden_size',
+    ffn: 'intermediate_size',
+    nLayers: 'num_hidden_layers',
+    nHeads: 'num_attention_heads',
+    nKvHeads: 'num_key_value_heads',
+    headDim,
+    vocabSize: 'vocab_size',
+    contextLength: 'max_position_embeddings',
+    ropeDim: hf.partial_rotary_factor !== undefined ? `${headDim} x partial_rotary_factor` : headDim,
+    rmsEps: 'rms_norm_eps',
+    ropeBase: 'rope_theta',
+  };
+}
+
 /** Buffers some checkpoints save that are not weights (recomputed from the config). */
 const IGNORED = /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/;
 
@@ -59,18 +85,21 @@ export function openHfModel(dir: string): ModelSource {
   for (const t of stored.values()) {
     if (IGNORED.test(t.name)) continue;
     const name = ggufTensorName(t.name);
-    if (!name) throw new ModelFileError(`${t.file}: tensor "${t.name}" is not part of a ${String(hf.model_type)} model as wgserve implements it`);
+    if (!name) throw new ModelFileError(`${t.file}: tensor ${quoted(t.name)} is not part of a ${String(hf.model_type)} model as wgserve implements it`);
     if (name === 'output.weight' && tied) continue; // tied: the embedding is the output projection
     const layer = /^blk\.(\d+)\./.exec(name);
-    if (layer && Number(layer[1]) >= config.nLayers) throw new ModelFileError(`${t.file}: tensor "${t.name}" is beyond num_hidden_layers = ${config.nLayers}`);
+    if (layer && Number(layer[1]) >= config.nLayers) throw new ModelFileError(`${t.file}: tensor ${quoted(t.name)} is beyond num_hidden_layers = ${config.nLayers}`);
     const want = expectedShape(name, config);
     if (want && (want.length !== t.shape.length || want.some((d, i) => d !== t.shape[i]))) {
-      throw new ModelFileError(`${t.file}: tensor "${t.name}" has shape [${t.shape.join(', ')}] but config.json implies [${want.join(', ')}]`);
+      throw new ModelFileError(`${t.file}: tensor ${quoted(t.name)} has shape [${t.shape.join(', ')}] but config.json implies [${want.join(', ')}]`);
     }
     tensors.set(name, tensorSource(name, t));
   }
   if (!tied && !tensors.has('output.weight')) throw new ModelFileError(`${dir}: lm_head.weight is missing and tie_word_embeddings is not set`);
   if (!tensors.has('token_embd.weight')) throw new ModelFileError(`${dir}: model.embed_tokens.weight is missing`);
+  const fields = hfConfigFields(hf);
+  checkTensorShapes(dir, config, tensors, fields, hfTensorName);
+  checkVocabulary(join(dir, 'tokenizer.json'), config, tokenizer.vocab, fields);
 
   return { path: dir, format: 'hf', config, tensors, tokenizer, chatTemplate: chatTemplate(dir) };
 }
@@ -83,27 +112,9 @@ function tensorSource(name: string, t: SafetensorsTensor): TensorSource {
 
 /** The shape (row-major, as safetensors lists it) config.json implies for a mapped tensor. */
 function expectedShape(name: string, c: ModelConfig): number[] | undefined {
-  const q = c.nHeads * c.headDim;
-  const kv = c.nKvHeads * c.headDim;
-  const kind = name.replace(/^blk\.\d+\./, '');
-  const shapes: Record<string, number[]> = {
-    'token_embd.weight': [c.vocabSize, c.dim],
-    'output.weight': [c.vocabSize, c.dim],
-    'output_norm.weight': [c.dim],
-    'attn_norm.weight': [c.dim],
-    'ffn_norm.weight': [c.dim],
-    'attn_q.weight': [q, c.dim],
-    'attn_k.weight': [kv, c.dim],
-    'attn_v.weight': [kv, c.dim],
-    'attn_output.weight': [c.dim, q],
-    'ffn_gate.weight': [c.ffn, c.dim],
-    'ffn_up.weight': [c.ffn, c.dim],
-    'ffn_down.weight': [c.dim, c.ffn],
-    'attn_q.bias': [q],
-    'attn_k.bias': [kv],
-    'attn_v.bias': [kv],
-  };
-  return shapes[kind];
+  return expectedDims(name, c)
+    ?.map((d) => d.size)
+    .reverse();
 }
 
 function num(hf: Record<string, unknown>, key: string, file: string, fallback?: number): number {
@@ -157,7 +168,7 @@ export function configFromHf(hf: Record<string, unknown>, file: string, name = '
   };
   const scaling = ropeScaling(hf.rope_scaling ?? (ropeParams?.rope_type !== undefined ? ropeParams : undefined), file);
   if (scaling) config.ropeScaling = scaling;
-  validateConfig(config, file);
+  validateConfig(config, file, hfConfigFields(hf));
   return config;
 }
 

@@ -1,13 +1,29 @@
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
-import { type ModelConfig, validateConfig } from './config.ts';
+import { type ConfigFields, type ModelConfig, validateConfig } from './config.ts';
 import { ModelFileError } from './gguf.ts';
 import type { TensorSource } from './source.ts';
+
+/** The header fields (llama2.c's names) each config value comes from; eps and RoPE base are fixed. */
+export const LLAMA2C_FIELDS: ConfigFields = {
+  dim: 'dim',
+  ffn: 'hidden_dim',
+  nLayers: 'n_layers',
+  nHeads: 'n_heads',
+  nKvHeads: 'n_kv_heads',
+  headDim: 'dim / n_heads',
+  vocabSize: 'vocab_size',
+  contextLength: 'seq_len',
+  ropeDim: 'dim / n_heads',
+  rmsEps: 'rms_norm_eps (fixed)',
+  ropeBase: 'rope_theta (fixed)',
+};
 
 /**
  * llama2.c's legacy fp32 checkpoint: a 7 x int32 header (dim, hidden_dim, n_layers, n_heads,
  * n_kv_heads, vocab_size — negative when the classifier is stored separately — and seq_len), then
  * fp32 weights grouped by kind across layers. Tensors get llama.cpp's GGUF names so the loader
- * treats both formats alike.
+ * treats both formats alike. The header must describe the file exactly: its sizes imply the file's
+ * length to the byte.
  */
 export function openLlama2c(path: string): { config: ModelConfig; tensors: Map<string, TensorSource> } {
   const size = statSync(path).size;
@@ -37,14 +53,14 @@ export function openLlama2c(path: string): { config: ModelConfig; tensors: Map<s
     ropeMode: 'normal',
     qkvBias: false,
   };
-  validateConfig(config, path);
+  validateConfig(config, path, LLAMA2C_FIELDS);
   const kvDim = nKvHeads * config.headDim;
   const tensors = new Map<string, TensorSource>();
   let offset = 28;
   const add = (name: string, dims: number[]) => {
     const bytes = dims.reduce((a, b) => a * b, 1) * 4;
     const at = offset;
-    if (at + bytes > size) throw new ModelFileError(`${path}: truncated: tensor "${name}" needs bytes ${at}..${at + bytes} but the file has ${size}`);
+    if (at + bytes > size) throw new ModelFileError(`${path}: truncated: tensor "${name}" needs bytes ${at}..${at + bytes} but the file has ${size} (or the header overstates a size)`);
     tensors.set(name, { name, typeName: 'F32', dims, bytes, read: () => readRange(path, at, bytes) });
     offset += bytes;
   };
@@ -62,9 +78,16 @@ export function openLlama2c(path: string): { config: ModelConfig; tensors: Map<s
   perLayer('ffn_down.weight', [hidden, dim]);
   perLayer('ffn_up.weight', [dim, hidden]);
   add('output_norm.weight', [dim]);
-  offset += seqLen * config.headDim * 4; // precomputed RoPE tables (freq_cis real and imaginary halves): unused
+  // precomputed RoPE tables (freq_cis real and imaginary halves): unused
+  const ropeTables = seqLen * config.headDim * 4;
+  if (offset + ropeTables > size) throw new ModelFileError(`${path}: truncated: the RoPE tables (seq_len = ${seqLen}) need bytes ${offset}..${offset + ropeTables} but the file has ${size}`);
+  offset += ropeTables;
   if (vocabRaw < 0) add('output.weight', [dim, vocab]);
-  if (offset > size) throw new ModelFileError(`${path}: truncated after the final norm`);
+  // the header fixes the file's length: a wrong dim, layer count, seq_len or classifier sign shows here
+  if (offset !== size) {
+    const header = `dim ${dim}, hidden_dim ${hidden}, n_layers ${nLayers}, n_heads ${nHeads}, n_kv_heads ${nKvHeads}, vocab_size ${vocabRaw}, seq_len ${seqLen}`;
+    throw new ModelFileError(`${path}: header: ${header} imply a ${offset}-byte file (expected ${offset} bytes, got ${size}; a negative vocab_size means a separate classifier follows)`);
+  }
   return { config, tensors };
 }
 

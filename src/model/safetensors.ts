@@ -1,6 +1,6 @@
 import { closeSync, existsSync, openSync, readFileSync, readSync, readdirSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { ModelFileError } from './gguf.ts';
+import { ModelFileError, quoted } from './gguf.ts';
 
 /** safetensors dtypes wgserve reads, with their element size in bytes. */
 export const SAFETENSORS_DTYPES = { F32: 4, F16: 2, BF16: 2 } as const;
@@ -64,7 +64,8 @@ export function readSafetensorsHeader(path: string): Map<string, SafetensorsTens
   try {
     parsed = JSON.parse(headerText);
   } catch (err) {
-    throw new ModelFileError(`${path}: malformed safetensors header (not JSON: ${err instanceof Error ? err.message : String(err)})`);
+    // (not the parser's message: it quotes header bytes, which may be binary)
+    throw new ModelFileError(`${path}: malformed safetensors header (not JSON: ${err instanceof SyntaxError ? 'a syntax error' : String(err)})`);
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new ModelFileError(`${path}: malformed safetensors header (not a JSON object)`);
 
@@ -73,11 +74,11 @@ export function readSafetensorsHeader(path: string): Map<string, SafetensorsTens
   const ranges: { name: string; begin: number; end: number }[] = [];
   for (const [name, entry] of Object.entries(parsed as Record<string, unknown>)) {
     if (name === '__metadata__') continue;
-    const where = `${path}: tensor "${name}"`;
+    const where = `${path}: tensor ${quoted(name)}`;
     if (typeof entry !== 'object' || entry === null) throw new ModelFileError(`${where}: malformed header entry (not an object)`);
     const { dtype, shape, data_offsets: offsets } = entry as Record<string, unknown>;
     if (typeof dtype !== 'string') throw new ModelFileError(`${where}: header entry without a dtype`);
-    if (!Object.hasOwn(SAFETENSORS_DTYPES, dtype)) throw new ModelFileError(`${where} has dtype ${dtype}; supported dtypes: ${SUPPORTED_NAMES}`);
+    if (!Object.hasOwn(SAFETENSORS_DTYPES, dtype)) throw new ModelFileError(`${where} has dtype ${/^\w{1,16}$/.test(dtype) ? dtype : quoted(dtype)}; supported dtypes: ${SUPPORTED_NAMES}`);
     const elemBytes = SAFETENSORS_DTYPES[dtype as SafetensorsDtype];
     if (!Array.isArray(shape) || shape.some((d) => !Number.isSafeInteger(d) || d < 0 || d > MAX_DIM)) {
       throw new ModelFileError(`${where} has an invalid shape ${JSON.stringify(shape)}`);
@@ -97,15 +98,23 @@ export function readSafetensorsHeader(path: string): Map<string, SafetensorsTens
     ranges.push({ name, begin, end });
     tensors.set(name, { name, file: path, dtype: dtype as SafetensorsDtype, shape: shape as number[], elements, offset: dataStart + begin, bytes: end - begin });
   }
-  // sorted by start, each non-empty range must begin at or after the furthest end seen so far
+  // The format indexes the whole data section, without holes (the reference reader refuses gaps
+  // and trailing bytes too): sorted by start, each non-empty range begins where the one before ends.
   ranges.sort((a, b) => a.begin - b.begin || a.end - b.end);
   let reach: (typeof ranges)[number] | undefined;
   for (const r of ranges) {
     if (r.end === r.begin) continue;
     if (reach && r.begin < reach.end) {
-      throw new ModelFileError(`${path}: tensors "${reach.name}" (bytes ${reach.begin}..${reach.end}) and "${r.name}" (bytes ${r.begin}..${r.end}) overlap`);
+      throw new ModelFileError(`${path}: tensors ${quoted(reach.name)} (bytes ${reach.begin}..${reach.end}) and ${quoted(r.name)} (bytes ${r.begin}..${r.end}) overlap`);
     }
-    if (!reach || r.end > reach.end) reach = r;
+    const from = reach?.end ?? 0;
+    if (r.begin !== from) {
+      throw new ModelFileError(`${path}: tensor ${quoted(r.name)}: data_offsets leave bytes ${from}..${r.begin} of the data section to no tensor (expected ${from}..${r.end - r.begin + from}, got ${r.begin}..${r.end})`);
+    }
+    reach = r;
+  }
+  if ((reach?.end ?? 0) !== dataSize) {
+    throw new ModelFileError(`${path}: data section: ${dataSize - (reach?.end ?? 0)} bytes after the last tensor belong to no tensor (expected the file to end at byte ${dataStart + (reach?.end ?? 0)}, got ${size} bytes)`);
   }
   return tensors;
 }
@@ -118,7 +127,7 @@ export function readSafetensorsBytes(t: SafetensorsTensor): Uint8Array {
     let done = 0;
     while (done < t.bytes) {
       const n = readSync(fd, out, done, t.bytes - done, t.offset + done);
-      if (n <= 0) throw new ModelFileError(`${t.file}: tensor "${t.name}" ends early (file changed while reading?)`);
+      if (n <= 0) throw new ModelFileError(`${t.file}: tensor ${quoted(t.name)} ends early (file changed while reading?)`);
       done += n;
     }
   } finally {
@@ -147,7 +156,7 @@ export function openSafetensorsDir(dir: string): Map<string, SafetensorsTensor> 
   for (const file of files) {
     for (const t of readSafetensorsHeader(file).values()) {
       const before = all.get(t.name);
-      if (before) throw new ModelFileError(`${file}: tensor "${t.name}" is also in ${before.file}`);
+      if (before) throw new ModelFileError(`${file}: tensor ${quoted(t.name)} is also in ${before.file}`);
       all.set(t.name, t);
     }
   }
@@ -167,16 +176,16 @@ function openIndexed(index: string): Map<string, SafetensorsTensor> {
   const shards = new Map<string, Map<string, SafetensorsTensor>>();
   const out = new Map<string, SafetensorsTensor>();
   for (const [name, shard] of Object.entries(map as Record<string, unknown>)) {
-    if (typeof shard !== 'string' || shard !== basename(shard)) throw new ModelFileError(`${index}: tensor "${name}" maps to ${JSON.stringify(shard)}, not a file name in the model directory`);
+    if (typeof shard !== 'string' || shard !== basename(shard)) throw new ModelFileError(`${index}: tensor ${quoted(name)} maps to ${JSON.stringify(shard)}, not a file name in the model directory`);
     let tensors = shards.get(shard);
     if (!tensors) {
       const file = join(dir, shard);
-      if (!existsSync(file)) throw new ModelFileError(`${index}: shard ${shard} (tensor "${name}") is missing`);
+      if (!existsSync(file)) throw new ModelFileError(`${index}: shard ${shard} (tensor ${quoted(name)}) is missing`);
       tensors = readSafetensorsHeader(file);
       shards.set(shard, tensors);
     }
     const t = tensors.get(name);
-    if (!t) throw new ModelFileError(`${join(dir, shard)}: tensor "${name}" is listed in ${basename(index)} but not in the shard`);
+    if (!t) throw new ModelFileError(`${join(dir, shard)}: tensor ${quoted(name)} is listed in ${basename(index)} but not in the shard`);
     out.set(name, t);
   }
   return out;
@@ -192,7 +201,7 @@ export function encodeSafetensors(tensors: { name: string; dtype: SafetensorsDty
   let offset = 0;
   for (const t of tensors) {
     const need = t.shape.reduce((a, b) => a * b, 1) * SAFETENSORS_DTYPES[t.dtype];
-    if (t.data.byteLength !== need) throw new Error(`encodeSafetensors: tensor "${t.name}" has ${t.data.byteLength} bytes, ${t.dtype} [${t.shape.join(', ')}] needs ${need}`);
+    if (t.data.byteLength !== need) throw new Error(`encodeSafetensors: tensor ${quoted(t.name)} has ${t.data.byteLength} bytes, ${t.dtype} [${t.shape.join(', ')}] needs ${need}`);
     header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + need] };
     offset += need;
   }

@@ -1,10 +1,10 @@
 import { existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { ModelConfig } from './config.ts';
-import { configFromGgufMetadata } from './config.ts';
-import { ModelFileError, readGguf, readTensorBytes } from './gguf.ts';
+import { checkTensorShapes, checkVocabulary, configFromGgufMetadata, ggufConfigFields } from './config.ts';
+import { ModelFileError, checkGgufTokenizer, readGguf, readTensorBytes } from './gguf.ts';
 import { openHfModel } from './hf.ts';
-import { openLlama2c } from './llama2c.ts';
+import { LLAMA2C_FIELDS, openLlama2c } from './llama2c.ts';
 import { tokenizerFromHfDir } from './tokenizer/hf.ts';
 import { type Tokenizer, tokenizerFromGgufMetadata, tokenizerFromLlama2c } from './tokenizer/index.ts';
 
@@ -32,7 +32,10 @@ export interface ModelSource {
 
 /**
  * Opens a GGUF file, a llama2.c checkpoint (with its tokenizer.bin), or a Hugging Face model
- * directory (config.json, *.safetensors, tokenizer.json).
+ * directory (config.json, *.safetensors, tokenizer.json), and checks it whole before anything
+ * reads a weight: the file's structure (each format's reader), the config, every tensor's shape
+ * against the config, and the tokenizer against the vocabulary. A file that disagrees with itself
+ * is refused with one ModelFileError line naming the file and the field.
  */
 export async function openModel(path: string, options: { tokenizer?: string } = {}): Promise<ModelSource> {
   if (!existsSync(path)) throw new ModelFileError(`${path}: model file not found`);
@@ -40,10 +43,18 @@ export async function openModel(path: string, options: { tokenizer?: string } = 
   if (path.endsWith('.bin')) {
     const tokenizerPath = options.tokenizer ?? findLlama2cTokenizer(path);
     const { config, tensors } = openLlama2c(path);
-    return { path, format: 'llama2c', config, tensors, tokenizer: tokenizerFromLlama2c(tokenizerPath, config.vocabSize) };
+    checkTensorShapes(path, config, tensors, LLAMA2C_FIELDS);
+    const tokenizer = tokenizerFromLlama2c(tokenizerPath, config.vocabSize);
+    checkVocabulary(tokenizerPath, config, tokenizer.vocab, LLAMA2C_FIELDS);
+    return { path, format: 'llama2c', config, tensors, tokenizer };
   }
   const g = await readGguf(path);
+  checkGgufTokenizer(g.metadata, path);
   const config = configFromGgufMetadata(g.metadata, path);
+  const fields = ggufConfigFields(g.metadata);
+  checkTensorShapes(path, config, g.tensors, fields);
+  const tokenizer = tokenizerFromGgufMetadata(g.metadata, path);
+  checkVocabulary(path, config, tokenizer.vocab, fields);
   const tensors = new Map<string, TensorSource>();
   for (const t of g.tensors.values()) {
     tensors.set(t.name, { name: t.name, typeName: t.typeName as TensorTypeName, dims: t.dims, bytes: t.bytes, read: () => readTensorBytes(g, t) });
@@ -54,7 +65,7 @@ export async function openModel(path: string, options: { tokenizer?: string } = 
     format: 'gguf',
     config,
     tensors,
-    tokenizer: tokenizerFromGgufMetadata(g.metadata, path),
+    tokenizer,
     chatTemplate: typeof template === 'string' ? template : undefined,
   };
 }
@@ -64,7 +75,9 @@ export async function openTokenizer(path: string, options: { tokenizer?: string 
   if (!existsSync(path)) throw new ModelFileError(`${path}: model file not found`);
   if (statSync(path).isDirectory()) return tokenizerFromHfDir(path);
   if (path.endsWith('.bin')) return tokenizerFromLlama2c(options.tokenizer ?? findLlama2cTokenizer(path), openLlama2c(path).config.vocabSize);
-  return tokenizerFromGgufMetadata((await readGguf(path)).metadata, path);
+  const { metadata } = await readGguf(path);
+  checkGgufTokenizer(metadata, path);
+  return tokenizerFromGgufMetadata(metadata, path);
 }
 
 function findLlama2cTokenizer(modelPath: string): string {

@@ -23,7 +23,8 @@ export interface StepCap {
  *
  * With a `cap`, running sequences protect their time per token from prompt work: a prompt chunk
  * (or admission) is trimmed so that the step's predicted time stays within the smallest allowance
- * of the running sequences. Decode tokens of running sequences are always taken.
+ * of the running sequences (a running sequence whose chunk is trimmed to nothing keeps its KV and
+ * waits: the cap never preempts). Decode tokens of running sequences are always taken.
  */
 export function packInOrder(order: readonly SeqView[], kv: KvView, limits: SchedulerLimits, stopAtFirstMiss = false, cap?: StepCap): StepPlan {
   const items: StepPlan['items'] = [];
@@ -100,6 +101,8 @@ export function packInOrder(order: readonly SeqView[], kv: KvView, limits: Sched
     settle(s); // taken or preempted below: either way no longer pending
     if (take(s)) continue;
     if (full()) break;
+    // held back by the step-time cap, not by KV: it keeps its KV for a later step
+    if (underCap(s, Math.min(s.totalTokens - s.computed, budget)) <= 0) continue;
     // KV short: preempt the least urgent running sequences not yet planned until this one fits
     while (kv.blocksNeeded(s.id, Math.min(s.totalTokens - s.computed, budget)) > free) {
       let v = queue.length - 1;

@@ -35,9 +35,7 @@
  *     stream's allowance (until its next token is due, first + tpot x generated, and at least
  *     paceFloor tpot). Decode tokens always run. Without this, admitting more work under load
  *     stretches every running stream past its tpot at once and all miss together; with it, excess
- *     arrivals wait, and those that can no longer make their TTFT are rejected (step 4). Without the cap, admitting more work stretches every running
- *     stream's time per token past its SLO at once (all miss together); with it, excess arrivals
- *     wait, and those that can no longer make their TTFT are rejected (step 4).
+ *     arrivals wait, and those that can no longer make their TTFT are rejected (step 4).
  *
  * Service estimates are solo step times, a lower bound under batching: rejection errs towards
  * serving, and the slack order is relative. With the online cost model (src/scheduler/online_cost.ts)
@@ -57,9 +55,9 @@ export interface SloSchedulerOptions {
   minSamples?: number;
   /**
    * the shortest step (in tpot) a stream always tolerates, however young; default 2. With 1, prompt
-   * work is squeezed hardest (best under heavy overload, but long prompts then miss their TTFT at
-   * moderate load); 2 matched FCFS up to the knee and beat it beyond on the Azure conv trace
-   * (docs/simulator.md).
+   * work is squeezed hardest. The default was chosen before a pack.ts fix (a running prompt trimmed
+   * to nothing keeps its KV); since then 1 measures better at every rate on the Azure conv trace
+   * (docs/simulator.md), and the choice is revisited with the burst workloads of issue 11.
    */
   paceFloor?: number;
 }

@@ -22,6 +22,7 @@ import type { EngineHandle, FinishReason, SamplingOptions, TokenEvent, Usage } f
 import type { ServingEngine } from '../engine/serving.ts';
 import { QueueFullError, RequestTooLargeError } from '../engine/engine.ts';
 import { ChatTemplate } from '../model/chat_template.ts';
+import { encodeChatPrompt, encodePromptText } from '../model/prompt.ts';
 import { decode, type Tokenizer } from '../model/tokenizer/index.ts';
 import type { Slo } from '../scheduler/scheduler.ts';
 import { ServerMetrics } from './metrics.ts';
@@ -37,7 +38,7 @@ import {
   usageBody,
   type CommonRequest,
 } from './openai.ts';
-import { MSGPACK_TYPES, openChunkStream, packMsgpack, unpackMsgpack, type ChunkStream } from './stream.ts';
+import { MAX_CHUNK_TOKENS, MSGPACK_TYPES, openChunkStream, packMsgpack, unpackMsgpack, type ChunkStream } from './stream.ts';
 
 export interface ServerOptions {
   /** the colocated Engine or the disaggregated front */
@@ -74,10 +75,12 @@ export interface WgServer {
   readonly inFlight: number;
   /**
    * Graceful shutdown: /health answers draining and new requests 503; running requests get up
-   * to `timeoutMs` (default 30 s) to finish, then the rest are cancelled; then the listener closes.
+   * to `timeoutMs` (default 30 s) to finish, then the rest are cancelled; responses still being
+   * written to slow readers get until then too, then their connections are closed; then the
+   * listener closes.
    */
   drain(timeoutMs?: number): Promise<{ cancelled: number }>;
-  /** drain(0): cancels what runs, then closes */
+  /** drain(0): cancels what runs, then closes; during a drain, cancels what still runs now */
   close(): Promise<void>;
 }
 
@@ -118,6 +121,13 @@ interface Job {
   priority?: number;
 }
 
+/**
+ * What a stream has yet to send, in order: tokens for one chunk (one token while the client keeps
+ * up, up to MAX_CHUNK_TOKENS while it is behind), or a chunk ready to write.
+ */
+type Tokens = { text: string; events: TokenEvent[]; tokens: number; finish: string | null };
+type Piece = Tokens | { chunk: unknown };
+
 const wantsMsgpack = (request: FastifyRequest): boolean => {
   const accept = request.headers.accept ?? '';
   if (MSGPACK_TYPES.some((t) => accept.includes(t))) return true;
@@ -154,7 +164,6 @@ export function buildServer(o: ServerOptions): WgServer {
   const template = o.template ?? new ChatTemplate();
   const texts = new TokenTexts(tokenizer);
   const vocab = tokenizer.vocab;
-  const bosText = vocab.bos !== null ? (vocab.tokens[vocab.bos] ?? '') : '';
   const contextLength = o.contextLength ?? engine.config.contextLength;
   // the most tokens one sequence can hold: the context, and the KV pool when that is smaller
   const maxSequence = Math.min(contextLength, engine.maxSequenceTokens);
@@ -270,15 +279,26 @@ export function buildServer(o: ServerOptions): WgServer {
     return send(request, reply, 200, modelCard());
   });
 
-  const sampling = (r: CommonRequest, maxTokens: number, topLogprobs: number | null): SamplingOptions => ({
-    maxTokens,
-    temperature: r.temperature,
-    topK: r.topK,
-    topP: r.topP,
-    seed: r.seed ?? Math.floor(Math.random() * 2 ** 32),
-    stop: r.stop,
-    logprobs: topLogprobs === null ? 0 : Math.max(1, topLogprobs),
-  });
+  const sampling = (r: CommonRequest, maxTokens: number, topLogprobs: number | null): SamplingOptions => {
+    if ((r.minTokens ?? 0) > maxTokens) {
+      throw new ApiError(400, `Invalid 'min_tokens': ${r.minTokens} is more than the ${maxTokens} tokens this request may generate (max_tokens).`, 'invalid_request_error', 'min_tokens', 'invalid_value');
+    }
+    return {
+      maxTokens,
+      temperature: r.temperature,
+      topK: r.topK,
+      topP: r.topP,
+      seed: r.seed ?? Math.floor(Math.random() * 2 ** 32),
+      stop: r.stop,
+      logprobs: topLogprobs === null ? 0 : Math.max(1, topLogprobs),
+      logitBias: r.logitBias,
+      presencePenalty: r.presencePenalty,
+      frequencyPenalty: r.frequencyPenalty,
+      repetitionPenalty: r.repetitionPenalty,
+      minTokens: r.minTokens,
+      minP: r.minP,
+    };
+  };
 
   const newId = (prefix: string) => `${prefix}-${randomBytes(12).toString('hex')}`;
 
@@ -301,7 +321,7 @@ export function buildServer(o: ServerOptions): WgServer {
   app.post('/v1/completions', async (request, reply) => {
     const r = parseCompletionRequest(request.body, vocab.tokens.length);
     checkModel(r.model);
-    const prompt = 'text' in r.prompt ? tokenizer.encode(r.prompt.text) : r.prompt.tokens;
+    const prompt = 'text' in r.prompt ? encodePromptText(tokenizer, r.prompt.text) : r.prompt.tokens;
     const echo = r.echo ? ('text' in r.prompt ? r.prompt.text : decode(tokenizer, r.prompt.tokens)) : '';
     return run(request, reply, {
       kind: 'text',
@@ -320,17 +340,15 @@ export function buildServer(o: ServerOptions): WgServer {
   });
 
   app.post('/v1/chat/completions', async (request, reply) => {
-    const r = parseChatRequest(request.body);
+    const r = parseChatRequest(request.body, vocab.tokens.length);
     checkModel(r.model);
-    let rendered: string;
+    let prompt: number[];
     try {
-      rendered = template.render(r.messages);
+      // the template's special tokens become ids, control-token text in contents stays text
+      prompt = encodeChatPrompt(tokenizer, template, r.messages);
     } catch (err) {
       throw new ApiError(400, err instanceof Error ? err.message : String(err), 'invalid_request_error', 'messages', 'invalid_value');
     }
-    // template special tokens become ids; BOS is added only when the template did not write it
-    const hasBos = bosText !== '' && rendered.startsWith(bosText);
-    const prompt = tokenizer.encode(rendered, { addSpecial: !hasBos, parseSpecial: true });
     let maxTokens = r.maxTokens;
     if (maxTokens === undefined) {
       maxTokens = maxSequence - prompt.length; // until the context (or what the KV cache holds for one sequence) is full
@@ -375,19 +393,32 @@ export function buildServer(o: ServerOptions): WgServer {
     let textOffset = job.echo.length;
     const lpEvents: TokenEvent[] = [];
     let stream: ChunkStream | null = null;
-    let pending: { chunk: Record<string, unknown>; choice: Record<string, unknown> } | null = null;
+    const backlog: Piece[] = [];
+    /** the last piece is queued: the response ends after it */
+    let ending = false;
+    let pumpQueued = false;
     let settle!: (r: { reason: FinishReason; usage: Usage; error?: Error }) => void;
     const done = new Promise<{ reason: FinishReason; usage: Usage; error?: Error }>((r) => (settle = r));
 
-    const chunk = (content: string, events: TokenEvent[], finish: string | null) => {
+    /** The chunk of a piece's tokens; called in stream order (completions' text_offset runs on). */
+    const chunk = ({ text: content, events, finish }: Tokens) => {
       const lp = top === null ? null : job.kind === 'text' ? completionLogprobs(texts, events, top, textOffset) : chatLogprobs(texts, events, top);
-      const choice: Record<string, unknown> =
-        job.kind === 'text' ? { index: 0, text: content, logprobs: lp, finish_reason: finish } : { index: 0, delta: content || finish === null ? { content } : {}, logprobs: lp, finish_reason: finish };
-      return { chunk: { ...base, choices: [choice], ...usageField }, choice };
+      for (const e of events) textOffset += texts.text(e.token).length;
+      const choice = job.kind === 'text' ? { index: 0, text: content, logprobs: lp, finish_reason: finish } : { index: 0, delta: content || finish === null ? { content } : {}, logprobs: lp, finish_reason: finish };
+      return { ...base, choices: [choice], ...usageField };
     };
-    const flush = () => {
-      if (pending && stream) stream.write(pending.chunk);
-      pending = null;
+    /**
+     * Writes pieces while the client keeps up (backpressure: the response buffers at most its
+     * high-water mark plus one chunk); the rest waits for it to catch up, coalescing.
+     */
+    const pump = () => {
+      pumpQueued = false;
+      if (!stream) return;
+      while (backlog.length && stream.ready) {
+        const p = backlog.shift()!;
+        stream.write('chunk' in p ? p.chunk : chunk(p));
+      }
+      if (!backlog.length && ending && stream.ready) stream.end();
     };
 
     const onToken = (e: TokenEvent) => {
@@ -406,12 +437,16 @@ export function buildServer(o: ServerOptions): WgServer {
         return;
       }
       if (!e.text && !withLogprobs) return;
-      flush();
-      pending = chunk(e.text, withLogprobs ? [e] : [], null);
-      textOffset += withLogprobs ? texts.text(e.token).length : 0;
-      // held for a microtask: when this is the last token, onFinish (called right after, in the
-      // same engine step) puts finish_reason into this chunk
-      queueMicrotask(flush);
+      const tail = backlog.at(-1);
+      if (tail && 'text' in tail && tail.tokens < MAX_CHUNK_TOKENS) {
+        tail.text += e.text;
+        if (withLogprobs) tail.events.push(e);
+        tail.tokens++;
+      } else backlog.push({ text: e.text, events: withLogprobs ? [e] : [], tokens: 1, finish: null });
+      // written a microtask later: when this is the last token, onFinish (called right after, in
+      // the same engine step) puts finish_reason into its chunk
+      if (!pumpQueued) queueMicrotask(pump);
+      pumpQueued = true;
     };
 
     const onFinish = (reason: FinishReason, usage: Usage, error?: Error) => {
@@ -443,24 +478,24 @@ export function buildServer(o: ServerOptions): WgServer {
     };
 
     const finishStream = (reason: FinishReason, usage: Usage, error?: Error) => {
-      const s = stream!;
       if (reason === 'stop' || reason === 'length') {
         const finish = openAiFinishReason(reason);
-        if (pending) pending.choice.finish_reason = finish;
-        else pending = chunk('', [], finish);
-        flush();
-        if (job.includeUsage) s.write({ ...base, choices: [], usage: usageBody(usage) });
+        const tail = backlog.at(-1);
+        if (tail && 'text' in tail) tail.finish = finish; // on the last content chunk
+        else backlog.push({ text: '', events: [], tokens: 0, finish });
+        if (job.includeUsage) backlog.push({ chunk: { ...base, choices: [], usage: usageBody(usage) } });
       } else {
-        flush();
-        s.write(
-          reason === 'error'
-            ? errorBody(`Generation failed: ${error?.message ?? 'unknown error'}`, 'server_error', null, 'generation_error')
-            : reason === 'rejected'
-              ? sloRejection().body()
-              : errorBody('The server shut down before the request finished.', 'server_error', null, 'server_shutdown'),
-        );
+        backlog.push({
+          chunk:
+            reason === 'error'
+              ? errorBody(`Generation failed: ${error?.message ?? 'unknown error'}`, 'server_error', null, 'generation_error')
+              : reason === 'rejected'
+                ? sloRejection().body()
+                : errorBody('The server shut down before the request finished.', 'server_error', null, 'server_shutdown'),
+        });
       }
-      s.end();
+      ending = true;
+      pump();
     };
 
     try {
@@ -483,6 +518,7 @@ export function buildServer(o: ServerOptions): WgServer {
     if (job.stream) {
       reply.hijack();
       stream = openChunkStream(reply.raw, format);
+      stream.onReady(pump);
       if (job.kind === 'chat') stream.write({ ...base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }], ...usageField });
       else if (job.echo) stream.write({ ...base, choices: [{ index: 0, text: job.echo, logprobs: null, finish_reason: null }], ...usageField });
       // finished already, inside submit (the scheduler rejected it at once)
@@ -508,6 +544,8 @@ export function buildServer(o: ServerOptions): WgServer {
   }
 
   let drained: Promise<{ cancelled: number }> | null = null;
+  /** ends a drain's wait for running requests now (close() during a drain) */
+  let cutShort = () => {};
   const server: WgServer = {
     app,
     metrics,
@@ -521,19 +559,27 @@ export function buildServer(o: ServerOptions): WgServer {
       drained ??= (async () => {
         state = 'draining';
         let timer: NodeJS.Timeout | undefined;
-        await Promise.race([whenEmpty(), new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
-        clearTimeout(timer);
+        const deadline = new Promise<void>((r) => {
+          timer = setTimeout(r, timeoutMs);
+          cutShort = r;
+        });
+        await Promise.race([whenEmpty(), deadline]);
         const cancelled = active.size;
         for (const h of active) h.cancel();
         await whenEmpty();
         if (engine.onStep === onStep) engine.onStep = previousOnStep;
+        // the listener closes once every connection has; a response still being written (to a slow
+        // reader) may finish until the deadline, then its connection is closed
+        void deadline.then(() => app.server.closeAllConnections());
         await app.close();
+        clearTimeout(timer);
         state = 'closed';
         return { cancelled };
       })();
       return drained;
     },
     async close() {
+      cutShort();
       await server.drain(0);
     },
   };

@@ -3,6 +3,7 @@
  * response and stream-chunk shapes of /v1/completions and /v1/chat/completions. No I/O here.
  */
 import type { FinishReason, TokenEvent, Usage } from '../engine/engine.ts';
+import { LOGIT_BIAS_RANGE, MAX_LOGIT_BIAS, MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY } from '../engine/logit_penalties.ts';
 import type { ChatMessage } from '../model/chat_template.ts';
 import type { Tokenizer } from '../model/tokenizer/index.ts';
 import type { Slo } from '../scheduler/scheduler.ts';
@@ -58,13 +59,15 @@ function optNumber(b: Body, name: string, min: number, max: number): number | un
   return v;
 }
 
-function optInteger(b: Body, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
+/** `note` is appended to the range errors. */
+function optInteger(b: Body, name: string, min: number, max = Number.MAX_SAFE_INTEGER, note = ''): number | undefined {
   const v = field(b, name);
   if (v === undefined) return undefined;
-  if (typeof v !== 'number' || !Number.isInteger(v)) throw wrongType(name, 'an integer', v);
-  if (v < min) throw invalid(name, `Invalid '${name}': integer below minimum value. Expected a value >= ${min}, but got ${v} instead.`, 'integer_below_min_value');
-  if (v > max) throw invalid(name, `Invalid '${name}': integer above maximum value. Expected a value <= ${max}, but got ${v} instead.`, 'integer_above_max_value');
-  return v;
+  // MessagePack's 64-bit integer formats decode as BigInt: compared exactly, never rounded
+  if (!(typeof v === 'bigint' || (typeof v === 'number' && Number.isInteger(v)))) throw wrongType(name, 'an integer', v);
+  if (v < min) throw invalid(name, `Invalid '${name}': integer below minimum value. Expected a value >= ${min}, but got ${v} instead.${note}`, 'integer_below_min_value');
+  if (v > max) throw invalid(name, `Invalid '${name}': integer above maximum value. Expected a value <= ${max}, but got ${v} instead.${note}`, 'integer_above_max_value');
+  return Number(v);
 }
 
 function optBoolean(b: Body, name: string): boolean | undefined {
@@ -105,6 +108,29 @@ function optSlo(b: Body): Slo | undefined {
   return slo;
 }
 
+/**
+ * OpenAI's `logit_bias`: an object from token ids (decimal strings) to biases in [-100, 100], at
+ * most 300 entries, each id in the vocabulary; as [id, bias] pairs (undefined when empty).
+ */
+function optLogitBias(b: Body, vocabSize: number): [number, number][] | undefined {
+  const v = field(b, 'logit_bias');
+  if (v === undefined) return undefined;
+  if (!isObject(v)) throw wrongType('logit_bias', 'an object mapping token ids to biases', v);
+  const entries = Object.entries(v);
+  if (entries.length > MAX_LOGIT_BIAS) throw invalid('logit_bias', `Invalid 'logit_bias': at most ${MAX_LOGIT_BIAS} entries, got ${entries.length}.`);
+  const out: [number, number][] = entries.map(([key, bias]) => {
+    const param = `logit_bias.${key}`;
+    // canonical decimal ids only, so that two keys never name one token ("7" and "07")
+    if (!/^(0|[1-9][0-9]*)$/.test(key) || Number(key) >= vocabSize) {
+      throw invalid('logit_bias', `Invalid 'logit_bias': key ${JSON.stringify(key)} is not a token id of this model (integers 0..${vocabSize - 1}, written in decimal).`);
+    }
+    if (typeof bias !== 'number' || !Number.isFinite(bias)) throw wrongType(param, 'a number', bias);
+    if (Math.abs(bias) > LOGIT_BIAS_RANGE) throw invalid(param, `Invalid '${param}': expected a value in [-${LOGIT_BIAS_RANGE}, ${LOGIT_BIAS_RANGE}], but got ${bias} instead.`);
+    return [Number(key), bias];
+  });
+  return out.length ? out : undefined;
+}
+
 /** Top log-probabilities per token at most (vLLM's limit; OpenAI's is 5 for completions, 20 for chat). */
 export const MAX_TOP_LOGPROBS = 20;
 /** Stop strings per request at most. */
@@ -130,6 +156,16 @@ export interface CommonRequest {
   sloClass?: string;
   /** extension: larger first among otherwise equal requests */
   priority?: number;
+  /** [token id, bias] pairs; undefined when absent or empty */
+  logitBias?: [number, number][];
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  /** extension (vLLM) */
+  repetitionPenalty?: number;
+  /** extension (vLLM) */
+  minTokens?: number;
+  /** extension (vLLM) */
+  minP?: number;
 }
 
 export interface CompletionRequest extends CommonRequest {
@@ -145,7 +181,7 @@ export interface ChatRequest extends CommonRequest {
   logprobs: number | null;
 }
 
-function common(body: unknown): { b: Body; req: CommonRequest } {
+function common(body: unknown, vocabSize: number): { b: Body; req: CommonRequest } {
   if (!isObject(body)) throw new ApiError(400, 'The request body must be a JSON (or MessagePack) object.', 'invalid_request_error', null, 'invalid_body');
   const b = body;
   const model = field(b, 'model');
@@ -166,16 +202,6 @@ function common(body: unknown): { b: Body; req: CommonRequest } {
     includeUsage = iu === true;
   }
 
-  // accepted for compatibility where they change nothing, refused where they would be ignored
-  for (const name of ['presence_penalty', 'frequency_penalty']) {
-    const v = optNumber(b, name, -2, 2);
-    if (v !== undefined && v !== 0) throw invalid(name, `'${name}' is not supported by this server (only 0).`, 'unsupported_parameter');
-  }
-  const bias = field(b, 'logit_bias');
-  if (bias !== undefined) {
-    if (!isObject(bias)) throw wrongType('logit_bias', 'an object', bias);
-    if (Object.keys(bias).length > 0) throw invalid('logit_bias', "'logit_bias' is not supported by this server.", 'unsupported_parameter');
-  }
 
   const stopField = field(b, 'stop');
   let stop: string[] = [];
@@ -189,7 +215,7 @@ function common(body: unknown): { b: Body; req: CommonRequest } {
   const sloClass = optString(b, 'slo_class');
   const priority = optInteger(b, 'priority', -(2 ** 31), 2 ** 31 - 1);
   const topK = field(b, 'top_k') === -1 ? 0 : optInteger(b, 'top_k', 0); // vLLM's -1 = off too
-  const seed = optInteger(b, 'seed', Number.MIN_SAFE_INTEGER);
+  const seed = optInteger(b, 'seed', Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, ' Seeds are integers within +-(2^53 - 1), which a JSON number carries exactly (beyond that, different seeds would arrive as the same number).');
   return {
     b,
     req: {
@@ -205,13 +231,19 @@ function common(body: unknown): { b: Body; req: CommonRequest } {
       slo: optSlo(b),
       sloClass,
       priority,
+      logitBias: optLogitBias(b, vocabSize),
+      presencePenalty: optNumber(b, 'presence_penalty', -2, 2),
+      frequencyPenalty: optNumber(b, 'frequency_penalty', -2, 2),
+      repetitionPenalty: optNumber(b, 'repetition_penalty', MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY),
+      minTokens: optInteger(b, 'min_tokens', 0),
+      minP: optNumber(b, 'min_p', 0, 1),
     },
   };
 }
 
 /** Validates a /v1/completions body. `vocabSize` bounds token-id prompts. */
 export function parseCompletionRequest(body: unknown, vocabSize: number): CompletionRequest {
-  const { b, req } = common(body);
+  const { b, req } = common(body, vocabSize);
   const maxTokens = optInteger(b, 'max_tokens', 1);
 
   let p = field(b, 'prompt');
@@ -241,9 +273,9 @@ export function parseCompletionRequest(body: unknown, vocabSize: number): Comple
 
 const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
 
-/** Validates a /v1/chat/completions body. */
-export function parseChatRequest(body: unknown): ChatRequest {
-  const { b, req } = common(body);
+/** Validates a /v1/chat/completions body. `vocabSize` bounds logit_bias token ids. */
+export function parseChatRequest(body: unknown, vocabSize: number): ChatRequest {
+  const { b, req } = common(body, vocabSize);
   const maxTokens = optInteger(b, 'max_completion_tokens', 1) ?? optInteger(b, 'max_tokens', 1);
 
   const ms = field(b, 'messages');

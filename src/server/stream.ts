@@ -2,7 +2,7 @@
  * Streaming transports for `stream: true`: server-sent events as OpenAI sends them
  * (`data: {json}\n\n` per chunk, then `data: [DONE]\n\n`), or length-prefixed MessagePack frames
  * (a 4-byte big-endian length, then that many bytes of one msgpack-encoded chunk; the stream ends
- * when the response does). Both write straight to the Node response.
+ * when the response does). Both write to the Node response and tell when the client falls behind.
  */
 import type { ServerResponse } from 'node:http';
 import { Packr, Unpackr } from 'msgpackr';
@@ -51,10 +51,22 @@ export class MsgpackFrameReader {
 
 export type StreamFormat = 'sse' | 'msgpack';
 
+/**
+ * Tokens at most in one streamed chunk. While a client reads slower than tokens come, its tokens
+ * wait in the server and go out coalesced, this many per chunk at most; the response's write
+ * buffer then holds at most its high-water mark plus one chunk (docs/api.md, Streaming).
+ */
+export const MAX_CHUNK_TOKENS = 16;
+
 export interface ChunkStream {
+  /** Writes one chunk now; write while `ready` to keep within the high-water mark. */
   write(chunk: unknown): void;
   /** Ends the response (SSE: after `data: [DONE]`). */
   end(): void;
+  /** open, and the client has taken what was written down to the response's high-water mark */
+  readonly ready: boolean;
+  /** `f` runs each time the client catches up after a write left it behind */
+  onReady(f: () => void): void;
 }
 
 /** Sends the 200 head and returns a writer of chunks in `format`. The response must be hijacked from the framework. */
@@ -68,15 +80,28 @@ export function openChunkStream(res: ServerResponse, format: StreamFormat, heade
   });
   res.flushHeaders();
   const alive = () => !res.writableEnded && !res.destroyed;
+  // write() returns false once the response buffers its high-water mark; 'drain' says it emptied
+  let behind = false;
+  let caughtUp = () => {};
+  res.on('drain', () => {
+    behind = false;
+    caughtUp();
+  });
   return {
     write(chunk) {
       if (!alive()) return;
-      res.write(format === 'sse' ? `data: ${JSON.stringify(chunk)}\n\n` : msgpackFrame(chunk));
+      behind = !res.write(format === 'sse' ? `data: ${JSON.stringify(chunk)}\n\n` : msgpackFrame(chunk));
     },
     end() {
       if (!alive()) return;
       if (format === 'sse') res.write('data: [DONE]\n\n');
       res.end();
+    },
+    get ready() {
+      return alive() && !behind;
+    },
+    onReady(f) {
+      caughtUp = f;
     },
   };
 }

@@ -27,6 +27,10 @@ interface Worker {
   load: WorkerLoad;
   lastSeen: number;
   state: 'up' | 'lost';
+  /** its control-link reconnections, as its last status said */
+  link: number;
+  /** heard from since the front's own link last came back: what is sent to it arrives */
+  synced: boolean;
 }
 
 type Phase = 'queued' | 'prefill' | 'transfer' | 'decode';
@@ -34,6 +38,8 @@ type Phase = 'queued' | 'prefill' | 'transfer' | 'decode';
 interface Request {
   rid: number;
   attempt: number;
+  /** dispatches caused by a control-link outage: they do not count against maxAttempts */
+  resyncs: number;
   arrival: number;
   prompt: number[];
   generated: number[];
@@ -56,7 +62,9 @@ interface Request {
  * KV's destination. Workers report status every STATUS_INTERVAL_MS; one that exits or is silent
  * for LIVENESS_TIMEOUT_MS is lost, and its requests are dispatched again with the tokens
  * generated so far (recomputed on a prefill worker, then decoded elsewhere), or end with an
- * error when no worker of a role is left or the attempts are spent.
+ * error when no worker of a role is left or the attempts are spent. A control link that was down
+ * (the front's, or a worker's) may have lost messages: the requests it carried are dispatched
+ * again the same way.
  */
 export class Cluster implements ServingEngine {
   readonly tokenizer: Tokenizer;
@@ -74,6 +82,8 @@ export class Cluster implements ServingEngine {
   private readyWaiters: (() => void)[] = [];
   private readonly timer: NodeJS.Timeout;
   private readonly log: (line: string) => void;
+  /** the front's own control link is down: no worker can be heard, so none is declared lost */
+  private linkDown = false;
 
   constructor(private readonly o: ClusterOptions) {
     this.tokenizer = o.tokenizer;
@@ -81,7 +91,9 @@ export class Cluster implements ServingEngine {
     this.log = o.log ?? ((line) => console.log(`wgserve: ${line}`));
     o.plane.onMessage((id, m) => this.onMessage(id, m));
     o.plane.onGone((id, reason) => this.lost(id, reason));
+    o.plane.onLink((up) => this.onLink(up));
     this.timer = setInterval(() => {
+      if (this.linkDown) return;
       const now = performance.now();
       for (const [id, w] of this.workersById) if (w.state === 'up' && now - w.lastSeen > LIVENESS_TIMEOUT_MS) this.lost(id, `no status for ${LIVENESS_TIMEOUT_MS / 1000} s`);
     }, STATUS_INTERVAL_MS);
@@ -151,6 +163,7 @@ export class Cluster implements ServingEngine {
     const r: Request = {
       rid: this.nextRid++,
       attempt: 0,
+      resyncs: 0,
       arrival: this.arrivals++,
       prompt: [...req.prompt],
       generated: [],
@@ -188,6 +201,14 @@ export class Cluster implements ServingEngine {
     return [...this.workersById.values()].filter((w) => w.state === 'up' && w.info.role === role);
   }
 
+  /** Whether worker `id` holds `r`, or `r` waits for a message from it. */
+  private holds(id: string, r: Request): boolean {
+    if (r.phase === 'queued') return false;
+    // a decoding request whose stream waits for a token from its prefill worker waits on that worker too
+    const waitsOnPrefill = r.phase === 'decode' && r.prefillWorker === id && r.early.size > 0;
+    return r.decodeWorker === id || ((r.phase === 'prefill' || r.phase === 'transfer') && r.prefillWorker === id) || waitsOnPrefill;
+  }
+
   private cancel(rid: number): void {
     const r = this.requests.get(rid);
     if (!r || r.cancelled) return;
@@ -221,11 +242,13 @@ export class Cluster implements ServingEngine {
       }
     };
     for (const r of this.requests.values()) count(r);
+    // only to workers heard since the front's link last came back: to others a dispatch may be lost
+    const placeable = (role: WorkerRole) => this.up(role).filter((w) => w.synced);
     while (this.queue.length > 0) {
       const r = this.queue[0];
-      const p = pickPrefill(this.up('prefill').map((w) => ({ w, queuedTokens: queued.get(w.info.id) ?? 0 })), backlog);
+      const p = pickPrefill(placeable('prefill').map((w) => ({ w, queuedTokens: queued.get(w.info.id) ?? 0 })), backlog);
       const d = pickDecode(
-        this.up('decode').map((w) => {
+        placeable('decode').map((w) => {
           const inc = incoming.get(w.info.id) ?? { blocks: 0, seqs: 0 };
           return {
             w,
@@ -301,7 +324,7 @@ export class Cluster implements ServingEngine {
         this.o.plane.send(id, { type: 'refuse', reason });
         return;
       }
-      w = { info: m.worker, load: m.load, lastSeen: performance.now(), state: 'up' };
+      w = { info: m.worker, load: m.load, lastSeen: performance.now(), state: 'up', link: m.link, synced: true };
       this.workersById.set(id, w);
       this.log(`worker ${id} up: ${m.worker.role} on ${m.worker.host} (${m.worker.device})${m.worker.data ? `, KV on ${m.worker.data.host}:${m.worker.data.port}` : ''}`);
       this.o.plane.send(id, { type: 'welcome' });
@@ -311,11 +334,33 @@ export class Cluster implements ServingEngine {
       w.state = 'up';
       this.log(`worker ${id} is answering again: back in service`);
     }
+    const relinked = m.link !== w.link;
     w.info = m.worker;
     w.load = m.load;
     w.lastSeen = performance.now();
+    w.link = m.link;
+    w.synced = true;
     for (const s of m.steps) this.onStep?.(s);
+    if (relinked) {
+      // its link was down: its tokens, finishes and acknowledgements of that time may be lost
+      this.log(`worker ${id}'s control link reconnected`);
+      for (const r of [...this.requests.values()]) if (this.holds(id, r)) this.redispatch(r, `worker ${id}'s control link was down`, false);
+    }
     this.pump();
+  }
+
+  /** The front's control link went down or came back. */
+  private onLink(up: boolean): void {
+    this.linkDown = !up;
+    if (!up) {
+      this.log('control link down');
+      for (const w of this.workersById.values()) w.synced = false;
+      return;
+    }
+    this.log('control link back: dispatching the requests in flight again');
+    const now = performance.now();
+    for (const w of this.workersById.values()) w.lastSeen = now; // their silence was ours
+    for (const r of [...this.requests.values()]) this.redispatch(r, 'the control link was down', false);
   }
 
   /** Emits tokens in order: one that arrives before an earlier one waits for it. */
@@ -348,13 +393,18 @@ export class Cluster implements ServingEngine {
     return { promptTokens: r.prompt.length, completionTokens: r.generated.filter((t) => t !== eos).length };
   }
 
-  /** Sends a request back to the queue with what it generated so far (or ends it when that cannot help). */
-  private redispatch(r: Request, why: string): void {
+  /**
+   * Sends a request back to the queue with what it generated so far (or ends it when that cannot
+   * help). `counts`: whether the attempt failed (false: its messages may have been lost).
+   */
+  private redispatch(r: Request, why: string, counts = true): void {
     if (r.phase === 'queued') return; // already waiting to go out again
     // stop this attempt wherever it may still run (a worker lost by timeout may be alive)
     for (const id of new Set([r.prefillWorker, r.decodeWorker])) if (id) this.o.plane.send(id, { type: 'cancel', rid: r.rid, attempt: r.attempt });
     if (r.cancelled) return this.end(r, 'cancelled', this.usage(r));
-    if (r.attempt >= (this.o.maxAttempts ?? 3)) return this.end(r, 'error', this.usage(r), new Error(`request failed after ${r.attempt} attempts: ${why}`));
+    const failed = r.attempt - r.resyncs;
+    if (counts && failed >= (this.o.maxAttempts ?? 3)) return this.end(r, 'error', this.usage(r), new Error(`request failed after ${failed} attempts: ${why}`));
+    if (!counts) r.resyncs++;
     if (this.up('prefill').length === 0 || this.up('decode').length === 0) return this.end(r, 'error', this.usage(r), new Error(`${why}; no ${this.up('prefill').length === 0 ? 'prefill' : 'decode'} worker is left`));
     this.counters.redispatches++;
     this.log(`request ${r.rid}: ${why}; dispatching it again after ${r.generated.length} generated tokens`);
@@ -371,12 +421,7 @@ export class Cluster implements ServingEngine {
     w.state = 'lost';
     this.counters.workersLost++;
     this.log(`worker ${id} (${w.info.role}) lost: ${reason}`);
-    for (const r of [...this.requests.values()]) {
-      // a decoding request whose stream waits for a token the lost prefill worker never delivered is stuck too
-      const stuck = r.phase === 'decode' && r.prefillWorker === id && r.early.size > 0;
-      const onIt = (r.phase !== 'queued' && r.decodeWorker === id) || ((r.phase === 'prefill' || r.phase === 'transfer') && r.prefillWorker === id) || stuck;
-      if (onIt) this.redispatch(r, `worker ${id} lost (${reason})`);
-    }
+    for (const r of [...this.requests.values()]) if (this.holds(id, r)) this.redispatch(r, `worker ${id} lost (${reason})`);
     // nothing can place what waits when a role has no worker left: say so rather than hang
     if (this.up(w.info.role).length === 0) for (const r of [...this.queue]) this.end(r, 'error', this.usage(r), new Error(`no ${w.info.role} worker is left (${id}: ${reason})`));
   }

@@ -57,8 +57,11 @@ export type ToWorker =
 
 /** Worker -> front. `index`: the token's position among the request's generated tokens. */
 export type FromWorker =
-  /** every STATUS_INTERVAL_MS; the first one registers the worker */
-  | { type: 'status'; worker: WorkerInfo; load: WorkerLoad; steps: StepStats[] }
+  /**
+   * every STATUS_INTERVAL_MS; the first one registers the worker. `link` counts the worker's
+   * control-link reconnections: a new value tells the front that messages may have been lost.
+   */
+  | { type: 'status'; worker: WorkerInfo; load: WorkerLoad; steps: StepStats[]; link: number }
   | { type: 'token'; rid: number; attempt: number; index: number; event: TokenEvent }
   /** `generated`: tokens generated when it ended (the front emits the finish after that many tokens) */
   | { type: 'finish'; rid: number; attempt: number; generated: number; reason: FinishReason; usage: Usage; error?: string }
@@ -79,6 +82,8 @@ export interface WorkerLink {
   onMessage(handler: (m: ToWorker) => void): void;
   /** the front went away (IPC) */
   onClose(handler: () => void): void;
+  /** the link is back after an outage (NATS): what was sent meanwhile may be lost */
+  onReconnect(handler: () => void): void;
   close(): Promise<void>;
 }
 
@@ -87,6 +92,11 @@ export interface ControlPlane {
   send(workerId: string, m: ToWorker): void;
   onMessage(handler: (workerId: string, m: FromWorker) => void): void;
   onGone(handler: (workerId: string, reason: string) => void): void;
+  /**
+   * The front's own link went down (false) or came back (true; NATS): while it is down no worker
+   * can be heard, and messages sent across the outage, either way, may be lost.
+   */
+  onLink(handler: (up: boolean) => void): void;
   close(): Promise<void>;
 }
 
@@ -99,6 +109,7 @@ export function ipcWorkerLink(): WorkerLink {
     },
     onMessage: (h) => process.on('message', (m) => h(m as ToWorker)),
     onClose: (h) => process.on('disconnect', h),
+    onReconnect: () => {}, // an IPC channel does not come back
     close: async () => {
       if (process.connected) process.disconnect();
     },
@@ -163,6 +174,8 @@ export class ChildProcessPlane implements ControlPlane {
   onGone(handler: (workerId: string, reason: string) => void): void {
     this.goneHandler = handler;
   }
+
+  onLink(): void {} // each child's channel is its own: a lost one is a lost worker
 
   /** Asks every child to stop (closing its IPC channel ends it), then kills what is left after 5 s. */
   async close(): Promise<void> {

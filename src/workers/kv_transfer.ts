@@ -12,8 +12,14 @@ import { FrameDecoder, KV_FRAME_BYTES, type Message, PROTOCOL_VERSION, ProtocolE
  */
 
 type Log = (line: string) => void;
-/** from a transfer's first frame to its acknowledgement at most (a stalled peer fails the connection) */
-const TRANSFER_TIMEOUT_MS = 60_000;
+/**
+ * Default limit on a transfer without progress, on both ends: the sender waits this long at most
+ * for each frame to be taken (and, after the last, for the ack); the receiver, for the next bytes
+ * while a sequence is unfinished. A stall fails the connection (a stopped peer, or a path that
+ * stops delivering without closing, must not hold KV or a request forever); a slow transfer that
+ * keeps moving does not. `wgserve worker --transfer-timeout` sets it.
+ */
+export const TRANSFER_TIMEOUT_MS = 60_000;
 
 /**
  * One acknowledged handover: K and V bytes; seconds from its first frame to the ack (overlapping
@@ -125,7 +131,7 @@ export class KvSender {
   private readonly connections = new Map<string, SenderConnection>();
   private nextSeq = 1;
 
-  constructor(private readonly o: { workerId: string; fingerprint: string; log: Log; /** K (and V) bytes per frame at most (default KV_FRAME_BYTES) */ frameBytes?: number }) {}
+  constructor(private readonly o: { workerId: string; fingerprint: string; log: Log; /** K (and V) bytes per frame at most (default KV_FRAME_BYTES) */ frameBytes?: number; /** default TRANSFER_TIMEOUT_MS */ timeoutMs?: number }) {}
 
   begin(to: { id: string; address: DataAddress }): Transfer {
     const key = `${to.id}@${to.address.host}:${to.address.port}`;
@@ -145,14 +151,23 @@ export class KvSender {
     let t0 = 0;
     let lastLayerAt = 0;
     let timer: NodeJS.Timeout | undefined;
+    const limit = this.o.timeoutMs ?? TRANSFER_TIMEOUT_MS;
+    // (re)started at each step forward: a peer that stops reading or never acknowledges fails the connection and every transfer on it
+    const progressed = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => c.close(new Error(`KV transfer of sequence ${seq}: no progress for ${limit / 1000} s`)), limit);
+    };
+    const send = async (m: Message) => {
+      await c.send(m);
+      if (!aborted) progressed();
+    };
     return {
       stream: (tokens, layers) => {
-        // a peer that stops reading (or never acknowledges) fails the connection and every transfer on it
-        timer = setTimeout(() => c.close(new Error(`KV transfer of sequence ${seq} took more than ${TRANSFER_TIMEOUT_MS / 1000} s`)), TRANSFER_TIMEOUT_MS);
+        progressed();
         chain = chain.then(async () => {
           t0 = performance.now();
           begun = true;
-          await c.send({ type: 'kv-begin', seq, tokens });
+          await send({ type: 'kv-begin', seq, tokens });
           for (const [layer, pending] of layers.entries()) {
             const { k, v } = await pending;
             lastLayerAt = performance.now();
@@ -163,7 +178,7 @@ export class KvSender {
             for (let start = 0; start < tokens; start += step) {
               const n = Math.min(step, tokens - start);
               const part = (b: ArrayBuffer) => new Uint8Array(b, start * rowBytes, n * rowBytes);
-              await c.send({ type: 'kv', seq, layer, start, tokens: n, k: part(k), v: part(v) });
+              await send({ type: 'kv', seq, layer, start, tokens: n, k: part(k), v: part(v) });
             }
           }
         });
@@ -175,7 +190,7 @@ export class KvSender {
         const acked = c.ack(seq);
         acked.catch(() => {}); // awaited below, unless the send fails first
         try {
-          await c.send({ type: 'kv-done', seq, tokens: request.prompt.length + request.generated.length - 1, request });
+          await send({ type: 'kv-done', seq, tokens: request.prompt.length + request.generated.length - 1, request });
           await acked;
         } finally {
           clearTimeout(timer);
@@ -216,6 +231,8 @@ export interface ReceiverOptions {
   /** takes a sequence over (Engine.adopt plus the worker's bookkeeping); returns why it could not, or null */
   adopt(request: RequestSpec, kv: KvImport | null): string | null;
   log: Log;
+  /** silence at most while a sequence is unfinished (default TRANSFER_TIMEOUT_MS) */
+  timeoutMs?: number;
 }
 
 /**
@@ -270,9 +287,22 @@ export class KvReceiver {
       const imp = e?.imp;
       if (imp) void e.writes.catch(() => {}).then(() => imp.release());
     };
+    // while a sequence is unfinished its sender must keep sending: a sender stopped, or a path
+    // stalled without closing, must not keep the blocks reserved. The whole connection goes, as
+    // every later frame would queue behind the missing ones.
+    const limit = this.o.timeoutMs ?? TRANSFER_TIMEOUT_MS;
+    let idle: NodeJS.Timeout | undefined;
+    const watch = () => {
+      if (incoming.size === 0) {
+        clearTimeout(idle);
+        idle = undefined;
+      } else if (idle) idle.refresh();
+      else idle = setTimeout(() => shut(`no KV data for ${limit / 1000} s with ${incoming.size} sequence(s) unfinished`), limit);
+    };
     const shut = (reason: string | null) => {
       if (closed) return;
       closed = true;
+      clearTimeout(idle);
       if (reason) this.o.log(`KV connection from ${peer} closed: ${reason}`);
       for (const seq of [...incoming.keys()]) drop(seq);
       socket.destroy();
@@ -356,6 +386,7 @@ export class KvReceiver {
           handle(m);
           if (closed) return;
         }
+        watch();
       } catch (err) {
         if (err instanceof ProtocolError) this.stats.protocolErrors++;
         shut(err instanceof Error ? err.message : String(err));

@@ -1,5 +1,5 @@
 import { Packr } from 'msgpackr';
-import { type NatsConnection, connect } from 'nats';
+import { Events, type NatsConnection, connect } from 'nats';
 import type { ControlPlane, FromWorker, ToWorker, WorkerLink } from './control.ts';
 
 /**
@@ -11,19 +11,37 @@ import type { ControlPlane, FromWorker, ToWorker, WorkerLink } from './control.t
 const FRONT_SUBJECT = 'wgserve.front';
 const workerSubject = (id: string) => `wgserve.worker.${id}`;
 const packr = new Packr({ useRecords: false });
+/** after losing the server, a connection tries again this often, for ever (a broker restart loses nobody) */
+export const RECONNECT_WAIT_MS = 500;
 
 async function connectTo(url: string, name: string): Promise<NatsConnection> {
   try {
-    return await connect({ servers: url, name, reconnectTimeWait: 500, maxReconnectAttempts: -1 });
+    return await connect({ servers: url, name, reconnectTimeWait: RECONNECT_WAIT_MS, maxReconnectAttempts: -1 });
   } catch (err) {
     throw new Error(`cannot reach NATS at ${url}: ${err instanceof Error ? err.message : String(err)}`);
   }
+}
+
+/**
+ * Calls `handler(false)` when the connection to the server drops and `handler(true)` once it is
+ * back. NATS core delivers at most once: what was published across the gap is gone (the client
+ * discards its unsent buffer when it dials again), so each end must resynchronise.
+ */
+function watchLink(nc: NatsConnection, handler: (up: boolean) => void): void {
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === Events.Disconnect) handler(false);
+      else if (s.type === Events.Reconnect) handler(true);
+    }
+  })();
 }
 
 /** A worker's end: listens on its own subject, publishes to the front's. */
 export async function natsWorkerLink(url: string, workerId: string): Promise<WorkerLink> {
   const nc = await connectTo(url, `wgserve worker ${workerId}`);
   let handler: (m: ToWorker) => void = () => {};
+  let reconnected: () => void = () => {};
+  watchLink(nc, (up) => up && reconnected());
   nc.subscribe(workerSubject(workerId), {
     callback: (err, msg) => {
       if (err) return;
@@ -40,6 +58,7 @@ export async function natsWorkerLink(url: string, workerId: string): Promise<Wor
     },
     onMessage: (h) => (handler = h),
     onClose: (h) => void nc.closed().then(h),
+    onReconnect: (h) => (reconnected = h),
     close: async () => {
       if (!nc.isClosed()) await nc.drain();
     },
@@ -50,6 +69,8 @@ export async function natsWorkerLink(url: string, workerId: string): Promise<Wor
 export async function natsControlPlane(url: string): Promise<ControlPlane> {
   const nc = await connectTo(url, 'wgserve front');
   let handler: (workerId: string, m: FromWorker) => void = () => {};
+  let link: (up: boolean) => void = () => {};
+  watchLink(nc, (up) => link(up));
   nc.subscribe(FRONT_SUBJECT, {
     callback: (err, msg) => {
       if (err) return;
@@ -68,6 +89,7 @@ export async function natsControlPlane(url: string): Promise<ControlPlane> {
     },
     onMessage: (h) => (handler = h),
     onGone: () => {},
+    onLink: (h) => (link = h),
     close: async () => {
       if (!nc.isClosed()) await nc.drain();
     },

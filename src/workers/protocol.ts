@@ -148,7 +148,7 @@ export function isRequestSpec(v: unknown): v is RequestSpec {
   if (typeof r !== 'object' || r === null || !isInt(r.rid) || !isInt(r.attempt) || !isTokens(r.prompt) || !isTokens(r.generated)) return false;
   const s = r.sampling as Record<string, unknown>;
   if (typeof s !== 'object' || s === null) return false;
-  if (!(isInt(s.maxTokens) && isNum(s.temperature) && isInt(s.topK) && isNum(s.topP) && isInt(s.seed))) return false;
+  if (!(isInt(s.maxTokens) && isNum(s.temperature) && isInt(s.topK) && isNum(s.topP) && isInt(s.seed, Number.MIN_SAFE_INTEGER))) return false;
   if (!(Array.isArray(s.stop) && s.stop.every((x) => typeof x === 'string')) || !(s.logprobs === undefined || isInt(s.logprobs))) return false;
   return (r.priority === undefined || isNum(r.priority)) && (r.slo === undefined || (typeof r.slo === 'object' && r.slo !== null));
 }

@@ -21,6 +21,8 @@ export interface WorkerOptions {
   dataHost: string;
   dataPort: number;
   advertiseHost: string;
+  /** a KV transfer's limit on both ends (default TRANSFER_TIMEOUT_MS) */
+  transferTimeoutMs?: number;
   link: WorkerLink;
   log: (line: string) => void;
 }
@@ -75,6 +77,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
         workerId: o.id,
         fingerprint,
         log: o.log,
+        timeoutMs: o.transferTimeoutMs,
         adopt: (spec, kv) => {
           const entry: Live = { handle: null };
           live.set(key(spec.rid, spec.attempt), entry);
@@ -91,7 +94,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
       const bound = await receiver.listen(o.dataHost, o.dataPort);
       info = { ...info, data: { host: o.advertiseHost, port: bound.port } };
     } else {
-      sender = new KvSender({ workerId: o.id, fingerprint, log: o.log });
+      sender = new KvSender({ workerId: o.id, fingerprint, log: o.log, timeoutMs: o.transferTimeoutMs });
     }
 
     const prefill = (spec: RequestSpec, decode: { id: string; address: { host: string; port: number } }) => {
@@ -150,6 +153,13 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
         }
       });
       link.onClose(() => stop(0, 'the front went away'));
+      // reconnected: a status at once tells the front (its `link` changed) that messages may be lost
+      let reconnects = 0;
+      link.onReconnect(() => {
+        reconnects++;
+        o.log('control link reconnected');
+        status();
+      });
       process.once('SIGTERM', () => stop(0, 'SIGTERM'));
       process.once('SIGINT', () => stop(0, 'SIGINT'));
       const status = () => {
@@ -170,6 +180,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
             kvTransfers: stats.transfers,
           },
           steps: steps.splice(0),
+          link: reconnects,
         });
       };
       status();

@@ -1,7 +1,7 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { f32ToF16Bits } from '../../kernels/weights.ts';
-import { type SafetensorsDtype, encodeSafetensors } from '../../src/model/safetensors.ts';
+import { repoRoot } from '../../src/gpu/paths.ts';
 import type { ModelSource } from '../../src/model/source.ts';
 import { TokenType, type Vocab } from '../../src/model/tokenizer/vocab.ts';
 
@@ -106,7 +106,9 @@ function unpermute(rows: Float32Array, nHeads: number, headDim: number, cols: nu
   return out;
 }
 
-function encodeAs(values: Float32Array, dtype: SafetensorsDtype): Uint8Array {
+export type HfDtype = 'F32' | 'F16' | 'BF16';
+
+function encodeAs(values: Float32Array, dtype: HfDtype): Uint8Array {
   if (dtype === 'F32') return new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.byteLength));
   const out = new Uint16Array(values.length);
   const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
@@ -117,20 +119,75 @@ function encodeAs(values: Float32Array, dtype: SafetensorsDtype): Uint8Array {
   return new Uint8Array(out.buffer);
 }
 
+export interface HfTensor {
+  name: string;
+  dtype: HfDtype;
+  shape: number[];
+  data: Uint8Array;
+}
+
+/** The safetensors crate's Dtype enum order (increasing alignment) for the dtypes written here. */
+const DTYPE_RANK: Record<HfDtype, number> = { F16: 0, BF16: 1, F32: 2 };
+
+/**
+ * A safetensors file byte for byte as the reference implementation writes it (the safetensors
+ * crate's `serialize`, behind safetensors.torch.save_file), built from the format's description
+ * and independent of src/model/safetensors.ts: tensors sorted by dtype (larger alignment first) then
+ * name, packed without gaps; a compact JSON header with "__metadata__" first, then each tensor's
+ * dtype, shape and data_offsets (relative to the end of the header) in data order, padded with
+ * spaces to a multiple of 8 bytes; before it, the header's byte length as a little-endian u64.
+ */
+export function safetensorsBytes(tensors: HfTensor[], metadata?: Record<string, string>): Buffer {
+  const sorted = [...tensors].sort((a, b) => DTYPE_RANK[b.dtype] - DTYPE_RANK[a.dtype] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const entries: string[] = metadata ? [`"__metadata__":${JSON.stringify(metadata)}`] : [];
+  let offset = 0;
+  for (const t of sorted) {
+    entries.push(`${JSON.stringify(t.name)}:{"dtype":"${t.dtype}","shape":${JSON.stringify(t.shape)},"data_offsets":[${offset},${offset + t.data.byteLength}]}`);
+    offset += t.data.byteLength;
+  }
+  let header = `{${entries.join(',')}}`;
+  header += ' '.repeat((8 - (Buffer.byteLength(header) % 8)) % 8);
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(Buffer.byteLength(header)));
+  return Buffer.concat([length, Buffer.from(header), ...sorted.map((t) => t.data)]);
+}
+
+/** JSON as transformers writes its files: json.dumps(obj, indent=2, sort_keys=True) + "\n". */
+function pythonJson(value: unknown): string {
+  const sortKeys = (v: unknown): unknown =>
+    Array.isArray(v) ? v.map(sortKeys) : v && typeof v === 'object' ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1)).map(([k, x]) => [k, sortKeys(x)])) : v;
+  return `${JSON.stringify(sortKeys(value), null, 2)}\n`;
+}
+
+/** A real save_pretrained config.json (SmolLM2-135M-Instruct, transformers 4.42): the key set written for stories260K. */
+export const SMOLLM_DIR = join(repoRoot, '..', 'shared', 'models', 'smollm2-135m-instruct');
+
+const TORCH_DTYPE: Record<HfDtype, string> = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' };
+
 export interface HfDirOptions {
-  dtype?: SafetensorsDtype;
-  /** split the tensors over this many shards with model.safetensors.index.json */
+  dtype?: HfDtype;
+  /** shard the weights (model.safetensors.index.json) with max_shard_size = total bytes / shards */
   shards?: number;
+  /** config.json entries to override (tie_word_embeddings: true also leaves lm_head out, as save_pretrained does) */
   config?: Record<string, unknown>;
 }
 
-/** Writes stories260K (from its GGUF) as a Hugging Face model directory. */
+/**
+ * Writes stories260K (from its GGUF) as transformers' LlamaForCausalLM.save_pretrained and the
+ * tokenizer's save_pretrained lay a model directory out: config.json (SmolLM2's real key set with
+ * stories260K's values), generation_config.json, the weights in Hugging Face names, state-dict order
+ * and layout (q/k rows un-permuted back from llama.cpp's RoPE order) in model.safetensors, or in
+ * model-0000i-of-0000n.safetensors shards filled in state-dict order up to max_shard_size with
+ * model.safetensors.index.json (huggingface_hub's split_torch_state_dict_into_shards); tokenizer.json,
+ * tokenizer_config.json, special_tokens_map.json. Returns the directory.
+ */
 export function writeHfDir(src: ModelSource, dir: string, o: HfDirOptions = {}): string {
   mkdirSync(dir, { recursive: true });
   const c = src.config;
-  const config = {
-    architectures: ['LlamaForCausalLM'],
-    model_type: 'llama',
+  const v = src.tokenizer.vocab;
+  const dtype = o.dtype ?? 'F32';
+  const config: Record<string, unknown> = {
+    ...JSON.parse(readFileSync(join(SMOLLM_DIR, 'config.json'), 'utf8')),
     hidden_size: c.dim,
     intermediate_size: c.ffn,
     num_hidden_layers: c.nLayers,
@@ -140,44 +197,61 @@ export function writeHfDir(src: ModelSource, dir: string, o: HfDirOptions = {}):
     max_position_embeddings: c.contextLength,
     rms_norm_eps: c.rmsEps,
     rope_theta: c.ropeBase,
-    rope_scaling: null,
-    hidden_act: 'silu',
     tie_word_embeddings: false,
-    bos_token_id: src.tokenizer.vocab.bos,
-    eos_token_id: src.tokenizer.vocab.eos,
-    torch_dtype: 'float32',
+    bos_token_id: v.bos,
+    eos_token_id: v.eos,
+    pad_token_id: null,
+    torch_dtype: TORCH_DTYPE[dtype],
     ...o.config,
   };
-  writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
-  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(spmTokenizerJson(src.tokenizer.vocab)));
-  const v = src.tokenizer.vocab;
-  writeFileSync(
-    join(dir, 'tokenizer_config.json'),
-    JSON.stringify({ add_bos_token: true, add_eos_token: false, bos_token: v.tokens[v.bos!], eos_token: { content: v.tokens[v.eos!], special: true }, chat_template: CHAT_TEMPLATE }),
-  );
+  writeFileSync(join(dir, 'config.json'), pythonJson(config));
+  writeFileSync(join(dir, 'generation_config.json'), pythonJson({ _from_model_config: true, bos_token_id: v.bos, eos_token_id: v.eos, transformers_version: config.transformers_version }));
+  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(spmTokenizerJson(v)));
+  const special = { bos_token: v.tokens[v.bos!], eos_token: v.tokens[v.eos!], unk_token: v.tokens[v.unk!] };
+  writeFileSync(join(dir, 'tokenizer_config.json'), pythonJson({ add_bos_token: true, add_eos_token: false, ...special, chat_template: CHAT_TEMPLATE, tokenizer_class: 'LlamaTokenizer' }));
+  writeFileSync(join(dir, 'special_tokens_map.json'), pythonJson(special));
 
-  const dtype = o.dtype ?? 'F32';
-  const tensors = [...src.tensors.values()].map((t) => {
+  const tensors: HfTensor[] = [];
+  for (const name of stateDictOrder(c.nLayers)) {
+    const t = src.tensors.get(name)!;
+    if (name === 'output.weight' && config.tie_word_embeddings === true) continue;
     const b = t.read();
     let values = new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
-    const kind = t.name.replace(/^blk\.\d+\./, '');
+    const kind = name.replace(/^blk\.\d+\./, '');
     if (kind === 'attn_q.weight') values = unpermute(values, c.nHeads, c.headDim, c.dim);
     if (kind === 'attn_k.weight') values = unpermute(values, c.nKvHeads, c.headDim, c.dim);
-    return { name: hfName(t.name), dtype, shape: [...t.dims].reverse(), data: encodeAs(values, dtype) };
-  });
-  const shards = o.shards ?? 1;
-  if (shards === 1) {
-    writeFileSync(join(dir, 'model.safetensors'), encodeSafetensors(tensors, { format: 'pt' }));
+    tensors.push({ name: hfName(name), dtype, shape: [...t.dims].reverse(), data: encodeAs(values, dtype) });
+  }
+  const metadata = { format: 'pt' };
+  const total = tensors.reduce((n, t) => n + t.data.byteLength, 0);
+  if (!o.shards || o.shards === 1) {
+    writeFileSync(join(dir, 'model.safetensors'), safetensorsBytes(tensors, metadata));
     return dir;
   }
-  const weightMap: Record<string, string> = {};
-  for (let s = 0; s < shards; s++) {
-    const file = `model-${String(s + 1).padStart(5, '0')}-of-${String(shards).padStart(5, '0')}.safetensors`;
-    const part = tensors.filter((_, i) => i % shards === s);
-    for (const t of part) weightMap[t.name] = file;
-    writeFileSync(join(dir, file), encodeSafetensors(part, { format: 'pt' }));
+  const maxShard = Math.ceil(total / o.shards);
+  const shards: HfTensor[][] = [[]];
+  let size = 0;
+  for (const t of tensors) {
+    if (size > 0 && size + t.data.byteLength > maxShard) {
+      shards.push([]);
+      size = 0;
+    }
+    shards.at(-1)!.push(t);
+    size += t.data.byteLength;
   }
-  writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: 0 }, weight_map: weightMap }));
+  const weightMap: Record<string, string> = {};
+  shards.forEach((part, i) => {
+    const file = `model-${String(i + 1).padStart(5, '0')}-of-${String(shards.length).padStart(5, '0')}.safetensors`;
+    for (const t of part) weightMap[t.name] = file;
+    writeFileSync(join(dir, file), safetensorsBytes(part, metadata));
+  });
+  writeFileSync(join(dir, 'model.safetensors.index.json'), pythonJson({ metadata: { total_size: total }, weight_map: weightMap }));
   return dir;
 }
 
+/** GGUF names of a Llama model's tensors in LlamaForCausalLM's state-dict order. */
+function stateDictOrder(nLayers: number): string[] {
+  const layer = ['attn_q', 'attn_k', 'attn_v', 'attn_output', 'ffn_gate', 'ffn_up', 'ffn_down', 'attn_norm', 'ffn_norm'];
+  const layers = Array.from({ length: nLayers }, (_, l) => layer.map((k) => `blk.${l}.${k}.weight`));
+  return ['token_embd.weight', ...layers.flat(), 'output_norm.weight', 'output.weight'];
+}

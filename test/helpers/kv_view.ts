@@ -41,3 +41,19 @@ export function expectValidPlan(plan: StepPlan, seqs: readonly SeqView[], kv: Kv
     expect(plan.reject ?? []).not.toContain(id);
   }
 }
+
+/**
+ * Whether a plan must feed at least one sequence: every running sequence of `seqs` (those the policy
+ * may serve) fits its next chunk (its unfed tokens, up to the token budget) once the other running
+ * ones are preempted, as the engine guarantees by refusing requests larger than the pool (random
+ * states that break this may end with everyone preempted); and some sequence that `feedable` allows
+ * is running, or waiting with a next chunk that fits in the KV free now.
+ */
+export function mustProgress(seqs: readonly SeqView[], kv: KvView, limits: SchedulerLimits, feedable: (s: SeqView) => boolean = () => true): boolean {
+  if (limits.maxBatch < 1 || limits.tokenBudget < 1) return false;
+  const chunk = (s: SeqView) => Math.min(s.totalTokens - s.computed, limits.tokenBudget);
+  const running = seqs.filter((s) => s.state === 'running');
+  const held = running.reduce((n, s) => n + kv.blocksHeld(s.id), 0);
+  if (!running.every((s) => kv.blocksNeeded(s.id, chunk(s)) <= kv.freeBlocks + held - kv.blocksHeld(s.id))) return false;
+  return seqs.some((s) => feedable(s) && (s.state === 'running' || kv.blocksNeeded(s.id, chunk(s)) <= kv.freeBlocks));
+}

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { gguf } from '@huggingface/gguf';
+import { ModelFileError } from '../gguf.ts';
 import { BpeTokenizer } from './bpe.ts';
 import { vocabFromGguf } from './gguf_vocab.ts';
 import { SpmTokenizer } from './spm.ts';
@@ -22,18 +22,25 @@ export interface Tokenizer {
 /**
  * Turns a stream of token ids into text without ever emitting half a UTF-8 character: bytes of an
  * incomplete character wait for the next token. With SentencePiece's dummy prefix, the space that
- * the prefix put before the first word is dropped, as llama.cpp does.
+ * the prefix put before the first word of a text is dropped, as llama.cpp and llama2.c do; a
+ * continuation keeps its space (" was" after "The little dog"), so prompt + completion reads right.
  */
 export class StreamDecoder {
   private readonly utf8 = new TextDecoder('utf-8');
-  private first = true;
+  private atTextStart: boolean;
 
-  constructor(private readonly tokenizer: Tokenizer) {}
+  /** `previous`: the token before the first one pushed; a text starts when there is none or it is BOS. */
+  constructor(
+    private readonly tokenizer: Tokenizer,
+    previous?: number,
+  ) {
+    this.atTextStart = previous === undefined || previous === tokenizer.vocab.bos;
+  }
 
   push(id: number): string {
     let bytes = this.tokenizer.tokenBytes(id);
-    if (this.first && bytes.length > 0) {
-      this.first = false;
+    if (this.atTextStart && bytes.length > 0) {
+      this.atTextStart = false;
       if (this.tokenizer.vocab.addSpacePrefix && bytes[0] === 0x20) bytes = bytes.subarray(1);
     }
     return this.utf8.decode(bytes, { stream: true });
@@ -45,17 +52,13 @@ export class StreamDecoder {
   }
 }
 
-export function decode(tokenizer: Tokenizer, ids: number[]): string {
-  const d = new StreamDecoder(tokenizer);
+/** The text of `ids`; with `previous`, as the continuation of a text that ended with that token. */
+export function decode(tokenizer: Tokenizer, ids: number[], previous?: number): string {
+  const d = new StreamDecoder(tokenizer, previous);
   return ids.map((id) => d.push(id)).join('') + d.flush();
 }
 
 /** The tokenizer a GGUF file's metadata describes (`llama` = SentencePiece, `gpt2` = byte-level BPE). */
-export async function tokenizerFromGguf(file: string): Promise<Tokenizer> {
-  const { metadata } = await gguf(file, { allowLocalFile: true });
-  return tokenizerFromGgufMetadata(metadata as Record<string, unknown>, file);
-}
-
 export function tokenizerFromGgufMetadata(md: Record<string, unknown>, file: string): Tokenizer {
   const model = md['tokenizer.ggml.model'];
   const vocab = vocabFromGguf(md as never, file);
@@ -79,14 +82,17 @@ export function tokenizerFromLlama2c(file: string, vocabSize: number): Tokenizer
   const types = new Uint8Array(vocabSize);
   let off = 4;
   for (let i = 0; i < vocabSize; i++) {
-    if (off + 8 > buf.length) throw new Error(`${file}: truncated after ${i} of ${vocabSize} tokens`);
+    if (off + 8 > buf.length) throw new ModelFileError(`${file}: truncated after ${i} of ${vocabSize} tokens (vocab_size in the checkpoint header)`);
     scores[i] = buf.readFloatLE(off);
     const len = buf.readInt32LE(off + 4);
-    if (len < 0 || off + 8 + len > buf.length) throw new Error(`${file}: token ${i} has a bad length ${len}`);
+    if (len < 0 || off + 8 + len > buf.length) throw new ModelFileError(`${file}: token ${i}: bad length ${len} (truncated or corrupt)`);
     const text = buf.toString('utf8', off + 8, off + 8 + len);
     off += 8 + len;
     tokens.push(text);
     types[i] = i === 0 ? TokenType.UNKNOWN : i <= 2 ? TokenType.CONTROL : /^<0x[0-9A-F]{2}>$/.test(text) ? TokenType.BYTE : TokenType.NORMAL;
+  }
+  if (off !== buf.length) {
+    throw new ModelFileError(`${file}: more than the checkpoint's ${vocabSize} tokens (vocab_size in its header): expected the file to end at byte ${off}, got ${buf.length} bytes; pass the checkpoint's own tokenizer with --tokenizer`);
   }
   // llama2.c stores pieces with real spaces; SentencePiece's vocabulary uses ▁.
   const vocab: Vocab = {
