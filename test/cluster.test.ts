@@ -237,4 +237,19 @@ describe('disaggregated front (scripted workers)', () => {
     expect(r2.finished()?.reason).toBe('stop');
     await cluster.close();
   });
+
+  it('n choices go out as requests of their own with seeds seed + i, each reporting to its choice; the handle cancels them all', async () => {
+    const { plane, cluster } = await setup();
+    const tokens: number[][] = [[], [], []];
+    const handle = cluster.submit({ prompt: [1, 2, 3], sampling: { ...greedy(4), temperature: 1, seed: 7 }, choices: tokens.map((t) => ({ onToken: (e) => t.push(e.token) })) });
+    expect(plane.prefills.map((p) => p.req.sampling.seed)).toEqual([7, 8, 9]);
+    for (const [i, p] of plane.prefills.entries()) {
+      plane.from('p0', { type: 'token', rid: p.req.rid, attempt: 1, index: 0, event: token(10 + i) });
+      plane.from(p.decode.id, { type: 'adopted', rid: p.req.rid, attempt: 1 });
+    }
+    expect(tokens).toEqual([[10], [11], [12]]);
+    handle.cancel();
+    expect(plane.sent.filter((s) => s.m.type === 'cancel').map((s) => [s.to, (s.m as { rid: number }).rid])).toEqual(plane.prefills.map((p) => [p.decode.id, p.req.rid]));
+    await cluster.close();
+  });
 });

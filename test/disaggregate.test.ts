@@ -16,7 +16,7 @@ import { ChildProcessPlane, type DataAddress } from '../src/workers/control.ts';
 import { natsControlPlane } from '../src/workers/nats_link.ts';
 import { type NatsServerProcess, startNatsServer } from '../src/workers/nats_server.ts';
 import { FrameDecoder, MAX_FRAME_BYTES, type Message, PROTOCOL_VERSION, encodeFrame, modelFingerprint } from '../src/workers/protocol.ts';
-import { KvRelay, LOSS_LIMIT_MS, SLACK, STATUS_LIMIT_MS, TapPlane, waitFor, within } from './helpers/disagg.ts';
+import { KvRelay, LOSS_LIMIT_MS, SLACK, STATUS_LIMIT_MS, TEST_LIMIT_MS, TapPlane, WORKERS_START_LIMIT_MS, waitFor, within } from './helpers/disagg.ts';
 import { useGpu } from './helpers/gpu.ts';
 
 /**
@@ -47,25 +47,18 @@ interface Outcome {
   tokens: number[];
   reason: FinishReason;
   error?: Error;
-  /** performance.now() of every token and of the finish */
-  times: number[];
-  finishedAt: number;
 }
 
 function run(cluster: Cluster, prompt: number[], sampling: SamplingOptions): { handle: EngineHandle; done: Promise<Outcome> } {
   const tokens: number[] = [];
-  const times: number[] = [];
   let handle!: EngineHandle;
   const done = new Promise<Outcome>((resolve) => {
     handle = cluster.submit({
       prompt,
       sampling,
       events: {
-        onToken: (e) => {
-          tokens.push(e.token);
-          times.push(performance.now());
-        },
-        onFinish: (reason, _usage, error) => resolve({ tokens, reason, error, times, finishedAt: performance.now() }),
+        onToken: (e) => tokens.push(e.token),
+        onFinish: (reason, _usage, error) => resolve({ tokens, reason, error }),
       },
     });
   });
@@ -111,7 +104,7 @@ function kvAddress(cluster: Cluster, id: string): DataAddress {
   return { host, port: Number(port) };
 }
 
-describe('disaggregated serving', () => {
+describe('disaggregated serving', { timeout: TEST_LIMIT_MS }, () => {
   const getGpu = useGpu();
   let source: ModelSource;
   let prompts: number[][];
@@ -123,7 +116,7 @@ describe('disaggregated serving', () => {
     const model = GpuModel.load(getGpu(), source, { kvMemoryBytes: 8 << 20 });
     expected = (await generate(model, source.tokenizer, prompts.map((tokens, i) => ({ tokens, options: samplingOf(i, 24) })))).results.map((r) => r.tokens);
     model.destroy();
-  });
+  }, TEST_LIMIT_MS);
 
   describe('child-process workers', () => {
     let children: ChildProcessPlane;
@@ -137,8 +130,8 @@ describe('disaggregated serving', () => {
       children = new ChildProcessPlane([{ role: 'prefill', args }, { role: 'decode', args }, { role: 'decode', args }]);
       tap = new TapPlane(children);
       cluster = new Cluster({ plane: tap, tokenizer: source.tokenizer, config: source.config, fingerprint: modelFingerprint(source), log: (l) => log.push(l) });
-      await cluster.ready({ prefill: 1, decode: 2 }, 90_000);
-    });
+      await cluster.ready({ prefill: 1, decode: 2 }, WORKERS_START_LIMIT_MS);
+    }, WORKERS_START_LIMIT_MS + 30_000);
     afterAll(async () => {
       await cluster?.close();
     });
@@ -155,14 +148,17 @@ describe('disaggregated serving', () => {
         expect(res.status).toBe(200);
         expect(body.choices[0].text).toBe(decode(source.tokenizer, expected[1].filter((t) => t !== source.tokenizer.vocab.eos), prompts[1].at(-1)));
 
-        // every request above was handed over once; a later status round carries the totals
-        await waitFor(() => worker('prefill-0').kvTransfers >= expected.filter((t) => t.length > 1).length + 1, STATUS_LIMIT_MS, 'the prefill worker reports its transfers');
+        // every request above was handed over (once, unless a worker was lost meanwhile); a later
+        // status round carries the totals (and brings back a worker the loaded machine kept silent
+        // past the liveness timeout)
+        const handedOver = expected.filter((t) => t.length > 1).length + 1; // a request whose first token ends it is not
+        const ids = ['decode-0', 'decode-1', 'prefill-0'];
+        await waitFor(() => worker('prefill-0').kvTransfers >= handedOver && ids.every((id) => worker(id).state === 'up'), STATUS_LIMIT_MS, 'the workers report their transfers');
         const health = (await (await fetch(`${server.url}/health`)).json()) as { status: string; workers: { id: string; role: string; state: string; kvTransfers: number; kvBytesSent: number; kvAddress?: string }[] };
         expect(health.status).toBe('ready');
-        expect(health.workers.map((w) => `${w.id}:${w.state}`).sort()).toEqual(['decode-0:up', 'decode-1:up', 'prefill-0:up']);
+        expect(health.workers.map((w) => `${w.id}:${w.state}`).sort()).toEqual(ids.map((id) => `${id}:up`));
         const prefill = health.workers.find((w) => w.role === 'prefill')!;
-        // a request whose first token ends it is not handed over
-        expect(prefill.kvTransfers).toBe(expected.filter((t) => t.length > 1).length + 1);
+        expect(prefill.kvTransfers).toBeGreaterThanOrEqual(handedOver);
         // every handover carries K and V of every layer: 2 * layers * kvHeads * headDim * 4 bytes per context token
         const c = source.config;
         expect(prefill.kvBytesSent).toBeGreaterThanOrEqual(2 * c.nLayers * c.nKvHeads * c.headDim * 4 * prompts.reduce((n, p) => n + p.length, 0));
@@ -174,7 +170,7 @@ describe('disaggregated serving', () => {
       }
     });
 
-    it('kill -9 of a decode worker mid-stream: the front sees the exit at once, its requests go on elsewhere and finish with their tokens; new requests are served', async () => {
+    it('kill -9 of a decode worker mid-stream: its exit is seen at once, its requests go on elsewhere and finish with their tokens; new requests are served', async () => {
       expect(expected[0]).toHaveLength(24); // no early end: a request adopted by decode-0 has 20-odd tokens to go when it dies
       // both decode workers idle, as their statuses say, so placement spreads the requests over both
       await waitFor(() => ['decode-0', 'decode-1'].every((id) => worker(id).kvBlocksUsed === 0 && worker(id).running === 0), STATUS_LIMIT_MS, 'decode workers report idle');
@@ -184,8 +180,8 @@ describe('disaggregated serving', () => {
       const outcomes = await Promise.all(runs.map((r) => r.done));
       expect(outcomes.map((o) => o.error?.message)).toEqual(outcomes.map(() => undefined));
       expect(outcomes.map((o) => o.tokens)).toEqual(runs.map(() => expected[0]));
-      // lost through its process (its exit, or the IPC write that failed first), not after the heartbeat timeout
-      expect(log.filter((l) => l.startsWith('worker decode-0 (decode) lost'))).toEqual([expect.stringMatching(/lost: process (exited \(SIGKILL\)|error: write EPIPE)$/)]);
+      // seen through its process (its exit, or the IPC write that failed first), not only after the heartbeat timeout
+      expect(tap.gone[0]).toEqual({ id: 'decode-0', reason: expect.stringMatching(/^process (exited \(SIGKILL\)|error: write EPIPE)$/) });
       expect(cluster.counters.redispatches).toBeGreaterThan(0);
       expect(worker('decode-0').state).toBe('lost');
       const after = await run(cluster, prompts[3], samplingOf(3, 24)).done;
@@ -194,7 +190,7 @@ describe('disaggregated serving', () => {
   });
 
   it('`wgserve serve --disaggregate` as a user runs it: serves the colocated output, and SIGTERM stops the front and its workers', async () => {
-    const workerTimeoutS = 90;
+    const workerTimeoutS = WORKERS_START_LIMIT_MS / 1000;
     const proc = spawn(process.execPath, [join(repoRoot, 'bin', 'wgserve.mjs'), 'serve', '--disaggregate', '--prefill-workers', '1', '--decode-workers', '1', '--port', '0', '--kv-memory', String(8 << 20), '--worker-timeout', String(workerTimeoutS)], {
       cwd: repoRoot,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -256,8 +252,8 @@ describe('disaggregated serving', () => {
       for (const [id, role, ...extra] of [['nats-prefill', 'prefill'], ['nats-prefill-2', 'prefill'], ['nats-decode', 'decode', '--transfer-timeout', String(TRANSFER_TIMEOUT_S)]]) {
         workers.set(id, workerProcess(['--role', role, '--id', id, ...common, ...extra]));
       }
-      await cluster.ready({ prefill: 2, decode: 1 }, 90_000);
-    });
+      await cluster.ready({ prefill: 2, decode: 1 }, WORKERS_START_LIMIT_MS);
+    }, WORKERS_START_LIMIT_MS + 30_000);
     afterAll(async () => {
       for (const w of workers.values()) w.kill('SIGKILL');
       await cluster?.close();
@@ -365,6 +361,9 @@ describe('disaggregated serving', () => {
     }
 
     it('a KV transfer stalled mid-sequence (its prefill worker stopped): the request goes on elsewhere; the decode worker gives up after --transfer-timeout and frees the KV', async () => {
+      const frontMark = log.length;
+      const decodeLog = workers.get('nats-decode')!.log;
+      const decodeMark = decodeLog.length;
       const { relay, request, prefill, prefillId } = await stallHandover(5);
       prefill.kill('SIGSTOP');
       try {
@@ -372,10 +371,10 @@ describe('disaggregated serving', () => {
         const o = await request.done;
         expect(o.error?.message).toBeUndefined();
         expect(o.tokens).toEqual(expected[5]);
-        expect(log.some((l) => l.includes(`${prefillId} (prefill) lost: no status`))).toBe(true);
+        expect(log.slice(frontMark).some((l) => l.startsWith(`worker ${prefillId} (prefill) lost: no status`))).toBe(true);
         // the stalled connection is closed by the decode worker's own timer (its peer cannot close it) ...
-        const decodeLog = workers.get('nats-decode')!.log;
-        await waitFor(() => decodeLog.some((l) => new RegExp(`no KV data for ${TRANSFER_TIMEOUT_S} s`).test(l)), SLACK * TRANSFER_TIMEOUT_S * 1000, 'the decode worker times the transfer out');
+        const timedOut = () => decodeLog.slice(decodeMark).filter((l) => l.includes(`no KV data for ${TRANSFER_TIMEOUT_S} s`));
+        await waitFor(() => timedOut().length > 0, SLACK * TRANSFER_TIMEOUT_S * 1000, 'the decode worker times the transfer out');
         // ... and the blocks it reserved are free again
         await waitFor(() => worker('nats-decode').kvBlocksUsed === 0, STATUS_LIMIT_MS, 'the decode worker frees the partial import');
       } finally {
@@ -386,19 +385,22 @@ describe('disaggregated serving', () => {
     });
 
     it('kill -9 of a prefill worker mid-handover: the request is dispatched again and finishes with its tokens; the decode worker frees the partial import', async () => {
+      const frontMark = log.length;
+      const decodeLog = workers.get('nats-decode')!.log;
+      const decodeMark = decodeLog.length;
       const { relay, request, prefill, prefillId } = await stallHandover(6);
       prefill.kill('SIGKILL');
       try {
         const o = await request.done;
         expect(o.error?.message).toBeUndefined();
         expect(o.tokens).toEqual(expected[6]);
-        expect(log.some((l) => l.includes(`${prefillId} (prefill) lost`))).toBe(true);
+        expect(log.slice(frontMark).some((l) => l.startsWith(`worker ${prefillId} (prefill) lost`))).toBe(true);
         await waitFor(() => worker('nats-decode').kvBlocksUsed === 0, STATUS_LIMIT_MS, 'the decode worker frees the partial import');
       } finally {
         await relay.close();
       }
       // freed when the connection ended, not by the transfer timeout
-      expect(workers.get('nats-decode')!.log.filter((l) => /no KV data for/.test(l))).toHaveLength(1);
+      expect(decodeLog.slice(decodeMark).filter((l) => l.includes('no KV data for'))).toEqual([]);
     });
 
     it('a worker that stops answering (SIGSTOP) is lost within the liveness timeout: its streams end with an error, none hangs; it is taken back when it answers again', async () => {

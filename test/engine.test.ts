@@ -47,6 +47,8 @@ describe('engine', () => {
       expect(s.periodSeconds).toBeGreaterThanOrEqual(s.seconds);
     }
     expect(steps.reduce((n, s) => n + s.shape.prefillTokens, 0)).toBeGreaterThan(prompts.reduce((n, p) => n + p.length, 0)); // recomputes after preemption
+    // submitted in one turn of the event loop, the prompts run together: 3 fit in 12 blocks at once
+    expect(Math.max(...steps.map((s) => s.shape.decodeSeqs))).toBe(3);
     expect(outputs).toEqual(alone);
     expect(tight.kv.pool.used).toBe(0);
     tight.destroy();

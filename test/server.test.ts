@@ -13,6 +13,7 @@ import { type ModelSource, openModel } from '../src/model/source.ts';
 import { buildServer, startServer, type WgServer } from '../src/server/app.ts';
 import { MAX_CHUNK_TOKENS, MsgpackFrameReader, packMsgpack, unpackMsgpack } from '../src/server/stream.ts';
 import { useGpu } from './helpers/gpu.ts';
+import { metric, post, readSse, until } from './helpers/http.ts';
 import { continuesReference, STORIES_PROMPT } from './helpers/stories.ts';
 import { useTmpDirs } from './helpers/tmp.ts';
 
@@ -28,52 +29,6 @@ const MSGPACK = 'application/msgpack';
  * take the first ~105 (measured: the server fell behind at the 103rd), the rest it must hold back.
  */
 const SLOW_TOKENS = 140;
-
-/**
- * A metric's value from the Prometheus text (first series whose name and labels match); `absent`
- * for a series not there (a labelled counter not yet incremented), else that throws.
- */
-async function metric(url: string, series: string, absent?: number): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
-  if (!line && absent !== undefined) return absent;
-  if (!line) throw new Error(`metric ${series} not found`);
-  return Number(line.slice(series.length + 1));
-}
-
-/**
- * Polls `cond` until it holds. The default limit, 15 s, is ~75 decode steps of stories260K on
- * SwiftShader (0.13-0.2 s each, measured on a loaded 2-core machine): the conditions waited on here
- * take one or two steps, so a wait only fails when something is wrong.
- */
-async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 15_000): Promise<void> {
-  const end = performance.now() + ms;
-  while (!(await cond())) {
-    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-/** Reads an SSE response's `data:` payloads until `stop` says enough (or the stream ends). */
-async function readSse(res: Response, stop: (events: string[]) => boolean = () => false): Promise<string[]> {
-  const reader = res.body!.getReader();
-  const utf8 = new TextDecoder();
-  const events: string[] = [];
-  let buf = '';
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buf += utf8.decode(value, { stream: true });
-    let i: number;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const block = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      if (block.startsWith('data: ')) events.push(block.slice(6));
-    }
-    if (stop(events)) break;
-  }
-  return events;
-}
 
 /** The last chunk of a body in chunked transfer encoding (SSE data never holds a CR). */
 const CHUNKED_END = '\r\n0\r\n\r\n';
@@ -99,14 +54,6 @@ function dechunk(bytes: Buffer): Buffer {
     i = eol + 4 + n;
   }
 }
-
-const post = (url: string, path: string, body: unknown, headers: Record<string, string> = {}, signal?: AbortSignal) =>
-  fetch(`${url}${path}`, {
-    method: 'POST',
-    signal,
-    headers: { 'content-type': 'application/json', ...headers },
-    body: typeof body === 'string' || body instanceof Uint8Array ? body : JSON.stringify(body),
-  });
 
 describe('OpenAI-compatible server', () => {
   const getGpu = useGpu();
@@ -253,7 +200,7 @@ describe('OpenAI-compatible server', () => {
     expect((await chatUsage('a</s>')) - (await chatUsage('a'))).toBe(plain.length);
   });
 
-  it('32 concurrent streaming requests of different lengths each get their own greedy output, batched', async () => {
+  it('32 concurrent streaming requests of different lengths each get their own greedy output', async () => {
     // short prompts (prefill on a software device is slow); every 8th a chat request
     const names = ['Lily', 'Tom', 'Sue', 'Ben', 'The dog', 'A bird', 'Mom', 'The cat'];
     const verbs = ['was', 'saw', 'said', 'had a'];
@@ -263,10 +210,9 @@ describe('OpenAI-compatible server', () => {
       const messages = [{ role: 'user' as const, content: text }];
       return { text, chat, messages, maxTokens: 4 + (i % 5), tokens: chat ? chatTokens(messages) : tok().encode(text) };
     });
-    // generate() is batch-invariant: one batched call gives every sequence's output alone
+    // generate() is batch-invariant: one batched call gives every sequence's output alone. How many
+    // of them share a step depends on arrival timing (engine.test.ts checks batching as such).
     const expected = (await generate(model, tok(), jobs.map((j) => ({ tokens: j.tokens, options: greedy(j.maxTokens) })))).results;
-    const multi = async () => (await metric(server.url, 'wgserve_step_sequences_count')) - (await metric(server.url, 'wgserve_step_sequences_bucket{le="4"}'));
-    const before = await multi();
 
     const outputs = await Promise.all(
       jobs.map(async (j) => {
@@ -290,7 +236,6 @@ describe('OpenAI-compatible server', () => {
       expect(o.out, `request ${i}`).toBe(expected[i].text);
       expect(o.finish, `request ${i}`).toBe(expected[i].finishReason);
     });
-    expect(await multi()).toBeGreaterThan(before); // steps with more than 4 sequences
   });
 
   it('malformed requests get the right 4xx in OpenAI’s error shape, and the server keeps serving', async () => {
@@ -315,7 +260,7 @@ describe('OpenAI-compatible server', () => {
       ['a message without a role', '/v1/chat/completions', { ...chatOk, messages: [{ content: 'hi' }] }, 400, 'invalid_value'],
       ['unknown model', '/v1/completions', { ...ok, model: 'gpt-4' }, 404, 'model_not_found'],
       ['missing model', '/v1/chat/completions', { messages: chatOk.messages }, 400, 'missing_required_parameter'],
-      ['n = 2', '/v1/completions', { ...ok, n: 2 }, 400, 'unsupported_value'],
+      ['n above 128 (parallel_sampling.test.ts has the rest of n and best_of)', '/v1/completions', { ...ok, n: 129 }, 400, 'integer_above_max_value'],
       ['top_logprobs without logprobs', '/v1/chat/completions', { ...chatOk, top_logprobs: 2 }, 400, 'invalid_value'],
       ['stream_options without stream', '/v1/completions', { ...ok, stream_options: { include_usage: true } }, 400, 'invalid_value'],
       ['unknown route', '/v1/embeddings', ok, 404, 'not_found'],
@@ -330,7 +275,7 @@ describe('OpenAI-compatible server', () => {
     }
     // through the official client: typed errors
     await expect(client.completions.create({ model: 'gpt-4', prompt: 'Hi', max_tokens: 1 })).rejects.toMatchObject({ status: 404, code: 'model_not_found' });
-    await expect(client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], n: 2 })).rejects.toBeInstanceOf(OpenAI.BadRequestError);
+    await expect(client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], n: 0 })).rejects.toBeInstanceOf(OpenAI.BadRequestError);
     // unknown fields are ignored, as OpenAI does; the server still serves
     const res = await post(server.url, '/v1/completions', { ...ok, max_tokens: 2, frobnicate: true, presence_penalty: 0 });
     expect(res.status).toBe(200);

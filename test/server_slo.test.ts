@@ -9,6 +9,7 @@ import type { CostModel } from '../src/scheduler/cost_model.ts';
 import { SloScheduler } from '../src/scheduler/slo.ts';
 import { startServer, type WgServer } from '../src/server/app.ts';
 import { useGpu } from './helpers/gpu.ts';
+import { post } from './helpers/http.ts';
 import { startServeProcess } from './helpers/serve_process.ts';
 import { useTmpDirs } from './helpers/tmp.ts';
 
@@ -17,8 +18,6 @@ const MODEL = 'stories260K';
 
 /** 20 ms a step whatever it holds: a 1 ms TTFT is hopeless, a minute is easy. */
 const flatCost: CostModel = { stepSeconds: () => 0.02, kvTransferSeconds: () => 0, kvCapacityTokens: 1e6, describe: () => 'flat 20 ms' };
-
-const post = (url: string, path: string, body: unknown) => fetch(`${url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
 
 /** The value of the first /metrics series whose name starts with `name` and that has all the labels. */
 async function series(url: string, name: string, labels: Record<string, string>): Promise<number | undefined> {

@@ -100,6 +100,8 @@ program
   .option('--token-budget <n>', 'tokens per engine step, decodes and prompt chunks (default 512)', integer('--token-budget', 1))
   .option('--max-waiting <n>', 'requests queued for admission at most; beyond, 429 with Retry-After (default 1024)', integer('--max-waiting', 1))
   .option('--drain-timeout <seconds>', 'on SIGTERM, how long running requests may take to finish before they are cancelled', number('--drain-timeout', 0), 30)
+  .option('--body-timeout <seconds>', 'a request (headers and body) not received within this long gets 408 and its connection is closed; responses are not limited', number('--body-timeout', 0.001), 30)
+  .option('--keep-alive-timeout <seconds>', 'an idle keep-alive connection is closed after this long', number('--keep-alive-timeout', 0.001), 5)
   .addOption(new Option('--policy <name>', 'scheduling policy: fcfs, edf (earliest SLO deadline first) or slo (goodput: least slack first, rejects hopeless requests)').choices(['fcfs', 'edf', 'slo']).default('fcfs'))
   .option('--cost-model <file>', 'step-time model for edf/slo (from `wgserve profile`); slo without one fits step times online')
   .option('--record-steps <file>', 'append every engine step (batch shape, compute and loop time) as JSONL, for `wgserve profile --from-steps`')

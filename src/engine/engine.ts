@@ -64,6 +64,13 @@ export interface EngineRequest {
   prompt: number[];
   sampling: SamplingOptions;
   events?: SequenceEvents;
+  /**
+   * Several choices from one prompt (OpenAI's `n`), choice i reporting to choices[i] (instead of
+   * `events`) and sampled with the seed choiceSeed(sampling.seed, i). The prompt is prefilled
+   * once; then each choice is a sequence of its own over the prompt's KV blocks (shared, see
+   * Engine.fork). The handle cancels them all. Not with `generated` or `handoff`.
+   */
+  choices?: SequenceEvents[];
   /** latency objectives, for SLO-aware schedulers */
   slo?: Slo;
   /** larger first among otherwise equal requests (default 0) */
@@ -102,8 +109,25 @@ export interface KvImport {
 
 export interface EngineHandle {
   id: number;
-  /** stops the sequence; its KV is freed at the next step */
+  /** stops the sequence (every choice of the request); its KV is freed at the next step */
   cancel(): void;
+}
+
+/**
+ * The seed of choice `index` of a request seeded with `seed`: seed + index, as vLLM derives it,
+ * so choice 0 is the request's own output and choice i what a request with seed + i gives
+ * (beyond 2^53 - 1 it wraps around to -(2^53 - 1), staying a safe integer).
+ */
+export function choiceSeed(seed: number, index: number): number {
+  // seed - MAX and index - MAX - 1 are exact; so is their sum, which is >= -MAX
+  return seed > Number.MAX_SAFE_INTEGER - index ? seed - Number.MAX_SAFE_INTEGER + (index - Number.MAX_SAFE_INTEGER - 1) : seed + index;
+}
+
+/** A request's choices as requests of one choice each (for a front that runs them as separate sequences). */
+export function choiceRequests(req: EngineRequest): EngineRequest[] {
+  if (!req.choices) return [req];
+  const { choices, ...rest } = req;
+  return choices.map((events, i) => ({ ...rest, sampling: { ...rest.sampling, seed: choiceSeed(rest.sampling.seed, i) }, events }));
 }
 
 /**
@@ -167,6 +191,16 @@ interface Sequence {
   stops: StopMatcher;
   cancelled: boolean;
   handoff?: KvHandoff;
+  /** the request's other choices, until this sequence's prompt is computed and they fork from it */
+  forks?: PendingFork[];
+}
+
+/** A choice that starts once its request's first choice has computed the prompt. */
+interface PendingFork {
+  id: number;
+  arrival: number;
+  sampling: SamplingOptions;
+  events: SequenceEvents;
 }
 
 let nextId = 1;
@@ -229,7 +263,17 @@ export class Engine implements ServingEngine {
 
   /** Queues a request; throws RequestTooLargeError or QueueFullError when it cannot be taken. */
   submit(req: EngineRequest): EngineHandle {
-    return this.enqueue(req, null, nextId++);
+    if (!req.choices) return this.enqueue(req, null, nextId++);
+    const { choices, ...first } = req;
+    if (choices.length === 0) throw new RangeError('submit: a request needs at least one choice');
+    if (choices.length > 1 && (req.generated?.length || req.handoff)) throw new Error('submit: several choices cannot resume or hand over a sequence');
+    const handle = this.enqueue({ ...first, events: choices[0] }, null, nextId++);
+    const forks = choiceRequests(req)
+      .slice(1)
+      .map((r): PendingFork => ({ id: nextId++, arrival: this.arrivals++, sampling: r.sampling, events: r.events ?? {} }));
+    if (forks.length) this.seqs.get(handle.id)!.forks = forks;
+    const ids = [handle.id, ...forks.map((f) => f.id)];
+    return { id: handle.id, cancel: () => ids.forEach((id) => this.cancel(id)) };
   }
 
   /**
@@ -459,6 +503,7 @@ export class Engine implements ServingEngine {
       s.computed += n;
       if (s.computed < s.tokens.length) return; // a prompt chunk (or recompute) with more to come
       if (s.cancelled) return;
+      if (s.forks) this.fork(s);
       this.accept(s, sampled[i], logitRows ? logitRows.subarray(i * vocab, (i + 1) * vocab) : null);
       if (s.handoff && this.seqs.has(s.id)) this.handOff(s);
     });
@@ -497,6 +542,36 @@ export class Engine implements ServingEngine {
     s.events.onToken?.({ ...event, text: r.emit });
   }
 
+  /**
+   * The request's other choices start from the prompt `s` has just computed. Each shares the
+   * prompt's whole blocks short of its last token (never written again: every sequence writes
+   * past them) and computes the rest, 1 to blockSize tokens, into a block of its own; from that
+   * step's logits it samples its first token with its own seed, as a request of its own would.
+   */
+  private fork(s: Sequence): void {
+    const forks = s.forks!;
+    s.forks = undefined;
+    const { blockSize } = this.model.kv.layout;
+    const shared = Math.floor((s.promptLength - 1) / blockSize) * blockSize;
+    const prompt = s.tokens.slice(0, s.promptLength);
+    for (const f of forks) {
+      if (shared > 0) this.model.kv.fork(s.id, f.id, shared);
+      this.seqs.set(f.id, {
+        ...s,
+        id: f.id,
+        arrival: f.arrival,
+        firstTokenTime: undefined,
+        tokens: [...prompt],
+        computed: shared,
+        state: shared > 0 ? 'running' : 'waiting',
+        sampling: f.sampling,
+        events: f.events,
+        decoder: new StreamDecoder(this.tokenizer, prompt[prompt.length - 1]),
+        stops: new StopMatcher(f.sampling.stop),
+      });
+    }
+  }
+
   /** A prefill-only sequence that did not end with its token leaves: its KV is freed here, the receiver has a copy. */
   private handOff(s: Sequence): void {
     this.seqs.delete(s.id);
@@ -519,6 +594,8 @@ export class Engine implements ServingEngine {
     const eos = this.tokenizer.vocab.eos;
     const completion = s.tokens.slice(s.promptLength).filter((t) => t !== eos).length;
     s.events.onFinish?.(reason, { promptTokens: s.promptLength, completionTokens: completion }, error);
+    // choices that never started end as their prompt did (cancelled, rejected, failed)
+    for (const f of s.forks ?? []) f.events.onFinish?.(reason, { promptTokens: s.promptLength, completionTokens: 0 }, error);
   }
 }
 

@@ -42,6 +42,8 @@ interface HeadRow {
  * block list and length, so a head's storage policy (full history, or sinks + a ring buffer) and
  * the set of slots it attends to can differ per head; the attention kernels read table rows
  * `seq * nKvHeads + head`. Growing a sequence appends blocks (no copying); freeing returns them.
+ * A sequence forked from another (`fork`) shares its full blocks: blocks are reference-counted in
+ * the pool, and a shared block is never written (the fork and its parent write past them).
  */
 export class PagedKvTables {
   readonly pool: BlockPool;
@@ -75,9 +77,27 @@ export class PagedKvTables {
     return rows.reduce((n, r) => n + Math.ceil((r.length + tokens) / blockSize) - r.blocks.length, 0);
   }
 
-  /** Blocks `seq` holds (0 for an unknown sequence). */
+  /** Blocks freeing `seq` would return to the pool: those it holds alone (0 for an unknown sequence). */
   blocksHeld(seq: number): number {
-    return this.seqs.get(seq)?.reduce((n, r) => n + r.blocks.length, 0) ?? 0;
+    return this.seqs.get(seq)?.reduce((n, r) => n + r.blocks.filter((b) => this.pool.holders(b) === 1).length, 0) ?? 0;
+  }
+
+  /**
+   * Makes `child` a new sequence holding the first `tokens` tokens of `parent`, in the same
+   * blocks (shared: each goes back to the pool when its last holder frees it). `tokens` must be
+   * a multiple of the block size, so only full blocks are shared and every later token of either
+   * sequence goes into a block of its own.
+   */
+  fork(parent: number, child: number, tokens: number): void {
+    const { blockSize } = this.layout;
+    if (this.seqs.has(child)) throw new Error(`fork: sequence ${child} already holds KV`);
+    const rows = this.rows(parent);
+    if (!(Number.isInteger(tokens) && tokens >= 0 && tokens % blockSize === 0 && rows.every((r) => r.length >= tokens))) {
+      throw new RangeError(`fork: ${tokens} tokens of sequence ${parent} are not whole blocks it holds`);
+    }
+    const shared = rows.map((r) => ({ blocks: r.blocks.slice(0, tokens / blockSize), length: tokens }));
+    this.pool.share(shared.flatMap((r) => r.blocks));
+    this.seqs.set(child, shared);
   }
 
   /**
@@ -88,10 +108,12 @@ export class PagedKvTables {
    */
   append(seq: number, tokens: number): Uint32Array {
     const { blockSize, nKvHeads } = this.layout;
+    let rows = this.seqs.get(seq);
+    // a token that goes into a partly filled block needs the block to itself (a bug otherwise: fork shares full blocks only)
+    if (rows?.some((r) => r.length % blockSize !== 0 && this.pool.holders(r.blocks[r.blocks.length - 1]) > 1)) throw new Error(`append: sequence ${seq} would write into a shared KV block`);
     const needed = this.blocksNeeded(seq, tokens);
     const fresh = this.pool.take(needed);
     if (!fresh) throw new KvPoolExhausted(needed, this.pool.free);
-    let rows = this.seqs.get(seq);
     if (!rows) {
       rows = Array.from({ length: nKvHeads }, () => ({ blocks: [], length: 0 }));
       this.seqs.set(seq, rows);
@@ -132,7 +154,7 @@ export class PagedKvTables {
     }
   }
 
-  /** Returns every block of `seq` to the pool. */
+  /** Gives back every block of `seq` (a block it shares stays with its other holders). */
   free(seq: number): void {
     const rows = this.seqs.get(seq);
     if (!rows) return;

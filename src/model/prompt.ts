@@ -1,16 +1,64 @@
 import type { ChatMessage, ChatTemplate } from './chat_template.ts';
-import type { Tokenizer } from './tokenizer/index.ts';
+import { encodeSlices, type Tokenizer } from './tokenizer/index.ts';
 import { partitionSpecial } from './tokenizer/vocab.ts';
+
+/**
+ * A prompt about to be tokenized: the whole text its ids stand for (the rendered chat), whose
+ * UTF-8 size bounds their count from below (Tokenizer.maxInputBytesPerToken), and its ids in
+ * slices of bounded work (Tokenizer.encodeSlices), computed as they are iterated.
+ */
+export interface PromptSlices {
+  text: string;
+  slices: Iterable<number[]>;
+}
+
+/** All of a prompt's ids at once. */
+export function collectSlices(slices: Iterable<number[]>): number[] {
+  const ids: number[] = [];
+  for (const slice of slices) for (const id of slice) ids.push(id);
+  return ids;
+}
+
+/**
+ * A prompt's ids, handing the event loop back (setImmediate) before each slice after the first
+ * (and before finding that there is none left), so that other requests' tokens keep flowing while
+ * a long prompt is tokenized; null as soon as there are more than `limit` ids (the rest of the
+ * text is never tokenized). `onPause` is told of each hand-back.
+ */
+export async function collectSlicesUnblocking(slices: Iterable<number[]>, limit = Infinity, onPause?: () => void): Promise<number[] | null> {
+  const ids: number[] = [];
+  let first = true;
+  const it = slices[Symbol.iterator]();
+  try {
+    for (;;) {
+      if (!first) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        onPause?.();
+      }
+      first = false;
+      const next = it.next();
+      if (next.done) return ids;
+      for (const id of next.value) ids.push(id);
+      if (ids.length > limit) return null;
+    }
+  } finally {
+    it.return?.();
+  }
+}
 
 /**
  * Prompt text to ids the way llama.cpp's server and vLLM do: control-token text ("<s>",
  * "<|im_start|>") becomes its id, and BOS is added unless the text already starts with it.
  */
-export function encodePromptText(tokenizer: Tokenizer, text: string, options: { addSpecial?: boolean } = {}): number[] {
+export function promptTextSlices(tokenizer: Tokenizer, text: string, options: { addSpecial?: boolean } = {}): PromptSlices {
   const { bos, tokens } = tokenizer.vocab;
   const startsWithBos = bos !== null && tokens[bos] !== '' && text.startsWith(tokens[bos]);
-  return tokenizer.encode(text, { addSpecial: (options.addSpecial ?? true) && !startsWithBos, parseSpecial: true });
+  return { text, slices: encodeSlices(tokenizer, text, { addSpecial: (options.addSpecial ?? true) && !startsWithBos, parseSpecial: true }) };
 }
+
+/** promptTextSlices' ids at once. */
+export const encodePromptText = (tokenizer: Tokenizer, text: string, options: { addSpecial?: boolean } = {}): number[] =>
+  collectSlices(promptTextSlices(tokenizer, text, options).slices);
 
 // Private-use code points that mark where a message's content sits in the rendered template.
 const OPEN = '\uE000';
@@ -24,24 +72,36 @@ const hasControlText = (tokenizer: Tokenizer, text: string): boolean =>
  * A chat prompt's ids: the template's own special tokens become ids, but control-token text inside a
  * message's content stays plain text, so a user cannot open or close turns. Contents without such
  * text give exactly the ids of the whole rendered prompt; with it, the template's parts and the
- * contents are tokenized separately (token boundaries there may differ from one pass).
+ * contents are tokenized separately (token boundaries there may differ from one pass). The
+ * template renders at once (it may throw); the rest happens as the slices are iterated.
  */
-export function encodeChatPrompt(tokenizer: Tokenizer, template: ChatTemplate, messages: ChatMessage[]): number[] {
+export function chatPromptSlices(tokenizer: Tokenizer, template: ChatTemplate, messages: ChatMessage[]): PromptSlices {
   const rendered = template.render(messages);
-  if (!messages.some((m) => hasControlText(tokenizer, m.content))) return encodePromptText(tokenizer, rendered);
+  return { text: rendered, slices: chatSlices(tokenizer, template, messages, rendered) };
+}
+
+function* chatSlices(tokenizer: Tokenizer, template: ChatTemplate, messages: ChatMessage[], rendered: string): Generator<number[], void, undefined> {
+  if (!messages.some((m) => hasControlText(tokenizer, m.content))) {
+    yield* promptTextSlices(tokenizer, rendered).slices;
+    return;
+  }
   // Find the contents in the rendered text by rendering them between markers; templates that trim
   // contents (Llama 3's `| trim`) are matched by marking the trimmed content.
   for (const trim of [false, true]) {
     const marked = template.render(messages.map((m) => ({ ...m, content: OPEN + (trim ? m.content.trim() : m.content) + CLOSE })));
     if (marked.replaceAll(OPEN, '').replaceAll(CLOSE, '') !== rendered) continue;
     const { bos, addBos, tokens } = tokenizer.vocab;
-    const ids = bos !== null && addBos && !rendered.startsWith(tokens[bos]) ? [bos] : [];
+    if (bos !== null && addBos && !rendered.startsWith(tokens[bos])) yield [bos];
     for (const [i, part] of marked.split(OPEN).entries()) {
       const [content, templateText] = i === 0 ? ['', part] : part.split(CLOSE);
-      ids.push(...tokenizer.encode(content, { addSpecial: false, parseSpecial: false }));
-      ids.push(...tokenizer.encode(templateText, { addSpecial: false, parseSpecial: true }));
+      yield* encodeSlices(tokenizer, content, { addSpecial: false, parseSpecial: false });
+      yield* encodeSlices(tokenizer, templateText, { addSpecial: false, parseSpecial: true });
     }
-    return ids;
+    return;
   }
   throw new Error('the chat template changes message contents in a way that hides where they are, so control-token text in them cannot be kept as plain text');
 }
+
+/** chatPromptSlices' ids at once. */
+export const encodeChatPrompt = (tokenizer: Tokenizer, template: ChatTemplate, messages: ChatMessage[]): number[] =>
+  collectSlices(chatPromptSlices(tokenizer, template, messages).slices);

@@ -22,10 +22,12 @@ import type { EngineHandle, FinishReason, SamplingOptions, TokenEvent, Usage } f
 import type { ServingEngine } from '../engine/serving.ts';
 import { QueueFullError, RequestTooLargeError } from '../engine/engine.ts';
 import { ChatTemplate } from '../model/chat_template.ts';
-import { encodeChatPrompt, encodePromptText } from '../model/prompt.ts';
+import { chatPromptSlices, promptTextSlices } from '../model/prompt.ts';
 import { decode, type Tokenizer } from '../model/tokenizer/index.ts';
 import type { Slo } from '../scheduler/scheduler.ts';
+import { clientErrorHandler, DEFAULT_BODY_TIMEOUT_S, DEFAULT_KEEP_ALIVE_TIMEOUT_S, guardRequests, missingHost, serverOptions } from './http_limits.ts';
 import { ServerMetrics } from './metrics.ts';
+import { tokenizePrompt } from './prompt_limits.ts';
 import {
   ApiError,
   chatLogprobs,
@@ -55,6 +57,10 @@ export interface ServerOptions {
   apiKey?: string;
   /** request body limit in bytes (413 beyond); default 1 MiB */
   bodyLimit?: number;
+  /** seconds to receive a whole request, headers and body (408 beyond); default 30 */
+  bodyTimeoutSeconds?: number;
+  /** seconds an idle keep-alive connection stays open; default 5 */
+  keepAliveTimeoutSeconds?: number;
   /** fastify's logger option (pino): false (default), true, or pino options such as { level: 'info' } */
   logger?: FastifyServerOptions['logger'];
   /** the Retry-After of a 429 (queue full), seconds; default 1 */
@@ -108,6 +114,10 @@ interface Job {
   sampling: SamplingOptions;
   stream: boolean;
   includeUsage: boolean;
+  /** choices returned (OpenAI's `n`) */
+  n: number;
+  /** candidates generated (completions' `best_of`; n otherwise): the n with the highest cumulative logprob are returned */
+  bestOf: number;
   /** top alternatives per token, or null for no logprobs */
   topLogprobs: number | null;
   /** completions' echo: the prompt text in front of the completion */
@@ -122,11 +132,29 @@ interface Job {
 }
 
 /**
- * What a stream has yet to send, in order: tokens for one chunk (one token while the client keeps
- * up, up to MAX_CHUNK_TOKENS while it is behind), or a chunk ready to write.
+ * What a stream has yet to send, in order: tokens of one choice for one chunk (one token while
+ * the client keeps up, up to MAX_CHUNK_TOKENS while it is behind), or a chunk ready to write.
  */
-type Tokens = { text: string; events: TokenEvent[]; tokens: number; finish: string | null };
+type Tokens = { index: number; text: string; events: TokenEvent[]; tokens: number; finish: string | null };
 type Piece = Tokens | { chunk: unknown };
+
+/** One choice (candidate) of a request as its response is assembled. */
+interface Choice {
+  index: number;
+  /** whole responses: the text so far (after the echo) and the events whose logprobs it returns */
+  text: string;
+  lpEvents: TokenEvent[];
+  /** streams: completions' text_offset of the next chunk */
+  textOffset: number;
+  tokens: number;
+  lastToken: number;
+  /** sum of the logprobs of the tokens it returns (best_of's ranking) */
+  cumulativeLogprob: number;
+  finish: { reason: FinishReason; usage: Usage } | null;
+}
+
+/** How a request ended: the reason of the choice that ended it, usage over all its choices. */
+type Outcome = { reason: FinishReason; usage: Usage; error?: Error };
 
 const wantsMsgpack = (request: FastifyRequest): boolean => {
   const accept = request.headers.accept ?? '';
@@ -168,6 +196,7 @@ export function buildServer(o: ServerOptions): WgServer {
   // the most tokens one sequence can hold: the context, and the KV pool when that is smaller
   const maxSequence = Math.min(contextLength, engine.maxSequenceTokens);
   const bodyLimit = o.bodyLimit ?? MiB;
+  const bodyTimeout = o.bodyTimeoutSeconds ?? DEFAULT_BODY_TIMEOUT_S;
   const retryAfter = String(o.retryAfterSeconds ?? 1);
   const created = Math.floor(Date.now() / 1000);
 
@@ -195,12 +224,16 @@ export function buildServer(o: ServerOptions): WgServer {
     logger: o.logger ?? false,
     bodyLimit,
     logController: new LogController({ disableRequestLogging: true }),
+    // slow or idle clients cannot hold connections open indefinitely; malformed HTTP gets OpenAI's body
+    ...serverOptions(bodyTimeout, o.keepAliveTimeoutSeconds ?? DEFAULT_KEEP_ALIVE_TIMEOUT_S),
+    clientErrorHandler: clientErrorHandler(bodyTimeout),
     // errors before routing (a URL that does not decode) in OpenAI's body too
     frameworkErrors: (err, request, reply) => {
       sendError(request, reply, new ApiError(err.statusCode ?? 400, err.message, 'invalid_request_error', null, 'invalid_url'));
     },
   });
 
+  guardRequests(app);
   app.addContentTypeParser(MSGPACK_TYPES, { parseAs: 'buffer' }, (_req, body, done) => {
     try {
       done(null, unpackMsgpack(body as Buffer));
@@ -221,6 +254,8 @@ export function buildServer(o: ServerOptions): WgServer {
       if (route === '/health' || route === '/metrics') request.log.debug(line, 'request');
       else request.log.info(line, 'request');
     });
+    const noHost = missingHost(request);
+    if (noHost) return fail(request, reply, noHost);
     // by the matched route, not the raw URL (percent-encoded paths route too)
     if (!request.routeOptions.url?.startsWith('/v1/')) return;
     if (state !== 'ready') {
@@ -318,19 +353,26 @@ export function buildServer(o: ServerOptions): WgServer {
     return { slo: has ? slo : undefined, sloClass: r.sloClass ?? 'custom', priority: r.priority };
   };
 
+  const countPause = () => metrics.tokenizePauses.inc();
+
   app.post('/v1/completions', async (request, reply) => {
     const r = parseCompletionRequest(request.body, vocab.tokens.length);
     checkModel(r.model);
-    const prompt = 'text' in r.prompt ? encodePromptText(tokenizer, r.prompt.text) : r.prompt.tokens;
+    const maxTokens = r.maxTokens ?? 16;
+    const budget = { contextLength, maxSequence, reserve: maxTokens, reserveName: `max_tokens (${maxTokens})`, param: r.maxTokens === undefined ? 'prompt' : 'max_tokens' };
+    const prompt = 'text' in r.prompt ? await tokenizePrompt(tokenizer, promptTextSlices(tokenizer, r.prompt.text), budget, countPause) : r.prompt.tokens;
     const echo = r.echo ? ('text' in r.prompt ? r.prompt.text : decode(tokenizer, r.prompt.tokens)) : '';
     return run(request, reply, {
       kind: 'text',
       id: newId('cmpl'),
       created: Math.floor(Date.now() / 1000),
       prompt,
-      sampling: sampling(r, r.maxTokens ?? 16, r.logprobs),
+      // best_of ranks candidates by their logprobs: computed even when not returned
+      sampling: sampling(r, maxTokens, r.bestOf > r.n ? (r.logprobs ?? 0) : r.logprobs),
       stream: r.stream,
       includeUsage: r.includeUsage,
+      n: r.n,
+      bestOf: r.bestOf,
       topLogprobs: r.logprobs,
       echo,
       user: r.user,
@@ -345,8 +387,11 @@ export function buildServer(o: ServerOptions): WgServer {
     let prompt: number[];
     try {
       // the template's special tokens become ids, control-token text in contents stays text
-      prompt = encodeChatPrompt(tokenizer, template, r.messages);
+      const reserveName = r.maxTokens === undefined ? 'at least one token to generate' : `max_completion_tokens (${r.maxTokens})`;
+      const budget = { contextLength, maxSequence, reserve: r.maxTokens ?? 1, reserveName, param: r.maxTokens === undefined ? 'messages' : 'max_completion_tokens' };
+      prompt = await tokenizePrompt(tokenizer, chatPromptSlices(tokenizer, template, r.messages), budget, countPause);
     } catch (err) {
+      if (err instanceof ApiError) throw err;
       throw new ApiError(400, err instanceof Error ? err.message : String(err), 'invalid_request_error', 'messages', 'invalid_value');
     }
     let maxTokens = r.maxTokens;
@@ -364,6 +409,8 @@ export function buildServer(o: ServerOptions): WgServer {
       sampling: sampling(r, maxTokens, r.logprobs),
       stream: r.stream,
       includeUsage: r.includeUsage,
+      n: r.n,
+      bestOf: r.n,
       topLogprobs: r.logprobs,
       echo: '',
       user: r.user,
@@ -382,29 +429,29 @@ export function buildServer(o: ServerOptions): WgServer {
     const top = job.topLogprobs;
 
     let handle: EngineHandle | undefined;
+    /** the request is over: every choice finished, or one ended it (failed, rejected, cancelled) and took the others along */
     let finished = false;
-    /** how it finished, for a stream whose sequence ended before the stream opened (a rejection in submit) */
-    let outcome: { reason: FinishReason; usage: Usage; error?: Error } | null = null;
     let clientGone = false;
-    let tokens = 0;
-    let firstToken = 0;
+    let firstToken: number | null = null;
     let lastToken = 0;
-    let text = job.echo;
-    let textOffset = job.echo.length;
-    const lpEvents: TokenEvent[] = [];
+    /** the candidates (best_of, else n of them), in the engine's order: candidate i is sampled with choiceSeed(seed, i) */
+    const choices: Choice[] = Array.from({ length: job.bestOf }, (_, index) => ({ index, text: job.echo, textOffset: job.echo.length, lpEvents: [], tokens: 0, lastToken: 0, cumulativeLogprob: 0, finish: null }));
+    let unfinished = choices.length;
     let stream: ChunkStream | null = null;
+    /** what the stream has yet to send; filled before the stream opens too (a request may end inside submit) */
     const backlog: Piece[] = [];
     /** the last piece is queued: the response ends after it */
     let ending = false;
     let pumpQueued = false;
-    let settle!: (r: { reason: FinishReason; usage: Usage; error?: Error }) => void;
-    const done = new Promise<{ reason: FinishReason; usage: Usage; error?: Error }>((r) => (settle = r));
+    let settle!: (o: Outcome) => void;
+    const done = new Promise<Outcome>((r) => (settle = r));
 
-    /** The chunk of a piece's tokens; called in stream order (completions' text_offset runs on). */
-    const chunk = ({ text: content, events, finish }: Tokens) => {
-      const lp = top === null ? null : job.kind === 'text' ? completionLogprobs(texts, events, top, textOffset) : chatLogprobs(texts, events, top);
-      for (const e of events) textOffset += texts.text(e.token).length;
-      const choice = job.kind === 'text' ? { index: 0, text: content, logprobs: lp, finish_reason: finish } : { index: 0, delta: content || finish === null ? { content } : {}, logprobs: lp, finish_reason: finish };
+    /** The chunk of a piece's tokens; called in stream order (completions' text_offset runs on per choice). */
+    const chunk = ({ index, text: content, events, finish }: Tokens) => {
+      const c = choices[index];
+      const lp = top === null ? null : job.kind === 'text' ? completionLogprobs(texts, events, top, c.textOffset) : chatLogprobs(texts, events, top);
+      for (const e of events) c.textOffset += texts.text(e.token).length;
+      const choice = job.kind === 'text' ? { index, text: content, logprobs: lp, finish_reason: finish } : { index, delta: content || finish === null ? { content } : {}, logprobs: lp, finish_reason: finish };
       return { ...base, choices: [choice], ...usageField };
     };
     /**
@@ -421,85 +468,94 @@ export function buildServer(o: ServerOptions): WgServer {
       if (!backlog.length && ending && stream.ready) stream.end();
     };
 
-    const onToken = (e: TokenEvent) => {
+    const onToken = (c: Choice) => (e: TokenEvent) => {
       const now = performance.now();
-      if (tokens === 0) {
+      if (firstToken === null) {
         metrics.ttft.observe((now - rec.t0) / 1e3);
         firstToken = now;
-      } else metrics.interToken.observe((now - lastToken) / 1e3);
-      lastToken = now;
-      tokens++;
+      }
+      if (c.tokens > 0) metrics.interToken.observe((now - c.lastToken) / 1e3);
+      c.lastToken = lastToken = now;
+      c.tokens++;
       metrics.generationTokens.inc();
+      // best_of's ranking: the tokens the choice returns (the end-of-sequence token is not one)
+      if (e.token !== eos) c.cumulativeLogprob += e.logprob ?? 0;
       const withLogprobs = top !== null && e.token !== eos;
       if (!job.stream) {
-        text += e.text;
-        if (withLogprobs) lpEvents.push(e);
+        c.text += e.text;
+        if (withLogprobs) c.lpEvents.push(e);
         return;
       }
       if (!e.text && !withLogprobs) return;
       const tail = backlog.at(-1);
-      if (tail && 'text' in tail && tail.tokens < MAX_CHUNK_TOKENS) {
+      if (tail && 'text' in tail && tail.index === c.index && tail.tokens < MAX_CHUNK_TOKENS) {
         tail.text += e.text;
         if (withLogprobs) tail.events.push(e);
         tail.tokens++;
-      } else backlog.push({ text: e.text, events: withLogprobs ? [e] : [], tokens: 1, finish: null });
-      // written a microtask later: when this is the last token, onFinish (called right after, in
-      // the same engine step) puts finish_reason into its chunk
+      } else backlog.push({ index: c.index, text: e.text, events: withLogprobs ? [e] : [], tokens: 1, finish: null });
+      // written a microtask later: when this is the choice's last token, onFinish (called right
+      // after, in the same engine step) puts finish_reason into its chunk
       if (!pumpQueued) queueMicrotask(pump);
       pumpQueued = true;
     };
 
-    const onFinish = (reason: FinishReason, usage: Usage, error?: Error) => {
+    const onFinish = (c: Choice) => (reason: FinishReason, usage: Usage, error?: Error) => {
+      metrics.observeFinish(reason);
+      if (finished) return; // cancelled along with a choice that ended the request
+      c.finish = { reason, usage };
+      const ok = reason === 'stop' || reason === 'length';
+      if (ok && job.stream) {
+        // finish_reason on the choice's last content chunk, or a chunk of its own when that one is gone
+        const last = backlog.findLast((p): p is Tokens => 'text' in p && p.index === c.index);
+        if (last) last.finish = openAiFinishReason(reason);
+        else backlog.push({ index: c.index, text: '', events: [], tokens: 0, finish: openAiFinishReason(reason) });
+      }
+      if (ok && --unfinished > 0) return;
       finished = true;
+      if (!ok) handle?.cancel(); // the request ends with this choice: the others are cancelled
       if (handle) active.delete(handle);
       if (active.size === 0) {
         const w = emptyWaiters;
         emptyWaiters = [];
         for (const f of w) f();
       }
+      const total: Usage = { promptTokens: usage.promptTokens, completionTokens: choices.reduce((n, x) => n + (x.finish?.usage.completionTokens ?? 0), 0) };
       metrics.e2e.observe((performance.now() - rec.t0) / 1e3);
-      metrics.observeFinish(reason);
-      if (job.slo && reason !== 'cancelled') metrics.observeSlo(job.sloClass, sloMissed(reason), usage.completionTokens);
-      rec.gen = { id: job.id, prompt_tokens: usage.promptTokens, completion_tokens: usage.completionTokens, finish_reason: reason, ...(job.user ? { user: job.user } : {}) };
-      outcome = { reason, usage, error };
-      if (stream && !clientGone) finishStream(reason, usage, error);
-      settle(outcome);
+      if (job.slo && reason !== 'cancelled') metrics.observeSlo(job.sloClass, sloMissed(reason), total.completionTokens);
+      rec.gen = { id: job.id, prompt_tokens: total.promptTokens, completion_tokens: total.completionTokens, finish_reason: reason, ...(job.user ? { user: job.user } : {}) };
+      if (job.stream && !clientGone) {
+        if (ok) {
+          if (job.includeUsage) backlog.push({ chunk: { ...base, choices: [], usage: usageBody(total) } });
+        } else {
+          backlog.push({
+            chunk:
+              reason === 'error'
+                ? errorBody(`Generation failed: ${error?.message ?? 'unknown error'}`, 'server_error', null, 'generation_error')
+                : reason === 'rejected'
+                  ? sloRejection().body()
+                  : errorBody('The server shut down before the request finished.', 'server_error', null, 'server_shutdown'),
+          });
+        }
+        ending = true;
+        pump();
+      }
+      settle({ reason, usage: total, error });
     };
 
-    /** null when the finished request met its SLO, else the first objective it missed. */
+    /** null when the finished request met its SLO, else the first objective it missed (TPOT over its longest choice). */
     const sloMissed = (reason: FinishReason): string | null => {
       if (reason === 'rejected' || reason === 'error') return reason;
       const slo = job.slo!;
-      if (tokens === 0) return null;
+      const tokens = Math.max(...choices.map((c) => c.tokens));
+      if (firstToken === null) return null;
       if (slo.ttftMs !== undefined && firstToken - rec.t0 > slo.ttftMs) return 'ttft';
       if (slo.tpotMs !== undefined && tokens > 1 && (lastToken - firstToken) / (tokens - 1) > slo.tpotMs) return 'tpot';
       if (slo.deadlineMs !== undefined && lastToken - rec.t0 > slo.deadlineMs) return 'deadline';
       return null;
     };
 
-    const finishStream = (reason: FinishReason, usage: Usage, error?: Error) => {
-      if (reason === 'stop' || reason === 'length') {
-        const finish = openAiFinishReason(reason);
-        const tail = backlog.at(-1);
-        if (tail && 'text' in tail) tail.finish = finish; // on the last content chunk
-        else backlog.push({ text: '', events: [], tokens: 0, finish });
-        if (job.includeUsage) backlog.push({ chunk: { ...base, choices: [], usage: usageBody(usage) } });
-      } else {
-        backlog.push({
-          chunk:
-            reason === 'error'
-              ? errorBody(`Generation failed: ${error?.message ?? 'unknown error'}`, 'server_error', null, 'generation_error')
-              : reason === 'rejected'
-                ? sloRejection().body()
-                : errorBody('The server shut down before the request finished.', 'server_error', null, 'server_shutdown'),
-        });
-      }
-      ending = true;
-      pump();
-    };
-
     try {
-      handle = engine.submit({ prompt: job.prompt, sampling: job.sampling, events: { onToken, onFinish }, slo: job.slo, priority: job.priority });
+      handle = engine.submit({ prompt: job.prompt, sampling: job.sampling, choices: choices.map((c) => ({ onToken: onToken(c), onFinish: onFinish(c) })), slo: job.slo, priority: job.priority });
     } catch (err) {
       if (err instanceof QueueFullError) {
         throw new ApiError(429, `The server is busy: ${err.message}. Retry later.`, 'rate_limit_error', null, 'queue_full', { 'retry-after': retryAfter });
@@ -519,15 +575,15 @@ export function buildServer(o: ServerOptions): WgServer {
       reply.hijack();
       stream = openChunkStream(reply.raw, format);
       stream.onReady(pump);
-      if (job.kind === 'chat') stream.write({ ...base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }], ...usageField });
-      else if (job.echo) stream.write({ ...base, choices: [{ index: 0, text: job.echo, logprobs: null, finish_reason: null }], ...usageField });
-      // finished already, inside submit (the scheduler rejected it at once)
-      const early = outcome as { reason: FinishReason; usage: Usage; error?: Error } | null;
-      if (early) finishStream(early.reason, early.usage, early.error);
+      for (const { index } of choices) {
+        if (job.kind === 'chat') stream.write({ ...base, choices: [{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }], ...usageField });
+        else if (job.echo) stream.write({ ...base, choices: [{ index, text: job.echo, logprobs: null, finish_reason: null }], ...usageField });
+      }
+      pump(); // what came before the stream opened (a request that ended inside submit)
       return;
     }
 
-    const { reason, usage, error } = await done;
+    const { reason, error } = await done;
     if (clientGone) {
       reply.hijack(); // nobody to answer
       return;
@@ -535,12 +591,16 @@ export function buildServer(o: ServerOptions): WgServer {
     if (reason === 'error') throw new ApiError(500, `Generation failed: ${error?.message ?? 'unknown error'}`, 'server_error', null, 'generation_error');
     if (reason === 'rejected') throw sloRejection();
     if (reason === 'cancelled') throw new ApiError(503, 'The server shut down before the request finished.', 'server_error', null, 'server_shutdown');
-    const finish = openAiFinishReason(reason);
-    const choice =
-      job.kind === 'text'
-        ? { index: 0, text, logprobs: top === null ? null : completionLogprobs(texts, lpEvents, top, job.echo.length), finish_reason: finish }
-        : { index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: top === null ? null : chatLogprobs(texts, lpEvents, top), finish_reason: finish };
-    return send(request, reply, 200, { ...base, choices: [choice], usage: usageBody(usage) });
+    // best_of: the n candidates with the highest cumulative logprob, best first (ties: the earlier candidate)
+    const returned = job.bestOf > job.n ? [...choices].sort((a, b) => b.cumulativeLogprob - a.cumulativeLogprob || a.index - b.index).slice(0, job.n) : choices;
+    const body = returned.map((c, index) => {
+      const finish = openAiFinishReason(c.finish!.reason);
+      return job.kind === 'text'
+        ? { index, text: c.text, logprobs: top === null ? null : completionLogprobs(texts, c.lpEvents, top, job.echo.length), finish_reason: finish }
+        : { index, message: { role: 'assistant', content: c.text, refusal: null }, logprobs: top === null ? null : chatLogprobs(texts, c.lpEvents, top), finish_reason: finish };
+    });
+    const usage: Usage = { promptTokens: job.prompt.length, completionTokens: returned.reduce((n, c) => n + c.finish!.usage.completionTokens, 0) };
+    return send(request, reply, 200, { ...base, choices: body, usage: usageBody(usage) });
   }
 
   let drained: Promise<{ cancelled: number }> | null = null;

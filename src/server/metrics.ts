@@ -23,6 +23,7 @@ export class ServerMetrics {
   readonly goodputTokens: Counter<'slo_class'>;
   readonly goodputRequests: Counter<'slo_class'>;
   readonly rejected: Counter<'slo_class'>;
+  readonly tokenizePauses: Counter;
 
   constructor(engine: ServingEngine, options: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -76,6 +77,7 @@ export class ServerMetrics {
     this.goodputTokens = new Counter({ name: `${p}goodput_tokens_total`, help: 'Completion tokens of requests that met their SLO', labelNames: ['slo_class'], registers });
     this.goodputRequests = new Counter({ name: `${p}goodput_requests_total`, help: 'Requests that met their SLO', labelNames: ['slo_class'], registers });
     this.rejected = new Counter({ name: `${p}requests_rejected_total`, help: 'Requests the scheduler rejected because they could no longer meet their SLO', labelNames: ['slo_class'], registers });
+    this.tokenizePauses = new Counter({ name: `${p}prompt_tokenize_pauses_total`, help: 'Times the tokenization of a long prompt handed the event loop back to other requests (once per slice of 2048 characters)', registers });
     new Gauge({
       name: `${p}requests_waiting`,
       help: 'Requests queued for admission (new or preempted)',

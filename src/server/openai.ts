@@ -84,6 +84,15 @@ function optString(b: Body, name: string): string | undefined {
   return v;
 }
 
+/** A lone UTF-16 surrogate: JSON's \uD800-\uDFFF escapes without their pair, which no UTF-8 text holds. */
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/** `s`, refused when it is not Unicode text (a tokenizer would see U+FFFD in its place). */
+function text(param: string, s: string): string {
+  if (LONE_SURROGATE.test(s)) throw invalid(param, `Invalid '${param}': the text holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair), which is not Unicode text.`);
+  return s;
+}
+
 function isObject(v: unknown): v is Body {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
 }
@@ -135,6 +144,8 @@ function optLogitBias(b: Body, vocabSize: number): [number, number][] | undefine
 export const MAX_TOP_LOGPROBS = 20;
 /** Stop strings per request at most. */
 export const MAX_STOP = 16;
+/** Choices per request (`n`, and completions' `best_of`) at most: OpenAI's limit on `n`. */
+export const MAX_CHOICES = 128;
 
 /** What both endpoints share, validated. */
 export interface CommonRequest {
@@ -149,6 +160,8 @@ export interface CommonRequest {
   stop: string[];
   stream: boolean;
   includeUsage: boolean;
+  /** choices to return */
+  n: number;
   user?: string;
   /** extension: latency objectives (override those of the class) */
   slo?: Slo;
@@ -170,6 +183,8 @@ export interface CommonRequest {
 
 export interface CompletionRequest extends CommonRequest {
   prompt: { text: string } | { tokens: number[] };
+  /** candidates generated, of which the n with the highest cumulative logprob are returned (>= n) */
+  bestOf: number;
   echo: boolean;
   /** top alternatives per token (0: only the chosen token's); null: no logprobs */
   logprobs: number | null;
@@ -188,8 +203,7 @@ function common(body: unknown, vocabSize: number): { b: Body; req: CommonRequest
   if (model === undefined) throw invalid('model', "Missing required parameter: 'model'.", 'missing_required_parameter');
   if (typeof model !== 'string') throw wrongType('model', 'a string', model);
 
-  const n = optInteger(b, 'n', 1);
-  if (n !== undefined && n !== 1) throw invalid('n', `Invalid 'n': this server generates one choice per request (n = 1), got ${n}.`, 'unsupported_value');
+  const n = optInteger(b, 'n', 1, MAX_CHOICES) ?? 1;
 
   const stream = optBoolean(b, 'stream') ?? false;
   let includeUsage = false;
@@ -211,6 +225,7 @@ function common(body: unknown, vocabSize: number): { b: Body; req: CommonRequest
     if (stopField.length > MAX_STOP) throw invalid('stop', `Invalid 'stop': at most ${MAX_STOP} stop strings, got ${stopField.length}.`);
     stop = stopField as string[];
   } else if (stopField !== undefined) throw wrongType('stop', 'a string or an array of strings', stopField);
+  stop.forEach((s, i) => text(`stop[${i}]`, s));
 
   const sloClass = optString(b, 'slo_class');
   const priority = optInteger(b, 'priority', -(2 ** 31), 2 ** 31 - 1);
@@ -227,6 +242,7 @@ function common(body: unknown, vocabSize: number): { b: Body; req: CommonRequest
       stop: stop.filter((s) => s.length > 0),
       stream,
       includeUsage,
+      n,
       user: optString(b, 'user'),
       slo: optSlo(b),
       sloClass,
@@ -251,7 +267,7 @@ export function parseCompletionRequest(body: unknown, vocabSize: number): Comple
   // a batch of one prompt is that prompt
   if (Array.isArray(p) && p.length === 1 && (typeof p[0] === 'string' || Array.isArray(p[0]))) p = p[0];
   let prompt: CompletionRequest['prompt'];
-  if (typeof p === 'string') prompt = { text: p };
+  if (typeof p === 'string') prompt = { text: text('prompt', p) };
   else if (Array.isArray(p) && p.every((t) => typeof t === 'number')) {
     for (const t of p as number[]) {
       if (!Number.isInteger(t) || t < 0 || t >= vocabSize) throw invalid('prompt', `Invalid 'prompt': token id ${t} is outside the vocabulary (0..${vocabSize - 1}).`);
@@ -261,22 +277,50 @@ export function parseCompletionRequest(body: unknown, vocabSize: number): Comple
     throw invalid('prompt', `Invalid 'prompt': this server takes one prompt per request, got ${p.length}.`, 'unsupported_value');
   } else throw wrongType('prompt', 'a string or an array of token ids', p);
 
-  const best = optInteger(b, 'best_of', 1);
-  if (best !== undefined && best !== 1) throw invalid('best_of', "'best_of' other than 1 is not supported by this server.", 'unsupported_value');
+  const bestOf = optInteger(b, 'best_of', 1, MAX_CHOICES) ?? req.n;
+  if (bestOf < req.n) throw invalid('best_of', `Invalid 'best_of': it must be at least 'n' (${req.n}), got ${bestOf}.`);
+  if (bestOf > req.n && req.stream) throw invalid('best_of', "'best_of' greater than 'n' cannot be streamed (the best choices are known only at the end).", 'unsupported_value');
   const suffix = optString(b, 'suffix');
   if (suffix) throw invalid('suffix', "'suffix' is not supported by this server.", 'unsupported_parameter');
   const echo = optBoolean(b, 'echo') ?? false;
   const logprobs = optInteger(b, 'logprobs', 0, MAX_TOP_LOGPROBS) ?? null;
   if (echo && logprobs !== null) throw invalid('echo', "'echo' together with 'logprobs' is not supported by this server (no prompt log-probabilities).", 'unsupported_value');
-  return { ...req, maxTokens, prompt, echo, logprobs };
+  return { ...req, maxTokens, prompt, echo, logprobs, bestOf };
 }
 
 const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
 
+/**
+ * `tool_choice` ("none", "auto", "required", or an object naming a tool) and the older
+ * `function_call` ("none", "auto", or {name}). This server has no tools, so "none" and "auto"
+ * (which then calls none) are honoured; a choice that needs a tool is unsupported; anything else
+ * is malformed.
+ */
+function checkToolChoice(b: Body, name: 'tool_choice' | 'function_call'): void {
+  const v = field(b, name);
+  if (v === undefined) return;
+  const modes = name === 'tool_choice' ? ['none', 'auto', 'required'] : ['none', 'auto'];
+  const noTools = (what: string) => invalid(name, `'${name}' ${what} needs tools, and this server supports none (function calling is not supported).`, 'unsupported_value');
+  if (typeof v === 'string') {
+    if (!modes.includes(v)) throw invalid(name, `Invalid '${name}': expected one of ${modes.map((m) => `'${m}'`).join(', ')} or an object naming a function, got ${JSON.stringify(v)}.`);
+    if (v === 'required') throw noTools("'required'");
+    return;
+  }
+  if (!isObject(v)) throw wrongType(name, 'a string or an object', v);
+  if (name === 'tool_choice' && (v.type === 'allowed_tools' || v.type === 'custom')) throw noTools(`of type '${v.type}'`);
+  if (name === 'tool_choice' && v.type !== 'function') throw invalid(`${name}.type`, `Invalid '${name}.type': expected 'function', 'allowed_tools' or 'custom', got ${JSON.stringify(v.type ?? null)}.`);
+  const fn = name === 'tool_choice' ? v.function : v;
+  const param = name === 'tool_choice' ? `${name}.function.name` : `${name}.name`;
+  if (!isObject(fn) || typeof fn.name !== 'string') throw wrongType(param, 'a string (the function to call)', isObject(fn) ? fn.name : fn);
+  throw noTools(`naming the function '${fn.name}'`);
+}
+
 /** Validates a /v1/chat/completions body. `vocabSize` bounds logit_bias token ids. */
 export function parseChatRequest(body: unknown, vocabSize: number): ChatRequest {
   const { b, req } = common(body, vocabSize);
-  const maxTokens = optInteger(b, 'max_completion_tokens', 1) ?? optInteger(b, 'max_tokens', 1);
+  // both are validated; max_completion_tokens wins
+  const [maxCompletionTokens, legacyMaxTokens] = [optInteger(b, 'max_completion_tokens', 1), optInteger(b, 'max_tokens', 1)];
+  const maxTokens = maxCompletionTokens ?? legacyMaxTokens;
 
   const ms = field(b, 'messages');
   if (ms === undefined) throw invalid('messages', "Missing required parameter: 'messages'.", 'missing_required_parameter');
@@ -289,9 +333,14 @@ export function parseChatRequest(body: unknown, vocabSize: number): ChatRequest 
       throw invalid(`${param}.role`, `Invalid '${param}.role': expected one of ${[...ROLES].join(', ')}, got ${JSON.stringify(m.role ?? null)}.`);
     }
     const role = (m.role === 'developer' ? 'system' : m.role) as ChatMessage['role'];
+    if (m.name !== undefined && m.name !== null && typeof m.name !== 'string') throw wrongType(`${param}.name`, 'a string', m.name);
+    // an assistant's tool calls would be dropped by the template: refused, as tools are
+    const calls = m.tool_calls ?? undefined;
+    if (calls !== undefined && !Array.isArray(calls)) throw wrongType(`${param}.tool_calls`, 'an array', calls);
+    if (calls?.length) throw invalid(`${param}.tool_calls`, `'${param}.tool_calls' (function calling) is not supported by this server.`, 'unsupported_parameter');
     const c = m.content ?? null;
     let content: string;
-    if (typeof c === 'string') content = c;
+    if (typeof c === 'string') content = text(`${param}.content`, c);
     else if (c === null && role === 'assistant') content = '';
     else if (Array.isArray(c)) {
       content = c
@@ -299,17 +348,25 @@ export function parseChatRequest(body: unknown, vocabSize: number): ChatRequest 
           if (!isObject(part) || part.type !== 'text' || typeof part.text !== 'string') {
             throw invalid(`${param}.content[${j}]`, `Invalid '${param}.content[${j}]': only text parts ({"type": "text", "text": "..."}) are supported.`);
           }
-          return part.text;
+          return text(`${param}.content[${j}].text`, part.text);
         })
         .join('\n');
     } else throw wrongType(`${param}.content`, 'a string or an array of text parts', c);
     return { role, content };
   });
 
-  const tools = field(b, 'tools') ?? field(b, 'functions');
-  if (tools !== undefined && !(Array.isArray(tools) && tools.length === 0)) throw invalid('tools', "'tools' (function calling) is not supported by this server.", 'unsupported_parameter');
+  for (const name of ['tools', 'functions']) {
+    const v = field(b, name);
+    if (v === undefined) continue;
+    if (!Array.isArray(v)) throw wrongType(name, 'an array', v);
+    if (v.length > 0) throw invalid(name, `'${name}' (function calling) is not supported by this server.`, 'unsupported_parameter');
+  }
+  checkToolChoice(b, 'tool_choice');
+  checkToolChoice(b, 'function_call');
+  optBoolean(b, 'parallel_tool_calls'); // no tools, so nothing to call in parallel: only its type matters
   const rf = field(b, 'response_format');
-  if (rf !== undefined && !(isObject(rf) && rf.type === 'text')) throw invalid('response_format', "Only 'response_format' {\"type\": \"text\"} is supported by this server.", 'unsupported_value');
+  if (rf !== undefined && !isObject(rf)) throw wrongType('response_format', 'an object', rf);
+  if (rf !== undefined && rf.type !== 'text') throw invalid('response_format', "Only 'response_format' {\"type\": \"text\"} is supported by this server.", 'unsupported_value');
 
   const logprobs = optBoolean(b, 'logprobs') ?? false;
   const top = optInteger(b, 'top_logprobs', 0, MAX_TOP_LOGPROBS);

@@ -1,4 +1,4 @@
-import { type EngineHandle, type EngineRequest, type FinishReason, QueueFullError, type SequenceEvents, type StepStats, type TokenEvent, type Usage, checkRequest } from '../engine/engine.ts';
+import { type EngineHandle, type EngineRequest, type FinishReason, QueueFullError, type SequenceEvents, type StepStats, type TokenEvent, type Usage, checkRequest, choiceRequests } from '../engine/engine.ts';
 import type { ServingEngine, WorkerStatus } from '../engine/serving.ts';
 import type { ModelConfig } from '../model/config.ts';
 import type { Tokenizer } from '../model/tokenizer/index.ts';
@@ -156,10 +156,21 @@ export class Cluster implements ServingEngine {
     }));
   }
 
+  /**
+   * A request's choices (`n`) are requests of their own here, each with its choice's seed: each is
+   * prefilled on a prefill worker (prompt KV is not shared across workers), so they are admitted
+   * all or none.
+   */
   submit(req: EngineRequest): EngineHandle {
+    const parts = choiceRequests(req);
     checkRequest(req.prompt, [], req.sampling, this.config, this.maxSequenceTokens);
     if (this.up('prefill').length === 0 || this.up('decode').length === 0) throw new QueueFullError('no prefill or no decode worker is up');
-    if (this.queue.length >= (this.o.maxWaiting ?? 1024)) throw new QueueFullError(`${this.queue.length} requests are already waiting`);
+    if (this.queue.length + parts.length > (this.o.maxWaiting ?? 1024)) throw new QueueFullError(`${this.queue.length} requests are already waiting`);
+    const handles = parts.map((p) => this.start(p));
+    return handles.length === 1 ? handles[0] : { id: handles[0].id, cancel: () => handles.forEach((h) => h.cancel()) };
+  }
+
+  private start(req: EngineRequest): EngineHandle {
     const r: Request = {
       rid: this.nextRid++,
       attempt: 0,

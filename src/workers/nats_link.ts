@@ -12,7 +12,7 @@ const FRONT_SUBJECT = 'wgserve.front';
 const workerSubject = (id: string) => `wgserve.worker.${id}`;
 const packr = new Packr({ useRecords: false });
 /** after losing the server, a connection tries again this often, for ever (a broker restart loses nobody) */
-export const RECONNECT_WAIT_MS = 500;
+const RECONNECT_WAIT_MS = 500;
 
 async function connectTo(url: string, name: string): Promise<NatsConnection> {
   try {

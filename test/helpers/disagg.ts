@@ -13,6 +13,17 @@ export const SLACK = 4;
 export const STATUS_LIMIT_MS = SLACK * LIVENESS_TIMEOUT_MS;
 /** the front declares a silent worker lost: the liveness timeout plus one period of its check */
 export const LOSS_LIMIT_MS = SLACK * (LIVENESS_TIMEOUT_MS + STATUS_INTERVAL_MS);
+/**
+ * Workers up (device, model, pipeline warm-up; no constant bounds it): one takes ~5 s of CPU,
+ * three starting together took up to ~90 s on the loaded 2-core machine; twice that.
+ */
+export const WORKERS_START_LIMIT_MS = 180_000;
+/**
+ * A test or hook of the disaggregation suite (compute on the software device, no constant bounds
+ * it): up to 120 s measured with the 2-core machine at load 12 (a CPU hog and other suites beside
+ * it), 20-80 s at load 2-9.
+ */
+export const TEST_LIMIT_MS = 300_000;
 
 /** Polls `cond` every 25 ms until it holds; fails naming `what` (a function: read when it fails) after `limitMs`. */
 export async function waitFor(cond: () => boolean, limitMs: number, what: string | (() => string)): Promise<void> {
@@ -38,12 +49,14 @@ export async function within<T>(p: Promise<T>, limitMs: number, what: string): P
 
 /**
  * The front's control plane with a tap: counts each worker's statuses (a fresh one proves the
- * worker and its link alive), and can send one dispatch's KV through a relay instead of
- * straight to the decode worker.
+ * worker and its link alive), records adoptions and workers gone, and can send one dispatch's KV
+ * through a relay instead of straight to the decode worker.
  */
 export class TapPlane implements ControlPlane {
   private readonly statusCounts = new Map<string, number>();
   private readonly adoptions: { worker: string; rid: number }[] = [];
+  /** what the plane reported gone (a child process's exit), whatever the front made of it */
+  readonly gone: { id: string; reason: string }[] = [];
   private adoptionWaiters: { match: (a: { worker: string; rid: number }) => boolean; resolve: () => void }[] = [];
   private redirect: { address: DataAddress; resolve: (d: { worker: string; rid: number }) => void } | null = null;
 
@@ -92,7 +105,10 @@ export class TapPlane implements ControlPlane {
   }
 
   onGone(handler: (id: string, reason: string) => void): void {
-    this.inner.onGone(handler);
+    this.inner.onGone((id, reason) => {
+      this.gone.push({ id, reason });
+      handler(id, reason);
+    });
   }
 
   onLink(handler: (up: boolean) => void): void {

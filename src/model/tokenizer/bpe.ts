@@ -1,4 +1,5 @@
-import { TokenType, type Vocab, partitionSpecial } from './vocab.ts';
+import type { EncodeOptions } from './index.ts';
+import { TokenType, type Vocab, maxTokenInputBytes, partitionSpecial } from './vocab.ts';
 
 /**
  * Pre-tokenizer regexes by GGUF `tokenizer.ggml.pre` (the splits the model's training tokenizer
@@ -57,16 +58,41 @@ export class BpeTokenizer {
     merges.forEach((m, rank) => this.ranks.set(m, rank));
   }
 
-  encode(text: string, options: { addSpecial?: boolean; parseSpecial?: boolean } = {}): number[] {
+  encode(text: string, options: EncodeOptions = {}): number[] {
+    return [...this.encodeSlices(text, options, Infinity)].flat();
+  }
+
+  /** encode's ids in slices of about `sliceChars` characters, cut between pre-tokenizer words (which BPE encodes one by one). */
+  *encodeSlices(text: string, options: EncodeOptions = {}, sliceChars = Infinity): Generator<number[], void, undefined> {
     const addSpecial = options.addSpecial ?? true;
-    const out: number[] = [];
+    let out: number[] = [];
+    let pending = 0;
     if (addSpecial && this.vocab.addBos && this.vocab.bos !== null) out.push(this.vocab.bos);
     for (const part of partitionSpecial(text, this.vocab, options.parseSpecial ?? false)) {
-      if (typeof part === 'number') out.push(part);
-      else for (const m of part.matchAll(this.pre)) out.push(...this.encodeWord(m[0]));
+      if (typeof part === 'number') {
+        out.push(part);
+        continue;
+      }
+      // the pre-tokenizer runs over the whole part, lazily: a word is what it would be in one pass
+      for (const m of part.matchAll(this.pre)) {
+        for (const id of this.encodeWord(m[0])) out.push(id);
+        pending += m[0].length;
+        if (pending >= sliceChars) {
+          yield out;
+          out = [];
+          pending = 0;
+        }
+      }
     }
     if (addSpecial && this.vocab.addEos && this.vocab.eos !== null) out.push(this.vocab.eos);
-    return out;
+    yield out;
+  }
+
+  private maxBytes: number | undefined;
+  /** Byte-level BPE covers every input byte, at most maxTokenInputBytes of it per token. */
+  minTokens(text: string): number {
+    this.maxBytes ??= maxTokenInputBytes(this.vocab, (id) => this.tokenBytes(id));
+    return Math.ceil(Buffer.byteLength(text) / this.maxBytes);
   }
 
   private encodeWord(word: string): number[] {

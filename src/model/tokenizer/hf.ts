@@ -2,9 +2,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tokenizer as HfLibTokenizer } from '@huggingface/tokenizers';
 import { ModelFileError } from '../gguf.ts';
-import { CHAR_TO_BYTE } from './bpe.ts';
+import { BYTE_TO_CHAR, CHAR_TO_BYTE } from './bpe.ts';
 import type { EncodeOptions, Tokenizer } from './index.ts';
-import { TokenType, type Vocab } from './vocab.ts';
+import { TokenType, type Vocab, maxTokenInputBytes } from './vocab.ts';
 
 const SPACE = '\u2581'; // ▁, SentencePiece's visible space
 const BYTE_TOKEN = /^<0x([0-9A-Fa-f]{2})>$/;
@@ -171,17 +171,66 @@ export class HfTokenizer implements Tokenizer {
 
   encode(text: string, options: EncodeOptions = {}): number[] {
     const addSpecial = options.addSpecial ?? true;
-    const lib = options.parseSpecial ? this.lib : this.plainLib();
     const out: number[] = [];
     if (addSpecial && this.vocab.addBos && this.vocab.bos !== null) out.push(this.vocab.bos);
-    if (text.length > 0) {
-      for (const id of lib.encode(text, { add_special_tokens: false }).ids) {
-        if (typeof id === 'number') out.push(id);
-        else if (this.vocab.unk !== null) out.push(this.vocab.unk);
+    this.encodeInto(options.parseSpecial ? this.lib : this.plainLib(), text, out);
+    if (addSpecial && this.vocab.addEos && this.vocab.eos !== null) out.push(this.vocab.eos);
+    return out;
+  }
+
+  private encodeInto(lib: HfLibTokenizer, text: string, out: number[]): void {
+    if (text.length === 0) return;
+    for (const id of lib.encode(text, { add_special_tokens: false }).ids) {
+      if (typeof id === 'number') out.push(id);
+      else if (this.vocab.unk !== null) out.push(this.vocab.unk);
+    }
+  }
+
+  /**
+   * encode's ids in slices of about `sliceChars` characters, where the pipeline is one whose cuts
+   * are provably neutral (see sliceCuts); otherwise in one slice.
+   */
+  *encodeSlices(text: string, options: EncodeOptions = {}, sliceChars = Infinity): Generator<number[], void, undefined> {
+    const addSpecial = options.addSpecial ?? true;
+    const lib = options.parseSpecial ? this.lib : this.plainLib();
+    let out: number[] = [];
+    if (addSpecial && this.vocab.addBos && this.vocab.bos !== null) out.push(this.vocab.bos);
+    for (let start = 0; start < text.length; ) {
+      const end = this.cuts ? this.cuts(text, start + sliceChars) : text.length;
+      this.encodeInto(lib, text.slice(start, end), out);
+      start = end;
+      if (start < text.length) {
+        yield out;
+        out = [];
       }
     }
     if (addSpecial && this.vocab.addEos && this.vocab.eos !== null) out.push(this.vocab.eos);
-    return out;
+    yield out;
+  }
+
+  private cutsFn: ((text: string, at: number) => number) | null | undefined;
+  private get cuts(): ((text: string, at: number) => number) | null {
+    if (this.cutsFn === undefined) this.cutsFn = sliceCuts(this.json, this.libConfig);
+    return this.cutsFn;
+  }
+
+  private bound: { maxBytes: number; dropped: Uint8Array | null } | null | undefined;
+  /**
+   * Where the pipeline keeps every input byte (see keepsEveryByte): at most maxTokenInputBytes of
+   * it per token, not counting the bytes a byte-level vocabulary lacks (the library drops them, or
+   * makes them unknown tokens). 0 for other pipelines.
+   */
+  minTokens(text: string): number {
+    if (this.bound === undefined) {
+      const vocab = this.lib.get_vocab(true);
+      const dropped = keepsEveryByte(this.json, this.libConfig, vocab);
+      this.bound = dropped ? { maxBytes: maxTokenInputBytes(this.vocab, (id) => this.tokenBytes(id)), dropped: dropped.some((d) => d) ? dropped : null } : null;
+    }
+    if (!this.bound) return 0;
+    const bytes = Buffer.from(text, 'utf8');
+    let counted = bytes.length;
+    if (this.bound.dropped) for (const b of bytes) counted -= this.bound.dropped[b];
+    return Math.ceil(counted / this.bound.maxBytes);
   }
 
   /** The library instance without special added tokens, built on first use. */
@@ -231,4 +280,62 @@ function prependsSpace(json: Json): boolean {
   return components(json.pre_tokenizer).some(
     (c) => c.type === 'Metaspace' && (c.prepend_scheme === undefined ? c.add_prefix_space !== false : c.prepend_scheme !== 'never'),
   );
+}
+
+const LETTER = /^\p{L}$/u;
+const letterAt = (text: string, i: number): boolean => i < text.length && LETTER.test(String.fromCodePoint(text.codePointAt(i)!));
+
+/**
+ * Where the library's pipeline treats the two sides of a cut independently, a function giving the
+ * first such cut at or after a position (or the text's length); null for pipelines not known to
+ * allow it. Known: no normalizer, a BPE model (words encoded one by one), and GPT-2's ByteLevel
+ * pre-tokenizer (regex on, no prefix space), alone or after Digits. The cut goes before a space
+ * followed by a letter. The regex's scan has a match boundary there: only its whitespace
+ * alternatives hold a space other than at their start, and a run of whitespace before " letter"
+ * ends short of its last space (`\s+(?!\S)` gives it back to ` ?\p{L}+`); the regex has no
+ * lookbehind, so the scan from the cut sees the right side alone, and what ends at the cut ends
+ * there in the left side too. No digit run spans a space. The added tokens are kept out of reach
+ * (none within their longest length of the cut), so neither their matching nor their
+ * lstrip/rstrip crosses it.
+ */
+function sliceCuts(json: Json, libConfig: Json): ((text: string, at: number) => number) | null {
+  if (json.normalizer != null || libConfig.remove_space === true || libConfig.do_lowercase_and_remove_accent === true) return null;
+  if ((json.model as Json).type !== 'BPE') return null;
+  const pre = json.pre_tokenizer as Json | null | undefined;
+  const steps = pre?.type === 'Sequence' && Array.isArray(pre.pretokenizers) ? (pre.pretokenizers as Json[]) : pre ? [pre] : [];
+  const byteLevel = steps.filter((c) => c.type === 'ByteLevel');
+  if (byteLevel.length !== 1 || byteLevel[0] !== steps.at(-1) || byteLevel[0].use_regex === false || byteLevel[0].add_prefix_space === true) return null;
+  if (!steps.every((c) => c.type === 'ByteLevel' || c.type === 'Digits')) return null;
+  const added = (json.added_tokens as Json[]).map((t) => String(t.content ?? '')).filter((t) => t.length > 0);
+  const reach = Math.max(0, ...added.map((t) => t.length));
+  return (text, at) => {
+    for (let p = text.indexOf(' ', Math.max(at, 1)); p >= 0; p = text.indexOf(' ', p + 1)) {
+      if (!letterAt(text, p + 1)) continue;
+      const near = text.slice(Math.max(0, p - reach), p + reach);
+      if (!added.some((t) => near.includes(t))) return p;
+    }
+    return text.length;
+  };
+}
+
+/**
+ * Whether each token of the pipeline stands for at most its own bytes of input (see
+ * maxTokenInputBytes): no normalizer, no config or added-token stripping that drops whitespace,
+ * pre-tokenizers that keep all text, and a BPE model that reaches every byte (byte-level, or byte
+ * fallback with all 256 byte tokens), so no unknown token swallows a run of characters. Returns
+ * the bytes (1 at their value) that may produce no token of their own, or null when there is no
+ * such guarantee.
+ */
+function keepsEveryByte(json: Json, libConfig: Json, vocab: Map<string, number>): Uint8Array | null {
+  if (json.normalizer != null || libConfig.remove_space === true || libConfig.do_lowercase_and_remove_accent === true) return null;
+  if ((json.added_tokens as Json[]).some((t) => t.lstrip === true || t.rstrip === true)) return null;
+  const keepsText = (c: Json) => c.type === 'Sequence' || c.type === 'ByteLevel' || c.type === 'Digits' || c.type === 'Metaspace' || (c.type === 'Split' && c.invert === false && String(c.behavior ?? '').toLowerCase() !== 'removed');
+  if (!components(json.pre_tokenizer).every(keepsText)) return null;
+  const model = json.model as Json;
+  if (model.type !== 'BPE') return null;
+  // byte-level: a byte whose character the vocabulary lacks is dropped or becomes an unknown token
+  // (fused with its neighbours, maybe), so only the other bytes count
+  if (components(json.pre_tokenizer).some((c) => c.type === 'ByteLevel')) return Uint8Array.from(BYTE_TO_CHAR, (c) => (vocab.has(c) ? 0 : 1));
+  const byteTokens = Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`);
+  return model.byte_fallback === true && byteTokens.every((t) => vocab.has(t)) ? new Uint8Array(256) : null;
 }

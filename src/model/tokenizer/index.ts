@@ -17,6 +17,29 @@ export interface Tokenizer {
   encode(text: string, options?: EncodeOptions): number[];
   /** The bytes a token contributes to output text (control tokens contribute none). */
   tokenBytes(id: number): Uint8Array;
+  /**
+   * encode(text, options)'s ids in slices, each from about `sliceChars` characters of the text
+   * (cut only where the tokenizer provably treats both sides independently, so the slices joined
+   * are exactly encode's ids): a caller can hand the event loop back between slices. Absent: one
+   * slice.
+   */
+  encodeSlices?(text: string, options?: EncodeOptions, sliceChars?: number): Generator<number[], void, undefined>;
+  /**
+   * A lower bound on the number of ids encode(text) gives, found without tokenizing (from the
+   * text's UTF-8 size and the most bytes one token can stand for); absent, or 0, where the
+   * tokenizer gives no such guarantee (normalizers that shrink text, an unknown token that
+   * swallows a run of characters).
+   */
+  minTokens?(text: string): number;
+}
+
+/** Characters of text per slice when a long prompt is tokenized in slices (about 1-3 ms of work each). */
+export const SLICE_CHARS = 2048;
+
+/** The tokenizer's encodeSlices, or encode as one slice. */
+export function* encodeSlices(tokenizer: Tokenizer, text: string, options?: EncodeOptions, sliceChars = SLICE_CHARS): Generator<number[], void, undefined> {
+  if (tokenizer.encodeSlices) yield* tokenizer.encodeSlices(text, options, sliceChars);
+  else yield tokenizer.encode(text, options);
 }
 
 /**

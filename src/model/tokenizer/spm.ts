@@ -1,4 +1,5 @@
-import { TokenType, type Vocab, partitionSpecial } from './vocab.ts';
+import type { EncodeOptions } from './index.ts';
+import { TokenType, type Vocab, maxTokenInputBytes, partitionSpecial } from './vocab.ts';
 
 const SPACE = '\u2581'; // ▁, SentencePiece's visible space
 
@@ -77,9 +78,20 @@ export class SpmTokenizer {
     }
   }
 
-  encode(text: string, options: { addSpecial?: boolean; parseSpecial?: boolean } = {}): number[] {
+  encode(text: string, options: EncodeOptions = {}): number[] {
+    return [...this.encodeSlices(text, options, Infinity)].flat();
+  }
+
+  /**
+   * encode's ids in slices of about `sliceChars` characters. A piece of text is cut only between
+   * two characters that no vocabulary entry holds side by side: merges only ever build vocabulary
+   * entries, so no symbol spans such a cut, and the merges on either side happen in the same
+   * order as in the whole piece (they never meet). The dummy prefix stays with the first slice.
+   */
+  *encodeSlices(text: string, options: EncodeOptions = {}, sliceChars = Infinity): Generator<number[], void, undefined> {
     const addSpecial = options.addSpecial ?? true;
-    const out: number[] = [];
+    let out: number[] = [];
+    let pending = 0; // characters encoded into `out` since the last slice
     if (addSpecial && this.vocab.addBos && this.vocab.bos !== null) out.push(this.vocab.bos);
     let afterSpecial = true; // the dummy prefix goes at the start and after each special token
     for (const part of partitionSpecial(text, this.vocab, options.parseSpecial ?? false)) {
@@ -89,11 +101,53 @@ export class SpmTokenizer {
         continue;
       }
       const prefixed = this.vocab.addSpacePrefix && afterSpecial ? ` ${part}` : part;
-      this.encodePiece(prefixed.replaceAll(' ', SPACE), out);
+      const escaped = prefixed.replaceAll(' ', SPACE);
+      for (let start = 0; start < escaped.length; ) {
+        const end = this.cutAtOrAfter(escaped, start + sliceChars - pending);
+        this.encodePiece(escaped.slice(start, end), out);
+        pending += end - start;
+        start = end;
+        if (pending >= sliceChars) {
+          yield out;
+          out = [];
+          pending = 0;
+        }
+      }
       afterSpecial = false;
     }
     if (addSpecial && this.vocab.addEos && this.vocab.eos !== null) out.push(this.vocab.eos);
-    return out;
+    yield out;
+  }
+
+  /** Adjacent character pairs (as two-code-point strings) inside vocabulary entries. */
+  private pairs: Set<string> | undefined;
+
+  /** The first position >= `at` where `text` may be cut (see encodeSlices), or its length. */
+  private cutAtOrAfter(text: string, at: number): number {
+    if (at >= text.length) return text.length;
+    if (!this.pairs) {
+      this.pairs = new Set();
+      for (const t of this.ids.keys()) {
+        const cps = Array.from(t);
+        for (let i = 1; i < cps.length; i++) this.pairs.add(cps[i - 1] + cps[i]);
+      }
+    }
+    for (let p = Math.max(at, 1); p < text.length; p++) {
+      const c = text.charCodeAt(p);
+      if (c >= 0xdc00 && c <= 0xdfff) continue; // inside a surrogate pair
+      const low = text.charCodeAt(p - 1);
+      const before = low >= 0xdc00 && low <= 0xdfff && p >= 2 ? text.slice(p - 2, p) : text[p - 1];
+      const after = String.fromCodePoint(text.codePointAt(p)!);
+      if (!this.pairs.has(before + after)) return p;
+    }
+    return text.length;
+  }
+
+  private maxBytes: number | undefined;
+  /** Every input byte is covered (a byte token, or an unknown token per byte), at most maxTokenInputBytes of it per token. */
+  minTokens(text: string): number {
+    this.maxBytes ??= maxTokenInputBytes(this.vocab, (id) => this.tokenBytes(id));
+    return Math.ceil(Buffer.byteLength(text) / this.maxBytes);
   }
 
   private encodePiece(text: string, out: number[]): void {
