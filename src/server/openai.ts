@@ -2,7 +2,7 @@
  * The OpenAI API surface: request validation (into the engine's terms), error bodies, and the
  * response and stream-chunk shapes of /v1/completions and /v1/chat/completions. No I/O here.
  */
-import type { FinishReason, TokenEvent, Usage } from '../engine/engine.ts';
+import type { FinishReason, SamplingOptions, TokenEvent, Usage } from '../engine/engine.ts';
 import { LOGIT_BIAS_RANGE, MAX_LOGIT_BIAS, MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY } from '../engine/logit_penalties.ts';
 import type { ChatMessage } from '../model/chat_template.ts';
 import type { Tokenizer } from '../model/tokenizer/index.ts';
@@ -148,7 +148,8 @@ export const MAX_STOP = 16;
 export const MAX_CHOICES = 128;
 
 /** What both endpoints share, validated. */
-export interface CommonRequest {
+/** repetition_penalty, min_tokens and min_p are vLLM's extensions; logitBias is undefined when absent or empty */
+export interface CommonRequest extends Pick<SamplingOptions, 'logitBias' | 'presencePenalty' | 'frequencyPenalty' | 'repetitionPenalty' | 'minTokens' | 'minP'> {
   model: string;
   /** undefined: the endpoint's default */
   maxTokens?: number;
@@ -169,16 +170,6 @@ export interface CommonRequest {
   sloClass?: string;
   /** extension: larger first among otherwise equal requests */
   priority?: number;
-  /** [token id, bias] pairs; undefined when absent or empty */
-  logitBias?: [number, number][];
-  presencePenalty?: number;
-  frequencyPenalty?: number;
-  /** extension (vLLM) */
-  repetitionPenalty?: number;
-  /** extension (vLLM) */
-  minTokens?: number;
-  /** extension (vLLM) */
-  minP?: number;
 }
 
 export interface CompletionRequest extends CommonRequest {
