@@ -1,4 +1,5 @@
-import { describe, it } from 'vitest';
+import { rmSync } from 'node:fs';
+import { afterAll, describe, it } from 'vitest';
 import { matmul } from '../kernels/matmul.ts';
 import { rmsNorm } from '../kernels/rmsnorm.ts';
 import { softmax } from '../kernels/softmax.ts';
@@ -12,6 +13,9 @@ import { buildModel, intAttr, intsAttr, node, runOnnx } from './helpers/onnx.ts'
 // K-term sum, ~K * 2^-24 relative to the sum of |terms| in the worst case and ~sqrt(K) * 2^-24
 // typically; the tolerances below sit a decade above the typical bound at these sizes.
 describe('kernels agree with onnxruntime (CPU) on shapes the unit tests do not use', () => {
+  // onnxruntime-node's CPU backend leaves an empty /tmp/mat-debug-<pid>.log behind (whatever TMPDIR says)
+  afterAll(() => rmSync(`/tmp/mat-debug-${process.pid}.log`, { force: true }));
+
   const getGpu = useGpu();
 
   for (const [m, n, k] of [
