@@ -1,12 +1,14 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { repoRoot } from '../src/gpu/paths.ts';
-import { ChatTemplate } from '../src/model/chat_template.ts';
-import { encodeChatPrompt, encodePromptText } from '../src/model/prompt.ts';
+import { type ChatMessage, ChatTemplate } from '../src/model/chat_template.ts';
+import { chatPromptSlices, collectSlices, encodePromptText } from '../src/model/prompt.ts';
 import { openTokenizer } from '../src/model/source.ts';
+import type { Tokenizer } from '../src/model/tokenizer/index.ts';
 
 const STORIES = join(repoRoot, 'models', 'stories260K', 'stories260K.gguf');
 const SMOL = join(repoRoot, '..', 'shared', 'models', 'smollm2-135m-instruct');
+const encodeChatPrompt = (tok: Tokenizer, template: ChatTemplate, messages: ChatMessage[]) => collectSlices(chatPromptSlices(tok, template, messages).slices);
 
 describe('prompt text', () => {
   it('parses control-token text as its id and adds BOS only when the text does not start with it', async () => {

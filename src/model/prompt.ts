@@ -101,7 +101,3 @@ function* chatSlices(tokenizer: Tokenizer, template: ChatTemplate, messages: Cha
   }
   throw new Error('the chat template changes message contents in a way that hides where they are, so control-token text in them cannot be kept as plain text');
 }
-
-/** chatPromptSlices' ids at once. */
-export const encodeChatPrompt = (tokenizer: Tokenizer, template: ChatTemplate, messages: ChatMessage[]): number[] =>
-  collectSlices(chatPromptSlices(tokenizer, template, messages).slices);
