@@ -151,13 +151,17 @@ describe('simulator invariants on random workloads', () => {
         const last = seqs.at(-1)!;
         if (!rejected && seqs.length > 1) {
           rejected = true;
-          return { items: [], preempt: [], reject: [last.id] };
+          return { items: [], preempt: [], reject: [{ seq: last.id, objective: 'ttft', neededSeconds: 2, aheadSeconds: 0.5, leftSeconds: 1 }] };
         }
         return fcfs.plan(seqs, kv, limits);
       },
     };
     const r = simulate(w, { cost: toyCost(4096), scheduler: rejecting, placement: { kind: 'colocated', instances: 1 }, slo: { ttftMs: 1000 } });
     expect(r.requests.map((q) => q.outcome)).toEqual(['finished', 'refused', 'rejected']);
+    // each miss says why, a rejection with the estimate the policy gave
+    expect(r.requests.map((q) => q.miss)).toEqual([null, 'refused-too-large', 'rejected']);
+    expect(r.requests[2].rejection).toEqual({ objective: 'ttft', neededSeconds: 2, aheadSeconds: 0.5, leftSeconds: 1 });
+    expect(r.summary.misses).toEqual({ 'refused-too-large': 1, rejected: 1 });
     expect(r.requests.map((q) => q.sloMet)).toEqual([true, false, false]);
     expect(r.summary.attainment).toBeCloseTo(1 / 3, 12);
   });

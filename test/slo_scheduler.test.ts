@@ -92,14 +92,15 @@ describe('SLO scheduler', () => {
     // 200 prompt tokens take >= 0.21 s alone: a 100 ms TTFT is hopeless, 1 s is feasible
     const seqs = [waiting(1, 200, { slo: { ttftMs: 100 } }), waiting(2, 200, { slo: { ttftMs: 1000 } })];
     const plan = slo.plan(seqs, kvOf(seqs, 1000), big, 0);
-    expect(plan.reject).toEqual([1]);
+    // the rejection states the estimate: 10 ms + 200 x 1 ms alone, against 100 ms left
+    expect(plan.reject).toEqual([{ seq: 1, objective: 'ttft', neededSeconds: fakeCost.stepSeconds({ prefillTokens: 200, prefillAttention: 200 * 200, decodeSeqs: 0, decodeContext: 0 }), aheadSeconds: 0, leftSeconds: 0.1 }]);
     expect(plan.items).toEqual([{ seq: 2, tokens: 200 }]);
     // a deadline already past is hopeless for a running sequence too
     const late = [decoding(3, 8, 4, { slo: { deadlineMs: 500 } })];
-    expect(slo.plan(late, kvOf(late, 100), big, 1).reject).toEqual([3]);
+    expect(slo.plan(late, kvOf(late, 100), big, 1).reject).toMatchObject([{ seq: 3, objective: 'deadline', leftSeconds: -0.5 }]);
     // a TPOT below one solo decode step (12 ms) cannot be met by any schedule
     const fast = [waiting(4, 4, { slo: { tpotMs: 5 } })];
-    expect(slo.plan(fast, kvOf(fast, 100), big, 0).reject).toEqual([4]);
+    expect(slo.plan(fast, kvOf(fast, 100), big, 0).reject).toEqual([{ seq: 4, objective: 'tpot', neededSeconds: 0.012, aheadSeconds: 0, leftSeconds: 0.005 }]);
     // ... but a stream already going is never cut for its TPOT
     const going = [decoding(5, 4, 3, { slo: { tpotMs: 5 } })];
     expect(slo.plan(going, kvOf(going, 100), big, 5).reject).toBeUndefined();
@@ -119,8 +120,8 @@ describe('SLO scheduler', () => {
     expect(slack(seqs[1])).toBeLessThan(slack(seqs[0]));
     expect(slack(seqs[2])).toBe(Infinity);
     const plan = slo.plan(seqs, kvOf(seqs, 1000), { tokenBudget: 21, maxBatch: 8 }, now);
-    // seq 2 (least slack) first; then seq 1's decode; the budget is gone before 4 and 3
-    expect(plan.items).toEqual([{ seq: 2, tokens: 20 }, { seq: 1, tokens: 1 }]);
+    // seq 2 (least slack) first, leaving a budget token for each running decode (1 and 3); none is left for 4
+    expect(plan.items).toEqual([{ seq: 2, tokens: 19 }, { seq: 1, tokens: 1 }, { seq: 3, tokens: 1 }]);
     const roomy = slo.plan(seqs, kvOf(seqs, 1000), { tokenBudget: 100, maxBatch: 8 }, now);
     expect(roomy.items.map((i) => i.seq)).toEqual([2, 1, 4, 3]);
   });
@@ -188,7 +189,7 @@ describe('SLO scheduler', () => {
         const plan: StepPlan = p.plan(seqs, kv, limits, now);
         expectValidPlan(plan, seqs, kv, limits);
         if (p.name === 'edf') expect(plan.reject).toBeUndefined();
-        const rejected = new Set(plan.reject);
+        const rejected = new Set(plan.reject?.map((r) => r.seq));
         for (const s of seqs) if (rejected.has(s.id)) expect(s.slo).toBeDefined();
         // never idle while work fits. The slo policy may trim prompt work to nothing while a stream with a
         // tpot runs (a decode token is never trimmed); EDF serves any sequence that fits.
@@ -264,11 +265,14 @@ describe('slo policy: streams keep their pace', () => {
     const prompt = waiting(2, 100, { arrivalTime: now, slo: { ttftMs: 5000, tpotMs: 20 } });
     const seqs = [stream, prompt];
     const limits = { tokenBudget: 512, maxBatch: 8 };
-    const slo = new SloScheduler(fakeCost).plan(seqs, kvOf(seqs, 1000), limits, now);
+    const slo = new SloScheduler(fakeCost, { paceFloor: 2 }).plan(seqs, kvOf(seqs, 1000), limits, now);
     const taken = slo.items.find((i) => i.seq === 2)?.tokens ?? 0;
     // 10 ms + 2 ms (the decode) + 1 ms per prompt token <= 40 ms: at most 28 prompt tokens
     expect(slo.items.find((i) => i.seq === 1)).toEqual({ seq: 1, tokens: 1 });
     expect(taken).toBe(28);
+    // with the default floor of one tpot: 10 + 2 + n <= 20 ms (in floating point, 7 tokens: 0.01 + 0.008 + 0.002 rounds above 0.02)
+    const tight = new SloScheduler(fakeCost).plan(seqs, kvOf(seqs, 1000), limits, now);
+    expect(tight.items.find((i) => i.seq === 2)?.tokens).toBe(0.01 + 0.001 * 8 + 0.002 <= 0.02 ? 8 : 7);
     const fcfs = new FcfsScheduler().plan(seqs, kvOf(seqs, 1000), limits);
     expect(fcfs.items.find((i) => i.seq === 2)?.tokens).toBe(100);
   });

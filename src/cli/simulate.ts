@@ -11,7 +11,7 @@ import { type AttainmentSeries, writeAttainmentPlot } from '../sim/plot.ts';
 import { type Placement, placementLabel, type SimOptions, type SimSummary, simulate } from '../sim/simulator.ts';
 import { type GoodputResult, maxGoodRate, planPlacement, sweepRates, type WorkloadAt } from '../sim/sweep.ts';
 import { readTrace, type TraceRequest } from '../sim/trace.ts';
-import { type LengthDist, type SimRequest, syntheticWorkload, traceWorkload } from '../sim/workload.ts';
+import { checkLengthDist, type LengthDist, type SimRequest, syntheticWorkload, traceWorkload } from '../sim/workload.ts';
 
 export const POLICIES = ['fcfs', 'edf', 'slo'] as const;
 export type PolicyName = (typeof POLICIES)[number];
@@ -40,13 +40,59 @@ export function parseSlo(text: string): Slo {
   return slo;
 }
 
-/** A length spec: `N` (fixed), `A:B` (uniform integers), or a trace file (its empirical input or output lengths). */
+/** The accepted forms of the heavy-tailed length specs. */
+const DIST_FORMS = {
+  lognormal: 'lognormal:median=M,mean=X[,max=K] or lognormal:median=M,sigma=S[,max=K]',
+  pareto: 'pareto:min=M,alpha=A[,max=K]',
+} as const;
+
+/**
+ * A heavy-tailed length spec: `lognormal:median=7000,mean=12000,max=126000` (or `sigma=S` instead
+ * of the mean; sigma = sqrt(2 ln(mean / median)), so the mean must exceed the median) or
+ * `pareto:min=2000,alpha=1.5,max=126000`. Undefined when `text` names neither.
+ */
+export function parseDistSpec(text: string, option: string): LengthDist | undefined {
+  const m = /^(lognormal|pareto)\s*:(.*)$/.exec(text.trim());
+  if (!m) return undefined;
+  const kind = m[1] as keyof typeof DIST_FORMS;
+  function fail(why: string): never {
+    throw new Error(`${option}: ${why}; give ${DIST_FORMS[kind]}`);
+  }
+  const allowed = kind === 'lognormal' ? ['median', 'mean', 'sigma', 'max'] : ['min', 'alpha', 'max'];
+  const p: Record<string, number> = {};
+  for (const part of m[2].split(',').map((s) => s.trim())) {
+    const kv = /^([a-z]+)\s*=\s*(\S+)$/.exec(part);
+    if (!kv || !allowed.includes(kv[1])) fail(`"${part}" is not one of ${allowed.map((k) => `${k}=`).join(', ')}`);
+    if (kv[1] in p) fail(`${kv[1]} is given twice`);
+    const v = Number(kv[2]);
+    if (!Number.isFinite(v)) fail(`${kv[1]}=${kv[2]} is not a number`);
+    p[kv[1]] = v;
+  }
+  let dist: LengthDist;
+  if (kind === 'lognormal') {
+    if (p.median === undefined || (p.mean === undefined) === (p.sigma === undefined)) fail('give median and one of mean or sigma');
+    if (p.mean !== undefined && !(p.mean > p.median)) fail(`the mean (${p.mean}) must exceed the median (${p.median})`);
+    dist = { kind, median: p.median, sigma: p.sigma ?? Math.sqrt(2 * Math.log(p.mean / p.median)), max: p.max };
+  } else {
+    if (p.min === undefined || p.alpha === undefined) fail('give min and alpha');
+    dist = { kind, min: p.min, alpha: p.alpha, max: p.max };
+  }
+  checkLengthDist(dist, option);
+  return dist;
+}
+
+/**
+ * A length spec: `N` (fixed), `A:B` (uniform integers), a heavy tail (`parseDistSpec`), or a trace
+ * file (its empirical input or output lengths).
+ */
 export function parseLength(text: string, column: 'input' | 'output'): { dist: LengthDist; file?: string; trace?: TraceRequest[] } {
   const t = text.trim();
   if (/^\d+$/.test(t)) return { dist: { kind: 'fixed', value: Number(t) } };
   const m = /^(\d+)\s*:\s*(\d+)$/.exec(t);
   if (m) return { dist: { kind: 'uniform', min: Number(m[1]), max: Number(m[2]) } };
-  if (!existsSync(t)) throw new Error(`--${column}-len: "${text}" is not N, A:B or a trace file`);
+  const dist = parseDistSpec(t, `--${column}-len`);
+  if (dist) return { dist };
+  if (!existsSync(t)) throw new Error(`--${column}-len: "${text}" is not N, A:B or a trace file, nor ${DIST_FORMS.lognormal}, nor ${DIST_FORMS.pareto}`);
   const trace = readTrace(t).requests;
   return { dist: { kind: 'empirical', values: trace.map((r) => Math.max(1, column === 'input' ? r.inputTokens : r.outputTokens)) }, file: t, trace };
 }
@@ -57,6 +103,10 @@ export interface SimulateCliOptions {
   rate?: number;
   rates?: number[];
   cv?: number;
+  /** synthetic: requests per group arriving at one instant */
+  burst?: number;
+  /** trace: arrivals floored to multiples of this many seconds (in the trace's time) */
+  arrivalStep?: number;
   inputLen: string;
   outputLen: string;
   requests?: number;
@@ -145,12 +195,14 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
   // --rate, or the trace's own rate, times --rate-scale)
   let workloadAt: (rate: number | undefined) => SimRequest[];
   let describeWorkload: string;
+  if (o.burst !== undefined && !o.synthetic) throw new Error('--burst N groups synthetic arrivals: give it with --synthetic (a trace groups with --arrival-step)');
+  if (o.arrivalStep !== undefined && !o.trace) throw new Error('--arrival-step S quantizes a trace\'s arrivals: give it with --trace (synthetic arrivals group with --burst)');
   if (o.trace) {
     const all = readTrace(o.trace).requests;
     const reqs = o.requests !== undefined ? all.slice(0, o.requests) : all;
     workloadAt = (rate) =>
-      traceWorkload(reqs, rate !== undefined ? { rate } : o.rate !== undefined ? { rate: o.rate * (o.rateScale ?? 1) } : { rateScale: o.rateScale ?? 1 });
-    describeWorkload = `trace ${o.trace} (${reqs.length} requests)`;
+      traceWorkload(reqs, { arrivalStep: o.arrivalStep, ...(rate !== undefined ? { rate } : o.rate !== undefined ? { rate: o.rate * (o.rateScale ?? 1) } : { rateScale: o.rateScale ?? 1 }) });
+    describeWorkload = `trace ${o.trace} (${reqs.length} requests${o.arrivalStep !== undefined ? `, arrivals floored to ${o.arrivalStep} s steps` : ''})`;
   } else {
     const input = parseLength(o.inputLen, 'input');
     const output = parseLength(o.outputLen, 'output');
@@ -159,9 +211,10 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
     workloadAt = (rate) => {
       const r = rate ?? (o.rate !== undefined ? o.rate * (o.rateScale ?? 1) : undefined);
       if (r === undefined) throw new Error('--synthetic needs --rate R (or --rates, --sweep, --plan)');
-      return syntheticWorkload({ arrivals: o.synthetic!, rate: r, cv: o.cv, count, input: input.dist, output: output.dist, pairs, seed: o.seed });
+      return syntheticWorkload({ arrivals: o.synthetic!, rate: r, cv: o.cv, burst: o.burst, count, input: input.dist, output: output.dist, pairs, seed: o.seed });
     };
-    describeWorkload = `${o.synthetic} arrivals${o.synthetic === 'gamma' ? ` (CV ${o.cv ?? 1})` : ''}, ${count} requests, input ${o.inputLen}, output ${o.outputLen}${pairs ? ' (pairs drawn together)' : ''}, seed ${o.seed}`;
+    const burst = (o.burst ?? 1) > 1 ? ` in bursts of ${o.burst}` : '';
+    describeWorkload = `${o.synthetic} arrivals${o.synthetic === 'gamma' ? ` (CV ${o.cv ?? 1})` : ''}${burst}, ${count} requests, input ${o.inputLen}, output ${o.outputLen}${pairs ? ' (pairs drawn together)' : ''}, seed ${o.seed}`;
   }
   const at: WorkloadAt = (rate) => workloadAt(rate);
   const base = (policy: PolicyName): Omit<SimOptions, 'placement'> => ({

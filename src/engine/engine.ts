@@ -5,7 +5,7 @@ import type { GpuModel, KvLayer } from '../model/gpu_model.ts';
 import { StreamDecoder, type Tokenizer } from '../model/tokenizer/index.ts';
 import { FcfsScheduler } from '../scheduler/fcfs.ts';
 import type { BatchShape } from '../scheduler/cost_model.ts';
-import type { Scheduler, SchedulerLimits, SeqView, Slo } from '../scheduler/scheduler.ts';
+import { describeRejection, type Scheduler, type SchedulerLimits, type SeqView, type Slo } from '../scheduler/scheduler.ts';
 import type { ServingEngine } from './serving.ts';
 import { LogitPenalties, samplingProblem } from './logit_penalties.ts';
 import { StopMatcher } from './stop.ts';
@@ -425,7 +425,7 @@ export class Engine implements ServingEngine {
       this.limits,
       clock(),
     );
-    for (const id of plan.reject ?? []) this.finish(this.seqs.get(id)!, 'rejected');
+    for (const r of plan.reject ?? []) this.finish(this.seqs.get(r.seq)!, 'rejected', new Error(describeRejection(r)));
     for (const id of plan.preempt) {
       const s = this.seqs.get(id)!;
       this.model.release(id);

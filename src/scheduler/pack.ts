@@ -24,7 +24,8 @@ export interface StepCap {
  * With a `cap`, running sequences protect their time per token from prompt work: a prompt chunk
  * (or admission) is trimmed so that the step's predicted time stays within the smallest allowance
  * of the running sequences (a running sequence whose chunk is trimmed to nothing keeps its KV and
- * waits: the cap never preempts). Decode tokens of running sequences are always taken.
+ * waits: the cap never preempts), and leaves a batch slot and a budget token for each running
+ * decode later in the order, so decode tokens of running sequences are always taken.
  */
 export function packInOrder(order: readonly SeqView[], kv: KvView, limits: SchedulerLimits, stopAtFirstMiss = false, cap?: StepCap): StepPlan {
   const items: StepPlan['items'] = [];
@@ -75,9 +76,14 @@ export function packInOrder(order: readonly SeqView[], kv: KvView, limits: Sched
     return lo;
   };
 
+  // under a cap, prompt work leaves a slot and a budget token for every running decode still to pack
+  const reserved = (s: SeqView) => (cap && !pendingDecode(s) ? pending.seqs : 0);
+  /** the tokens `s` may feed this step, before KV: within the budget, the reservation and the cap */
+  const allowed = (s: SeqView) => (items.length + reserved(s) >= limits.maxBatch ? 0 : underCap(s, Math.min(s.totalTokens - s.computed, budget - reserved(s))));
+
   const take = (s: SeqView): boolean => {
     if (full()) return false;
-    const tokens = underCap(s, Math.min(s.totalTokens - s.computed, budget));
+    const tokens = allowed(s);
     if (tokens <= 0) return false;
     const blocks = kv.blocksNeeded(s.id, tokens);
     if (blocks > free) return false;
@@ -90,8 +96,8 @@ export function packInOrder(order: readonly SeqView[], kv: KvView, limits: Sched
 
   const queue = [...order];
   let admitting = true;
-  while (queue.length > 0) {
-    const s = queue.shift()!;
+  for (let next = 0; next < queue.length; next++) {
+    const s = queue[next];
     if (s.state === 'waiting') {
       // no admissions in a step that preempts: KV is tight, admitting would only preempt more
       if (!admitting || preempt.length > 0) continue;
@@ -101,13 +107,13 @@ export function packInOrder(order: readonly SeqView[], kv: KvView, limits: Sched
     settle(s); // taken or preempted below: either way no longer pending
     if (take(s)) continue;
     if (full()) break;
-    // held back by the step-time cap, not by KV: it keeps its KV for a later step
-    if (underCap(s, Math.min(s.totalTokens - s.computed, budget)) <= 0) continue;
+    // held back by the step-time cap or the decodes' reservation, not by KV: it keeps its KV for a later step
+    if (allowed(s) <= 0) continue;
     // KV short: preempt the least urgent running sequences not yet planned until this one fits
     while (kv.blocksNeeded(s.id, Math.min(s.totalTokens - s.computed, budget)) > free) {
       let v = queue.length - 1;
-      while (v >= 0 && queue[v].state !== 'running') v--;
-      if (v < 0) break;
+      while (v > next && queue[v].state !== 'running') v--;
+      if (v <= next) break;
       const victim = queue.splice(v, 1)[0];
       settle(victim);
       preempt.push(victim.id);

@@ -47,7 +47,32 @@ export interface StepPlan {
   /** running sequences to preempt first: their KV is freed and they recompute later */
   preempt: number[];
   /** sequences to end now because they can no longer meet their SLO (policies that refuse) */
-  reject?: number[];
+  reject?: Rejection[];
+}
+
+/**
+ * Why a sequence was rejected: the objective it cannot meet and the estimate that decided it. The
+ * estimate is a lower bound (its own service served alone, plus the prompt work already committed
+ * ahead of it), so a rejection errs towards serving.
+ */
+export interface Rejection {
+  seq: number;
+  objective: 'ttft' | 'tpot' | 'deadline';
+  /** seconds from now it needs at least before the objective's event (the first token, or the end) */
+  neededSeconds: number;
+  /** of neededSeconds, the committed prompt work ahead of it */
+  aheadSeconds: number;
+  /** seconds from now until the objective is due (for tpot: the tpot itself, which one solo step exceeds) */
+  leftSeconds: number;
+}
+
+/** A rejection in words, for logs and the client's error message. */
+export function describeRejection(r: Rejection): string {
+  const s = (x: number) => `${(x * 1e3).toFixed(0)} ms`;
+  if (r.objective === 'tpot') return `one decode step alone takes ${s(r.neededSeconds)}, over the TPOT of ${s(r.leftSeconds)}`;
+  const what = r.objective === 'ttft' ? 'its first token' : 'its next token';
+  const ahead = r.aheadSeconds > 0 ? ` (${s(r.aheadSeconds)} of it prompt work already committed ahead)` : '';
+  return `${what} needs at least ${s(r.neededSeconds)}${ahead}, and its ${r.objective === 'ttft' ? 'TTFT' : 'deadline'} leaves ${s(Math.max(0, r.leftSeconds))}`;
 }
 
 export interface SchedulerLimits {

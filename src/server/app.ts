@@ -175,9 +175,15 @@ function sendError(request: FastifyRequest, reply: FastifyReply, e: ApiError): F
   return send(request, reply, e.status, e.body());
 }
 
-/** A request the scheduler rejected: it can no longer meet its SLO (429, so clients may retry later). */
-const sloRejection = () =>
-  new ApiError(429, 'The request was rejected by the scheduler: it can no longer meet its SLO at the current load. Relax the SLO or retry later.', 'rate_limit_error', 'slo', 'slo_unattainable');
+/** A request the scheduler rejected: it can no longer meet its SLO (429, so clients may retry later); `why` is the scheduler's estimate. */
+const sloRejection = (why?: string) =>
+  new ApiError(
+    429,
+    `The request was rejected by the scheduler: it can no longer meet its SLO at the current load${why ? ` (${why})` : ''}. Relax the SLO or retry later.`,
+    'rate_limit_error',
+    'slo',
+    'slo_unattainable',
+  );
 
 const sameKey = (given: string, key: string): boolean => {
   const a = Buffer.from(given);
@@ -532,7 +538,7 @@ export function buildServer(o: ServerOptions): WgServer {
               reason === 'error'
                 ? errorBody(`Generation failed: ${error?.message ?? 'unknown error'}`, 'server_error', null, 'generation_error')
                 : reason === 'rejected'
-                  ? sloRejection().body()
+                  ? sloRejection(error?.message).body()
                   : errorBody('The server shut down before the request finished.', 'server_error', null, 'server_shutdown'),
           });
         }
@@ -589,7 +595,7 @@ export function buildServer(o: ServerOptions): WgServer {
       return;
     }
     if (reason === 'error') throw new ApiError(500, `Generation failed: ${error?.message ?? 'unknown error'}`, 'server_error', null, 'generation_error');
-    if (reason === 'rejected') throw sloRejection();
+    if (reason === 'rejected') throw sloRejection(error?.message);
     if (reason === 'cancelled') throw new ApiError(503, 'The server shut down before the request finished.', 'server_error', null, 'server_shutdown');
     // best_of: the n candidates with the highest cumulative logprob, best first (ties: the earlier candidate)
     const returned = job.bestOf > job.n ? [...choices].sort((a, b) => b.cumulativeLogprob - a.cumulativeLogprob || a.index - b.index).slice(0, job.n) : choices;

@@ -1,7 +1,10 @@
 import { pickDecode } from '../scheduler/placement.ts';
 import { PagedKvTables } from '../kv/paged_kv.ts';
 import type { BatchShape, CostModel } from '../scheduler/cost_model.ts';
-import type { KvView, Scheduler, SchedulerLimits, SeqView, Slo, StepPlan } from '../scheduler/scheduler.ts';
+import type { KvView, Rejection, Scheduler, SchedulerLimits, SeqView, Slo, StepPlan } from '../scheduler/scheduler.ts';
+import { prefillSeconds } from '../scheduler/service_time.ts';
+import { type Ceilings, idleFeasible, sloCeilings } from './ceilings.ts';
+import { Heap } from '../util/heap.ts';
 import { quantile } from './trace.ts';
 import type { SimRequest } from './workload.ts';
 
@@ -32,6 +35,26 @@ export const placementLabel = (p: Placement) => (p.kind === 'colocated' ? `coloc
 
 export type Outcome = 'finished' | 'rejected' | 'refused' | 'unfinished';
 
+/**
+ * Why a request did not meet its SLO. Finished ones: `infeasible` (not even on an idle GPU, see
+ * ceilings.ts), `preemption` (its KV was freed and recomputed), `queueing` (its TTFT went mostly to
+ * waiting for its first chunk), `prefill-interference` (mostly to its prefill taking longer than
+ * alone: steps shared with other work, chunks trimmed), `decode-pace` (TPOT), `deadline`. The others
+ * by outcome: `rejected` (with the scheduler's estimate), `refused-queue-full`, `refused-too-large`,
+ * `unfinished`.
+ */
+export type MissReason =
+  | 'infeasible'
+  | 'preemption'
+  | 'queueing'
+  | 'prefill-interference'
+  | 'decode-pace'
+  | 'deadline'
+  | 'rejected'
+  | 'refused-queue-full'
+  | 'refused-too-large'
+  | 'unfinished';
+
 export interface RequestResult {
   /** index in the workload */
   id: number;
@@ -49,6 +72,14 @@ export interface RequestResult {
   e2e: number | null;
   sloMet: boolean;
   preemptions: number;
+  /** seconds from arrival to its first scheduled step (null if it never had one) */
+  queueSeconds: number | null;
+  /** seconds its prompt takes to prefill alone (the cost model, chunked by the token budget) */
+  soloPrefillSeconds: number;
+  /** null when it met its SLO */
+  miss: MissReason | null;
+  /** rejected requests: the objective and the estimate the scheduler decided on */
+  rejection?: Omit<Rejection, 'seq'>;
 }
 
 export interface Quantiles {
@@ -84,6 +115,10 @@ export interface SimSummary {
   preemptions: number;
   /** wall-clock seconds the simulation took */
   wallSeconds: number;
+  /** requests per miss reason (requests that met their SLO are not counted) */
+  misses: Partial<Record<MissReason, number>>;
+  /** fractions of all requests that could meet their SLO: on an idle GPU, and with each burst's prefills shortest first (ceilings.ts) */
+  ceilings: Ceilings;
 }
 
 export interface SimResult {
@@ -132,6 +167,11 @@ interface SimSeq extends SeqView {
   req: SimRequest;
   /** the step that last planned it (to catch a sequence planned twice in one step) */
   planned: number;
+  /** when a step first planned it */
+  admittedAt?: number;
+  /** preemptions before its first token */
+  preemptedEarly: number;
+  rejection?: Rejection;
 }
 
 type Role = StepRecord['role'];
@@ -150,51 +190,6 @@ interface Instance {
 type EventBody = { time: number; kind: 'step'; inst: Instance; plan: StepPlan } | { time: number; kind: 'transfer'; seq: SimSeq; from: Instance; to: Instance };
 type Event = EventBody & { order: number };
 
-/** A binary min-heap of events by (time, insertion order). */
-class EventQueue {
-  private readonly heap: Event[] = [];
-  private order = 0;
-  get size(): number {
-    return this.heap.length;
-  }
-  peek(): Event | undefined {
-    return this.heap[0];
-  }
-  push(e: EventBody): void {
-    const h = this.heap;
-    const ev = e as Event;
-    ev.order = this.order++;
-    h.push(ev);
-    let i = h.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (!less(h[i], h[p])) break;
-      [h[i], h[p]] = [h[p], h[i]];
-      i = p;
-    }
-  }
-  pop(): Event | undefined {
-    const h = this.heap;
-    const top = h[0];
-    const last = h.pop();
-    if (h.length > 0 && last) {
-      h[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let m = i;
-        if (l < h.length && less(h[l], h[m])) m = l;
-        if (r < h.length && less(h[r], h[m])) m = r;
-        if (m === i) break;
-        [h[i], h[m]] = [h[m], h[i]];
-        i = m;
-      }
-    }
-    return top;
-  }
-}
-const less = (a: Event, b: Event) => a.time < b.time || (a.time === b.time && a.order < b.order);
 
 /** Thrown when a scheduler's plan breaks a rule the engine relies on (a policy bug). */
 export class PlanError extends Error {
@@ -253,14 +248,17 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
   }
 
   const results: RequestResult[] = new Array(workload.length);
-  const events = new EventQueue();
+  // events by time; simultaneous ones in the order they were scheduled
+  const events = new Heap<Event>((a, b) => a.time < b.time || (a.time === b.time && a.order < b.order));
+  let eventOrder = 0;
+  const schedule = (e: EventBody) => events.push({ ...e, order: eventOrder++ });
   let steps = 0;
   let preemptions = 0;
   let now = workload.length ? workload[0].arrival : 0;
   const t0 = now;
 
   const sloOf = (r: SimRequest): Slo => ({ ...o.slo, ...r.slo });
-  const record = (s: SimSeq, outcome: Outcome, t: number) => {
+  const record = (s: SimSeq, outcome: Outcome, t: number, refusal?: 'refused-queue-full' | 'refused-too-large') => {
     const r = s.req;
     const ttft = s.firstTokenTime !== undefined ? s.firstTokenTime - s.arrivalTime : null;
     const tpot = s.generated >= 2 && s.firstTokenTime !== undefined ? (s.lastTokenTime - s.firstTokenTime) / (s.generated - 1) : null;
@@ -272,7 +270,21 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
       (slo.tpotMs === undefined || tpot === null || tpot * 1e3 <= slo.tpotMs) &&
       (slo.deadlineMs === undefined || (e2e !== null && e2e * 1e3 <= slo.deadlineMs));
     if (results[s.id] !== undefined) throw new Error(`request ${s.id} ended twice`);
-    results[s.id] = { id: s.id, arrival: s.arrivalTime, inputTokens: r.inputTokens, generated: s.generated, outcome, ttft, tpot, e2e, sloMet: met, preemptions: s.preemptions };
+    const soloPrefillSeconds = prefillSeconds(o.cost, 0, s.promptTokens, limits.tokenBudget).seconds;
+    const queueSeconds = s.admittedAt !== undefined ? s.admittedAt - s.arrivalTime : null;
+    let miss: MissReason | null = null;
+    if (outcome === 'refused') miss = refusal ?? 'refused-queue-full';
+    else if (outcome !== 'finished') miss = outcome;
+    else if (!met) {
+      if (!idleFeasible(o.cost, limits.tokenBudget, s.promptTokens, s.generated, slo)) miss = 'infeasible';
+      else if (slo.ttftMs !== undefined && ttft! * 1e3 > slo.ttftMs) {
+        // the TTFT splits into waiting for the first chunk, the solo prefill, and the prefill's stretch beyond it
+        miss = s.preemptedEarly > 0 ? 'preemption' : queueSeconds! >= ttft! - queueSeconds! - soloPrefillSeconds ? 'queueing' : 'prefill-interference';
+      } else if (slo.tpotMs !== undefined && tpot !== null && tpot * 1e3 > slo.tpotMs) miss = s.preemptions > s.preemptedEarly ? 'preemption' : 'decode-pace';
+      else miss = 'deadline';
+    }
+    const rejection = s.rejection ? { objective: s.rejection.objective, neededSeconds: s.rejection.neededSeconds, aheadSeconds: s.rejection.aheadSeconds, leftSeconds: s.rejection.leftSeconds } : undefined;
+    results[s.id] = { id: s.id, arrival: s.arrivalTime, inputTokens: r.inputTokens, generated: s.generated, outcome, ttft, tpot, e2e, sloMet: met, preemptions: s.preemptions, queueSeconds, soloPrefillSeconds, miss, ...(rejection ? { rejection } : {}) };
   };
   const finish = (inst: Instance, s: SimSeq, outcome: Outcome, t: number) => {
     inst.live.delete(s.id);
@@ -291,9 +303,10 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
       }
       const views = Array.from(inst.live.values());
       const plan = inst.scheduler.plan(views, inst.kvView, limits, t);
-      for (const id of plan.reject ?? []) {
-        const s = inst.live.get(id);
-        if (!s) throw new PlanError(`${inst.scheduler.name}: rejected sequence ${id} is not live on instance ${inst.index}`);
+      for (const r of plan.reject ?? []) {
+        const s = inst.live.get(r.seq);
+        if (!s) throw new PlanError(`${inst.scheduler.name}: rejected sequence ${r.seq} is not live on instance ${inst.index}`);
+        s.rejection = r;
         finish(inst, s, 'rejected', t);
       }
       for (const id of plan.preempt) {
@@ -303,6 +316,7 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
         s.computed = 0;
         s.state = 'waiting';
         s.preemptions++;
+        if (s.firstTokenTime === undefined) s.preemptedEarly++;
         preemptions++;
       }
       if (plan.items.length === 0) {
@@ -321,6 +335,7 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
         if (!s) throw new PlanError(`${inst.scheduler.name}: planned sequence ${seq} is not live on instance ${inst.index}`);
         if (s.planned === stamp) throw new PlanError(`${inst.scheduler.name}: sequence ${seq} planned twice in one step`);
         s.planned = stamp;
+        s.admittedAt ??= t;
         if (!(Number.isInteger(n) && n >= 1 && n <= s.totalTokens - s.computed)) throw new PlanError(`${inst.scheduler.name}: sequence ${seq} planned ${n} tokens with ${s.totalTokens - s.computed} to feed`);
         tokens += n;
         if (n === 1 && s.computed === s.totalTokens - 1 && s.generated > 0) {
@@ -338,7 +353,7 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
       steps++;
       inst.busy = true;
       o.onStep?.({ instance: inst.index, role: inst.role, start: t, end: t + dt, plan, shape, kvUsedBlocks: inst.kv.pool.used, kvBlocks: numBlocks, live: views.length });
-      events.push({ time: t + dt, kind: 'step', inst, plan });
+      schedule({ time: t + dt, kind: 'step', inst, plan });
       return;
     }
   };
@@ -375,15 +390,13 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
       preemptions: 0,
       req: r,
       planned: 0,
+      preemptedEarly: 0,
     };
     const inst = leastLoaded(front);
     // the engine's admission checks: the request must fit the KV pool, and the waiting line must have room
-    if (inst.kv.blocksNeeded(-1, s.promptTokens + maxTokens) > numBlocks || waitingOn(inst) >= maxWaiting) {
-      record(s, 'refused', t);
-      return;
-    }
-    inst.live.set(id, s);
-    if (!inst.busy) runStep(inst, t);
+    if (inst.kv.blocksNeeded(-1, s.promptTokens + maxTokens) > numBlocks) record(s, 'refused', t, 'refused-too-large');
+    else if (waitingOn(inst) >= maxWaiting) record(s, 'refused', t, 'refused-queue-full');
+    else inst.live.set(id, s);
   };
 
   const stepDone = (inst: Instance, plan: StepPlan, t: number) => {
@@ -401,7 +414,7 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
         // hand over to a decode instance: the prefill instance holds the KV until the transfer ends
         inst.live.delete(s.id);
         const to = mostFreeKv(back);
-        events.push({ time: t + o.cost.kvTransferSeconds(s.computed), kind: 'transfer', seq: s, from: inst, to });
+        schedule({ time: t + o.cost.kvTransferSeconds(s.computed), kind: 'transfer', seq: s, from: inst, to });
       }
     }
     runStep(inst, t);
@@ -425,9 +438,10 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
   for (;;) {
     const ev = events.peek();
     if (next < workload.length && (!ev || workload[next].arrival <= ev.time)) {
-      const r = workload[next];
-      now = r.arrival;
-      arrive(next++, r, now);
+      now = workload[next].arrival;
+      // every request of this instant is queued before an idle instance plans: a burst is seen whole
+      while (next < workload.length && workload[next].arrival === now) arrive(next, workload[next], now), next++;
+      for (const inst of front) if (!inst.busy && inst.live.size > 0) runStep(inst, now);
       continue;
     }
     if (!ev) break;
@@ -446,8 +460,10 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
   let met = 0;
   let metTokens = 0;
   const count = { finished: 0, rejected: 0, refused: 0, unfinished: 0 };
+  const misses: Partial<Record<MissReason, number>> = {};
   for (const r of requests) {
     count[r.outcome]++;
+    if (r.miss) misses[r.miss] = (misses[r.miss] ?? 0) + 1;
     if (r.ttft !== null) ttfts.push(r.ttft);
     if (r.tpot !== null) tpots.push(r.tpot);
     if (r.e2e !== null) e2es.push(r.e2e);
@@ -480,6 +496,8 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
       steps,
       preemptions,
       wallSeconds: (performance.now() - wall0) / 1e3,
+      misses,
+      ceilings: sloCeilings(workload, o.cost, limits.tokenBudget, sloOf),
     },
   };
 }
