@@ -108,6 +108,20 @@ export class PagedKvTables {
    */
   append(seq: number, tokens: number): Uint32Array {
     const { blockSize, nKvHeads } = this.layout;
+    const rows = this.reserve(seq, tokens);
+    const slots = new Uint32Array(tokens * nKvHeads);
+    rows.forEach((row, h) => {
+      for (let t = 0; t < tokens; t++) {
+        const pos = row.length - tokens + t;
+        slots[t * nKvHeads + h] = row.blocks[Math.floor(pos / blockSize)] * blockSize + (pos % blockSize);
+      }
+    });
+    return slots;
+  }
+
+  /** append() without the slots: the block bookkeeping alone (the simulator needs no more). */
+  reserve(seq: number, tokens: number): readonly HeadRow[] {
+    const { blockSize, nKvHeads } = this.layout;
     let rows = this.seqs.get(seq);
     // a token that goes into a partly filled block needs the block to itself (a bug otherwise: fork shares full blocks only)
     if (rows?.some((r) => r.length % blockSize !== 0 && this.pool.holders(r.blocks[r.blocks.length - 1]) > 1)) throw new Error(`append: sequence ${seq} would write into a shared KV block`);
@@ -118,17 +132,12 @@ export class PagedKvTables {
       rows = Array.from({ length: nKvHeads }, () => ({ blocks: [], length: 0 }));
       this.seqs.set(seq, rows);
     }
-    const slots = new Uint32Array(tokens * nKvHeads);
     let next = 0;
-    rows.forEach((row, h) => {
+    for (const row of rows) {
       while (row.blocks.length * blockSize < row.length + tokens) row.blocks.push(fresh[next++]);
-      for (let t = 0; t < tokens; t++) {
-        const pos = row.length + t;
-        slots[t * nKvHeads + h] = row.blocks[Math.floor(pos / blockSize)] * blockSize + (pos % blockSize);
-      }
       row.length += tokens;
-    });
-    return slots;
+    }
+    return rows;
   }
 
   /** The pool slots of every token `seq` holds, [token][head] as append() returns them (for exporting its KV). */

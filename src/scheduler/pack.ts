@@ -28,101 +28,132 @@ export interface StepCap {
  * decode later in the order, so decode tokens of running sequences are always taken.
  */
 export function packInOrder(order: readonly SeqView[], kv: KvView, limits: SchedulerLimits, stopAtFirstMiss = false, cap?: StepCap): StepPlan {
-  const items: StepPlan['items'] = [];
-  const preempt: number[] = [];
-  let free = kv.freeBlocks;
-  let budget = limits.tokenBudget;
-  const full = () => items.length >= limits.maxBatch || budget <= 0;
+  return new Packer(kv, limits, cap).pack(order, stopAtFirstMiss);
+}
 
-  const shape: BatchShape = { prefillTokens: 0, prefillAttention: 0, decodeSeqs: 0, decodeContext: 0 };
-  const isDecode = (s: SeqView, tokens: number) => tokens === 1 && s.computed >= s.promptTokens;
-  const withItem = (s: SeqView, tokens: number): BatchShape =>
-    isDecode(s, tokens)
-      ? { ...shape, decodeSeqs: shape.decodeSeqs + 1, decodeContext: shape.decodeContext + s.computed }
-      : { ...shape, prefillTokens: shape.prefillTokens + tokens, prefillAttention: shape.prefillAttention + tokens * (s.computed + tokens) };
+const isDecode = (s: SeqView, tokens: number) => tokens === 1 && s.computed >= s.promptTokens;
+const pendingDecode = (s: SeqView) => s.state === 'running' && isDecode(s, s.totalTokens - s.computed);
+
+/** One step being packed (a class rather than closures: a step is packed on every engine iteration). */
+class Packer {
+  readonly items: StepPlan['items'] = [];
+  readonly preempt: number[] = [];
+  private free: number;
+  private budget: number;
+  private readonly shape: BatchShape = { prefillTokens: 0, prefillAttention: 0, decodeSeqs: 0, decodeContext: 0 };
   /** the smallest allowance of the running sequences: prompt work may not stretch the step past it */
-  let maxSeconds = Infinity;
-  // running decodes not packed yet: they will run, so prompt work must leave room for them
-  const pending = { seqs: 0, context: 0 };
-  const pendingDecode = (s: SeqView) => s.state === 'running' && isDecode(s, s.totalTokens - s.computed);
-  if (cap) {
-    for (const s of order) {
-      if (s.state !== 'running') continue;
-      maxSeconds = Math.min(maxSeconds, cap.allowance(s));
-      if (pendingDecode(s)) {
-        pending.seqs++;
-        pending.context += s.computed;
+  private maxSeconds = Infinity;
+  /** running decodes not packed yet: they will run, so prompt work must leave room for them */
+  private pendingSeqs = 0;
+  private pendingContext = 0;
+
+  constructor(
+    private readonly kv: KvView,
+    private readonly limits: SchedulerLimits,
+    private readonly cap?: StepCap,
+  ) {
+    this.free = kv.freeBlocks;
+    this.budget = limits.tokenBudget;
+  }
+
+  pack(order: readonly SeqView[], stopAtFirstMiss: boolean): StepPlan {
+    if (this.cap) {
+      for (const s of order) {
+        if (s.state !== 'running') continue;
+        this.maxSeconds = Math.min(this.maxSeconds, this.cap.allowance(s));
+        if (pendingDecode(s)) {
+          this.pendingSeqs++;
+          this.pendingContext += s.computed;
+        }
       }
     }
-  }
-  const settle = (s: SeqView) => {
-    if (cap && pendingDecode(s)) {
-      pending.seqs--;
-      pending.context -= s.computed;
+    const queue = [...order];
+    let admitting = true;
+    for (let next = 0; next < queue.length; next++) {
+      const s = queue[next];
+      if (s.state === 'waiting') {
+        // no admissions in a step that preempts: KV is tight, admitting would only preempt more
+        if (!admitting || this.preempt.length > 0) continue;
+        if (!this.take(s) && (stopAtFirstMiss || this.full())) admitting = false;
+        continue;
+      }
+      this.settle(s); // taken or preempted below: either way no longer pending
+      if (this.take(s)) continue;
+      if (this.full()) break;
+      // held back by the step-time cap or the decodes' reservation, not by KV: it keeps its KV for a later step
+      if (this.allowed(s) <= 0) continue;
+      // KV short: preempt the least urgent running sequences not yet planned until this one fits
+      while (this.kv.blocksNeeded(s.id, Math.min(s.totalTokens - s.computed, this.budget)) > this.free) {
+        let v = queue.length - 1;
+        while (v > next && queue[v].state !== 'running') v--;
+        if (v <= next) break;
+        const victim = queue.splice(v, 1)[0];
+        this.settle(victim);
+        this.preempt.push(victim.id);
+        this.free += this.kv.blocksHeld(victim.id);
+      }
+      if (!this.take(s)) {
+        this.preempt.push(s.id); // even so it does not fit now: it waits, and recomputes later
+        this.free += this.kv.blocksHeld(s.id);
+      }
     }
-  };
-  const predicted = (b: BatchShape) => cap!.cost.stepSeconds({ ...b, decodeSeqs: b.decodeSeqs + pending.seqs, decodeContext: b.decodeContext + pending.context });
+    return { items: this.items, preempt: this.preempt };
+  }
+
+  private full(): boolean {
+    return this.items.length >= this.limits.maxBatch || this.budget <= 0;
+  }
+
+  private settle(s: SeqView): void {
+    if (this.cap && pendingDecode(s)) {
+      this.pendingSeqs--;
+      this.pendingContext -= s.computed;
+    }
+  }
+
+  private withItem(s: SeqView, tokens: number): BatchShape {
+    const b = this.shape;
+    return isDecode(s, tokens)
+      ? { ...b, decodeSeqs: b.decodeSeqs + 1, decodeContext: b.decodeContext + s.computed }
+      : { ...b, prefillTokens: b.prefillTokens + tokens, prefillAttention: b.prefillAttention + tokens * (s.computed + tokens) };
+  }
+
+  private predicted(b: BatchShape): number {
+    return this.cap!.cost.stepSeconds({ ...b, decodeSeqs: b.decodeSeqs + this.pendingSeqs, decodeContext: b.decodeContext + this.pendingContext });
+  }
+
   /** The most of `tokens` this sequence may feed within the step-time cap (0: none). */
-  const underCap = (s: SeqView, tokens: number): number => {
-    if (!cap || maxSeconds === Infinity || (s.state === 'running' && isDecode(s, tokens))) return tokens;
-    if (predicted(withItem(s, tokens)) <= maxSeconds) return tokens;
+  private underCap(s: SeqView, tokens: number): number {
+    if (!this.cap || this.maxSeconds === Infinity || (s.state === 'running' && isDecode(s, tokens))) return tokens;
+    if (this.predicted(this.withItem(s, tokens)) <= this.maxSeconds) return tokens;
     let lo = 0;
     let hi = tokens - 1;
     while (lo < hi) {
       const mid = (lo + hi + 1) >> 1;
-      if (predicted(withItem(s, mid)) <= maxSeconds) lo = mid;
+      if (this.predicted(this.withItem(s, mid)) <= this.maxSeconds) lo = mid;
       else hi = mid - 1;
     }
     return lo;
-  };
-
-  // under a cap, prompt work leaves a slot and a budget token for every running decode still to pack
-  const reserved = (s: SeqView) => (cap && !pendingDecode(s) ? pending.seqs : 0);
-  /** the tokens `s` may feed this step, before KV: within the budget, the reservation and the cap */
-  const allowed = (s: SeqView) => (items.length + reserved(s) >= limits.maxBatch ? 0 : underCap(s, Math.min(s.totalTokens - s.computed, budget - reserved(s))));
-
-  const take = (s: SeqView): boolean => {
-    if (full()) return false;
-    const tokens = allowed(s);
-    if (tokens <= 0) return false;
-    const blocks = kv.blocksNeeded(s.id, tokens);
-    if (blocks > free) return false;
-    Object.assign(shape, withItem(s, tokens));
-    free -= blocks;
-    budget -= tokens;
-    items.push({ seq: s.id, tokens });
-    return true;
-  };
-
-  const queue = [...order];
-  let admitting = true;
-  for (let next = 0; next < queue.length; next++) {
-    const s = queue[next];
-    if (s.state === 'waiting') {
-      // no admissions in a step that preempts: KV is tight, admitting would only preempt more
-      if (!admitting || preempt.length > 0) continue;
-      if (!take(s) && (stopAtFirstMiss || full())) admitting = false;
-      continue;
-    }
-    settle(s); // taken or preempted below: either way no longer pending
-    if (take(s)) continue;
-    if (full()) break;
-    // held back by the step-time cap or the decodes' reservation, not by KV: it keeps its KV for a later step
-    if (allowed(s) <= 0) continue;
-    // KV short: preempt the least urgent running sequences not yet planned until this one fits
-    while (kv.blocksNeeded(s.id, Math.min(s.totalTokens - s.computed, budget)) > free) {
-      let v = queue.length - 1;
-      while (v > next && queue[v].state !== 'running') v--;
-      if (v <= next) break;
-      const victim = queue.splice(v, 1)[0];
-      settle(victim);
-      preempt.push(victim.id);
-      free += kv.blocksHeld(victim.id);
-    }
-    if (!take(s)) {
-      preempt.push(s.id); // even so it does not fit now: it waits, and recomputes later
-      free += kv.blocksHeld(s.id);
-    }
   }
-  return { items, preempt };
+
+  /** The tokens `s` may feed this step, before KV: within the budget, the decodes' reservation and the cap. */
+  private allowed(s: SeqView): number {
+    // under a cap, prompt work leaves a slot and a budget token for every running decode still to pack
+    const reserved = this.cap && !pendingDecode(s) ? this.pendingSeqs : 0;
+    if (this.items.length + reserved >= this.limits.maxBatch) return 0;
+    return this.underCap(s, Math.min(s.totalTokens - s.computed, this.budget - reserved));
+  }
+
+  private take(s: SeqView): boolean {
+    if (this.full()) return false;
+    const tokens = this.allowed(s);
+    if (tokens <= 0) return false;
+    const blocks = this.kv.blocksNeeded(s.id, tokens);
+    if (blocks > this.free) return false;
+    Object.assign(this.shape, this.withItem(s, tokens));
+    this.free -= blocks;
+    this.budget -= tokens;
+    this.items.push({ seq: s.id, tokens });
+    return true;
+  }
 }

@@ -16,16 +16,16 @@ export interface PromptJob {
  * shortest first. `jobs` must be sorted by (due, work). O(n log n).
  */
 export function orderPrompts<T extends PromptJob>(jobs: readonly T[], start: number): { onTime: { job: T; finish: number }[]; late: T[] } {
-  const kept = new Heap<number>((a, b) => jobs[a].work > jobs[b].work);
+  const kept = new Heap<Kept>(longerFirst);
   const dropped = new Uint8Array(jobs.length);
   let t = start;
   for (let i = 0; i < jobs.length; i++) {
-    kept.push(i);
+    kept.push({ i, work: jobs[i].work });
     t += jobs[i].work;
     if (t > jobs[i].due) {
       const longest = kept.pop()!;
-      dropped[longest] = 1;
-      t -= jobs[longest].work;
+      dropped[longest.i] = 1;
+      t -= longest.work;
     }
   }
   const onTime: { job: T; finish: number }[] = [];
@@ -35,6 +35,13 @@ export function orderPrompts<T extends PromptJob>(jobs: readonly T[], start: num
     if (dropped[i]) late.push(jobs[i]);
     else onTime.push({ job: jobs[i], finish: (t += jobs[i].work) });
   }
-  late.sort((a, b) => a.work - b.work);
+  late.sort(lessWork);
   return { onTime, late };
 }
+
+interface Kept {
+  i: number;
+  work: number;
+}
+const longerFirst = (a: Kept, b: Kept) => a.work > b.work;
+const lessWork = (a: PromptJob, b: PromptJob) => a.work - b.work;

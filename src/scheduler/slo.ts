@@ -57,7 +57,7 @@
 import { Heap } from '../util/heap.ts';
 import type { BatchShape, CostModel } from './cost_model.ts';
 import { OutputLengthEstimator } from './output_estimate.ts';
-import { packInOrder } from './pack.ts';
+import { packInOrder, type StepCap } from './pack.ts';
 import { decodeRunSeconds, decodeSeconds, prefillSeconds, stepSeconds } from './service_time.ts';
 import { orderPrompts } from './prompt_order.ts';
 import type { KvView, Rejection, Scheduler, SchedulerLimits, SeqView, StepPlan } from './scheduler.ts';
@@ -122,7 +122,8 @@ interface Prompt {
   tokens: number;
 }
 
-export class SloScheduler implements Scheduler {
+/** A Scheduler, and the step cap (StepCap) that keeps streams on pace in the batches it packs. */
+export class SloScheduler implements Scheduler, StepCap {
   readonly name = 'slo';
   private readonly lengths: OutputLengthEstimator;
   private readonly paceFloor: number;
@@ -133,6 +134,8 @@ export class SloScheduler implements Scheduler {
   /** waiting prompts by the time they become hopeless served alone (min of ttftDue, deadline, less feed) */
   private readonly expiry = new Heap<{ at: number; e: Entry }>((a, b) => a.at < b.at);
   private stamp = 0;
+  /** the plan's clock, for allowance() */
+  private now = 0;
   private tokenBudget = 1;
 
   constructor(
@@ -184,8 +187,8 @@ export class SloScheduler implements Scheduler {
       const tpot = slo.tpotMs / 1e3;
       const first = s.firstTokenTime ?? next;
       slack = Math.min(slack, first + tpot * (L - 1) - end);
-      const solo = decodeSeconds(this.cost, s.totalTokens + 1);
-      if (!started && L > 1 && solo > tpot) hopeless ??= { seq: s.id, objective: 'tpot', neededSeconds: solo, aheadSeconds: 0, leftSeconds: tpot };
+      const solo = started || L <= 1 ? 0 : decodeSeconds(this.cost, s.totalTokens + 1);
+      if (solo > tpot) hopeless ??= { seq: s.id, objective: 'tpot', neededSeconds: solo, aheadSeconds: 0, leftSeconds: tpot };
     }
     return { outputTokens: L, nextSeconds, restSeconds, slack, hopeless };
   }
@@ -256,7 +259,8 @@ export class SloScheduler implements Scheduler {
       else if (e.due === Infinity) tpotOnly.push(e);
       else active.push(promptOf(e, decodeExtra));
     }
-    const window = this.window(stamp).map((e) => promptOf(e, decodeExtra));
+    const window: Prompt[] = [];
+    for (const e of this.window(stamp)) window.push(promptOf(e, decodeExtra));
     const jobs = mergeSorted(active.sort(byDueThenWork), window, byDueThenWork);
     const { onTime, late } = orderPrompts(jobs, now);
 
@@ -270,7 +274,7 @@ export class SloScheduler implements Scheduler {
     }
 
     const order: SeqView[] = [];
-    streams.sort((a, b) => a.slack - b.slack || (b.s.priority ?? 0) - (a.s.priority ?? 0) || a.s.arrival - b.s.arrival);
+    streams.sort(byStreamSlack);
     let i = 0;
     for (const o of onTime) {
       if (!this.keep(o.job, committed, now, reject)) continue;
@@ -279,12 +283,13 @@ export class SloScheduler implements Scheduler {
       order.push(o.job.e.view);
     }
     while (i < streams.length) order.push(streams[i++].s);
-    for (const e of tpotOnly.sort((a, b) => a.feed - b.feed || a.view.arrival - b.view.arrival)) order.push(e.view);
+    for (const e of tpotOnly.sort(byFeed)) order.push(e.view);
     for (const p of late) if (this.keep(p, committed, now, reject)) order.push(p.e.view);
-    free.sort((a, b) => (b.priority ?? 0) - (a.priority ?? 0) || a.arrival - b.arrival);
+    free.sort(byPriorityThenArrival);
     for (const s of free) order.push(s);
 
-    const plan = packInOrder(order, kv, limits, false, { cost: this.cost, allowance: (s) => this.allowance(s, now) });
+    this.now = now;
+    const plan = packInOrder(order, kv, limits, false, this);
     for (const r of reject) this.forget(r.seq);
     return reject.length > 0 ? { ...plan, reject } : plan;
   }
@@ -404,10 +409,10 @@ export class SloScheduler implements Scheduler {
    * next token is due (first + tpot x generated; a stream ahead of schedule lends its banked time),
    * never less than paceFloor tpot. Infinity for sequences without a tpot or not yet streaming.
    */
-  private allowance(s: SeqView, now: number): number {
+  allowance(s: SeqView): number {
     if (s.firstTokenTime === undefined || s.slo?.tpotMs === undefined) return Infinity;
     const tpot = s.slo.tpotMs / 1e3;
-    return Math.max(this.paceFloor * tpot, s.firstTokenTime + tpot * s.generated - now);
+    return Math.max(this.paceFloor * tpot, s.firstTokenTime + tpot * s.generated - this.now);
   }
 
   /** Solo seconds to feed `tokens` after `context`: one decode when `decode`, else prompt chunks (and the steps). */
@@ -427,6 +432,9 @@ const entryBefore = (a: Entry, b: Entry) =>
   a.due < b.due ||
   (a.due === b.due && (a.feed < b.feed || (a.feed === b.feed && (a.view.totalTokens < b.view.totalTokens || (a.view.totalTokens === b.view.totalTokens && a.view.arrival < b.view.arrival)))));
 
+const byStreamSlack = (a: { s: SeqView; slack: number }, b: { s: SeqView; slack: number }) => a.slack - b.slack || (b.s.priority ?? 0) - (a.s.priority ?? 0) || a.s.arrival - b.s.arrival;
+const byFeed = (a: Entry, b: Entry) => a.feed - b.feed || a.view.arrival - b.view.arrival;
+const byPriorityThenArrival = (a: SeqView, b: SeqView) => (b.priority ?? 0) - (a.priority ?? 0) || a.arrival - b.arrival;
 const byDueThenWork = (a: Prompt, b: Prompt) => a.due - b.due || a.work - b.work || a.tokens - b.tokens || a.e.view.arrival - b.e.view.arrival;
 
 function mergeSorted<T>(a: readonly T[], b: readonly T[], cmp: (x: T, y: T) => number): T[] {

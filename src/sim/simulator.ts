@@ -345,7 +345,7 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
           shape.prefillTokens += n;
           shape.prefillAttention += n * (s.computed + n);
         }
-        inst.kv.append(seq, n); // throws KvPoolExhausted when the plan over-commits the pool
+        inst.kv.reserve(seq, n); // throws KvPoolExhausted when the plan over-commits the pool
       }
       if (tokens > limits.tokenBudget) throw new PlanError(`${inst.scheduler.name}: ${tokens} tokens in a step, the budget is ${limits.tokenBudget}`);
       const dt = o.cost.stepSeconds(shape);
@@ -423,7 +423,7 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
   const transferDone = (s: SimSeq, from: Instance, to: Instance, t: number) => {
     from.kv.free(s.id);
     if (!from.busy && from.live.size > 0) runStep(from, t);
-    if (to.kv.blocksNeeded(s.id, s.computed) <= to.kv.pool.free) to.kv.append(s.id, s.computed);
+    if (to.kv.blocksNeeded(s.id, s.computed) <= to.kv.pool.free) to.kv.reserve(s.id, s.computed);
     else {
       s.computed = 0;
       s.state = 'waiting';
