@@ -18,11 +18,12 @@
  *    produce its next token; `rest` = the decode steps after it, at the context halfway through them.
  * 3. Prompt order (the burst-robust part). A prompt's prefill `work` is its `feed` plus what the
  *    running decodes add to each of its chunks. The prompts being prefilled and the first `horizon`
- *    waiting ones (in due order) are put in Moore-Hodgson order (src/scheduler/prompt_order.ts):
- *    due order, ties shortest first, with the prompts that cannot all be on time beside the others
- *    moved after them. A burst of simultaneous arrivals is thus served shortest first, a long
- *    prompt with little slack still goes first when the short ones can wait for it, and with
- *    chunked prefill a long prompt progresses between short ones.
+ *    waiting ones (in due order) are ordered by src/scheduler/prompt_order.ts: the most that can be
+ *    on time together (Moore-Hodgson), and among them, at the front, the shortest remaining work
+ *    first wherever that keeps the others on time; the prompts that cannot all be on time beside
+ *    the others come after. A burst is thus prefilled shortest first, a long prompt with little
+ *    slack still goes first when the short ones can wait for it, and with chunked prefill a long
+ *    prompt progresses between short ones.
  * 4. Order of the step: streams (least slack first; slack = due time of the SLO less the service
  *    still needed by then) merged with the on-time prompts (slack = due less predicted finish),
  *    then tpot-only prompts (shortest first), then the late prompts (shortest first: they may still
@@ -51,8 +52,8 @@
  *
  * Service estimates are solo step times, a lower bound under batching. With the online cost model
  * (src/scheduler/online_cost.ts) predicting 0 until it has measured enough steps, the policy starts
- * as earliest-deadline-first with bursts served shortest first (ties on work broken by prompt
- * length), and rejects only requests already past due.
+ * with every prompt's work 0: shortest prompt (in tokens) first, and rejects only requests
+ * already past due.
  */
 import { Heap } from '../util/heap.ts';
 import type { BatchShape, CostModel } from './cost_model.ts';
@@ -120,6 +121,7 @@ interface Prompt {
   due: number;
   work: number;
   tokens: number;
+  pinned: boolean;
 }
 
 /** A Scheduler, and the step cap (StepCap) that keeps streams on pace in the batches it packs. */
@@ -262,7 +264,7 @@ export class SloScheduler implements Scheduler, StepCap {
     const window: Prompt[] = [];
     for (const e of this.window(stamp)) window.push(promptOf(e, decodeExtra));
     const jobs = mergeSorted(active.sort(byDueThenWork), window, byDueThenWork);
-    const { onTime, late } = orderPrompts(jobs, now);
+    const { onTime, late } = orderPrompts(jobs, now, this.tokenBudget);
 
     // committed work: the prompts being prefilled that are on time. A waiting prompt needs at least
     // its own prefill after those due no later than it (served together, as one prompt would be).
@@ -422,7 +424,13 @@ export class SloScheduler implements Scheduler, StepCap {
   }
 }
 
-const promptOf = (e: Entry, decodeExtra: number): Prompt => ({ e, due: e.due, work: e.feed + e.chunks * decodeExtra, tokens: e.view.totalTokens - e.view.computed });
+const promptOf = (e: Entry, decodeExtra: number): Prompt => ({
+  e,
+  due: e.due,
+  work: e.feed + e.chunks * decodeExtra,
+  tokens: e.view.totalTokens - e.view.computed,
+  pinned: e.view.state === 'running',
+});
 
 /** When a waiting prompt becomes hopeless served alone. */
 const expiryOf = (e: Entry) => Math.min(e.ttftDue, e.deadline) - e.feed;

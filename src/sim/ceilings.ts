@@ -51,7 +51,7 @@ export function sloCeilings(workload: readonly SimRequest[], cost: CostModel, to
       const work = prefillSeconds(cost, 0, input, tokenBudget).seconds;
       const decode = decodeRunSeconds(cost, input + 1, output - 1);
       const due = Math.min(slo.ttftMs !== undefined ? slo.ttftMs / 1e3 : Infinity, slo.deadlineMs !== undefined ? slo.deadlineMs / 1e3 - decode : Infinity);
-      return { due, work, input, output, slo };
+      return { due, work, tokens: input, input, output, slo };
     });
     jobs.sort((a, b) => a.due - b.due || a.work - b.work);
     for (const r of jobs) if (meets(cost, tokenBudget, r.input, r.output, r.slo, 0)) idle++;

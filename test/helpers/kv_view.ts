@@ -23,6 +23,8 @@ export function kvOf(seqs: SeqView[], total: number): KvView {
  */
 export function expectValidPlan(plan: StepPlan, seqs: readonly SeqView[], kv: KvView, limits: SchedulerLimits): void {
   const ids = plan.items.map((i) => i.seq);
+  const rejected = (plan.reject ?? []).map((r) => r.seq);
+  expect(new Set(rejected).size).toBe(rejected.length);
   expect(new Set(ids).size).toBe(ids.length);
   expect(plan.items.length).toBeLessThanOrEqual(limits.maxBatch);
   expect(plan.items.reduce((n, i) => n + i.tokens, 0)).toBeLessThanOrEqual(limits.tokenBudget);
@@ -34,11 +36,11 @@ export function expectValidPlan(plan: StepPlan, seqs: readonly SeqView[], kv: Kv
     expect(i.tokens).toBeGreaterThan(0);
     expect(i.tokens).toBeLessThanOrEqual(s.totalTokens - s.computed);
     expect(plan.preempt).not.toContain(i.seq);
-    expect(plan.reject ?? []).not.toContain(i.seq);
+    expect(rejected).not.toContain(i.seq);
   }
   for (const id of plan.preempt) {
     expect(seqs.find((x) => x.id === id)!.state).toBe('running');
-    expect(plan.reject ?? []).not.toContain(id);
+    expect(rejected).not.toContain(id);
   }
 }
 
