@@ -378,6 +378,7 @@ program
   .option('--seed <s>', 'seed of synthetic arrivals and lengths', integer('--seed', 0), 1)
   .option('--json <file>', 'write every run as JSON (one object per policy and rate)')
   .option('--plot <file.svg>', 'write an SVG plot of attainment against rate, one line per policy or placement')
+  .option('--requests-out <file.jsonl>', 'single runs: one JSON line per request and policy (outcome, latencies, why it missed, the rejection estimate)')
   .action(async (o: SimulateCliOptions) => {
     const { simulateCli } = await import('./simulate.ts');
     await simulateCli(o);

@@ -8,7 +8,7 @@ import { SloScheduler } from '../scheduler/slo.ts';
 import { analyticalCostModel } from '../sim/cost/analytical.ts';
 import { loadCostModel } from '../sim/cost/fitted.ts';
 import { type AttainmentSeries, writeAttainmentPlot } from '../sim/plot.ts';
-import { type Placement, placementLabel, type SimOptions, type SimSummary, simulate } from '../sim/simulator.ts';
+import { type Placement, placementLabel, type RequestResult, type SimOptions, type SimSummary, simulate } from '../sim/simulator.ts';
 import { type GoodputResult, maxGoodRate, planPlacement, sweepRates, type WorkloadAt } from '../sim/sweep.ts';
 import { readTrace, type TraceRequest } from '../sim/trace.ts';
 import { checkLengthDist, type LengthDist, type SimRequest, syntheticWorkload, traceWorkload } from '../sim/workload.ts';
@@ -131,6 +131,7 @@ export interface SimulateCliOptions {
   seed: number;
   json?: string;
   plot?: string;
+  requestsOut?: string;
   /** report lines (default: stdout) */
   print?: (line: string) => void;
 }
@@ -165,8 +166,27 @@ function record(s: SimSummary, kind: string) {
     preemptions: s.preemptions,
     steps: s.steps,
     wall_seconds: s.wallSeconds,
+    ceiling_idle: s.ceilings.idle,
+    ceiling_shortest_first: s.ceilings.shortestFirst,
+    misses: s.misses,
     run: kind,
   };
+}
+
+/** The miss breakdown and the ceilings, one line. */
+function missLine(s: SimSummary): string {
+  const pct = (v: number) => `${fmt(v * 100)}%`;
+  const misses = Object.entries(s.misses)
+    .sort((a, b) => b[1] - a[1])
+    .map(([why, n]) => `${why} ${n}`)
+    .join(', ');
+  const ceiling = s.ceilings.shortestFirst > 0 ? ` (${pct(s.attainment / s.ceilings.shortestFirst)} of it)` : '';
+  return `      ceilings: idle GPU ${pct(s.ceilings.idle)}, bursts shortest first ${pct(s.ceilings.shortestFirst)}${ceiling}; missed: ${misses || 'none'}`;
+}
+
+/** One JSON line per request of a run, for --requests-out. */
+function requestLines(policy: string, requests: readonly RequestResult[]): string {
+  return requests.map((r) => JSON.stringify({ policy, ...r })).join('\n') + '\n';
 }
 
 function line(s: SimSummary): string {
@@ -184,6 +204,7 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
   const print = o.print ?? ((l: string) => console.log(l));
   if (!o.trace === !o.synthetic) throw new Error('give exactly one of --trace FILE or --synthetic poisson|gamma');
   if (o.plan && !o.gpus) throw new Error('--plan needs --gpus G');
+  if (o.requestsOut && (o.plan || o.sweep || o.rates)) throw new Error('--requests-out records single runs: drop --plan / --sweep / --rates');
   if (o.plan && (o.instances !== undefined || o.prefill !== undefined || o.decode !== undefined)) throw new Error('--plan tries the placements itself: drop --instances / --prefill / --decode');
   if ((o.prefill === undefined) !== (o.decode === undefined)) throw new Error('give --prefill P and --decode D together');
   if (o.instances !== undefined && o.prefill !== undefined) throw new Error('give --instances N or --prefill P --decode D, not both');
@@ -269,17 +290,25 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
       print('');
       for (const s of sums) {
         print(line(s));
+        print(missLine(s));
         runs.push(record(s, 'sweep'));
       }
       series.push({ label: policy, points: sums.map((s) => ({ rate: s.rate, attainment: s.attainment })) });
     }
   } else {
+    let perRequest = '';
     for (const policy of o.policy) {
       const w = workloadAt(undefined);
-      const s = simulate(w, { ...base(policy), placement }).summary;
+      const { summary: s, requests } = simulate(w, { ...base(policy), placement });
       print(line(s));
+      print(missLine(s));
       runs.push(record(s, 'single'));
       series.push({ label: policy, points: [{ rate: s.rate, attainment: s.attainment }] });
+      if (o.requestsOut) perRequest += requestLines(policy, requests);
+    }
+    if (o.requestsOut) {
+      writeOutput(o.requestsOut, perRequest);
+      print(`wrote ${o.requestsOut}`);
     }
   }
 
