@@ -1,4 +1,7 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { simulateCli, type SimulateCliOptions } from '../src/cli/simulate.ts';
 import type { BatchShape, CostModel } from '../src/scheduler/cost_model.ts';
 import { FcfsScheduler } from '../src/scheduler/fcfs.ts';
 import { orderPrompts, type PromptJob } from '../src/scheduler/prompt_order.ts';
@@ -10,6 +13,7 @@ import { simulate, type SimOptions, type StepRecord } from '../src/sim/simulator
 import { type SimRequest, syntheticWorkload } from '../src/sim/workload.ts';
 import { mulberry32 } from '../src/util/rng.ts';
 import { expectValidPlan, kvOf } from './helpers/kv_view.ts';
+import { useTmpDirs } from './helpers/tmp.ts';
 
 /** 10 ms a step + 1 ms per prompt token + 2 ms per decoding sequence (no context terms: hand-computable). */
 const fakeCost: CostModel = {
@@ -270,5 +274,59 @@ describe('issue 11 goals on generated long-context workloads (Llama-3-8B, H100 p
         expect(slo.misses.rejected ?? 0, where).toBe(slo.rejected);
       }
     }
+  });
+});
+
+describe('wgserve simulate: the breakdown in its output', () => {
+  const tmp = useTmpDirs('wgsim-bursts-');
+  const options = (extra: Partial<SimulateCliOptions>): SimulateCliOptions => ({
+    synthetic: 'poisson',
+    rate: 0.5,
+    burst: 10,
+    inputLen: 'lognormal:median=7000,mean=12000,max=126000',
+    outputLen: '50',
+    requests: 200,
+    hardware: 'h100',
+    modelShape: 'llama-3-8b',
+    policy: ['fcfs', 'slo'],
+    slo: 'ttft=2000,tpot=50',
+    sweep: false,
+    plan: false,
+    tokenBudget: 2048,
+    maxBatch: 128,
+    blockSize: 16,
+    maxTokens: 1024,
+    maxWaiting: 1024,
+    target: 0.9,
+    seed: 3,
+    ...extra,
+  });
+
+  it('prints the ceilings and misses by reason, and writes one record per request with the rejection estimate', async () => {
+    const lines: string[] = [];
+    const out = join(tmp(), 'requests.jsonl');
+    const json = join(tmp(), 'runs.json');
+    await simulateCli(options({ requestsOut: out, json, print: (l) => lines.push(l) }));
+    const ceilings = lines.filter((l) => l.includes('ceilings: idle GPU'));
+    expect(ceilings).toHaveLength(2);
+    const records = readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(records).toHaveLength(400);
+    for (const policy of ['fcfs', 'slo']) {
+      const mine = records.filter((r) => r.policy === policy);
+      expect(mine).toHaveLength(200);
+      const missed = mine.filter((r) => !r.sloMet);
+      expect(missed.every((r) => typeof r.miss === 'string')).toBe(true);
+      expect(mine.filter((r) => r.sloMet).every((r) => r.miss === null)).toBe(true);
+      // the summary's counts are these records' counts
+      const run = (JSON.parse(readFileSync(json, 'utf8')) as { policy: string; misses: Record<string, number> }[]).find((r) => r.policy === policy)!;
+      const counted: Record<string, number> = {};
+      for (const r of missed) counted[r.miss] = (counted[r.miss] ?? 0) + 1;
+      expect(run.misses).toEqual(counted);
+    }
+    // each rejection carries the estimate that decided it: more needed than was left
+    const rejected = records.filter((r) => r.outcome === 'rejected');
+    expect(rejected.length).toBeGreaterThan(0);
+    for (const r of rejected) expect(r.rejection.neededSeconds).toBeGreaterThan(r.rejection.leftSeconds);
+    await expect(simulateCli(options({ requestsOut: out, sweep: true, print: () => {} }))).rejects.toThrow(/--requests-out records single runs/);
   });
 });

@@ -29,6 +29,7 @@ export interface PromptJob {
  * moved in step 2. `onTime` comes with each job's predicted finish.
  */
 export function orderPrompts<T extends PromptJob>(jobs: readonly T[], start: number, fill = Infinity): { onTime: { job: T; finish: number }[]; late: T[] } {
+  if (jobs.length === 0) return { onTime: [], late: [] };
   const kept = new Heap<Kept>(longerFirst);
   const pinned = new Heap<Kept>(longerFirst);
   const dropped = new Uint8Array(jobs.length);

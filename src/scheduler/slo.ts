@@ -195,6 +195,26 @@ export class SloScheduler implements Scheduler, StepCap {
     return { outputTokens: L, nextSeconds, restSeconds, slack, hopeless };
   }
 
+  /**
+   * assess()'s slack for a sequence that has its first token, without the allocation (this runs for
+   * every stream on every step); null when it cannot make even its next token by its deadline.
+   */
+  private streamSlack(s: SeqView, now: number): number | null {
+    const slo = s.slo!;
+    const left = s.totalTokens - s.computed;
+    const next = now + (left === 1 && s.computed >= s.promptTokens ? decodeSeconds(this.cost, s.computed) : this.feed(s.computed, left, false).seconds);
+    const L = this.lengths.estimate(s);
+    const end = next + decodeRunSeconds(this.cost, s.totalTokens + 1, Math.max(0, L - s.generated - 1));
+    let slack = Infinity;
+    if (slo.deadlineMs !== undefined) {
+      const due = s.arrivalTime + slo.deadlineMs / 1e3;
+      if (next > due) return null;
+      slack = due - end;
+    }
+    if (slo.tpotMs !== undefined) slack = Math.min(slack, s.firstTokenTime! + (slo.tpotMs / 1e3) * (L - 1) - end);
+    return slack;
+  }
+
   plan(seqs: readonly SeqView[], kv: KvView, limits: SchedulerLimits, now: number): StepPlan {
     this.tokenBudget = Math.max(1, limits.tokenBudget);
     const stamp = ++this.stamp;
@@ -223,9 +243,9 @@ export class SloScheduler implements Scheduler, StepCap {
         continue;
       }
       if (s.firstTokenTime !== undefined) {
-        const a = this.assess(s, now, limits);
-        if (a.hopeless) this.refuse(e, a.hopeless, reject);
-        else streams.push({ s, slack: a.slack });
+        const slack = this.streamSlack(s, now);
+        if (slack === null) this.refuse(e, this.assess(s, now, limits).hopeless!, reject);
+        else streams.push({ s, slack });
         continue;
       }
       this.refresh(e, s);
