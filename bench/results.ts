@@ -17,8 +17,8 @@ export function withDocSection(doc: string, tag: string, rewrite: (body: string)
   return doc.slice(0, i + begin.length) + rewrite(doc.slice(i + begin.length, j)) + doc.slice(j);
 }
 
-/** Applies withDocSection to docs/benchmarks.md. */
-export function updateBenchmarksDoc(tag: string, rewrite: (body: string) => string): void {
-  const path = join(repoRoot, 'docs', 'benchmarks.md');
+/** Applies withDocSection to a page of docs/ (default: docs/benchmarks.md). */
+export function updateDocSection(tag: string, rewrite: (body: string) => string, page = 'benchmarks.md'): void {
+  const path = join(repoRoot, 'docs', page);
   writeFileSync(path, withDocSection(readFileSync(path, 'utf8'), tag, rewrite));
 }

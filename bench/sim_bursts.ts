@@ -3,7 +3,9 @@
  * workloads with smooth and bursty arrivals, against the two ceilings (src/sim/ceilings.ts), with
  * the misses broken down and the simulation's wall time.
  *
- *     npx tsx bench/sim_bursts.ts [--requests 12000] [--json bench/results/sim/bursts.json] [--markdown bench/results/sim/bursts.md]
+ *     npx tsx bench/sim_bursts.ts [--requests 12000] [--json bench/results/sim/bursts.json] [--markdown bench/results/sim/bursts.md] [--update-docs]
+ *
+ * `--update-docs` puts the table in docs/simulator.md (its `bursts` section).
  *
  * Llama-3-8B on the analytical H100 model, one GPU, SLO TTFT 3 s / TPOT 50 ms. Rates are fractions
  * of 3.33 req/s (12,000 requests an hour, the long-context production trace issue 11 describes).
@@ -23,7 +25,7 @@ import { simulate, type SimSummary } from '../src/sim/simulator.ts';
 import { readTrace } from '../src/sim/trace.ts';
 import { type LengthDist, type SimRequest, syntheticWorkload, traceWorkload } from '../src/sim/workload.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
-import { writeResult } from './results.ts';
+import { updateDocSection, writeResult } from './results.ts';
 
 const arg = (name: string, fallback: string) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -135,3 +137,4 @@ for (const w of WORKLOADS) {
 writeResult(jsonOut, JSON.stringify(rows, null, 2) + '\n');
 writeResult(mdOut, lines.join('\n') + '\n');
 console.log(`wrote ${jsonOut} and ${mdOut}`);
+if (process.argv.includes('--update-docs')) updateDocSection('bursts', () => `\n${lines.join('\n')}\n`, 'simulator.md');

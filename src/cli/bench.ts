@@ -1,5 +1,5 @@
 import { type KernelBenchReport, kernelBenchMarkdown, runKernelBench } from '../../bench/kernels.ts';
-import { updateBenchmarksDoc, writeResult } from '../../bench/results.ts';
+import { updateDocSection, writeResult } from '../../bench/results.ts';
 import type { BenchScale } from '../../bench/shapes.ts';
 import type { DeviceMode } from '../gpu/adapter.ts';
 import { Gpu } from '../gpu/gpu.ts';
@@ -37,5 +37,5 @@ export async function benchKernels(o: BenchKernelsOptions): Promise<KernelBenchR
 
 /** Replaces the software- or GPU-device section of docs/benchmarks.md with this run's table. */
 function updateDocs(report: KernelBenchReport, markdown: string): void {
-  updateBenchmarksDoc(report.adapter.isSoftware ? 'kernels-software' : 'kernels-gpu', () => `\n${markdown}`);
+  updateDocSection(report.adapter.isSoftware ? 'kernels-software' : 'kernels-gpu', () => `\n${markdown}`);
 }

@@ -1,5 +1,5 @@
 import { type DisaggBenchOptions, type DisaggBenchReport, disaggBenchMarkdown, disaggPlotSpec, runDisaggBench } from '../../bench/disagg.ts';
-import { updateBenchmarksDoc, writeResult } from '../../bench/results.ts';
+import { updateDocSection, writeResult } from '../../bench/results.ts';
 import { Gpu } from '../gpu/gpu.ts';
 import { DEFAULT_MODEL } from '../model/default_model.ts';
 import { openModel } from '../model/source.ts';
@@ -30,7 +30,7 @@ export async function benchDisagg(o: BenchDisaggOptions): Promise<DisaggBenchRep
     if (o.plot) await writeSvgPlot(o.plot, disaggPlotSpec(report));
     if (o.updateDocs) {
       const plot = o.plot ? `\n![disaggregation plot](${o.plot.replace(/^.*?bench\//, '../bench/')})\n` : '';
-      updateBenchmarksDoc(report.isSoftware ? 'disagg-software' : 'disagg-gpu', () => `\n${markdown}${plot}\n`);
+      updateDocSection(report.isSoftware ? 'disagg-software' : 'disagg-gpu', () => `\n${markdown}${plot}\n`);
     }
     if (!o.json && !o.markdown) process.stdout.write(markdown);
     return report;

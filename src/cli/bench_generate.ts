@@ -1,5 +1,5 @@
 import { type GenerateBenchReport, generateBenchMarkdown, generateRunMarkdown, mergeRunBlocks, runGenerateBench, runKey } from '../../bench/generate.ts';
-import { updateBenchmarksDoc, writeResult } from '../../bench/results.ts';
+import { updateDocSection, writeResult } from '../../bench/results.ts';
 import type { BenchScale } from '../../bench/shapes.ts';
 import type { WeightFormat } from '../../kernels/weights.ts';
 import type { DeviceMode } from '../gpu/adapter.ts';
@@ -49,5 +49,5 @@ export async function benchGenerate(o: BenchGenerateOptions): Promise<GenerateBe
 function updateDocs(report: GenerateBenchReport): void {
   const tag = report.adapter.isSoftware ? 'generate-software' : 'generate-gpu';
   const blocks = report.runs.map((r) => ({ key: runKey(r), markdown: generateRunMarkdown(report, r) }));
-  updateBenchmarksDoc(tag, (body) => mergeRunBlocks(body, blocks));
+  updateDocSection(tag, (body) => mergeRunBlocks(body, blocks));
 }

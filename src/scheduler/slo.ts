@@ -195,6 +195,17 @@ export class SloScheduler implements Scheduler, StepCap {
     return { outputTokens: L, nextSeconds, restSeconds, slack, hopeless };
   }
 
+  /** Whether every sequence is a running decode and all of them fit one step (batch, budget, KV). */
+  private allDecodeAtOnce(seqs: readonly SeqView[], kv: KvView, limits: SchedulerLimits): boolean {
+    if (seqs.length > limits.maxBatch || seqs.length > limits.tokenBudget) return false;
+    let blocks = 0;
+    for (const s of seqs) {
+      if (s.state !== 'running' || s.totalTokens - s.computed !== 1 || s.computed < s.promptTokens) return false;
+      blocks += kv.blocksNeeded(s.id, 1);
+    }
+    return blocks <= kv.freeBlocks;
+  }
+
   /**
    * assess()'s slack for a sequence that has its first token, without the allocation (this runs for
    * every stream on every step); null when it cannot make even its next token by its deadline.
@@ -224,7 +235,17 @@ export class SloScheduler implements Scheduler, StepCap {
     const tpotOnly: Entry[] = [];
     const free: SeqView[] = [];
 
+    const started: SeqView[] = [];
     for (const s of seqs) {
+      const slo = s.slo;
+      if (!slo || (slo.ttftMs === undefined && slo.tpotMs === undefined && slo.deadlineMs === undefined)) {
+        free.push(s);
+        continue;
+      }
+      if (s.firstTokenTime !== undefined) {
+        started.push(s);
+        continue;
+      }
       let e = this.entries.get(s.id);
       if (e && (e.view.arrival !== s.arrival || e.view.arrivalTime !== s.arrivalTime)) {
         e.indexed = false; // another sequence under a reused id: start afresh
@@ -237,17 +258,6 @@ export class SloScheduler implements Scheduler, StepCap {
       }
       e.view = s;
       e.seen = stamp;
-      const slo = s.slo;
-      if (!slo || (slo.ttftMs === undefined && slo.tpotMs === undefined && slo.deadlineMs === undefined)) {
-        free.push(s);
-        continue;
-      }
-      if (s.firstTokenTime !== undefined) {
-        const slack = this.streamSlack(s, now);
-        if (slack === null) this.refuse(e, this.assess(s, now, limits).hopeless!, reject);
-        else streams.push({ s, slack });
-        continue;
-      }
       this.refresh(e, s);
       if (fresh) {
         // the one check that does not depend on time: a tpot no solo decode step can meet
@@ -262,6 +272,16 @@ export class SloScheduler implements Scheduler, StepCap {
       else if (!e.indexed) this.enqueue(e);
     }
     this.sweep(seqs.length);
+    if (this.entries.size === 0 && this.allDecodeAtOnce(seqs, kv, limits)) {
+      // only decodes, and they all fit: the order cannot matter, so no slack is worked out
+      for (const s of started) if (s.slo!.deadlineMs !== undefined && this.streamSlack(s, now) === null) reject.push(this.assess(s, now, limits).hopeless!);
+      if (reject.length === 0) return { items: seqs.map((s) => ({ seq: s.id, tokens: 1 })), preempt: [] };
+    }
+    for (const s of started) {
+      const slack = this.streamSlack(s, now);
+      if (slack === null) reject.push(this.assess(s, now, limits).hopeless!);
+      else streams.push({ s, slack });
+    }
 
     // waiting prompts that served alone from now would miss: their expiry has passed
     for (let top = this.expiry.peek(); top && top.at < now; top = this.expiry.peek()) {
