@@ -179,6 +179,10 @@ describe('slo policy under bursts', () => {
     expect(slo.plan(later, kvOf(later, 1e6), big, 19).reject).toBeUndefined();
     const hopeless = slo.plan(later, kvOf(later, 1e6), big, 20).reject;
     expect(hopeless).toEqual([{ seq: 9999, objective: 'ttft', neededSeconds: 50 * prefill(1000), aheadSeconds: 0, leftSeconds: 50 }]);
+    // the window is what a step considers: with a horizon of one, only the prompt due first is admitted, though both fit
+    const two = [prompt(1, 10, { slo: { ttftMs: 1000 } }), prompt(2, 10, { slo: { ttftMs: 1001 } })];
+    expect(new SloScheduler(fakeCost, { horizon: 1 }).plan(two, kvOf(two, 100), big, 0).items).toEqual([{ seq: 1, tokens: 10 }]);
+    expect(new SloScheduler(fakeCost, { horizon: 2 }).plan(two, kvOf(two, 100), big, 0).items).toHaveLength(2);
   });
 });
 

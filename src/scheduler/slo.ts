@@ -170,12 +170,18 @@ export class SloScheduler implements Scheduler, StepCap {
     if (!slo || (slo.ttftMs === undefined && slo.tpotMs === undefined && slo.deadlineMs === undefined)) {
       return { outputTokens: L, nextSeconds, restSeconds, slack: Infinity };
     }
+    if (s.firstTokenTime !== undefined) {
+      const slack = this.streamSlack(s, now);
+      if (slack !== null) return { outputTokens: L, nextSeconds, restSeconds, slack };
+      const due = s.arrivalTime + slo.deadlineMs! / 1e3;
+      return { outputTokens: L, nextSeconds, restSeconds, slack: due - now - nextSeconds - restSeconds, hopeless: { seq: s.id, objective: 'deadline', neededSeconds: nextSeconds, aheadSeconds: 0, leftSeconds: due - now } };
+    }
+    // a prompt: its first token is `next`
     const next = now + nextSeconds;
     const end = next + restSeconds;
     let slack = Infinity;
     let hopeless: Rejection | undefined;
-    const started = s.firstTokenTime !== undefined;
-    if (slo.ttftMs !== undefined && !started) {
+    if (slo.ttftMs !== undefined) {
       const due = s.arrivalTime + slo.ttftMs / 1e3;
       slack = Math.min(slack, due - next);
       if (next > due) hopeless = { seq: s.id, objective: 'ttft', neededSeconds: nextSeconds, aheadSeconds: 0, leftSeconds: due - now };
@@ -187,9 +193,8 @@ export class SloScheduler implements Scheduler, StepCap {
     }
     if (slo.tpotMs !== undefined) {
       const tpot = slo.tpotMs / 1e3;
-      const first = s.firstTokenTime ?? next;
-      slack = Math.min(slack, first + tpot * (L - 1) - end);
-      const solo = started || L <= 1 ? 0 : decodeSeconds(this.cost, s.totalTokens + 1);
+      slack = Math.min(slack, next + tpot * (L - 1) - end);
+      const solo = L <= 1 ? 0 : decodeSeconds(this.cost, s.totalTokens + 1);
       if (solo > tpot) hopeless ??= { seq: s.id, objective: 'tpot', neededSeconds: solo, aheadSeconds: 0, leftSeconds: tpot };
     }
     return { outputTokens: L, nextSeconds, restSeconds, slack, hopeless };
@@ -259,7 +264,7 @@ export class SloScheduler implements Scheduler, StepCap {
       e.view = s;
       e.seen = stamp;
       this.refresh(e, s);
-      if (fresh) {
+      if (fresh && s.slo!.tpotMs !== undefined) {
         // the one check that does not depend on time: a tpot no solo decode step can meet
         const hopeless = this.assess(s, now, limits).hopeless;
         if (hopeless?.objective === 'tpot') {
@@ -276,6 +281,9 @@ export class SloScheduler implements Scheduler, StepCap {
       // only decodes, and they all fit: the order cannot matter, so no slack is worked out
       for (const s of started) if (s.slo!.deadlineMs !== undefined && this.streamSlack(s, now) === null) reject.push(this.assess(s, now, limits).hopeless!);
       if (reject.length === 0) return { items: seqs.map((s) => ({ seq: s.id, tokens: 1 })), preempt: [] };
+      // the others still all fit
+      const gone = new Set(reject.map((r) => r.seq));
+      return { items: seqs.filter((s) => !gone.has(s.id)).map((s) => ({ seq: s.id, tokens: 1 })), preempt: [], reject };
     }
     for (const s of started) {
       const slack = this.streamSlack(s, now);
