@@ -1,0 +1,136 @@
+// Constrained decoding inside the step (issue 12): a token automaton in CSR form
+// (src/constraints/automaton.ts) masks each constrained row's logits before sampling, and after
+// sampling moves each sequence to its next state. The state of every constrained sequence lives in
+// `states` (a u32 per slot) and never leaves the GPU; the only thing read back is one status word
+// per row, with the sampled ids.
+//
+// The automaton buffer is one u32 array: indptr [n + 1], then pairs [2 x edges] (token, next state;
+// tokens ascending in a row), then accepting [n] (0 or 1). Rows of one dispatch share an automaton.
+//
+//   mask     one workgroup per constrained row: mark the state's allowed tokens (and EOS when the
+//            state accepts) in the row's bitmap, then write -inf over every unmarked logit. The
+//            bitmap is zeroed first, so the scratch needs no clearing between steps.
+//   advance  one thread per constrained row whose sampled token is kept: next = the edge of the
+//            sampled token (binary search in the row); status = 1 when the next state has no
+//            edges (the output is complete), 2 when the token has no edge (EOS, or a token the
+//            mask did not allow), else 0. The state is unchanged unless an edge is taken.
+
+override WG: u32 = 256;
+
+const NEG_INF_BITS: u32 = 0xff800000u;
+const NONE: u32 = 0xffffffffu;
+
+struct Params {
+  rows: u32,    // constrained rows in this dispatch
+  cols: u32,    // vocabulary
+  states: u32,  // automaton states
+  edges: u32,   // automaton edges
+  eos: u32,     // the end-of-sequence token (NONE: the model has none)
+  words: u32,   // bitmap words per row: ceil(cols / 32)
+}
+
+struct Row {
+  logit_row: u32,  // row of `logits` / `sampled` / `status`
+  slot: u32,       // the sequence's state slot
+  keep: u32,       // advance: 1 when the sampled token is kept (the row completes its context)
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// mask
+@group(0) @binding(1) var<storage, read_write> mask_logits: array<u32>;
+@group(0) @binding(2) var<storage, read> mask_automaton: array<u32>;
+@group(0) @binding(3) var<storage, read> mask_states: array<u32>;
+@group(0) @binding(4) var<storage, read> mask_rows: array<Row>;
+@group(0) @binding(5) var<storage, read_write> mask_bits: array<atomic<u32>>;
+
+@compute @workgroup_size(WG)
+fn mask(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let r = mask_rows[wg.x];
+  let bits = wg.x * p.words;
+  for (var w = lid; w < p.words; w += WG) {
+    atomicStore(&mask_bits[bits + w], 0u);
+  }
+  storageBarrier();
+  workgroupBarrier();
+  let state = mask_states[r.slot];
+  let start = mask_automaton[state];
+  let end = mask_automaton[state + 1u];
+  let pairs = p.states + 1u;
+  for (var e = start + lid; e < end; e += WG) {
+    let token = mask_automaton[pairs + 2u * e];
+    atomicOr(&mask_bits[bits + token / 32u], 1u << (token % 32u));
+  }
+  let accepting = mask_automaton[pairs + 2u * p.edges + state];
+  if (lid == 0u && accepting != 0u && p.eos != NONE) {
+    atomicOr(&mask_bits[bits + p.eos / 32u], 1u << (p.eos % 32u));
+  }
+  storageBarrier();
+  workgroupBarrier();
+  let base = r.logit_row * p.cols;
+  for (var c = lid; c < p.cols; c += WG) {
+    if ((atomicLoad(&mask_bits[bits + c / 32u]) & (1u << (c % 32u))) == 0u) {
+      mask_logits[base + c] = NEG_INF_BITS;
+    }
+  }
+}
+
+// advance
+@group(0) @binding(1) var<storage, read> adv_automaton: array<u32>;
+@group(0) @binding(2) var<storage, read_write> adv_states: array<u32>;
+@group(0) @binding(3) var<storage, read> adv_rows: array<Row>;
+@group(0) @binding(4) var<storage, read> adv_sampled: array<u32>;
+@group(0) @binding(5) var<storage, read_write> adv_status: array<u32>;
+
+@compute @workgroup_size(64)
+fn advance(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.x;
+  if (i >= p.rows) {
+    return;
+  }
+  let r = adv_rows[i];
+  if (r.keep == 0u) {
+    return;
+  }
+  let token = adv_sampled[r.logit_row];
+  let state = adv_states[r.slot];
+  let pairs = p.states + 1u;
+  var lo = adv_automaton[state];
+  var hi = adv_automaton[state + 1u];
+  var next = NONE;
+  loop {
+    if (lo >= hi) {
+      break;
+    }
+    let mid = (lo + hi) / 2u;
+    let t = adv_automaton[pairs + 2u * mid];
+    if (t == token) {
+      next = adv_automaton[pairs + 2u * mid + 1u];
+      break;
+    }
+    if (t < token) {
+      lo = mid + 1u;
+    } else {
+      hi = mid;
+    }
+  }
+  if (next == NONE) {
+    adv_status[r.logit_row] = 2u;
+    return;
+  }
+  adv_states[r.slot] = next;
+  adv_status[r.logit_row] = select(0u, 1u, adv_automaton[next] == adv_automaton[next + 1u]);
+}
+
+// set_state: (slot, state) pairs written before the step's mask: a sequence that starts, or
+// resumes at a state the CPU worked out (after preemption or a hand-over).
+@group(0) @binding(1) var<storage, read_write> set_states: array<u32>;
+@group(0) @binding(2) var<storage, read> set_pairs: array<vec2<u32>>;
+
+@compute @workgroup_size(64)
+fn set_state(@builtin(global_invocation_id) gid: vec3<u32>) {
+  if (gid.x < p.rows) {
+    let q = set_pairs[gid.x];
+    set_states[q.x] = q.y;
+  }
+}
