@@ -4,6 +4,7 @@ import { Gpu } from '../gpu/gpu.ts';
 import { DEFAULT_MODEL } from '../model/default_model.ts';
 import type { SamplingOptions } from '../engine/engine.ts';
 import { generate } from '../engine/generate.ts';
+import { compileGuide, type GuideSpec } from '../constraints/guide.ts';
 import { GpuModel } from '../model/gpu_model.ts';
 import { openModel } from '../model/source.ts';
 
@@ -14,6 +15,8 @@ export interface GenerateCliOptions {
   device: DeviceMode;
   kvMemory: number;
   sampling: SamplingOptions;
+  /** structured output: --choice, --regex or --json-schema */
+  guide?: GuideSpec;
 }
 
 /** Streams only the generated text to stdout; load time and speeds go to stderr. */
@@ -35,7 +38,8 @@ export async function generateCli(o: GenerateCliOptions): Promise<void> {
     bar?.stop();
     const loadSeconds = (performance.now() - t0) / 1e3;
     const tokens = source.tokenizer.encode(o.prompt);
-    const { stats } = await generate(model, source.tokenizer, [{ tokens, options: o.sampling }], {
+    const constraint = o.guide ? compileGuide(o.guide, source.tokenizer, tokens[tokens.length - 1] === source.tokenizer.vocab.bos) : undefined;
+    const { stats } = await generate(model, source.tokenizer, [{ tokens, options: o.sampling, constraint }], {
       onText: (_, text) => process.stdout.write(text),
     });
     process.stdout.write('\n');

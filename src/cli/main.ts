@@ -1,3 +1,4 @@
+import type { GuideSpec } from '../constraints/guide.ts';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { WeightFormat } from '../../kernels/weights.ts';
 import { parseDeviceMode } from '../gpu/adapter.ts';
@@ -65,11 +66,25 @@ program
   .option('--top-p <p>', 'keep the smallest set of tokens with this probability mass; 1 = off', number('--top-p', 0, 1), 0.95)
   .option('--seed <s>', 'random seed (same seed, same output); default: random', integer('--seed', 0))
   .option('--stop <text...>', 'stop strings (not printed)')
+  .option('--choice <text...>', 'structured output: the output is exactly one of these strings')
+  .option('--regex <pattern>', 'structured output: the output fully matches this regular expression (JavaScript syntax)')
+  .option('--json-schema <file>', 'structured output: the output is JSON valid against this schema (docs/api.md lists the keywords)')
   .option('--kv-memory <bytes>', 'KV cache memory', integer('--kv-memory', 1), 64 * 1024 * 1024)
   .addOption(deviceOption())
-  .action(async (o: { model?: string; tokenizer?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number; stop?: string[]; kvMemory: number; device: string }) => {
+  .action(async (o: { model?: string; tokenizer?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number; stop?: string[]; choice?: string[]; regex?: string; jsonSchema?: string; kvMemory: number; device: string }) => {
+    const guides = [o.choice && 'choice', o.regex !== undefined && 'regex', o.jsonSchema && 'json-schema'].filter(Boolean);
+    if (guides.length > 1) throw new InvalidArgumentError(`give one of --choice, --regex, --json-schema, not ${guides.map((g) => `--${g}`).join(' and ')}`);
+    const { readFileSync } = await import('node:fs');
+    const guide: GuideSpec | undefined = o.choice
+      ? { kind: 'choice', choices: o.choice }
+      : o.regex !== undefined
+        ? { kind: 'regex', pattern: o.regex }
+        : o.jsonSchema
+          ? { kind: 'json_schema', schema: JSON.parse(readFileSync(o.jsonSchema, 'utf8')) as unknown }
+          : undefined;
     const { generateCli } = await import('./generate.ts');
     await generateCli({
+      guide,
       model: o.model,
       tokenizer: o.tokenizer,
       prompt: o.prompt,

@@ -16,8 +16,9 @@ export interface TokenAutomaton {
   readonly accepting: Uint8Array;
 }
 
-export class AutomatonError extends Error {
-  override name = 'AutomatonError';
+/** A constraint that cannot be built or met: the message is fit for an HTTP 400. */
+export class ConstraintError extends Error {
+  override name = 'ConstraintError';
 }
 
 export const edgesOf = (a: TokenAutomaton) => a.pairs.length / 2;
@@ -81,17 +82,41 @@ export function tokensToAccept(a: TokenAutomaton): Int32Array {
   return dist;
 }
 
-/** Throws AutomatonError unless the arrays form a well-shaped automaton over a vocabulary of `vocab` tokens. */
+/** Throws ConstraintError unless the arrays form a well-shaped automaton over a vocabulary of `vocab` tokens. */
 export function checkAutomaton(a: TokenAutomaton, vocab: number): void {
-  if (!(a.states >= 1) || a.indptr.length !== a.states + 1 || a.accepting.length !== a.states) throw new AutomatonError(`automaton arrays do not match its ${a.states} states`);
-  if (a.indptr[0] !== 0 || a.indptr[a.states] !== edgesOf(a)) throw new AutomatonError('indptr does not span the edges');
+  if (!(a.states >= 1) || a.indptr.length !== a.states + 1 || a.accepting.length !== a.states) throw new ConstraintError(`automaton arrays do not match its ${a.states} states`);
+  if (a.indptr[0] !== 0 || a.indptr[a.states] !== edgesOf(a)) throw new ConstraintError('indptr does not span the edges');
   for (let s = 0; s < a.states; s++) {
-    if (a.indptr[s + 1] < a.indptr[s]) throw new AutomatonError(`indptr decreases at state ${s}`);
+    if (a.indptr[s + 1] < a.indptr[s]) throw new ConstraintError(`indptr decreases at state ${s}`);
     for (let e = a.indptr[s]; e < a.indptr[s + 1]; e++) {
       const token = a.pairs[2 * e];
-      if (token >= vocab) throw new AutomatonError(`state ${s}: token ${token} is outside the vocabulary (${vocab})`);
-      if (e > a.indptr[s] && token <= a.pairs[2 * e - 2]) throw new AutomatonError(`state ${s}: tokens not strictly ascending`);
-      if (a.pairs[2 * e + 1] >= a.states) throw new AutomatonError(`state ${s}: edge to state ${a.pairs[2 * e + 1]} of ${a.states}`);
+      if (token >= vocab) throw new ConstraintError(`state ${s}: token ${token} is outside the vocabulary (${vocab})`);
+      if (e > a.indptr[s] && token <= a.pairs[2 * e - 2]) throw new ConstraintError(`state ${s}: tokens not strictly ascending`);
+      if (a.pairs[2 * e + 1] >= a.states) throw new ConstraintError(`state ${s}: edge to state ${a.pairs[2 * e + 1]} of ${a.states}`);
     }
   }
+}
+
+/** The state after `tokens` from the start, walked on the CPU (once per sequence placed, never per token). */
+export function stateAfter(a: TokenAutomaton, tokens: readonly number[]): number {
+  let state = 0;
+  for (const t of tokens) {
+    state = nextState(a, state, t);
+    if (state < 0) throw new ConstraintError(`token ${t} is not allowed by the constraint at that point`);
+  }
+  return state;
+}
+
+const distances = new WeakMap<TokenAutomaton, Int32Array>();
+
+/**
+ * Throws ConstraintError when no output that the automaton accepts fits: none at all, or none within
+ * the `maxTokens - generated` tokens left (a request the server answers with 400).
+ */
+export function checkSatisfiable(a: TokenAutomaton, generated: readonly number[], maxTokens: number): void {
+  let dist = distances.get(a);
+  if (!dist) distances.set(a, (dist = tokensToAccept(a)));
+  const need = dist[stateAfter(a, generated)];
+  if (need < 0) throw new ConstraintError('the constraint accepts no output from here');
+  if (need > maxTokens - generated.length) throw new ConstraintError(`the constraint needs at least ${need} more tokens, but max_tokens leaves ${maxTokens - generated.length}`);
 }

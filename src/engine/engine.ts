@@ -1,5 +1,7 @@
+import { STATUS_COMPLETE } from '../../kernels/constraints.ts';
 import { NO_TOKEN, packSampleParams, sample } from '../../kernels/sampling.ts';
-import type { Step } from '../gpu/step.ts';
+import { checkSatisfiable, type TokenAutomaton } from '../constraints/automaton.ts';
+import { ConstraintMasks } from '../constraints/device.ts';
 import type { ModelConfig } from '../model/config.ts';
 import type { GpuModel, KvLayer } from '../model/gpu_model.ts';
 import { StreamDecoder, type Tokenizer } from '../model/tokenizer/index.ts';
@@ -83,6 +85,12 @@ export interface EngineRequest {
   generated?: number[];
   /** prefill only (a disaggregated prefill worker): the sequence leaves after its next token */
   handoff?: KvHandoff;
+  /**
+   * Constrained decoding: only outputs this token automaton accepts (src/constraints/). Applied on
+   * the GPU inside the step; EOS only where the automaton accepts; the output ends ("stop") when it
+   * reaches a state with no way forward.
+   */
+  constraint?: TokenAutomaton;
 }
 
 /**
@@ -130,13 +138,6 @@ export function choiceRequests(req: EngineRequest): EngineRequest[] {
   return choices.map((events, i) => ({ ...rest, sampling: { ...rest.sampling, seed: choiceSeed(rest.sampling.seed, i) }, events }));
 }
 
-/**
- * Runs between the forward pass and sampling, on the GPU, in the same step: the hook for logit
- * masks (constrained decoding) and biases. Rewrites `logits` [rows, vocab] in place; row i
- * belongs to sequence seqs[i].
- */
-export type LogitsProcessor = (step: Step, logits: GPUBuffer, rows: number, seqs: readonly number[]) => void;
-
 export interface EngineOptions {
   scheduler?: Scheduler;
   /** tokens per forward pass (decode tokens + prompt chunks); default 512 */
@@ -145,7 +146,6 @@ export interface EngineOptions {
   maxBatch?: number;
   /** requests waiting for admission at most (QueueFullError beyond); default 1024 */
   maxWaiting?: number;
-  logitsProcessors?: LogitsProcessor[];
 }
 
 export interface StepStats {
@@ -193,6 +193,7 @@ interface Sequence {
   handoff?: KvHandoff;
   /** the request's other choices, until this sequence's prompt is computed and they fork from it */
   forks?: PendingFork[];
+  constraint?: TokenAutomaton;
 }
 
 /** A choice that starts once its request's first choice has computed the prompt. */
@@ -223,6 +224,8 @@ export class Engine implements ServingEngine {
   private arrivals = 0;
   /** token counts, bias and penalties on the GPU */
   private readonly penalties: LogitPenalties;
+  /** constrained sequences' automata and states on the GPU */
+  private readonly constraints: ConstraintMasks;
   /** counters for metrics */
   readonly counters = { steps: 0, preemptions: 0, promptTokens: 0, generatedTokens: 0 };
   onStep?: (s: StepStats) => void;
@@ -230,13 +233,14 @@ export class Engine implements ServingEngine {
   constructor(
     readonly model: GpuModel,
     readonly tokenizer: Tokenizer,
-    private readonly options: EngineOptions = {},
+    options: EngineOptions = {},
   ) {
     this.scheduler = options.scheduler ?? new FcfsScheduler();
     this.limits = { tokenBudget: options.tokenBudget ?? 512, maxBatch: options.maxBatch ?? 64 };
     this.maxWaiting = options.maxWaiting ?? 1024;
     const eos = tokenizer.vocab.eos;
     this.penalties = new LogitPenalties(model.gpu, model.config.vocabSize, eos === null ? [] : [eos]);
+    this.constraints = new ConstraintMasks(model.gpu, model.config.vocabSize, eos);
   }
 
   get config(): ModelConfig {
@@ -335,6 +339,7 @@ export class Engine implements ServingEngine {
     const generated = req.generated ?? [];
     try {
       checkRequest(prompt, generated, sampling, this.config, this.maxSequenceTokens);
+      if (req.constraint) checkSatisfiable(req.constraint, generated, sampling.maxTokens);
       if (!kv && this.waiting >= this.maxWaiting) throw new QueueFullError(`${this.waiting} requests are already waiting`);
     } catch (err) {
       kv?.release();
@@ -358,6 +363,7 @@ export class Engine implements ServingEngine {
       stops: new StopMatcher(sampling.stop),
       cancelled: false,
       handoff: req.handoff,
+      constraint: req.constraint,
     };
     // what was emitted before is not emitted again, but shapes what follows (partial characters, stop strings)
     for (const t of generated) seq.stops.push(seq.decoder.push(t));
@@ -439,6 +445,7 @@ export class Engine implements ServingEngine {
     const batch = plan.items.map(({ seq, tokens }) => ({ s: this.seqs.get(seq)!, n: tokens }));
     const t0 = performance.now();
     let sampled: Uint32Array;
+    let status: Uint32Array | null = null;
     let logitRows: Float32Array | null = null;
     const vocab = this.model.config.vocabSize;
     const step = this.model.gpu.step({ label: 'engine step' });
@@ -460,7 +467,12 @@ export class Engine implements ServingEngine {
         { afterLayer },
       );
       for (const e of exports) e.s.handoff!.onKv(e.s.tokens.length, e.layers);
-      for (const p of this.options.logitsProcessors ?? []) p(step, logits, rows, batch.map(({ s }) => s.id));
+      // constrained rows masked first: their log-probabilities are of the masked distribution
+      const advance = this.constraints.record(
+        step,
+        logits,
+        batch.map(({ s, n }) => (s.constraint ? { seq: s.id, automaton: s.constraint, generated: () => s.tokens.slice(s.promptLength), accepts: s.computed + n === s.tokens.length } : null)),
+      );
       // log-probabilities are of the model's distribution: read before bias and penalties
       const wantLogits = batch.some(({ s }) => (s.sampling.logprobs ?? 0) > 0);
       const readLogits = wantLogits ? step.readback(logits, 0, rows * vocab * 4) : null;
@@ -475,9 +487,11 @@ export class Engine implements ServingEngine {
       const out = step.scratch(rows * 4, 'sampled');
       sample(step, { logits, params: step.upload(params, 'sample params'), out, rows, cols: vocab });
       countSampled?.(out);
+      const readStatus = advance?.(out);
       const read = step.readback(out, 0, rows * 4);
       await step.submit();
       sampled = new Uint32Array(await read);
+      if (readStatus) status = await readStatus;
       if (readLogits) logitRows = new Float32Array(await readLogits);
     } catch (err) {
       await step.discard();
@@ -504,7 +518,7 @@ export class Engine implements ServingEngine {
       if (s.computed < s.tokens.length) return; // a prompt chunk (or recompute) with more to come
       if (s.cancelled) return;
       if (s.forks) this.fork(s);
-      this.accept(s, sampled[i], logitRows ? logitRows.subarray(i * vocab, (i + 1) * vocab) : null);
+      this.accept(s, sampled[i], logitRows ? logitRows.subarray(i * vocab, (i + 1) * vocab) : null, s.constraint ? status![i] === STATUS_COMPLETE : false);
       if (s.handoff && this.seqs.has(s.id)) this.handOff(s);
     });
     this.counters.steps++;
@@ -512,8 +526,8 @@ export class Engine implements ServingEngine {
     return { sequences: batch.length, promptTokens, decodeTokens, shape, seconds };
   }
 
-  /** Appends a sampled token and emits what it makes safe to emit; finishes on EOS, stop or length. */
-  private accept(s: Sequence, token: number, logits: Float32Array | null): void {
+  /** Appends a sampled token and emits what it makes safe to emit; finishes on EOS, stop, a complete constrained output or length. */
+  private accept(s: Sequence, token: number, logits: Float32Array | null, complete: boolean): void {
     if (token === NO_TOKEN) {
       this.finish(s, 'error', new Error('sampling found no valid token (every logit masked or not finite)'));
       return;
@@ -531,6 +545,11 @@ export class Engine implements ServingEngine {
     const r = s.stops.push(s.decoder.push(token));
     if (r.stopped) {
       s.events.onToken?.({ ...event, text: r.emit });
+      this.finish(s, 'stop');
+      return;
+    }
+    if (complete) {
+      s.events.onToken?.({ ...event, text: r.emit + this.flushText(s) });
       this.finish(s, 'stop');
       return;
     }
@@ -590,6 +609,7 @@ export class Engine implements ServingEngine {
     if (!this.seqs.delete(s.id)) return;
     if (this.model.kv.has(s.id)) this.model.release(s.id);
     this.penalties.release(s.id);
+    this.constraints.release(s.id);
     if (reason === 'stop' || reason === 'length') this.scheduler.observeFinished?.(s.tokens.length - s.promptLength);
     const eos = this.tokenizer.vocab.eos;
     const completion = s.tokens.slice(s.promptLength).filter((t) => t !== eos).length;
@@ -618,7 +638,7 @@ export function checkRequest(prompt: readonly number[], generated: readonly numb
   }
 }
 
-/** Log-probabilities (natural log, of the model's distribution before temperature) of the token and the top n. */
+/** Log-probabilities (natural log, of the model's distribution before temperature; for a constrained row, of the masked one) of the token and the top n; masked tokens are no alternatives. */
 function logprobsOf(logits: Float32Array, token: number, n: number): Pick<TokenEvent, 'logprob' | 'topLogprobs'> {
   let max = -Infinity;
   for (const v of logits) if (v > max) max = v;
@@ -627,6 +647,7 @@ function logprobsOf(logits: Float32Array, token: number, n: number): Pick<TokenE
   const logZ = max + Math.log(sum);
   const top: { token: number; logprob: number }[] = [];
   for (let i = 0; i < logits.length; i++) {
+    if (!(logits[i] > -Infinity)) continue; // masked (constrained decoding): not an alternative
     if (top.length < n || logits[i] > top[top.length - 1].logprob + logZ) {
       top.push({ token: i, logprob: logits[i] - logZ });
       top.sort((a, b) => b.logprob - a.logprob);

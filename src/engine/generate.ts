@@ -1,3 +1,4 @@
+import type { TokenAutomaton } from '../constraints/automaton.ts';
 import type { GpuModel } from '../model/gpu_model.ts';
 import type { Tokenizer } from '../model/tokenizer/index.ts';
 import { Engine, type EngineOptions, type FinishReason, type SamplingOptions } from './engine.ts';
@@ -27,7 +28,7 @@ export interface GenerationStats {
 export async function generate(
   model: GpuModel,
   tokenizer: Tokenizer,
-  prompts: { tokens: number[]; options: SamplingOptions }[],
+  prompts: { tokens: number[]; options: SamplingOptions; constraint?: TokenAutomaton }[],
   options: EngineOptions & { onText?: (index: number, text: string) => void } = {},
 ): Promise<{ results: SequenceResult[]; stats: GenerationStats }> {
   const engine = new Engine(model, tokenizer, options);
@@ -45,6 +46,7 @@ export async function generate(
           engine.submit({
             prompt: p.tokens,
             sampling: p.options,
+            constraint: p.constraint,
             events: {
               onToken: (e) => {
                 if (e.token !== tokenizer.vocab.eos) r.tokens.push(e.token);

@@ -21,6 +21,8 @@ import Fastify, { LogController, type FastifyInstance, type FastifyReply, type F
 import type { EngineHandle, FinishReason, SamplingOptions, TokenEvent, Usage } from '../engine/engine.ts';
 import type { ServingEngine } from '../engine/serving.ts';
 import { QueueFullError, RequestTooLargeError } from '../engine/engine.ts';
+import { ConstraintError, type TokenAutomaton } from '../constraints/automaton.ts';
+import { compileGuide } from '../constraints/guide.ts';
 import { ChatTemplate } from '../model/chat_template.ts';
 import { chatPromptSlices, promptTextSlices } from '../model/prompt.ts';
 import { decode, type Tokenizer } from '../model/tokenizer/index.ts';
@@ -34,6 +36,7 @@ import {
   completionLogprobs,
   errorBody,
   openAiFinishReason,
+  type Guide,
   parseChatRequest,
   parseCompletionRequest,
   TokenTexts,
@@ -129,6 +132,8 @@ interface Job {
   /** the metrics label of a request with an SLO: its class, or `custom` */
   sloClass: string;
   priority?: number;
+  /** structured output: the token automaton the output must follow */
+  constraint?: TokenAutomaton;
 }
 
 /**
@@ -361,6 +366,19 @@ export function buildServer(o: ServerOptions): WgServer {
 
   const countPause = () => metrics.tokenizePauses.inc();
 
+  /** The guide's token automaton (cached), or a 400 naming the field when it cannot be built. */
+  const constraintOf = (guide: Guide | undefined, prompt: readonly number[]): TokenAutomaton | undefined => {
+    if (!guide) return undefined;
+    if (engine.workers) throw new ApiError(400, `'${guide.param}' (structured output) is not supported with disaggregated serving yet.`, 'invalid_request_error', guide.param, 'unsupported_parameter');
+    try {
+      // the output starts a text only after BOS (or nothing): a SentencePiece first token then loses its space
+      return compileGuide(guide, tokenizer, prompt.length === 0 || prompt[prompt.length - 1] === vocab.bos);
+    } catch (err) {
+      if (err instanceof ConstraintError) throw new ApiError(400, `Invalid '${guide.param}': ${err.message}`, 'invalid_request_error', guide.param, 'invalid_constraint');
+      throw err;
+    }
+  };
+
   app.post('/v1/completions', async (request, reply) => {
     const r = parseCompletionRequest(request.body, vocab.tokens.length);
     checkModel(r.model);
@@ -384,6 +402,7 @@ export function buildServer(o: ServerOptions): WgServer {
       user: r.user,
       lengthParam: r.maxTokens === undefined ? 'prompt' : 'max_tokens',
       ...sloOf(r),
+      constraint: constraintOf(r.guide, prompt),
     });
   });
 
@@ -422,6 +441,7 @@ export function buildServer(o: ServerOptions): WgServer {
       user: r.user,
       lengthParam: r.maxTokens === undefined ? 'messages' : 'max_completion_tokens',
       ...sloOf(r),
+      constraint: constraintOf(r.guide, prompt),
     });
   });
 
@@ -561,12 +581,13 @@ export function buildServer(o: ServerOptions): WgServer {
     };
 
     try {
-      handle = engine.submit({ prompt: job.prompt, sampling: job.sampling, choices: choices.map((c) => ({ onToken: onToken(c), onFinish: onFinish(c) })), slo: job.slo, priority: job.priority });
+      handle = engine.submit({ prompt: job.prompt, sampling: job.sampling, choices: choices.map((c) => ({ onToken: onToken(c), onFinish: onFinish(c) })), slo: job.slo, priority: job.priority, constraint: job.constraint });
     } catch (err) {
       if (err instanceof QueueFullError) {
         throw new ApiError(429, `The server is busy: ${err.message}. Retry later.`, 'rate_limit_error', null, 'queue_full', { 'retry-after': retryAfter });
       }
       if (err instanceof RequestTooLargeError) throw new ApiError(400, err.message, 'invalid_request_error', job.lengthParam, 'context_length_exceeded');
+      if (err instanceof ConstraintError) throw new ApiError(400, `The structured-output constraint cannot be met: ${err.message}.`, 'invalid_request_error', job.lengthParam, 'constraint_unsatisfiable');
       throw err;
     }
     if (!finished) active.add(handle);

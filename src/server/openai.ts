@@ -2,6 +2,7 @@
  * The OpenAI API surface: request validation (into the engine's terms), error bodies, and the
  * response and stream-chunk shapes of /v1/completions and /v1/chat/completions. No I/O here.
  */
+import type { GuideSpec } from '../constraints/guide.ts';
 import type { FinishReason, SamplingOptions, TokenEvent, Usage } from '../engine/engine.ts';
 import { LOGIT_BIAS_RANGE, MAX_LOGIT_BIAS, MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY } from '../engine/logit_penalties.ts';
 import type { ChatMessage } from '../model/chat_template.ts';
@@ -147,6 +148,62 @@ export const MAX_STOP = 16;
 /** Choices per request (`n`, and completions' `best_of`) at most: OpenAI's limit on `n`. */
 export const MAX_CHOICES = 128;
 
+/**
+ * A structured-output request (src/constraints/guide.ts builds its token automaton); `param` is the
+ * field it came from, for errors.
+ */
+export type Guide = GuideSpec & { param: string };
+
+const MAX_CHOICE_STRINGS = 10_000;
+
+/**
+ * vLLM's guided_choice / guided_regex / guided_json and OpenAI's response_format (json_schema,
+ * json_object; text is no constraint). At most one of them.
+ */
+function optGuide(b: Body): Guide | undefined {
+  const found: Guide[] = [];
+  const choice = field(b, 'guided_choice');
+  if (choice !== undefined) {
+    if (!Array.isArray(choice) || !choice.every((c) => typeof c === 'string')) throw wrongType('guided_choice', 'an array of strings', choice);
+    if (choice.length === 0) throw invalid('guided_choice', "Invalid 'guided_choice': empty array; give at least one allowed output.", 'empty_array');
+    if (choice.length > MAX_CHOICE_STRINGS) throw invalid('guided_choice', `Invalid 'guided_choice': at most ${MAX_CHOICE_STRINGS} strings here; register larger sets with POST /v1/constraints.`);
+    choice.forEach((c, i) => text(`guided_choice[${i}]`, c));
+    found.push({ param: 'guided_choice', kind: 'choice', choices: choice });
+  }
+  const regex = field(b, 'guided_regex');
+  if (regex !== undefined) {
+    if (typeof regex !== 'string') throw wrongType('guided_regex', 'a string', regex);
+    found.push({ param: 'guided_regex', kind: 'regex', pattern: text('guided_regex', regex) });
+  }
+  let json = field(b, 'guided_json');
+  if (json !== undefined) {
+    if (typeof json === 'string') {
+      try {
+        json = JSON.parse(json) as unknown;
+      } catch {
+        throw invalid('guided_json', "Invalid 'guided_json': a string must hold a JSON schema.");
+      }
+    }
+    if (!isObject(json)) throw wrongType('guided_json', 'a JSON schema object', json);
+    found.push({ param: 'guided_json', kind: 'json_schema', schema: json });
+  }
+  const rf = field(b, 'response_format');
+  if (rf !== undefined) {
+    if (!isObject(rf)) throw wrongType('response_format', 'an object', rf);
+    if (rf.type === 'json_object') found.push({ param: 'response_format', kind: 'json_object' });
+    else if (rf.type === 'json_schema') {
+      const js = rf.json_schema;
+      if (!isObject(js)) throw wrongType('response_format.json_schema', 'an object with a schema', js);
+      if (typeof js.name !== 'string') throw wrongType('response_format.json_schema.name', 'a string', js.name);
+      if (!isObject(js.schema)) throw wrongType('response_format.json_schema.schema', 'a JSON schema object', js.schema);
+      if (js.strict !== undefined && js.strict !== null && typeof js.strict !== 'boolean') throw wrongType('response_format.json_schema.strict', 'a boolean', js.strict);
+      found.push({ param: 'response_format.json_schema.schema', kind: 'json_schema', schema: js.schema });
+    } else if (rf.type !== 'text') throw invalid('response_format.type', `Invalid 'response_format.type': expected 'text', 'json_object' or 'json_schema', got ${JSON.stringify(rf.type ?? null)}.`);
+  }
+  if (found.length > 1) throw invalid(found[1].param, `Only one structured-output constraint per request: got ${found.map((g) => `'${g.param.split('.')[0]}'`).join(' and ')}.`, 'unsupported_value');
+  return found[0];
+}
+
 /** What both endpoints share, validated. */
 /** repetition_penalty, min_tokens and min_p are vLLM's extensions; logitBias is undefined when absent or empty */
 export interface CommonRequest extends Pick<SamplingOptions, 'logitBias' | 'presencePenalty' | 'frequencyPenalty' | 'repetitionPenalty' | 'minTokens' | 'minP'> {
@@ -170,6 +227,8 @@ export interface CommonRequest extends Pick<SamplingOptions, 'logitBias' | 'pres
   sloClass?: string;
   /** extension: larger first among otherwise equal requests */
   priority?: number;
+  /** structured output (guided_* or response_format) */
+  guide?: Guide;
 }
 
 export interface CompletionRequest extends CommonRequest {
@@ -244,6 +303,7 @@ function common(body: unknown, vocabSize: number): { b: Body; req: CommonRequest
       repetitionPenalty: optNumber(b, 'repetition_penalty', MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY),
       minTokens: optInteger(b, 'min_tokens', 0),
       minP: optNumber(b, 'min_p', 0, 1),
+      guide: optGuide(b),
     },
   };
 }
@@ -355,9 +415,6 @@ export function parseChatRequest(body: unknown, vocabSize: number): ChatRequest 
   checkToolChoice(b, 'tool_choice');
   checkToolChoice(b, 'function_call');
   optBoolean(b, 'parallel_tool_calls'); // no tools, so nothing to call in parallel: only its type matters
-  const rf = field(b, 'response_format');
-  if (rf !== undefined && !isObject(rf)) throw wrongType('response_format', 'an object', rf);
-  if (rf !== undefined && rf.type !== 'text') throw invalid('response_format', "Only 'response_format' {\"type\": \"text\"} is supported by this server.", 'unsupported_value');
 
   const logprobs = optBoolean(b, 'logprobs') ?? false;
   const top = optInteger(b, 'top_logprobs', 0, MAX_TOP_LOGPROBS);

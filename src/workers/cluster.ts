@@ -162,6 +162,8 @@ export class Cluster implements ServingEngine {
    * all or none.
    */
   submit(req: EngineRequest): EngineHandle {
+    // the automaton state does not travel with a handed-over sequence yet (the server refuses these first)
+    if (req.constraint) throw new Error('structured output is not supported with disaggregated serving yet');
     const parts = choiceRequests(req);
     checkRequest(req.prompt, [], req.sampling, this.config, this.maxSequenceTokens);
     if (this.up('prefill').length === 0 || this.up('decode').length === 0) throw new QueueFullError('no prefill or no decode worker is up');
