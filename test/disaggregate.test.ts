@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { EngineHandle, FinishReason, SamplingOptions } from '../src/engine/engine.ts';
 import { generate } from '../src/engine/generate.ts';
+import type { TokenAutomaton } from '../src/constraints/automaton.ts';
+import { compileGuide } from '../src/constraints/guide.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
 import { DEFAULT_MODEL } from '../src/model/default_model.ts';
 import { GpuModel } from '../src/model/gpu_model.ts';
@@ -49,13 +51,14 @@ interface Outcome {
   error?: Error;
 }
 
-function run(cluster: Cluster, prompt: number[], sampling: SamplingOptions): { handle: EngineHandle; done: Promise<Outcome> } {
+function run(cluster: Cluster, prompt: number[], sampling: SamplingOptions, constraint?: TokenAutomaton): { handle: EngineHandle; done: Promise<Outcome> } {
   const tokens: number[] = [];
   let handle!: EngineHandle;
   const done = new Promise<Outcome>((resolve) => {
     handle = cluster.submit({
       prompt,
       sampling,
+      constraint,
       events: {
         onToken: (e) => tokens.push(e.token),
         onFinish: (reason, _usage, error) => resolve({ tokens, reason, error }),
@@ -109,12 +112,24 @@ describe('disaggregated serving', { timeout: TEST_LIMIT_MS }, () => {
   let source: ModelSource;
   let prompts: number[][];
   let expected: number[][];
+  // structured output: a regex, greedy and sampled (prompt 0) and a list of strings (prompt 1); the automaton travels with the request
+  const PATTERN = '[a-z]{1,6}( [a-z]{1,6}){1,3}\\.';
+  let guided: { prompt: number[]; sampling: SamplingOptions; constraint: TokenAutomaton; tokens: number[] }[];
 
   beforeAll(async () => {
     source = await openModel(DEFAULT_MODEL);
     prompts = PROMPTS.map((p) => source.tokenizer.encode(p));
     const model = GpuModel.load(getGpu(), source, { kvMemoryBytes: 8 << 20 });
     expected = (await generate(model, source.tokenizer, prompts.map((tokens, i) => ({ tokens, options: samplingOf(i, 24) })))).results.map((r) => r.tokens);
+    const regex = compileGuide({ kind: 'regex', pattern: PATTERN }, source.tokenizer, false);
+    const choice = compileGuide({ kind: 'choice', choices: ['a red ball', 'the big dog', 'cat'] }, source.tokenizer, false);
+    const cases = [
+      { prompt: prompts[0], sampling: greedy(30), constraint: regex },
+      { prompt: prompts[0], sampling: { ...greedy(30), temperature: 1, seed: 9 }, constraint: regex },
+      { prompt: prompts[1], sampling: { ...greedy(30), temperature: 1, seed: 4 }, constraint: choice },
+    ];
+    const colocated = await generate(model, source.tokenizer, cases.map((c) => ({ tokens: c.prompt, options: c.sampling, constraint: c.constraint })));
+    guided = cases.map((c, i) => ({ ...c, tokens: colocated.results[i].tokens }));
     model.destroy();
   }, TEST_LIMIT_MS);
 
@@ -168,6 +183,17 @@ describe('disaggregated serving', { timeout: TEST_LIMIT_MS }, () => {
       } finally {
         await server.close();
       }
+    });
+
+    it('structured output: the automaton travels with the request, and the decode worker resumes it from the handed-over tokens: the colocated outputs', async () => {
+      const outcomes = await Promise.all(guided.map((g) => run(cluster, g.prompt, g.sampling, g.constraint).done));
+      expect(outcomes.map((o) => o.error?.message)).toEqual(outcomes.map(() => undefined));
+      expect(outcomes.map((o) => o.tokens)).toEqual(guided.map((g) => g.tokens));
+      const text = (i: number) => decode(source.tokenizer, guided[i].tokens, guided[i].prompt.at(-1));
+      expect(text(0)).toMatch(new RegExp(`^(?:${PATTERN})$`));
+      expect(text(1)).toMatch(new RegExp(`^(?:${PATTERN})$`));
+      expect(['a red ball', 'the big dog', 'cat']).toContain(text(2));
+      expect(outcomes.map((o) => o.reason)).toEqual(['stop', 'stop', 'stop']);
     });
 
     it('kill -9 of a decode worker mid-stream: its exit is seen at once, its requests go on elsewhere and finish with their tokens; new requests are served', async () => {

@@ -1,3 +1,4 @@
+import { toWire } from '../constraints/wire.ts';
 import { type EngineHandle, type EngineRequest, type FinishReason, QueueFullError, type SequenceEvents, type StepStats, type TokenEvent, type Usage, checkRequest, choiceRequests } from '../engine/engine.ts';
 import type { ServingEngine, WorkerStatus } from '../engine/serving.ts';
 import type { ModelConfig } from '../model/config.ts';
@@ -162,8 +163,6 @@ export class Cluster implements ServingEngine {
    * all or none.
    */
   submit(req: EngineRequest): EngineHandle {
-    // the automaton state does not travel with a handed-over sequence yet (the server refuses these first)
-    if (req.constraint) throw new Error('structured output is not supported with disaggregated serving yet');
     const parts = choiceRequests(req);
     checkRequest(req.prompt, [], req.sampling, this.config, this.maxSequenceTokens);
     if (this.up('prefill').length === 0 || this.up('decode').length === 0) throw new QueueFullError('no prefill or no decode worker is up');
@@ -279,7 +278,7 @@ export class Cluster implements ServingEngine {
       r.prefillWorker = p.w.info.id;
       r.decodeWorker = d.w.info.id;
       count(r);
-      const spec: RequestSpec = { rid: r.rid, attempt: r.attempt, prompt: r.prompt, generated: [...r.generated], sampling: r.req.sampling, slo: r.req.slo, priority: r.req.priority };
+      const spec: RequestSpec = { rid: r.rid, attempt: r.attempt, prompt: r.prompt, generated: [...r.generated], sampling: r.req.sampling, slo: r.req.slo, priority: r.req.priority, ...(r.req.constraint ? { constraint: toWire(r.req.constraint) } : {}) };
       this.o.plane.send(p.w.info.id, { type: 'prefill', req: spec, decode: { id: d.w.info.id, address: d.w.info.data } });
     }
   }

@@ -1,3 +1,4 @@
+import { isWireAutomaton, type WireAutomaton } from '../constraints/wire.ts';
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, openSync, readSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -34,6 +35,8 @@ export interface RequestSpec {
   sampling: SamplingOptions;
   slo?: Slo;
   priority?: number;
+  /** structured output: the request's token automaton */
+  constraint?: WireAutomaton;
 }
 
 export type Message =
@@ -150,7 +153,7 @@ export function isRequestSpec(v: unknown): v is RequestSpec {
   if (typeof s !== 'object' || s === null) return false;
   if (!(isInt(s.maxTokens) && isNum(s.temperature) && isInt(s.topK) && isNum(s.topP) && isInt(s.seed, Number.MIN_SAFE_INTEGER))) return false;
   if (!(Array.isArray(s.stop) && s.stop.every((x) => typeof x === 'string')) || !(s.logprobs === undefined || isInt(s.logprobs))) return false;
-  return (r.priority === undefined || isNum(r.priority)) && (r.slo === undefined || (typeof r.slo === 'object' && r.slo !== null));
+  return (r.priority === undefined || isNum(r.priority)) && (r.slo === undefined || (typeof r.slo === 'object' && r.slo !== null)) && (r.constraint === undefined || isWireAutomaton(r.constraint));
 }
 
 /** Decodes and checks one payload: every field of the message type present with the right type. */

@@ -1,3 +1,4 @@
+import { fromWire } from '../constraints/wire.ts';
 import { hostname } from 'node:os';
 import { Engine, type EngineHandle, type EngineRequest, type SequenceEvents, type StepStats } from '../engine/engine.ts';
 import { loadServingModel } from '../engine/load.ts';
@@ -68,7 +69,15 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
         },
       };
     };
-    const requestOf = (spec: RequestSpec, events: SequenceEvents): EngineRequest => ({ prompt: spec.prompt, generated: spec.generated, sampling: spec.sampling, slo: spec.slo, priority: spec.priority, events });
+    const requestOf = (spec: RequestSpec, events: SequenceEvents): EngineRequest => ({
+      prompt: spec.prompt,
+      generated: spec.generated,
+      sampling: spec.sampling,
+      slo: spec.slo,
+      priority: spec.priority,
+      events,
+      ...(spec.constraint ? { constraint: fromWire(spec.constraint, engine.config.vocabSize) } : {}),
+    });
 
     let info: WorkerInfo = { id: o.id, role: o.role, fingerprint, device: gpu.adapter.description, pid: process.pid, host: hostname(), maxSequenceTokens: engine.maxSequenceTokens };
     if (o.role === 'decode') {
