@@ -1,10 +1,12 @@
 import { join } from 'node:path';
 import { Ajv } from 'ajv';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Engine } from '../src/engine/engine.ts';
+import { compileGuide } from '../src/constraints/guide.ts';
+import { Engine, type SamplingOptions } from '../src/engine/engine.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
 import { GpuModel } from '../src/model/gpu_model.ts';
 import { type ModelSource, openModel } from '../src/model/source.ts';
+import { decode } from '../src/model/tokenizer/index.ts';
 import { startServer, type WgServer } from '../src/server/app.ts';
 import { useGpu } from './helpers/gpu.ts';
 import { post, readSse } from './helpers/http.ts';
@@ -115,6 +117,34 @@ describe('structured output through the OpenAI API', () => {
     const alone = await complete(plain);
     const [together] = await Promise.all([complete(plain), complete({ guided_choice: ['cat', 'dog'], max_tokens: 12, temperature: 0 }), complete({ guided_regex: '[a-z ]{1,30}', max_tokens: 12, temperature: 0.8, seed: 1 })]);
     expect(together.choices[0].text).toBe(alone.choices[0].text);
+  });
+
+  it('constrained sequences keep their automaton state through preemption and recompute', async () => {
+    // 12 KV blocks of 16 tokens per KV head: four sequences growing past 16 tokens cannot all stay
+    const block = 2 * src.config.nLayers * 16 * src.config.headDim * 4;
+    const tight = GpuModel.load(getGpu(), src, { kvMemoryBytes: 12 * block });
+    const crowded = new Engine(tight, src.tokenizer);
+    const roomy = new Engine(model, src.tokenizer);
+    const tokens = src.tokenizer.encode(PROMPT);
+    const constraint = compileGuide({ kind: 'regex', pattern: '[a-z]{2,5}( [a-z]{2,5}){3,5}\\.' }, src.tokenizer, false);
+    const sampling = (i: number): SamplingOptions => ({ maxTokens: 40, temperature: i === 0 ? 0 : 1, topK: 0, topP: 1, seed: 50 + i, stop: [] });
+    const runOn = (engine: Engine) =>
+      Promise.all(
+        [0, 1, 2, 3].map(
+          (i) =>
+            new Promise<number[]>((resolve, reject) => {
+              const out: number[] = [];
+              engine.submit({ prompt: tokens, sampling: sampling(i), constraint, events: { onToken: (e) => out.push(e.token), onFinish: (_r, _u, err) => (err ? reject(err) : resolve(out)) } });
+            }),
+        ),
+      );
+    const alone = await runOn(roomy);
+    const preempted = await runOn(crowded);
+    expect(crowded.counters.preemptions).toBeGreaterThan(0);
+    expect(preempted).toEqual(alone);
+    for (const t of alone) expect(decode(src.tokenizer, t, tokens.at(-1))).toMatch(/^[a-z]{2,5}( [a-z]{2,5}){3,5}\.$/);
+    await crowded.idle();
+    tight.destroy();
   });
 
   it('bad constraints are 400s that name the field; nothing else breaks', async () => {
