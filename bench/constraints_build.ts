@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { automatonBytes, edgesOf } from '../src/constraints/automaton.ts';
 import { buildTrie } from '../src/constraints/trie.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
-import { mulberry32 } from '../src/util/rng.ts';
+import { randomSet } from './constraints.ts';
 import { writeResult } from './results.ts';
 
 const arg = (name: string, fallback: string) => {
@@ -24,19 +24,10 @@ const vocab = Number(arg('vocab', '2048'));
 const length = Number(arg('length', '8'));
 const seed = Number(arg('seed', '1'));
 
-function randomSet(n: number) {
-  const rng = mulberry32(seed);
-  const flat = new Uint32Array(n * length);
-  for (let i = 0; i < flat.length; i++) flat[i] = Math.floor(rng() * vocab);
-  const offsets = new Uint32Array(n + 1);
-  for (let i = 0; i <= n; i++) offsets[i] = i * length;
-  return { flat, offsets };
-}
-
-buildTrie(randomSet(20_000), { vocab }); // warm-up: compiled code for the timed builds
+buildTrie(randomSet(20_000, vocab, length, seed), { vocab }); // warm-up: compiled code for the timed builds
 
 const rows = sizes.map((n) => {
-  const input = randomSet(n);
+  const input = randomSet(n, vocab, length, seed);
   const rssBefore = process.memoryUsage().rss;
   const t0 = performance.now();
   const trie = buildTrie(input, { vocab });

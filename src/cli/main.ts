@@ -117,6 +117,8 @@ program
   .option('--drain-timeout <seconds>', 'on SIGTERM, how long running requests may take to finish before they are cancelled', number('--drain-timeout', 0), 30)
   .option('--body-timeout <seconds>', 'a request (headers and body) not received within this long gets 408 and its connection is closed; responses are not limited', number('--body-timeout', 0.001), 30)
   .option('--keep-alive-timeout <seconds>', 'an idle keep-alive connection is closed after this long', number('--keep-alive-timeout', 0.001), 5)
+  .option('--constraint-body-limit <bytes>', 'request body limit of POST /v1/constraints (registered constraint sets; the other routes take 1 MiB)', integer('--constraint-body-limit', 1), 256 * 1024 * 1024)
+  .option('--constraint-memory <bytes>', 'bytes all registered constraint sets may take together; a set beyond gets 413', integer('--constraint-memory', 1), 1024 * 1024 * 1024)
   .addOption(new Option('--policy <name>', 'scheduling policy: fcfs, edf (earliest SLO deadline first) or slo (goodput: least slack first, rejects hopeless requests)').choices(['fcfs', 'edf', 'slo']).default('fcfs'))
   .option('--cost-model <file>', 'step-time model for edf/slo (from `wgserve profile`); slo without one fits step times online')
   .option('--record-steps <file>', 'append every engine step (batch shape, compute and loop time) as JSONL, for `wgserve profile --from-steps`')
@@ -258,6 +260,28 @@ bench
       });
     },
   );
+
+bench
+  .command('constraints')
+  .description('constrained decoding: mask + state-update time per step on the GPU beside a CPU pointer trie and a CPU sorted-array search, against batch, set size and vocabulary, and as a share of a decode step')
+  .option('--sizes <list>', 'set sizes (sequences), comma-separated', integerList('--sizes'), [1e5, 1e6])
+  .option('--vocab <list>', 'vocabulary sizes, comma-separated', integerList('--vocab'), [512, 2048, 32768, 131072])
+  .option('--batch <list>', 'batch sizes, comma-separated', integerList('--batch'), [1, 8, 64, 256])
+  .option('--length <n>', 'tokens per sequence', integer('--length', 1), 8)
+  .option('--pointer-max <n>', 'largest set the CPU pointer trie is built for (1e7 takes many GB of JS heap)', integer('--pointer-max', 1), 1e6)
+  .option('--model-batches <list>', "decode steps' batch sizes (default: --batch; those up to 8 on a software device)", integerList('--model-batches'))
+  .option('--no-models', 'skip the comparison with decode steps')
+  .option('--seed <s>', 'seed of the random sets and batches', integer('--seed', 0), 1)
+  .addOption(new Option('--scale <scale>', "the models' shapes: full, reduced (width / 8), or auto (reduced on a software device)").choices(['auto', 'full', 'reduced']).default('auto'))
+  .addOption(deviceOption())
+  .option('--json <file>', 'write the results as JSON')
+  .option('--markdown <file>', 'write the results as markdown tables')
+  .option('--update-docs', 'replace the constraints section for this device class in docs/benchmarks.md', false)
+  .action(async (o: { sizes: number[]; vocab: number[]; batch: number[]; length: number; pointerMax: number; modelBatches?: number[]; models: boolean; seed: number; scale: 'auto' | 'full' | 'reduced'; device: string; json?: string; markdown?: string; updateDocs: boolean }) => {
+    const { benchConstraints } = await import('./bench_constraints.ts');
+    const { vocab, batch, ...rest } = o;
+    await benchConstraints({ ...rest, vocabs: vocab, batches: batch, device: parseDeviceMode(o.device) });
+  });
 
 bench
   .command('disagg')

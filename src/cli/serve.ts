@@ -38,6 +38,10 @@ export interface ServeCliOptions {
   bodyTimeout: number;
   /** seconds an idle keep-alive connection stays open */
   keepAliveTimeout: number;
+  /** body limit of POST /v1/constraints, bytes */
+  constraintBodyLimit: number;
+  /** bytes the registered constraint sets may take */
+  constraintMemory: number;
   device: DeviceMode;
   /** scheduling policy; default fcfs */
   policy?: string;
@@ -120,7 +124,7 @@ export async function serveCli(o: ServeCliOptions): Promise<void> {
   try {
     const { engine, source } = backend;
     const modelId = o.modelName ?? modelIdOf(path);
-    const server = await startServer({ engine, modelId, template: chatTemplate(source), apiKey: o.apiKey, host: o.host, port: o.port, logger: { level: 'info' }, sloClasses, bodyTimeoutSeconds: o.bodyTimeout, keepAliveTimeoutSeconds: o.keepAliveTimeout });
+    const server = await startServer({ engine, modelId, template: chatTemplate(source), apiKey: o.apiKey, host: o.host, port: o.port, logger: { level: 'info' }, sloClasses, bodyTimeoutSeconds: o.bodyTimeout, keepAliveTimeoutSeconds: o.keepAliveTimeout, constraintBodyLimit: o.constraintBodyLimit, constraintMemory: o.constraintMemory });
 
     const auth = o.apiKey ? ` -H 'Authorization: Bearer ${o.apiKey}'` : '';
     const classes = Object.entries(sloClasses).map(([k, v]) => `${k} (${[v.ttftMs && `ttft ${v.ttftMs} ms`, v.tpotMs && `tpot ${v.tpotMs} ms`, v.deadlineMs && `deadline ${v.deadlineMs} ms`].filter(Boolean).join(', ')})`);

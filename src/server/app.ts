@@ -23,10 +23,12 @@ import type { ServingEngine } from '../engine/serving.ts';
 import { QueueFullError, RequestTooLargeError } from '../engine/engine.ts';
 import { ConstraintError, type TokenAutomaton } from '../constraints/automaton.ts';
 import { compileGuide } from '../constraints/guide.ts';
+import { ConstraintRegistry } from '../constraints/registry.ts';
 import { ChatTemplate } from '../model/chat_template.ts';
 import { chatPromptSlices, promptTextSlices } from '../model/prompt.ts';
 import { decode, type Tokenizer } from '../model/tokenizer/index.ts';
 import type { Slo } from '../scheduler/scheduler.ts';
+import { constraintRoutes } from './constraint_routes.ts';
 import { clientErrorHandler, DEFAULT_BODY_TIMEOUT_S, DEFAULT_KEEP_ALIVE_TIMEOUT_S, guardRequests, missingHost, serverOptions } from './http_limits.ts';
 import { ServerMetrics } from './metrics.ts';
 import { tokenizePrompt } from './prompt_limits.ts';
@@ -60,6 +62,10 @@ export interface ServerOptions {
   apiKey?: string;
   /** request body limit in bytes (413 beyond); default 1 MiB */
   bodyLimit?: number;
+  /** body limit of POST /v1/constraints (registered sets), bytes; default 256 MiB */
+  constraintBodyLimit?: number;
+  /** bytes all registered constraint sets may take together (413 beyond); default 1 GiB */
+  constraintMemory?: number;
   /** seconds to receive a whole request, headers and body (408 beyond); default 30 */
   bodyTimeoutSeconds?: number;
   /** seconds an idle keep-alive connection stays open; default 5 */
@@ -211,7 +217,8 @@ export function buildServer(o: ServerOptions): WgServer {
   const retryAfter = String(o.retryAfterSeconds ?? 1);
   const created = Math.floor(Date.now() / 1000);
 
-  const metrics = new ServerMetrics(engine, { processMetrics: o.processMetrics });
+  const constraints = new ConstraintRegistry(o.constraintMemory ?? 1024 * MiB);
+  const metrics = new ServerMetrics(engine, { processMetrics: o.processMetrics, constraints });
   const previousOnStep = engine.onStep;
   const onStep: NonNullable<ServingEngine['onStep']> = (s) => {
     previousOnStep?.(s);
@@ -285,7 +292,7 @@ export function buildServer(o: ServerOptions): WgServer {
     let e: ApiError;
     if (err instanceof ApiError) e = err;
     else if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
-      e = new ApiError(413, `The request body is too large: the limit is ${bodyLimit} bytes.`, 'invalid_request_error', null, 'request_too_large');
+      e = new ApiError(413, `The request body is too large: the limit is ${request.routeOptions.bodyLimit ?? bodyLimit} bytes.`, 'invalid_request_error', null, 'request_too_large');
     } else if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
       e = new ApiError(415, `Unsupported Content-Type '${request.headers['content-type'] ?? ''}': send application/json or application/msgpack.`, 'invalid_request_error', null, 'unsupported_media_type');
     } else if (err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || (err instanceof SyntaxError && err.statusCode === 400)) {
@@ -304,6 +311,8 @@ export function buildServer(o: ServerOptions): WgServer {
   const checkModel = (model: string) => {
     if (model !== modelId) throw new ApiError(404, `The model '${model}' does not exist: this server serves '${modelId}'.`, 'invalid_request_error', 'model', 'model_not_found');
   };
+
+  constraintRoutes(app, { registry: constraints, tokenizer, bodyLimit: o.constraintBodyLimit ?? 256 * MiB, send });
 
   const modelCard = () => ({ id: modelId, object: 'model', created, owned_by: 'wgserve', max_model_len: contextLength });
 
@@ -370,6 +379,12 @@ export function buildServer(o: ServerOptions): WgServer {
   const constraintOf = (guide: Guide | undefined, prompt: readonly number[]): TokenAutomaton | undefined => {
     if (!guide) return undefined;
     if (engine.workers) throw new ApiError(400, `'${guide.param}' (structured output) is not supported with disaggregated serving yet.`, 'invalid_request_error', guide.param, 'unsupported_parameter');
+    if (guide.kind === 'registered') {
+      const set = constraints.get(guide.id);
+      // the body names something that does not exist (as an unknown slo_class): a 400, not a 404 of the route
+      if (!set) throw new ApiError(400, `Unknown 'constraint' '${guide.id}': no set is registered under this id (POST /v1/constraints registers one; sets live until deleted or the server stops).`, 'invalid_request_error', 'constraint', 'invalid_value');
+      return set.automaton;
+    }
     try {
       // the output starts a text only after BOS (or nothing): a SentencePiece first token then loses its space
       return compileGuide(guide, tokenizer, prompt.length === 0 || prompt[prompt.length - 1] === vocab.bos);

@@ -25,7 +25,8 @@ export class ServerMetrics {
   readonly rejected: Counter<'slo_class'>;
   readonly tokenizePauses: Counter;
 
-  constructor(engine: ServingEngine, options: { processMetrics?: boolean } = {}) {
+  /** `constraints`: the registered constraint sets (their count and bytes, read at scrape time) */
+  constructor(engine: ServingEngine, options: { processMetrics?: boolean; constraints?: { readonly count: number; readonly bytes: number } } = {}) {
     const registers = [this.registry];
     const p = 'wgserve_';
     this.ttft = new Histogram({
@@ -121,6 +122,25 @@ export class ServerMetrics {
         seenPreemptions = n;
       },
     });
+    const sets = options.constraints;
+    if (sets) {
+      new Gauge({
+        name: `${p}constraint_sets`,
+        help: 'Constraint sets registered with POST /v1/constraints',
+        registers,
+        collect() {
+          this.set(sets.count);
+        },
+      });
+      new Gauge({
+        name: `${p}constraint_bytes`,
+        help: "Bytes the registered constraint sets' automata take (against --constraint-memory)",
+        registers,
+        collect() {
+          this.set(sets.bytes);
+        },
+      });
+    }
     if (engine.workers) this.workerMetrics(() => engine.workers!(), registers);
     if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
   }

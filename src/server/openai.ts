@@ -89,7 +89,7 @@ function optString(b: Body, name: string): string | undefined {
 const LONE_SURROGATE = /\p{Cs}/u;
 
 /** `s`, refused when it is not Unicode text (a tokenizer would see U+FFFD in its place). */
-function text(param: string, s: string): string {
+export function text(param: string, s: string): string {
   if (LONE_SURROGATE.test(s)) throw invalid(param, `Invalid '${param}': the text holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair), which is not Unicode text.`);
   return s;
 }
@@ -149,16 +149,16 @@ export const MAX_STOP = 16;
 export const MAX_CHOICES = 128;
 
 /**
- * A structured-output request (src/constraints/guide.ts builds its token automaton); `param` is the
- * field it came from, for errors.
+ * A structured-output request (src/constraints/guide.ts builds its token automaton, or it names a
+ * set registered with POST /v1/constraints); `param` is the field it came from, for errors.
  */
-export type Guide = GuideSpec & { param: string };
+export type Guide = (GuideSpec | { kind: 'registered'; id: string }) & { param: string };
 
 const MAX_CHOICE_STRINGS = 10_000;
 
 /**
- * vLLM's guided_choice / guided_regex / guided_json and OpenAI's response_format (json_schema,
- * json_object; text is no constraint). At most one of them.
+ * vLLM's guided_choice / guided_regex / guided_json, OpenAI's response_format (json_schema,
+ * json_object; text is no constraint), and `constraint` (a registered set's id). At most one of them.
  */
 function optGuide(b: Body): Guide | undefined {
   const found: Guide[] = [];
@@ -200,6 +200,11 @@ function optGuide(b: Body): Guide | undefined {
       found.push({ param: 'response_format.json_schema.schema', kind: 'json_schema', schema: js.schema });
     } else if (rf.type !== 'text') throw invalid('response_format.type', `Invalid 'response_format.type': expected 'text', 'json_object' or 'json_schema', got ${JSON.stringify(rf.type ?? null)}.`);
   }
+  const id = field(b, 'constraint');
+  if (id !== undefined) {
+    if (typeof id !== 'string') throw wrongType('constraint', 'a string (the id of a registered set)', id);
+    found.push({ param: 'constraint', kind: 'registered', id });
+  }
   if (found.length > 1) throw invalid(found[1].param, `Only one structured-output constraint per request: got ${found.map((g) => `'${g.param.split('.')[0]}'`).join(' and ')}.`, 'unsupported_value');
   return found[0];
 }
@@ -227,7 +232,7 @@ export interface CommonRequest extends Pick<SamplingOptions, 'logitBias' | 'pres
   sloClass?: string;
   /** extension: larger first among otherwise equal requests */
   priority?: number;
-  /** structured output (guided_* or response_format) */
+  /** structured output (guided_*, response_format or constraint) */
   guide?: Guide;
 }
 
