@@ -1,7 +1,7 @@
 import { cpus } from 'node:os';
 import { type TokenAutomaton, automatonBytes, edgesOf, nextState } from '../src/constraints/automaton.ts';
 import { buildTrie } from '../src/constraints/trie.ts';
-import { advanceRows, maskRows, maskWords, packAutomaton, packRows, shapeOf } from '../kernels/constraints.ts';
+import { advanceRows, maskRows, packAutomaton, packRows, shapeOf } from '../kernels/constraints.ts';
 import type { AdapterSummary, GpuFeatures } from '../src/gpu/adapter.ts';
 import type { Gpu } from '../src/gpu/gpu.ts';
 import type { Step } from '../src/gpu/step.ts';
@@ -218,7 +218,6 @@ class GpuBatch {
   private readonly rows: GPUBuffer;
   private readonly sampled: GPUBuffer;
   private readonly status: GPUBuffer;
-  private readonly bits: GPUBuffer;
   private readonly shape: { states: number; edges: number };
 
   constructor(
@@ -236,7 +235,6 @@ class GpuBatch {
     this.rows = gpu.upload(packRows(Array.from({ length: B }, (_, i) => ({ logitRow: i, slot: i, keep: true }))), 'rows');
     this.sampled = gpu.upload(input.sampled, 'sampled');
     this.status = gpu.createBuffer(B * 4, 'status');
-    this.bits = gpu.createBuffer(maskWords(B, vocab) * 4, 'bitmap');
   }
 
   private get count() {
@@ -244,7 +242,7 @@ class GpuBatch {
   }
 
   mask(step: Step): void {
-    maskRows(step, { logits: this.logits, automaton: this.automaton, states: this.states, rows: this.rows, count: this.count, bits: this.bits, cols: this.vocab, a: this.shape, eos: null });
+    maskRows(step, { logits: this.logits, automaton: this.automaton, states: this.states, rows: this.rows, count: this.count, cols: this.vocab, a: this.shape, eos: null });
   }
 
   advance(step: Step): void {
@@ -265,7 +263,7 @@ class GpuBatch {
   }
 
   destroy(): void {
-    for (const b of [this.logits, this.initial, this.states, this.rows, this.sampled, this.status, this.bits]) b.destroy();
+    for (const b of [this.logits, this.initial, this.states, this.rows, this.sampled, this.status]) b.destroy();
   }
 }
 

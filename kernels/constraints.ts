@@ -43,8 +43,6 @@ export interface MaskArgs {
   /** packRows */
   rows: Binding;
   count: number;
-  /** u32 scratch of count x ceil(cols / 32) words */
-  bits: Binding;
   cols: number;
   a: Pick<TokenAutomaton, 'states'> & { edges: number };
   eos: number | null;
@@ -55,12 +53,10 @@ export function maskRows(step: Step, m: MaskArgs): void {
   step.dispatch({
     pipeline: step.gpu.pipelines.get('constraints', 'mask', { WG }),
     params: params(m.count, m.cols, m.a, m.eos),
-    buffers: [m.logits, m.automaton, m.states, m.rows, m.bits],
-    workgroups: [m.count],
+    buffers: [m.logits, m.automaton, m.states, m.rows],
+    workgroups: [Math.ceil(m.cols / WG), m.count],
   });
 }
-
-export const maskWords = (count: number, cols: number) => count * Math.ceil(cols / 32);
 
 export interface AdvanceArgs {
   automaton: Binding;
@@ -90,7 +86,7 @@ export function setStates(step: Step, states: Binding, pairs: readonly (readonly
   if (pairs.length === 0) return;
   step.dispatch({
     pipeline: step.gpu.pipelines.get('constraints', 'set_state', {}),
-    params: new Params().u32(pairs.length).u32(0).u32(0).u32(0).u32(0).u32(0),
+    params: new Params().u32(pairs.length).u32(0).u32(0).u32(0).u32(0),
     buffers: [states, step.upload(Uint32Array.from(pairs.flat()), 'constraint states')],
     workgroups: [Math.ceil(pairs.length / 64)],
   });
@@ -102,8 +98,7 @@ function params(rows: number, cols: number, a: { states: number; edges: number }
     .u32(cols)
     .u32(a.states)
     .u32(a.edges)
-    .u32(eos ?? NO_EOS)
-    .u32(Math.ceil(cols / 32));
+    .u32(eos ?? NO_EOS);
 }
 
 export const shapeOf = (a: TokenAutomaton) => ({ states: a.states, edges: edgesOf(a) });

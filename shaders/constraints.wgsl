@@ -7,9 +7,11 @@
 // The automaton buffer is one u32 array: indptr [n + 1], then pairs [2 x edges] (token, next state;
 // tokens ascending in a row), then accepting [n] (0 or 1). Rows of one dispatch share an automaton.
 //
-//   mask     one workgroup per constrained row: mark the state's allowed tokens (and EOS when the
-//            state accepts) in the row's bitmap, then write -inf over every unmarked logit. The
-//            bitmap is zeroed first, so the scratch needs no clearing between steps.
+//   mask     one thread per (constrained row, vocabulary entry), a 2-D grid as elementwise
+//            kernels use (a batch of one row still spreads over the whole device): keep the logit
+//            when its token has an edge from the row's state (binary search in the state's
+//            sorted edges, log2(fan-out) reads of a row every thread of the workgroup shares), or
+//            is EOS in an accepting state; otherwise write -inf. No scratch, no barriers.
 //   advance  one thread per constrained row whose sampled token is kept: next = the edge of the
 //            sampled token (binary search in the row); status = 1 when the next state has no
 //            edges (the output is complete), 2 when the token has no edge (EOS, or a token the
@@ -26,7 +28,6 @@ struct Params {
   states: u32,  // automaton states
   edges: u32,   // automaton edges
   eos: u32,     // the end-of-sequence token (NONE: the model has none)
-  words: u32,   // bitmap words per row: ceil(cols / 32)
 }
 
 struct Row {
@@ -42,36 +43,35 @@ struct Row {
 @group(0) @binding(2) var<storage, read> mask_automaton: array<u32>;
 @group(0) @binding(3) var<storage, read> mask_states: array<u32>;
 @group(0) @binding(4) var<storage, read> mask_rows: array<Row>;
-@group(0) @binding(5) var<storage, read_write> mask_bits: array<atomic<u32>>;
 
 @compute @workgroup_size(WG)
-fn mask(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let r = mask_rows[wg.x];
-  let bits = wg.x * p.words;
-  for (var w = lid; w < p.words; w += WG) {
-    atomicStore(&mask_bits[bits + w], 0u);
+fn mask(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let c = gid.x;
+  if (c >= p.cols) {
+    return;
   }
-  storageBarrier();
-  workgroupBarrier();
+  let r = mask_rows[gid.y];
   let state = mask_states[r.slot];
-  let start = mask_automaton[state];
-  let end = mask_automaton[state + 1u];
   let pairs = p.states + 1u;
-  for (var e = start + lid; e < end; e += WG) {
-    let token = mask_automaton[pairs + 2u * e];
-    atomicOr(&mask_bits[bits + token / 32u], 1u << (token % 32u));
-  }
-  let accepting = mask_automaton[pairs + 2u * p.edges + state];
-  if (lid == 0u && accepting != 0u && p.eos != NONE) {
-    atomicOr(&mask_bits[bits + p.eos / 32u], 1u << (p.eos % 32u));
-  }
-  storageBarrier();
-  workgroupBarrier();
-  let base = r.logit_row * p.cols;
-  for (var c = lid; c < p.cols; c += WG) {
-    if ((atomicLoad(&mask_bits[bits + c / 32u]) & (1u << (c % 32u))) == 0u) {
-      mask_logits[base + c] = NEG_INF_BITS;
+  var lo = mask_automaton[state];
+  var hi = mask_automaton[state + 1u];
+  var keep = c == p.eos && mask_automaton[pairs + 2u * p.edges + state] != 0u;
+  loop {
+    if (keep || lo >= hi) {
+      break;
     }
+    let mid = (lo + hi) / 2u;
+    let t = mask_automaton[pairs + 2u * mid];
+    if (t == c) {
+      keep = true;
+    } else if (t < c) {
+      lo = mid + 1u;
+    } else {
+      hi = mid;
+    }
+  }
+  if (!keep) {
+    mask_logits[r.logit_row * p.cols + c] = NEG_INF_BITS;
   }
 }
 

@@ -9,7 +9,6 @@ import {
   advanceRows,
   maskRef,
   maskRows,
-  maskWords,
   packAutomaton,
   packRows,
   setStates,
@@ -69,7 +68,7 @@ describe('constraint kernels against their CPU references', () => {
       const logitsBuf = gpu.upload(logits);
       let step = gpu.step();
       setStates(step, states, [...state].map(([slot, s]) => [slot, s] as const));
-      maskRows(step, { logits: logitsBuf, automaton, states, rows: step.upload(packRows(constrained)), count: constrained.length, bits: step.scratch(maskWords(constrained.length, c.vocab) * 4), cols: c.vocab, a: shapeOf(a), eos: c.eos });
+      maskRows(step, { logits: logitsBuf, automaton, states, rows: step.upload(packRows(constrained)), count: constrained.length, cols: c.vocab, a: shapeOf(a), eos: c.eos });
       await step.submit();
       const got = await gpu.readF32(logitsBuf, logitRows * c.vocab);
       for (let r = 0; r < logitRows; r++) {

@@ -1,4 +1,4 @@
-import { type ConstrainedRow, advanceRows, maskRows, maskWords, packAutomaton, packRows, setStates, shapeOf } from '../../kernels/constraints.ts';
+import { type ConstrainedRow, advanceRows, maskRows, packAutomaton, packRows, setStates, shapeOf } from '../../kernels/constraints.ts';
 import type { Gpu } from '../gpu/gpu.ts';
 import type { Step } from '../gpu/step.ts';
 import { type TokenAutomaton, stateAfter } from './automaton.ts';
@@ -35,10 +35,11 @@ export class ConstraintMasks {
 
   /**
    * Records the masks of `rows` (row i of `logits`; null rows are unconstrained and untouched) into
-   * the step; returns what to record after sampling, which resolves to each row's status
-   * (kernels/constraints.ts STATUS_*) once the step has run, or null when no row is constrained.
+   * the step; returns what to record after sampling: it returns the buffer of each row's status
+   * (kernels/constraints.ts STATUS_*, u32 per row), for the caller to read back with the sampled ids
+   * (one read-back per step: a second one costs a mapping round trip). Null when no row is constrained.
    */
-  record(step: Step, logits: GPUBuffer, rows: readonly (ConstraintRowInput | null)[]): ((sampled: GPUBuffer) => Promise<Uint32Array>) | null {
+  record(step: Step, logits: GPUBuffer, rows: readonly (ConstraintRowInput | null)[]): ((sampled: GPUBuffer) => GPUBuffer) | null {
     const groups = new Map<TokenAutomaton, ConstrainedRow[]>();
     const placed: [number, number][] = [];
     rows.forEach((r, logitRow) => {
@@ -57,13 +58,11 @@ export class ConstraintMasks {
     const states = this.states!;
     setStates(step, states, placed);
     const packed = [...groups].map(([a, list]) => ({ a, list, rows: step.upload(packRows(list), 'constrained rows'), automaton: this.uploaded.get(a)!.buffer }));
-    const most = Math.max(...packed.map((g) => g.list.length));
-    const bits = step.scratch(maskWords(most, this.vocab) * 4, 'constraint bitmap');
-    for (const g of packed) maskRows(step, { logits, automaton: g.automaton, states, rows: g.rows, count: g.list.length, bits, cols: this.vocab, a: shapeOf(g.a), eos: this.eos });
+    for (const g of packed) maskRows(step, { logits, automaton: g.automaton, states, rows: g.rows, count: g.list.length, cols: this.vocab, a: shapeOf(g.a), eos: this.eos });
     return (sampled) => {
       const status = step.scratch(rows.length * 4, 'constraint status');
       for (const g of packed) advanceRows(step, { automaton: g.automaton, states, rows: g.rows, count: g.list.length, sampled, status, cols: this.vocab, a: shapeOf(g.a) });
-      return step.readback(status, 0, rows.length * 4).then((b) => new Uint32Array(b));
+      return status;
     };
   }
 

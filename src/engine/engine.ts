@@ -487,11 +487,19 @@ export class Engine implements ServingEngine {
       const out = step.scratch(rows * 4, 'sampled');
       sample(step, { logits, params: step.upload(params, 'sample params'), out, rows, cols: vocab });
       countSampled?.(out);
-      const readStatus = advance?.(out);
-      const read = step.readback(out, 0, rows * 4);
+      const statusBuf = advance?.(out);
+      // the sampled ids, and the constrained rows' status after them: one read-back
+      let read = out;
+      if (statusBuf) {
+        read = step.scratch(rows * 8, 'sampled and status');
+        step.copy(out, 0, read, 0, rows * 4);
+        step.copy(statusBuf, 0, read, rows * 4, rows * 4);
+      }
+      const words = step.readback(read, 0, rows * (statusBuf ? 8 : 4));
       await step.submit();
-      sampled = new Uint32Array(await read);
-      if (readStatus) status = await readStatus;
+      const all = new Uint32Array(await words);
+      sampled = all.subarray(0, rows);
+      if (statusBuf) status = all.subarray(rows);
       if (readLogits) logitRows = new Float32Array(await readLogits);
     } catch (err) {
       await step.discard();
