@@ -378,7 +378,6 @@ export function buildServer(o: ServerOptions): WgServer {
   /** The guide's token automaton (cached), or a 400 naming the field when it cannot be built. */
   const constraintOf = (guide: Guide | undefined, prompt: readonly number[]): TokenAutomaton | undefined => {
     if (!guide) return undefined;
-    if (engine.workers) throw new ApiError(400, `'${guide.param}' (structured output) is not supported with disaggregated serving yet.`, 'invalid_request_error', guide.param, 'unsupported_parameter');
     if (guide.kind === 'registered') {
       const set = constraints.get(guide.id);
       // the body names something that does not exist (as an unknown slo_class): a 400, not a 404 of the route
