@@ -203,7 +203,7 @@ describe('tokenizeSet', () => {
   it('SentencePiece (stories260K): each string as a text of its own, dummy prefix included; round trips', async () => {
     const tok = await openTokenizer(STORIES);
     expect(tok.vocab.addSpacePrefix).toBe(true);
-    const packed: PackedSequences = tokenizeSet(strings, tok);
+    const packed: PackedSequences = await tokenizeSet(strings, tok);
     const trie = buildTrie(packed, { vocab: tok.vocab.tokens.length });
     const prompt = tok.encode('The ball is');
     strings.forEach((s, i) => {
@@ -219,7 +219,7 @@ describe('tokenizeSet', () => {
 
   it('byte-level BPE (gpt-2 vocabulary): round trips with or without a previous token', async () => {
     const tok = await openTokenizer(join(VOCAB_DIR, 'ggml-vocab-gpt-2.gguf'));
-    const packed = tokenizeSet(strings, tok);
+    const packed = await tokenizeSet(strings, tok);
     strings.forEach((s, i) => {
       const ids = [...packed.flat.subarray(packed.offsets[i], packed.offsets[i + 1])];
       expect(decode(tok, ids)).toBe(s);
@@ -229,6 +229,6 @@ describe('tokenizeSet', () => {
 
   it('names a string that encodes to nothing', async () => {
     const tok = await openTokenizer(STORIES);
-    expect(() => tokenizeSet(['red', ''], tok)).toThrow(/string 1 \(""\) encodes to no tokens/);
+    await expect(tokenizeSet(['red', ''], tok)).rejects.toThrow(/string 1 \(""\) encodes to no tokens/);
   });
 });

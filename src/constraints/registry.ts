@@ -6,8 +6,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Tokenizer } from '../model/tokenizer/index.ts';
-import { automatonBytes, checkSatisfiable, ConstraintError, edgesOf, type TokenAutomaton } from './automaton.ts';
-import { buildTrie, packSequences, type PackedSequences, type SequenceSet } from './trie.ts';
+import { automatonBytes, checkSatisfiable, edgesOf, type TokenAutomaton } from './automaton.ts';
+import { buildTrie, type SequenceSet, tokenizeSet } from './trie.ts';
 
 export interface RegisteredSet {
   id: string;
@@ -57,10 +57,10 @@ export class ConstraintRegistry {
     return entry;
   }
 
-  /** Strings tokenized with the model's tokenizer (tokenizeStrings), then registered as token sequences. */
+  /** Strings tokenized with the model's tokenizer (trie.ts tokenizeSet), then registered as token sequences. */
   async registerStrings(strings: readonly string[], tokenizer: Tokenizer): Promise<RegisteredSet> {
     const t0 = performance.now();
-    const packed = await tokenizeStrings(strings, tokenizer);
+    const packed = await tokenizeSet(strings, tokenizer);
     return this.register(packed, tokenizer.vocab.tokens.length, t0);
   }
 
@@ -85,23 +85,4 @@ export class ConstraintRegistry {
   get bytes(): number {
     return this.used;
   }
-}
-
-/** Strings tokenized between yields to the event loop (~15 ms of SentencePiece work on short strings). */
-const STRINGS_PER_SLICE = 2048;
-
-/**
- * tokenizeSet's encoding (each string a text of its own: no BOS/EOS, SentencePiece's dummy prefix),
- * in slices that hand the event loop back, so running streams keep going while a million strings
- * are tokenized (seconds). Throws ConstraintError naming the first string that encodes to no tokens.
- */
-export async function tokenizeStrings(strings: readonly string[], tokenizer: Tokenizer): Promise<PackedSequences> {
-  const ids: number[][] = [];
-  for (let i = 0; i < strings.length; i++) {
-    if (i > 0 && i % STRINGS_PER_SLICE === 0) await new Promise((r) => setImmediate(r));
-    const t = tokenizer.encode(strings[i], { addSpecial: false });
-    if (t.length === 0) throw new ConstraintError(`string ${i} (${JSON.stringify(strings[i])}) encodes to no tokens`);
-    ids.push(t);
-  }
-  return packSequences(ids, tokenizer.vocab.tokens.length);
 }

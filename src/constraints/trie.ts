@@ -271,18 +271,24 @@ export function buildTrie(set: SequenceSet, opts: TrieOptions = {}): Trie {
   return { automaton: assemble(tokens, edgeCounts, accepts, states), fanout, depthStart: Uint32Array.from(depthStart), sequences };
 }
 
+/** Strings tokenized between yields to the event loop (~15 ms of SentencePiece work on short strings). */
+const STRINGS_PER_SLICE = 2048;
+
 /**
- * Strings to the token sequences that generate them, with the model's tokenizer (no BOS/EOS).
- * With SentencePiece's dummy prefix each string is encoded as a text of its own ("▁red"), the way
- * the model writes a new word: the StreamDecoder prints it as "red" when the completion starts a
- * text (no prompt, or just BOS) and as " red" after a prompt (a continuation keeps its space).
- * Throws ConstraintError naming a string that encodes to no tokens.
+ * Strings to the token sequences that generate them, with the model's tokenizer (no BOS/EOS), in
+ * slices that hand the event loop back (a server keeps streaming while a million strings are
+ * tokenized). With SentencePiece's dummy prefix each string is encoded as a text of its own
+ * ("▁red"), the way the model writes a new word: the StreamDecoder prints it as "red" when the
+ * completion starts a text (no prompt, or just BOS) and as " red" after a prompt (a continuation
+ * keeps its space). Throws ConstraintError naming a string that encodes to no tokens.
  */
-export function tokenizeSet(strings: readonly string[], tokenizer: Tokenizer): PackedSequences {
-  const ids = strings.map((s, i) => {
-    const t = tokenizer.encode(s, { addSpecial: false });
-    if (t.length === 0) throw new ConstraintError(`string ${i} (${JSON.stringify(s)}) encodes to no tokens`);
-    return t;
-  });
+export async function tokenizeSet(strings: readonly string[], tokenizer: Tokenizer): Promise<PackedSequences> {
+  const ids: number[][] = [];
+  for (let i = 0; i < strings.length; i++) {
+    if (i > 0 && i % STRINGS_PER_SLICE === 0) await new Promise((r) => setImmediate(r));
+    const t = tokenizer.encode(strings[i], { addSpecial: false });
+    if (t.length === 0) throw new ConstraintError(`string ${i} (${JSON.stringify(strings[i])}) encodes to no tokens`);
+    ids.push(t);
+  }
   return packSequences(ids, tokenizer.vocab.tokens.length);
 }
