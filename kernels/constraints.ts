@@ -76,7 +76,7 @@ export function advanceRows(step: Step, m: AdvanceArgs): void {
   step.dispatch({
     pipeline: step.gpu.pipelines.get('constraints', 'advance', {}),
     params: params(m.count, m.cols, m.a, null),
-    buffers: [m.automaton, m.states, m.rows, m.sampled, m.status],
+    buffers: [m.states, m.automaton, m.rows, m.sampled, m.status],
     workgroups: [Math.ceil(m.count / 64)],
   });
 }

@@ -37,10 +37,38 @@ struct Row {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+// the automaton, shared by mask and advance (both read it at binding 2)
+@group(0) @binding(2) var<storage, read> automaton: array<u32>;
+
+// The state `token` leads to from `state`, NONE when it has no edge there (binary search in the
+// state's sorted edges: log2(fan-out) reads of a row the threads of a workgroup share).
+fn edge_to(state: u32, token: u32) -> u32 {
+  let pairs = p.states + 1u;
+  var lo = automaton[state];
+  var hi = automaton[state + 1u];
+  loop {
+    if (lo >= hi) {
+      return NONE;
+    }
+    let mid = (lo + hi) / 2u;
+    let t = automaton[pairs + 2u * mid];
+    if (t == token) {
+      return automaton[pairs + 2u * mid + 1u];
+    }
+    if (t < token) {
+      lo = mid + 1u;
+    } else {
+      hi = mid;
+    }
+  }
+}
+
+fn accepting(state: u32) -> bool {
+  return automaton[p.states + 1u + 2u * p.edges + state] != 0u;
+}
 
 // mask
 @group(0) @binding(1) var<storage, read_write> mask_logits: array<u32>;
-@group(0) @binding(2) var<storage, read> mask_automaton: array<u32>;
 @group(0) @binding(3) var<storage, read> mask_states: array<u32>;
 @group(0) @binding(4) var<storage, read> mask_rows: array<Row>;
 
@@ -52,32 +80,14 @@ fn mask(@builtin(global_invocation_id) gid: vec3<u32>) {
   }
   let r = mask_rows[gid.y];
   let state = mask_states[r.slot];
-  let pairs = p.states + 1u;
-  var lo = mask_automaton[state];
-  var hi = mask_automaton[state + 1u];
-  var keep = c == p.eos && mask_automaton[pairs + 2u * p.edges + state] != 0u;
-  loop {
-    if (keep || lo >= hi) {
-      break;
-    }
-    let mid = (lo + hi) / 2u;
-    let t = mask_automaton[pairs + 2u * mid];
-    if (t == c) {
-      keep = true;
-    } else if (t < c) {
-      lo = mid + 1u;
-    } else {
-      hi = mid;
-    }
-  }
+  let keep = (c == p.eos && accepting(state)) || edge_to(state, c) != NONE;
   if (!keep) {
     mask_logits[r.logit_row * p.cols + c] = NEG_INF_BITS;
   }
 }
 
 // advance
-@group(0) @binding(1) var<storage, read> adv_automaton: array<u32>;
-@group(0) @binding(2) var<storage, read_write> adv_states: array<u32>;
+@group(0) @binding(1) var<storage, read_write> adv_states: array<u32>;
 @group(0) @binding(3) var<storage, read> adv_rows: array<Row>;
 @group(0) @binding(4) var<storage, read> adv_sampled: array<u32>;
 @group(0) @binding(5) var<storage, read_write> adv_status: array<u32>;
@@ -92,34 +102,13 @@ fn advance(@builtin(global_invocation_id) gid: vec3<u32>) {
   if (r.keep == 0u) {
     return;
   }
-  let token = adv_sampled[r.logit_row];
-  let state = adv_states[r.slot];
-  let pairs = p.states + 1u;
-  var lo = adv_automaton[state];
-  var hi = adv_automaton[state + 1u];
-  var next = NONE;
-  loop {
-    if (lo >= hi) {
-      break;
-    }
-    let mid = (lo + hi) / 2u;
-    let t = adv_automaton[pairs + 2u * mid];
-    if (t == token) {
-      next = adv_automaton[pairs + 2u * mid + 1u];
-      break;
-    }
-    if (t < token) {
-      lo = mid + 1u;
-    } else {
-      hi = mid;
-    }
-  }
+  let next = edge_to(adv_states[r.slot], adv_sampled[r.logit_row]);
   if (next == NONE) {
     adv_status[r.logit_row] = 2u;
     return;
   }
   adv_states[r.slot] = next;
-  adv_status[r.logit_row] = select(0u, 1u, adv_automaton[next] == adv_automaton[next + 1u]);
+  adv_status[r.logit_row] = select(0u, 1u, automaton[next] == automaton[next + 1u]);
 }
 
 // set_state: (slot, state) pairs written before the step's mask: a sequence that starts, or
