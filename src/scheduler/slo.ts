@@ -200,6 +200,18 @@ export class SloScheduler implements Scheduler, StepCap {
     return { outputTokens: L, nextSeconds, restSeconds, slack, hopeless };
   }
 
+  /**
+   * Whether the streams all fit this step beside each other (batch, budget) and the KV holds the
+   * next tokens of every running sequence (so the plan preempts nobody): the streams' order then
+   * changes nothing.
+   */
+  private streamsFit(started: readonly SeqView[], seqs: readonly SeqView[], kv: KvView, limits: SchedulerLimits): boolean {
+    if (started.length > limits.maxBatch || started.length > limits.tokenBudget) return false;
+    let blocks = 0;
+    for (const s of seqs) if (s.state === 'running') blocks += kv.blocksNeeded(s.id, Math.min(s.totalTokens - s.computed, limits.tokenBudget));
+    return blocks <= kv.freeBlocks;
+  }
+
   /** Whether every sequence is a running decode and all of them fit one step (batch, budget, KV). */
   private allDecodeAtOnce(seqs: readonly SeqView[], kv: KvView, limits: SchedulerLimits): boolean {
     if (seqs.length > limits.maxBatch || seqs.length > limits.tokenBudget) return false;
@@ -285,8 +297,11 @@ export class SloScheduler implements Scheduler, StepCap {
       const gone = new Set(reject.map((r) => r.seq));
       return { items: seqs.filter((s) => !gone.has(s.id)).map((s) => ({ seq: s.id, tokens: 1 })), preempt: [], reject };
     }
+    // when every stream's next tokens fit beside everything running and nothing can be preempted,
+    // streams go first in any order (their decodes are reserved anyway): only deadlines need slack
+    const unordered = this.streamsFit(started, seqs, kv, limits);
     for (const s of started) {
-      const slack = this.streamSlack(s, now);
+      const slack = unordered && s.slo!.deadlineMs === undefined ? -Infinity : this.streamSlack(s, now);
       if (slack === null) reject.push(this.assess(s, now, limits).hopeless!);
       else streams.push({ s, slack });
     }
