@@ -106,7 +106,7 @@ describe('SLO scheduler', () => {
     expect(slo.plan(going, kvOf(going, 100), big, 5).reject).toBeUndefined();
   });
 
-  it('orders by least slack: an urgent new request gets the budget before running ones ahead of schedule', () => {
+  it('orders by least slack: an urgent new request gets the budget and the batch slot ahead of others; running decodes keep theirs', () => {
     const slo = new SloScheduler(fakeCost);
     const now = 1;
     const seqs = [
@@ -119,11 +119,14 @@ describe('SLO scheduler', () => {
     expect(slack(seqs[1])).toBeCloseTo(0.9 + 0.2 - now - 0.03, 6);
     expect(slack(seqs[1])).toBeLessThan(slack(seqs[0]));
     expect(slack(seqs[2])).toBe(Infinity);
+    const bySeq = (p: StepPlan) => [...p.items].sort((a, b) => a.seq - b.seq);
     const plan = slo.plan(seqs, kvOf(seqs, 1000), { tokenBudget: 21, maxBatch: 8 }, now);
-    // seq 2 (least slack) first, leaving a budget token for each running decode (1 and 3); none is left for 4
-    expect(plan.items).toEqual([{ seq: 2, tokens: 19 }, { seq: 1, tokens: 1 }, { seq: 3, tokens: 1 }]);
+    // seq 2 (least slack) takes the budget ahead of seq 4, leaving a token for each running decode (1 and 3); none is left for 4
+    expect(bySeq(plan)).toEqual([{ seq: 1, tokens: 1 }, { seq: 2, tokens: 19 }, { seq: 3, tokens: 1 }]);
     const roomy = slo.plan(seqs, kvOf(seqs, 1000), { tokenBudget: 100, maxBatch: 8 }, now);
-    expect(roomy.items.map((i) => i.seq)).toEqual([2, 1, 4, 3]);
+    expect(bySeq(roomy)).toEqual([{ seq: 1, tokens: 1 }, { seq: 2, tokens: 20 }, { seq: 3, tokens: 1 }, { seq: 4, tokens: 20 }]);
+    // one slot for a prompt beside the two decodes: the urgent one gets it
+    expect(bySeq(slo.plan(seqs, kvOf(seqs, 1000), { tokenBudget: 100, maxBatch: 3 }, now)).map((i) => i.seq)).toEqual([1, 2, 3]);
   });
 
   it('estimates output length from finished sequences: a conditional p90, capped by max_tokens', () => {
