@@ -1,3 +1,4 @@
+import { Heap } from '../../util/heap.ts';
 import type { EncodeOptions } from './index.ts';
 import { TokenType, type Vocab, maxTokenInputBytes, partitionSpecial } from './vocab.ts';
 
@@ -17,47 +18,8 @@ interface Bigram {
   len: number;
 }
 
-/** Max-heap by score; equal scores pop the leftmost pair first (SentencePiece's order). */
-class BigramQueue {
-  private heap: Bigram[] = [];
-  private before(a: Bigram, b: Bigram): boolean {
-    return a.score > b.score || (a.score === b.score && a.left < b.left);
-  }
-  get size(): number {
-    return this.heap.length;
-  }
-  push(b: Bigram): void {
-    const h = this.heap;
-    h.push(b);
-    let i = h.length - 1;
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      if (!this.before(h[i], h[parent])) break;
-      [h[i], h[parent]] = [h[parent], h[i]];
-      i = parent;
-    }
-  }
-  pop(): Bigram {
-    const h = this.heap;
-    const top = h[0];
-    const last = h.pop()!;
-    if (h.length > 0) {
-      h[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let best = i;
-        if (l < h.length && this.before(h[l], h[best])) best = l;
-        if (r < h.length && this.before(h[r], h[best])) best = r;
-        if (best === i) break;
-        [h[i], h[best]] = [h[best], h[i]];
-        i = best;
-      }
-    }
-    return top;
-  }
-}
+/** Max-heap order by score; equal scores pop the leftmost pair first (SentencePiece's order). */
+const bigramBefore = (a: Bigram, b: Bigram) => a.score > b.score || (a.score === b.score && a.left < b.left);
 
 /**
  * SentencePiece-style tokenizer (GGUF `tokenizer.ggml.model = llama`, llama2.c tokenizer.bin):
@@ -158,7 +120,7 @@ export class SpmTokenizer {
       symbols.push({ start: i, len, prev: symbols.length - 1, next: i + len < text.length ? symbols.length + 1 : -1 });
       i += len;
     }
-    const queue = new BigramQueue();
+    const queue = new Heap<Bigram>(bigramBefore);
     const merges = new Map<string, [number, number]>();
     const tryAdd = (left: number, right: number) => {
       if (left < 0 || right < 0) return;
@@ -170,7 +132,7 @@ export class SpmTokenizer {
     };
     for (let i = 1; i < symbols.length; i++) tryAdd(i - 1, i);
     while (queue.size > 0) {
-      const b = queue.pop();
+      const b = queue.pop()!;
       const left = symbols[b.left];
       const right = symbols[b.right];
       if (left.len === 0 || right.len === 0 || left.len + right.len !== b.len) continue; // stale
