@@ -1,7 +1,7 @@
 import type { Tokenizer } from '../model/tokenizer/index.ts';
 import type { TokenAutomaton } from './automaton.ts';
 import { compileJsonSchema, JSON_OBJECT_REGEX } from './json_schema.ts';
-import { compileRegex } from './regex.ts';
+import { compileRegex, escapeRegex } from './regex.ts';
 
 /**
  * What a request asks its output to be (the server's structured-output fields, src/server/openai.ts):
@@ -9,8 +9,6 @@ import { compileRegex } from './regex.ts';
  * object (nested at most JSON_DEPTH deep).
  */
 export type GuideSpec = { kind: 'choice'; choices: readonly string[] } | { kind: 'regex'; pattern: string } | { kind: 'json_schema'; schema: unknown } | { kind: 'json_object' };
-
-const escapeRegex = (text: string) => text.replace(/[\\^$.*+?()[\]{}|/-]/g, '\\$&');
 
 /**
  * The token automaton of a guide over `tokenizer` (compiled automata are cached per tokenizer).

@@ -28,7 +28,7 @@
 import { JS, NFA } from 'refa';
 import type { Tokenizer } from '../model/tokenizer/index.ts';
 import { ConstraintError, type TokenAutomaton } from './automaton.ts';
-import { compileRegex, parseRegex } from './regex.ts';
+import { compileRegex, escapeRegex, parseRegex } from './regex.ts';
 
 export interface JsonSchemaOptions {
   /** 'none': compact JSON (default); 'single': an optional space after each ':' and ',' */
@@ -91,7 +91,6 @@ export function compileJsonSchema(schema: unknown, tokenizer: Tokenizer, opts: J
   return compileRegex(schemaToRegex(schema, opts), tokenizer, { textStart: opts.textStart });
 }
 
-const escapeRegex = (text: string) => text.replace(/[\\^$.*+?()[\]{}|/]/g, '\\$&');
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const alternation = (parts: string[]) => (parts.length === 1 ? parts[0] : `(?:${parts.join('|')})`);
 

@@ -50,6 +50,9 @@ export const CACHE_SIZE = 64;
 
 const cache = new WeakMap<Tokenizer, Map<string, TokenAutomaton>>();
 
+/** `text` as a regex that matches exactly it. */
+export const escapeRegex = (text: string) => text.replace(/[\\^$.*+?()[\]{}|/]/g, '\\$&');
+
 /** The token automaton of `pattern` (full match) over `tokenizer`'s vocabulary; cached. */
 export function compileRegex(pattern: string, tokenizer: Tokenizer, opts: RegexOptions = {}): TokenAutomaton {
   const flags = opts.flags ?? '';
