@@ -57,6 +57,12 @@ const recorded = (file: string) =>
         .map((l) => JSON.parse(l) as { shape: BatchShape; periodSeconds: number })
     : [];
 
+/** How much slower than the fit the tight case allows steps to run. */
+const SLOWER = 1.5;
+
+/** `cost` with every step `factor` times as long. */
+const slowed = (cost: CostModel, factor: number): CostModel => ({ ...cost, stepSeconds: (b) => factor * cost.stepSeconds(b) });
+
 /** A cost model fitted to the recorded steps' loop periods, as `wgserve profile --from-steps` fits it. */
 function fittedFromSteps(file: string): CostModel {
   const { coefficients } = fitCostModel(recorded(file).map((r) => ({ shape: r.shape, seconds: r.periodSeconds })));
@@ -174,10 +180,14 @@ describe('a burst of long and short prompts on a live server (issue 11)', () => 
       // alone, one after another, by the fit of the steps so far, which had bursts like this one):
       // the ceiling counts the shorts and one long servable
       const mid = alone(fitA, tokens);
-      const tight = 1e3 * (N_SHORT * mid.short + 1.5 * mid.long);
+      // Step times here vary up to ~2x between runs and while other test files share the two cores,
+      // and the server decides on its own online fit: the TTFT and the ceiling below both assume
+      // steps SLOWER times the fitted ones, so a run slower than the fit still counts as servable
+      // only what the server can serve (the ceiling's count is the same by construction)
+      const tight = SLOWER * 1e3 * (N_SHORT * mid.short + 1.5 * mid.long);
       const b = await burst(server.url, tight);
       const fitB = fittedFromSteps(steps);
-      const k = expectServableServed(b, fitB, tokens, tight);
+      const k = expectServableServed(b, slowed(fitB, SLOWER), tokens, tight);
       expect(k, 'the ceiling (fitted after the burst) counts the shorts and some but not all longs servable').toBeGreaterThan(N_SHORT);
       expect(k).toBeLessThan(n);
       for (const o of b.filter((x) => x.rejected)) {
