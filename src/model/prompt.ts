@@ -1,4 +1,4 @@
-import type { ChatMessage, ChatTemplate } from './chat_template.ts';
+import type { ChatMessage, ChatTemplate, TemplateTool } from './chat_template.ts';
 import { encodeSlices, type Tokenizer } from './tokenizer/index.ts';
 import { partitionSpecial } from './tokenizer/vocab.ts';
 
@@ -72,15 +72,19 @@ const hasControlText = (tokenizer: Tokenizer, text: string): boolean =>
  * A chat prompt's ids: the template's own special tokens become ids, but control-token text inside a
  * message's content stays plain text, so a user cannot open or close turns. Contents without such
  * text give exactly the ids of the whole rendered prompt; with it, the template's parts and the
- * contents are tokenized separately (token boundaries there may differ from one pass). The
- * template renders at once (it may throw); the rest happens as the slices are iterated.
+ * contents are tokenized separately (token boundaries there may differ from one pass). Tool
+ * definitions and an assistant's tool calls are rendered by the template as its own text, so
+ * control-token text in them is refused. The template renders at once (it may throw); the rest
+ * happens as the slices are iterated.
  */
-export function chatPromptSlices(tokenizer: Tokenizer, template: ChatTemplate, messages: ChatMessage[]): PromptSlices {
-  const rendered = template.render(messages);
-  return { text: rendered, slices: chatSlices(tokenizer, template, messages, rendered) };
+export function chatPromptSlices(tokenizer: Tokenizer, template: ChatTemplate, messages: ChatMessage[], tools: readonly TemplateTool[] = []): PromptSlices {
+  const structured = JSON.stringify([tools, messages.map((m) => [m.tool_calls, m.name, m.tool_call_id])]);
+  if (hasControlText(tokenizer, structured)) throw new Error('control-token text is not allowed in tools, tool calls, names or tool_call_ids (only message contents keep it as plain text)');
+  const rendered = template.render(messages, { tools });
+  return { text: rendered, slices: chatSlices(tokenizer, (ms) => template.render(ms, { tools }), messages, rendered) };
 }
 
-function* chatSlices(tokenizer: Tokenizer, template: ChatTemplate, messages: ChatMessage[], rendered: string): Generator<number[], void, undefined> {
+function* chatSlices(tokenizer: Tokenizer, render: (messages: ChatMessage[]) => string, messages: ChatMessage[], rendered: string): Generator<number[], void, undefined> {
   if (!messages.some((m) => hasControlText(tokenizer, m.content))) {
     yield* promptTextSlices(tokenizer, rendered).slices;
     return;
@@ -88,7 +92,7 @@ function* chatSlices(tokenizer: Tokenizer, template: ChatTemplate, messages: Cha
   // Find the contents in the rendered text by rendering them between markers; templates that trim
   // contents (Llama 3's `| trim`) are matched by marking the trimmed content.
   for (const trim of [false, true]) {
-    const marked = template.render(messages.map((m) => ({ ...m, content: OPEN + (trim ? m.content.trim() : m.content) + CLOSE })));
+    const marked = render(messages.map((m) => ({ ...m, content: OPEN + (trim ? m.content.trim() : m.content) + CLOSE })));
     if (marked.replaceAll(OPEN, '').replaceAll(CLOSE, '') !== rendered) continue;
     const { bos, addBos, tokens } = tokenizer.vocab;
     if (bos !== null && addBos && !rendered.startsWith(tokens[bos])) yield [bos];

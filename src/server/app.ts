@@ -44,8 +44,10 @@ import {
   TokenTexts,
   usageBody,
   type CommonRequest,
+  type ToolChoice,
 } from './openai.ts';
 import { MAX_CHUNK_TOKENS, MSGPACK_TYPES, openChunkStream, packMsgpack, unpackMsgpack, type ChunkStream } from './stream.ts';
+import { ToolCallOutput, type ChatDelta, type ToolCall } from './tool_calls.ts';
 
 export interface ServerOptions {
   /** the colocated Engine or the disaggregated front */
@@ -138,6 +140,8 @@ interface Job {
   /** the metrics label of a request with an SLO: its class, or `custom` */
   sloClass: string;
   priority?: number;
+  /** chat: how the answer may call the request's tools */
+  tools?: { choice: ToolChoice; names: ReadonlySet<string> };
   /** structured output: the token automaton the output must follow */
   constraint?: TokenAutomaton;
 }
@@ -146,7 +150,7 @@ interface Job {
  * What a stream has yet to send, in order: tokens of one choice for one chunk (one token while
  * the client keeps up, up to MAX_CHUNK_TOKENS while it is behind), or a chunk ready to write.
  */
-type Tokens = { index: number; text: string; events: TokenEvent[]; tokens: number; finish: string | null };
+type Tokens = { index: number; text: string; events: TokenEvent[]; tokens: number; finish: 'stop' | 'length' | null };
 type Piece = Tokens | { chunk: unknown };
 
 /** One choice (candidate) of a request as its response is assembled. */
@@ -162,6 +166,25 @@ interface Choice {
   /** sum of the logprobs of the tokens it returns (best_of's ranking) */
   cumulativeLogprob: number;
   finish: { reason: FinishReason; usage: Usage } | null;
+  /** chat with tools: the text as content and tool calls */
+  toolOutput?: ToolCallOutput;
+}
+
+/** A chat choice's text as a tool-call stream delta, with what was held back when it is the last. */
+function toolDelta(out: ToolCallOutput, text: string, last: boolean): ChatDelta | null {
+  const now = out.push(text);
+  const held = last ? out.end() : null;
+  if (!held) return now;
+  if (!now) return held;
+  return { ...(now.content || held.content ? { content: (now.content ?? '') + (held.content ?? '') } : {}), ...(now.tool_calls || held.tool_calls ? { tool_calls: [...(now.tool_calls ?? []), ...(held.tool_calls ?? [])] } : {}) };
+}
+
+/** A whole chat choice's message: its text, or its content and tool calls. */
+function wholeMessage(c: Choice): { content: string | null; tool_calls?: ToolCall[] } {
+  if (!c.toolOutput) return { content: c.text };
+  c.toolOutput.push(c.text);
+  c.toolOutput.end();
+  return c.toolOutput.message();
 }
 
 /** How a request ended: the reason of the choice that ended it, usage over all its choices. */
@@ -428,7 +451,7 @@ export function buildServer(o: ServerOptions): WgServer {
       // the template's special tokens become ids, control-token text in contents stays text
       const reserveName = r.maxTokens === undefined ? 'at least one token to generate' : `max_completion_tokens (${r.maxTokens})`;
       const budget = { contextLength, maxSequence, reserve: r.maxTokens ?? 1, reserveName, param: r.maxTokens === undefined ? 'messages' : 'max_completion_tokens' };
-      prompt = await tokenizePrompt(tokenizer, chatPromptSlices(tokenizer, template, r.messages), budget, countPause);
+      prompt = await tokenizePrompt(tokenizer, chatPromptSlices(tokenizer, template, r.messages, r.tools), budget, countPause);
     } catch (err) {
       if (err instanceof ApiError) throw err;
       throw new ApiError(400, err instanceof Error ? err.message : String(err), 'invalid_request_error', 'messages', 'invalid_value');
@@ -456,6 +479,7 @@ export function buildServer(o: ServerOptions): WgServer {
       lengthParam: r.maxTokens === undefined ? 'messages' : 'max_completion_tokens',
       ...sloOf(r),
       constraint: constraintOf(r.guide, prompt),
+      tools: r.toolChoice.mode === 'none' ? undefined : { choice: r.toolChoice, names: new Set(r.tools.map((t) => t.function.name)) },
     });
   });
 
@@ -475,7 +499,8 @@ export function buildServer(o: ServerOptions): WgServer {
     let firstToken: number | null = null;
     let lastToken = 0;
     /** the candidates (best_of, else n of them), in the engine's order: candidate i is sampled with choiceSeed(seed, i) */
-    const choices: Choice[] = Array.from({ length: job.bestOf }, (_, index) => ({ index, text: job.echo, textOffset: job.echo.length, lpEvents: [], tokens: 0, lastToken: 0, cumulativeLogprob: 0, finish: null }));
+    const toolOutput = () => job.tools && new ToolCallOutput(job.tools.choice, job.tools.names, () => newId('call'));
+    const choices: Choice[] = Array.from({ length: job.bestOf }, (_, index) => ({ index, text: job.echo, textOffset: job.echo.length, lpEvents: [], tokens: 0, lastToken: 0, cumulativeLogprob: 0, finish: null, toolOutput: toolOutput() }));
     let unfinished = choices.length;
     let stream: ChunkStream | null = null;
     /** what the stream has yet to send; filled before the stream opens too (a request may end inside submit) */
@@ -486,13 +511,19 @@ export function buildServer(o: ServerOptions): WgServer {
     let settle!: (o: Outcome) => void;
     const done = new Promise<Outcome>((r) => (settle = r));
 
-    /** The chunk of a piece's tokens; called in stream order (completions' text_offset runs on per choice). */
+    /**
+     * The chunk of a piece's tokens; called in stream order (completions' text_offset runs on per
+     * choice). Null when a chat choice's tool calls hold the piece back and there is nothing else to say.
+     */
     const chunk = ({ index, text: content, events, finish }: Tokens) => {
       const c = choices[index];
       const lp = top === null ? null : job.kind === 'text' ? completionLogprobs(texts, events, top, c.textOffset) : chatLogprobs(texts, events, top);
       for (const e of events) c.textOffset += texts.text(e.token).length;
-      const choice = job.kind === 'text' ? { index, text: content, logprobs: lp, finish_reason: finish } : { index, delta: content || finish === null ? { content } : {}, logprobs: lp, finish_reason: finish };
-      return { ...base, choices: [choice], ...usageField };
+      if (job.kind === 'text') return { ...base, choices: [{ index, text: content, logprobs: lp, finish_reason: finish }], ...usageField };
+      const delta = c.toolOutput ? toolDelta(c.toolOutput, content, finish !== null) : content || finish === null ? { content } : {};
+      if (delta === null && lp === null && finish === null) return null;
+      const finishReason = finish && c.toolOutput ? c.toolOutput.finishReason(finish) : finish;
+      return { ...base, choices: [{ index, delta: delta ?? {}, logprobs: lp, finish_reason: finishReason }], ...usageField };
     };
     /**
      * Writes pieces while the client keeps up (backpressure: the response buffers at most its
@@ -503,7 +534,8 @@ export function buildServer(o: ServerOptions): WgServer {
       if (!stream) return;
       while (backlog.length && stream.ready) {
         const p = backlog.shift()!;
-        stream.write('chunk' in p ? p.chunk : chunk(p));
+        const out = 'chunk' in p ? p.chunk : chunk(p);
+        if (out) stream.write(out);
       }
       if (!backlog.length && ending && stream.ready) stream.end();
     };
@@ -638,7 +670,7 @@ export function buildServer(o: ServerOptions): WgServer {
       const finish = openAiFinishReason(c.finish!.reason);
       return job.kind === 'text'
         ? { index, text: c.text, logprobs: top === null ? null : completionLogprobs(texts, c.lpEvents, top, job.echo.length), finish_reason: finish }
-        : { index, message: { role: 'assistant', content: c.text, refusal: null }, logprobs: top === null ? null : chatLogprobs(texts, c.lpEvents, top), finish_reason: finish };
+        : { index, message: { role: 'assistant', ...wholeMessage(c), refusal: null }, logprobs: top === null ? null : chatLogprobs(texts, c.lpEvents, top), finish_reason: c.toolOutput?.finishReason(finish) ?? finish };
     });
     const usage: Usage = { promptTokens: job.prompt.length, completionTokens: returned.reduce((n, c) => n + c.finish!.usage.completionTokens, 0) };
     return send(request, reply, 200, { ...base, choices: body, usage: usageBody(usage) });

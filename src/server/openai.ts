@@ -2,10 +2,12 @@
  * The OpenAI API surface: request validation (into the engine's terms), error bodies, and the
  * response and stream-chunk shapes of /v1/completions and /v1/chat/completions. No I/O here.
  */
+import { ConstraintError } from '../constraints/automaton.ts';
 import type { GuideSpec } from '../constraints/guide.ts';
+import { schemaToRegex } from '../constraints/json_schema.ts';
 import type { FinishReason, SamplingOptions, TokenEvent, Usage } from '../engine/engine.ts';
 import { LOGIT_BIAS_RANGE, MAX_LOGIT_BIAS, MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY } from '../engine/logit_penalties.ts';
-import type { ChatMessage } from '../model/chat_template.ts';
+import type { ChatMessage, TemplateTool, TemplateToolCall } from '../model/chat_template.ts';
 import type { Tokenizer } from '../model/tokenizer/index.ts';
 import type { Slo } from '../scheduler/scheduler.ts';
 import { TokenType } from '../model/tokenizer/vocab.ts';
@@ -245,8 +247,14 @@ export interface CompletionRequest extends CommonRequest {
   logprobs: number | null;
 }
 
+/** How the answer may call tools: not at all, as the model decides, at least once, or one named function. */
+export type ToolChoice = { mode: 'none' } | { mode: 'auto' } | { mode: 'required'; parallel: boolean } | { mode: 'named'; name: string };
+
 export interface ChatRequest extends CommonRequest {
   messages: ChatMessage[];
+  /** offered to the model (none with tool_choice "none") */
+  tools: TemplateTool[];
+  toolChoice: ToolChoice;
   /** top alternatives per token; null: no logprobs */
   logprobs: number | null;
 }
@@ -346,29 +354,108 @@ export function parseCompletionRequest(body: unknown, vocabSize: number): Comple
 
 const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
 
+/** OpenAI's rule for function names; the chat template writes them into the prompt unescaped. */
+const FUNCTION_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
+const MAX_TOOLS = 128;
+
+function functionName(param: string, v: unknown): string {
+  if (typeof v !== 'string') throw wrongType(param, 'a string', v);
+  if (!FUNCTION_NAME.test(v)) throw invalid(param, `Invalid '${param}': ${JSON.stringify(v)} is not a function name (1-64 letters, digits, '_' or '-').`);
+  return v;
+}
+
+/** `tools`: functions only; their parameters are JSON schemas (an absent one takes no arguments). */
+function optTools(b: Body): TemplateTool[] {
+  const v = field(b, 'tools');
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw wrongType('tools', 'an array', v);
+  if (v.length > MAX_TOOLS) throw invalid('tools', `Invalid 'tools': at most ${MAX_TOOLS} tools, got ${v.length}.`);
+  const names = new Set<string>();
+  return v.map((t, i): TemplateTool => {
+    const param = `tools[${i}]`;
+    if (!isObject(t)) throw wrongType(param, 'an object', t);
+    if (t.type !== 'function') throw invalid(`${param}.type`, `Invalid '${param}.type': only 'function' tools are supported, got ${JSON.stringify(t.type ?? null)}.`, 'unsupported_value');
+    const fn = t.function;
+    if (!isObject(fn)) throw wrongType(`${param}.function`, 'an object', fn);
+    const name = functionName(`${param}.function.name`, fn.name);
+    if (names.has(name)) throw invalid(`${param}.function.name`, `Invalid '${param}.function.name': the function '${name}' is defined twice.`);
+    names.add(name);
+    const description = fn.description ?? undefined;
+    if (description !== undefined && typeof description !== 'string') throw wrongType(`${param}.function.description`, 'a string', description);
+    const parameters = fn.parameters ?? { type: 'object', properties: {} };
+    if (!isObject(parameters)) throw wrongType(`${param}.function.parameters`, 'a JSON schema object', parameters);
+    return { type: 'function', function: { name, ...(description === undefined ? {} : { description }), parameters } };
+  });
+}
+
 /**
- * `tool_choice` ("none", "auto", "required", or an object naming a tool) and the older
- * `function_call` ("none", "auto", or {name}). This server has no tools, so "none" and "auto"
- * (which then calls none) are honoured; a choice that needs a tool is unsupported; anything else
- * is malformed.
+ * `tool_choice`: "none", "auto" (the default with tools), "required", or {type: "function",
+ * function: {name}}; `parallel_tool_calls` (default true) lets "required" answer with several calls.
  */
-function checkToolChoice(b: Body, name: 'tool_choice' | 'function_call'): void {
-  const v = field(b, name);
-  if (v === undefined) return;
-  const modes = name === 'tool_choice' ? ['none', 'auto', 'required'] : ['none', 'auto'];
-  const noTools = (what: string) => invalid(name, `'${name}' ${what} needs tools, and this server supports none (function calling is not supported).`, 'unsupported_value');
+function optToolChoice(b: Body, tools: TemplateTool[]): ToolChoice {
+  const parallel = optBoolean(b, 'parallel_tool_calls') ?? true;
+  const v = field(b, 'tool_choice') ?? (tools.length ? 'auto' : 'none');
+  const needsTools = (what: string) => invalid('tool_choice', `'tool_choice' ${what} needs 'tools' to choose from.`);
   if (typeof v === 'string') {
-    if (!modes.includes(v)) throw invalid(name, `Invalid '${name}': expected one of ${modes.map((m) => `'${m}'`).join(', ')} or an object naming a function, got ${JSON.stringify(v)}.`);
-    if (v === 'required') throw noTools("'required'");
-    return;
+    if (v !== 'none' && v !== 'auto' && v !== 'required') throw invalid('tool_choice', `Invalid 'tool_choice': expected 'none', 'auto', 'required' or an object naming a function, got ${JSON.stringify(v)}.`);
+    if (v === 'required' && !tools.length) throw needsTools("'required'");
+    return v === 'required' ? { mode: 'required', parallel } : { mode: v };
   }
-  if (!isObject(v)) throw wrongType(name, 'a string or an object', v);
-  if (name === 'tool_choice' && (v.type === 'allowed_tools' || v.type === 'custom')) throw noTools(`of type '${v.type}'`);
-  if (name === 'tool_choice' && v.type !== 'function') throw invalid(`${name}.type`, `Invalid '${name}.type': expected 'function', 'allowed_tools' or 'custom', got ${JSON.stringify(v.type ?? null)}.`);
-  const fn = name === 'tool_choice' ? v.function : v;
-  const param = name === 'tool_choice' ? `${name}.function.name` : `${name}.name`;
-  if (!isObject(fn) || typeof fn.name !== 'string') throw wrongType(param, 'a string (the function to call)', isObject(fn) ? fn.name : fn);
-  throw noTools(`naming the function '${fn.name}'`);
+  if (!isObject(v)) throw wrongType('tool_choice', 'a string or an object', v);
+  if (v.type === 'allowed_tools' || v.type === 'custom') throw invalid('tool_choice.type', `'tool_choice' of type '${v.type}' is not supported by this server; name a function or use 'required'.`, 'unsupported_value');
+  if (v.type !== 'function') throw invalid('tool_choice.type', `Invalid 'tool_choice.type': expected 'function', got ${JSON.stringify(v.type ?? null)}.`);
+  if (!isObject(v.function)) throw wrongType('tool_choice.function', 'an object naming the function', v.function);
+  const name = functionName('tool_choice.function.name', v.function.name);
+  if (!tools.some((t) => t.function.name === name)) throw invalid('tool_choice.function.name', `Invalid 'tool_choice.function.name': no tool named '${name}' is in 'tools'.`);
+  return { mode: 'named', name };
+}
+
+/** An assistant message's `tool_calls`: arguments must be JSON (templates receive them parsed). */
+function toolCalls(param: string, v: unknown): TemplateToolCall[] | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v)) throw wrongType(param, 'an array', v);
+  return v.map((c, j): TemplateToolCall => {
+    const at = `${param}[${j}]`;
+    if (!isObject(c)) throw wrongType(at, 'an object', c);
+    if (typeof c.id !== 'string') throw wrongType(`${at}.id`, 'a string', c.id);
+    if (c.type !== undefined && c.type !== 'function') throw invalid(`${at}.type`, `Invalid '${at}.type': expected 'function', got ${JSON.stringify(c.type)}.`);
+    if (!isObject(c.function)) throw wrongType(`${at}.function`, 'an object', c.function);
+    const name = functionName(`${at}.function.name`, c.function.name);
+    const args = c.function.arguments;
+    if (typeof args !== 'string') throw wrongType(`${at}.function.arguments`, 'a string of JSON', args);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text(`${at}.function.arguments`, args)) as unknown;
+    } catch {
+      throw invalid(`${at}.function.arguments`, `Invalid '${at}.function.arguments': not JSON.`);
+    }
+    return { id: c.id, type: 'function', function: { name, arguments: parsed } };
+  });
+}
+
+/**
+ * The JSON schema a tool choice constrains the output to: a named function's arguments, or for
+ * "required" an array of calls (at most one without parallel_tool_calls), each an object
+ * {"name": <one of the tools>, "arguments": <its parameters>}. Null: the output is free.
+ */
+function toolGuide(tools: TemplateTool[], choice: ToolChoice): Guide | undefined {
+  const check = (i: number) => {
+    try {
+      schemaToRegex(tools[i].function.parameters);
+    } catch (err) {
+      if (err instanceof ConstraintError) throw invalid(`tools[${i}].function.parameters`, `Invalid 'tools[${i}].function.parameters': ${err.message}.`, 'invalid_constraint');
+      throw err;
+    }
+  };
+  if (choice.mode === 'named') {
+    const i = tools.findIndex((t) => t.function.name === choice.name);
+    check(i);
+    return { param: `tools[${i}].function.parameters`, kind: 'json_schema', schema: tools[i].function.parameters };
+  }
+  if (choice.mode !== 'required') return undefined;
+  tools.forEach((_, i) => check(i));
+  const call = (t: TemplateTool) => ({ type: 'object', properties: { name: { const: t.function.name }, arguments: t.function.parameters }, required: ['name', 'arguments'] });
+  return { param: 'tools', kind: 'json_schema', schema: { type: 'array', items: { anyOf: tools.map(call) }, minItems: 1, ...(choice.parallel ? {} : { maxItems: 1 }) } };
 }
 
 /** Validates a /v1/chat/completions body. `vocabSize` bounds logit_bias token ids. */
@@ -389,11 +476,12 @@ export function parseChatRequest(body: unknown, vocabSize: number): ChatRequest 
       throw invalid(`${param}.role`, `Invalid '${param}.role': expected one of ${[...ROLES].join(', ')}, got ${JSON.stringify(m.role ?? null)}.`);
     }
     const role = (m.role === 'developer' ? 'system' : m.role) as ChatMessage['role'];
-    if (m.name !== undefined && m.name !== null && typeof m.name !== 'string') throw wrongType(`${param}.name`, 'a string', m.name);
-    // an assistant's tool calls would be dropped by the template: refused, as tools are
-    const calls = m.tool_calls ?? undefined;
-    if (calls !== undefined && !Array.isArray(calls)) throw wrongType(`${param}.tool_calls`, 'an array', calls);
-    if (calls?.length) throw invalid(`${param}.tool_calls`, `'${param}.tool_calls' (function calling) is not supported by this server.`, 'unsupported_parameter');
+    const name = m.name ?? undefined;
+    if (name !== undefined && typeof name !== 'string') throw wrongType(`${param}.name`, 'a string', name);
+    const calls = role === 'assistant' ? toolCalls(`${param}.tool_calls`, m.tool_calls) : undefined;
+    if (role !== 'assistant' && m.tool_calls !== undefined && m.tool_calls !== null) throw invalid(`${param}.tool_calls`, `Invalid '${param}.tool_calls': only assistant messages carry tool calls.`);
+    const callId = m.tool_call_id ?? undefined;
+    if (role === 'tool' && typeof callId !== 'string') throw wrongType(`${param}.tool_call_id`, 'a string (the id of the call this message answers)', callId);
     const c = m.content ?? null;
     let content: string;
     if (typeof c === 'string') content = text(`${param}.content`, c);
@@ -408,23 +496,21 @@ export function parseChatRequest(body: unknown, vocabSize: number): ChatRequest 
         })
         .join('\n');
     } else throw wrongType(`${param}.content`, 'a string or an array of text parts', c);
-    return { role, content };
+    return { role, content, ...(name === undefined ? {} : { name }), ...(calls?.length ? { tool_calls: calls } : {}), ...(role === 'tool' ? { tool_call_id: callId as string } : {}) };
   });
 
-  for (const name of ['tools', 'functions']) {
-    const v = field(b, name);
-    if (v === undefined) continue;
-    if (!Array.isArray(v)) throw wrongType(name, 'an array', v);
-    if (v.length > 0) throw invalid(name, `'${name}' (function calling) is not supported by this server.`, 'unsupported_parameter');
+  for (const legacy of ['functions', 'function_call']) {
+    if (field(b, legacy) !== undefined) throw invalid(legacy, `'${legacy}' (the deprecated form of function calling) is not supported by this server; use 'tools' and 'tool_choice'.`, 'unsupported_parameter');
   }
-  checkToolChoice(b, 'tool_choice');
-  checkToolChoice(b, 'function_call');
-  optBoolean(b, 'parallel_tool_calls'); // no tools, so nothing to call in parallel: only its type matters
+  const tools = optTools(b);
+  const toolChoice = optToolChoice(b, tools);
+  const guide = toolGuide(tools, toolChoice);
+  if (guide && req.guide) throw invalid(req.guide.param, `Only one structured-output constraint per request: 'tool_choice' ${toolChoice.mode === 'named' ? 'naming a function' : "'required'"} constrains the output already.`, 'unsupported_value');
 
   const logprobs = optBoolean(b, 'logprobs') ?? false;
   const top = optInteger(b, 'top_logprobs', 0, MAX_TOP_LOGPROBS);
   if (top !== undefined && !logprobs) throw invalid('top_logprobs', "'top_logprobs' requires 'logprobs' to be true.");
-  return { ...req, maxTokens, messages, logprobs: logprobs ? (top ?? 0) : null };
+  return { ...req, maxTokens, messages, logprobs: logprobs ? (top ?? 0) : null, tools: toolChoice.mode === 'none' ? [] : tools, toolChoice, guide: guide ?? req.guide };
 }
 
 // ---------------------------------------------------------------------------------------------
