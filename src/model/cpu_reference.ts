@@ -3,11 +3,16 @@ import type { ModelConfig } from './config.ts';
 /** Dequantised weights by GGUF tensor name (row-major [rows = dims[1], cols = dims[0]]). */
 export type CpuWeights = Map<string, Float32Array>;
 
+export interface CpuForwardOptions {
+  /** observes each query head's attention probabilities over keys 0..position (calibrate-heads); outputs are unchanged */
+  onAttention?: (layer: number, head: number, position: number, probs: Float64Array) => void;
+}
+
 /**
  * Float64 forward pass of a Llama-family model over one prompt: the oracle the GPU forward pass
  * is checked against. Slow and simple on purpose: no batching, no cache, every position's logits.
  */
-export function cpuForward(cfg: ModelConfig, w: CpuWeights, tokens: number[]): Float64Array[] {
+export function cpuForward(cfg: ModelConfig, w: CpuWeights, tokens: number[], options: CpuForwardOptions = {}): Float64Array[] {
   const ropeFactors = w.get('rope_freqs.weight');
   const { dim, nHeads, nKvHeads, headDim, ffn } = cfg;
   const get = (name: string) => {
@@ -55,6 +60,7 @@ export function cpuForward(cfg: ModelConfig, w: CpuWeights, tokens: number[]): F
         }
         let sum = 0;
         for (let s = 0; s <= t; s++) sum += (scores[s] = Math.exp(scores[s] - max));
+        options.onAttention?.(l, hq, t, scores.map((e) => e / sum));
         for (let s = 0; s <= t; s++) {
           const a = scores[s] / sum;
           for (let d = 0; d < headDim; d++) att[hq * headDim + d] += a * values[s][hk * headDim + d];
