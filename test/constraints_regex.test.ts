@@ -5,6 +5,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { type TokenAutomaton, allowedTokens, checkAutomaton, nextState, tokensToAccept } from '../src/constraints/automaton.ts';
 import { compileJsonSchema, JSON_DEPTH, JSON_OBJECT_REGEX, schemaToRegex } from '../src/constraints/json_schema.ts';
 import { ConstraintError } from '../src/constraints/automaton.ts';
+import { compileRegexOffThread } from '../src/constraints/compile_thread.ts';
 import { compileRegex } from '../src/constraints/regex.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
 import { openTokenizer } from '../src/model/source.ts';
@@ -188,6 +189,17 @@ describe('compileRegex: token automata from regular expressions', () => {
     expect(compileRegex('[ab]+c', tok)).toBe(a);
     expect(compileRegex('[ab]+c', tok, { textStart: false })).not.toBe(a);
     expect(compileRegex('[ab]+c', tok, { flags: 'i' })).not.toBe(a);
+  });
+
+  it('compiles off the event loop on a worker thread: the same automaton, the same errors, one shared cache', async () => {
+    const pattern = '(?:[a-z]+ ){1,3}[0-9]{2,4}';
+    const offThread = await compileRegexOffThread(pattern, bpe, { textStart: false });
+    const here = compileRegex(`(?:${pattern})`, bpe, { textStart: false }); // another key: compiled on this thread
+    expect(offThread).not.toBe(here);
+    expect(offThread).toEqual(here);
+    expect(compileRegex(pattern, bpe, { textStart: false })).toBe(offThread);
+    await expect(compileRegexOffThread('(a', bpe)).rejects.toThrow(ConstraintError);
+    await expect(compileRegexOffThread('[0-9]{3}x', bpe)).resolves.toEqual(compileRegex('[0-9]{3}(?:x)', bpe));
   });
 
   it('honours flags i, s and u', () => {

@@ -53,23 +53,47 @@ const cache = new WeakMap<Tokenizer, Map<string, TokenAutomaton>>();
 /** `text` as a regex that matches exactly it. */
 export const escapeRegex = (text: string) => text.replace(/[\\^$.*+?()[\]{}|/]/g, '\\$&');
 
-/** The token automaton of `pattern` (full match) over `tokenizer`'s vocabulary; cached. */
-export function compileRegex(pattern: string, tokenizer: Tokenizer, opts: RegexOptions = {}): TokenAutomaton {
+/** What compiling a pattern over a vocabulary needs besides the vocabulary's texts, and its cache key. */
+export interface RegexJob {
+  pattern: string;
+  flags: string;
+  stripFirstSpace: boolean;
+  key: string;
+}
+
+export function regexJob(pattern: string, tokenizer: Tokenizer, opts: RegexOptions = {}): RegexJob {
   const flags = opts.flags ?? '';
   const stripFirstSpace = (opts.textStart ?? true) && tokenizer.vocab.addSpacePrefix;
-  const key = `${flags}\u0000${stripFirstSpace ? 1 : 0}\u0000${pattern}`;
+  return { pattern, flags, stripFirstSpace, key: `${flags}\u0000${stripFirstSpace ? 1 : 0}\u0000${pattern}` };
+}
+
+/** A compiled automaton from the cache (now the most recently used), or undefined. */
+export function cachedRegex(tokenizer: Tokenizer, job: RegexJob): TokenAutomaton | undefined {
+  const perTokenizer = cache.get(tokenizer);
+  const hit = perTokenizer?.get(job.key);
+  if (hit) {
+    perTokenizer!.delete(job.key);
+    perTokenizer!.set(job.key, hit);
+  }
+  return hit;
+}
+
+/** Keeps a compiled automaton in the cache; returns it. */
+export function rememberRegex(tokenizer: Tokenizer, job: RegexJob, automaton: TokenAutomaton): TokenAutomaton {
   let perTokenizer = cache.get(tokenizer);
   if (!perTokenizer) cache.set(tokenizer, (perTokenizer = new Map()));
-  const hit = perTokenizer.get(key);
-  if (hit) {
-    perTokenizer.delete(key);
-    perTokenizer.set(key, hit);
-    return hit;
-  }
-  const automaton = tokenAutomaton(charDfa(pattern, flags), tokenizer, stripFirstSpace);
-  perTokenizer.set(key, automaton);
+  perTokenizer.set(job.key, automaton);
   if (perTokenizer.size > CACHE_SIZE) perTokenizer.delete(perTokenizer.keys().next().value!);
   return automaton;
+}
+
+/** Compiles a job over the vocabulary's texts (tokenTexts): the part that may run on another thread. */
+export const compileRegexJob = (job: RegexJob, texts: readonly (string | null)[]): TokenAutomaton => tokenAutomaton(charDfa(job.pattern, job.flags), texts, job.stripFirstSpace);
+
+/** The token automaton of `pattern` (full match) over `tokenizer`'s vocabulary, on this thread; cached. */
+export function compileRegex(pattern: string, tokenizer: Tokenizer, opts: RegexOptions = {}): TokenAutomaton {
+  const job = regexJob(pattern, tokenizer, opts);
+  return cachedRegex(tokenizer, job) ?? rememberRegex(tokenizer, job, compileRegexJob(job, tokenTexts(tokenizer)));
 }
 
 /** A pattern as error messages show it: generated ones can be long. */
@@ -169,7 +193,7 @@ interface ClassTrie {
   tokens: Uint32Array;
 }
 
-function classTrie(texts: (string | null)[], dfa: CharDfa): ClassTrie {
+function classTrie(texts: readonly (string | null)[], dfa: CharDfa): ClassTrie {
   const edges = new Map<number, number>(); // parent * classes + class -> child
   const parent: number[] = [0];
   const cls: number[] = [0];
@@ -245,8 +269,7 @@ export function tokenTexts(tokenizer: Tokenizer): (string | null)[] {
  * the start state is its own state (the DFA's initial one may be re-entered later, where tokens
  * keep their leading space), whose tokens are walked without one leading space.
  */
-function tokenAutomaton(dfa: CharDfa, tokenizer: Tokenizer, stripFirstSpace: boolean): TokenAutomaton {
-  const texts = tokenTexts(tokenizer);
+function tokenAutomaton(dfa: CharDfa, texts: readonly (string | null)[], stripFirstSpace: boolean): TokenAutomaton {
   const trie = classTrie(texts, dfa);
   const startTrie = stripFirstSpace ? classTrie(texts.map((t) => (t !== null && t.startsWith(' ') ? t.slice(1) : t)), dfa) : trie;
   const vocab = texts.length;

@@ -22,7 +22,7 @@ import type { EngineHandle, FinishReason, SamplingOptions, TokenEvent, Usage } f
 import type { ServingEngine } from '../engine/serving.ts';
 import { QueueFullError, RequestTooLargeError } from '../engine/engine.ts';
 import { ConstraintError, type TokenAutomaton } from '../constraints/automaton.ts';
-import { compileGuide } from '../constraints/guide.ts';
+import { compileGuideOffThread } from '../constraints/guide.ts';
 import { ConstraintRegistry } from '../constraints/registry.ts';
 import { ChatTemplate } from '../model/chat_template.ts';
 import { chatPromptSlices, promptTextSlices } from '../model/prompt.ts';
@@ -398,8 +398,8 @@ export function buildServer(o: ServerOptions): WgServer {
 
   const countPause = () => metrics.tokenizePauses.inc();
 
-  /** The guide's token automaton (cached), or a 400 naming the field when it cannot be built. */
-  const constraintOf = (guide: Guide | undefined, prompt: readonly number[]): TokenAutomaton | undefined => {
+  /** The guide's token automaton (cached; compiled off the event loop), or a 400 naming the field when it cannot be built. */
+  const constraintOf = async (guide: Guide | undefined, prompt: readonly number[]): Promise<TokenAutomaton | undefined> => {
     if (!guide) return undefined;
     if (guide.kind === 'registered') {
       const set = constraints.get(guide.id);
@@ -409,7 +409,7 @@ export function buildServer(o: ServerOptions): WgServer {
     }
     try {
       // the output starts a text only after BOS (or nothing): a SentencePiece first token then loses its space
-      return compileGuide(guide, tokenizer, prompt.length === 0 || prompt[prompt.length - 1] === vocab.bos);
+      return await compileGuideOffThread(guide, tokenizer, prompt.length === 0 || prompt[prompt.length - 1] === vocab.bos);
     } catch (err) {
       if (err instanceof ConstraintError) throw new ApiError(400, `Invalid '${guide.param}': ${err.message}`, 'invalid_request_error', guide.param, 'invalid_constraint');
       throw err;
@@ -439,7 +439,7 @@ export function buildServer(o: ServerOptions): WgServer {
       user: r.user,
       lengthParam: r.maxTokens === undefined ? 'prompt' : 'max_tokens',
       ...sloOf(r),
-      constraint: constraintOf(r.guide, prompt),
+      constraint: await constraintOf(r.guide, prompt),
     });
   });
 
@@ -478,7 +478,7 @@ export function buildServer(o: ServerOptions): WgServer {
       user: r.user,
       lengthParam: r.maxTokens === undefined ? 'messages' : 'max_completion_tokens',
       ...sloOf(r),
-      constraint: constraintOf(r.guide, prompt),
+      constraint: await constraintOf(r.guide, prompt),
       tools: r.toolChoice.mode === 'none' ? undefined : { choice: r.toolChoice, names: new Set(r.tools.map((t) => t.function.name)) },
     });
   });
