@@ -8,6 +8,11 @@ import type { KvDtype } from './kv_cache.ts';
  * Attention over the paged KV cache (layout documented in kernels/kv_cache.ts): decode (one query
  * per sequence, split-K with a log-sum-exp merge) and causal prefill (FlashAttention-style tiles).
  * GQA: query head h reads kv head floor(h / (nHeads / nKvHeads)).
+ *
+ * Head-wise KV (docs/headwise.md): with `columns` (decode) or `headwise` (prefill), KV head h of
+ * the layer reads head row headRowBase + columnOf[layer * nKvHeads + h] instead of headRowBase + h;
+ * in prefill, columns >= fullColumns are rings of sink + recent slots, read as they were before the
+ * chunk plus the chunk's own new K/V rows, under the window mask. One dispatch serves both kinds.
  */
 
 /** The paged K/V of one layer as the kernels read it. */
@@ -65,6 +70,13 @@ export interface DecodeShape extends AttentionShape {
   partitionSize?: number;
 }
 
+/** Head-wise decode: where the layer's KV heads live (the columnOf of src/kv/head_pattern.ts headColumns, uploaded). */
+export interface HeadwiseDecode {
+  /** u32 [nLayers, nKvHeads]: KV head h of layer l reads column columnOf[l * nKvHeads + h] of its sequence */
+  columnOf: Binding;
+  layer: number;
+}
+
 export interface DecodePlan {
   /** slots per partition */
   partitionSize: number;
@@ -104,8 +116,13 @@ export interface AttentionDecodeArgs extends PagedKv, DecodeShape {
   q: Binding;
   /** [batch, nHeads, headDim] f32 */
   out: Binding;
-  /** u32 [numHeadRows]; sequence b, kv head h reads head row b * nKvHeads + h */
+  /** u32 [numHeadRows]; sequence b, kv head h reads head row b * nKvHeads + h (b * nKvHeads + column with `columns`) */
   kvLen: Binding;
+  /**
+   * Head-wise KV: the head rows to read. A ring is read after this step's write, when it holds
+   * exactly the query's window (sink and latest recent tokens), so decode needs no mask.
+   */
+  columns?: HeadwiseDecode;
 }
 
 /** Decode attention: partitions (split-K), then the log-sum-exp merge unless one partition covers all. */
@@ -133,6 +150,8 @@ export interface DecodePartialsArgs extends PagedKv, DecodeShape {
   partStride: number;
   /** index of this dispatch's first partition (so several dispatches can fill one partial buffer) */
   partBase: number;
+  /** head-wise KV, as in AttentionDecodeArgs */
+  columns?: HeadwiseDecode;
 }
 
 /**
@@ -151,7 +170,7 @@ export function attentionDecodePartials(step: Step, a: DecodePartialsArgs): Deco
 
 function dispatchDecode(
   step: Step,
-  a: PagedKv & DecodeShape & { q: Binding; kvLen: Binding },
+  a: PagedKv & DecodeShape & { q: Binding; kvLen: Binding; columns?: HeadwiseDecode },
   plan: DecodePlan,
   o: { out: Binding; ml: Binding; stride: number; base: number; direct: boolean },
 ): void {
@@ -167,6 +186,7 @@ function dispatchDecode(
       PART: plan.partitionSize,
       KV_F16: a.dtype === 'f16' ? 1 : 0,
       DIRECT: o.direct ? 1 : 0,
+      HEADWISE: a.columns ? 1 : 0,
     }),
     params: new Params()
       .u32(a.nHeads)
@@ -175,8 +195,9 @@ function dispatchDecode(
       .u32(a.tableStride)
       .f32(defaultScale(a))
       .u32(o.stride)
-      .u32(o.base),
-    buffers: [a.q, a.kPool, a.vPool, a.blockTable, a.kvLen, o.out, o.ml],
+      .u32(o.base)
+      .u32(a.columns ? a.columns.layer * a.nKvHeads : 0),
+    buffers: [a.q, a.kPool, a.vPool, a.blockTable, a.kvLen, o.out, o.ml, a.columns?.columnOf ?? step.scratch(16, 'attention unused')],
     workgroups: [plan.numParts, y],
   });
 }
@@ -228,13 +249,18 @@ export interface PrefillSeq {
   headRowBase: number;
 }
 
-/** The u32 metadata buffer of attentionPrefill: [numSeqs, 4] = (qStart, qLen, ctxLen, headRowBase). */
-export function prefillMeta(seqs: PrefillSeq[]): Uint32Array {
-  const m = new Uint32Array(seqs.length * 4);
+/**
+ * The u32 metadata buffer of attentionPrefill: [numSeqs, 4] = (qStart, qLen, ctxLen, headRowBase),
+ * then, for a head-wise cache, the column table columnOf [nLayers, nKvHeads] (in the metadata rather
+ * than a binding of its own, so the kernel stays within 8 storage buffers).
+ */
+export function prefillMeta(seqs: PrefillSeq[], columnOf?: ArrayLike<number>): Uint32Array {
+  const m = new Uint32Array(seqs.length * 4 + (columnOf?.length ?? 0));
   seqs.forEach((s, i) => {
     if (s.qLen > s.ctxLen) throw new Error(`prefillMeta: sequence ${i} has qLen ${s.qLen} > ctxLen ${s.ctxLen}`);
     m.set([s.qStart, s.qLen, s.ctxLen, s.headRowBase], i * 4);
   });
+  if (columnOf) m.set(columnOf, seqs.length * 4);
   return m;
 }
 
@@ -260,7 +286,7 @@ const PREFILL_TILES: [number, number][] = [
 
 const prefillSmem = (bm: number, bk: number, headDim: number) => {
   const dp = headDim / 4 + 1;
-  return bm * dp * 16 + bk * dp * 16 + bm * (bk + 1) * 4 + 3 * bm * 4;
+  return bm * dp * 16 + bk * dp * 16 + bm * (bk + 1) * 4 + 3 * bm * 4 + bk * 4;
 };
 
 /**
@@ -295,6 +321,34 @@ export interface AttentionPrefillArgs extends PagedKv, AttentionShape {
   maxQLen: number;
   /** tile override (tests, tuning); default: the largest that fits, see prefillPlan */
   tile?: { bm: number; bk: number };
+  /** head-wise KV: rings and the column table (then in `meta`, see prefillMeta) */
+  headwise?: HeadwisePrefill;
+}
+
+/**
+ * Head-wise prefill. Full columns (< fullColumns) are read from the pool as without a pattern:
+ * written before the attention, this chunk included. A ring column is read as it was *before* the
+ * chunk, min(before, sink + recent) slots at positions ringPosition(i, before, sink, recent), plus
+ * the chunk's own keys from kNew/vNew, masked by the window (a query at p sees k <= p with
+ * k < sink or k > p - recent); so the chunk's ring slots must be written after this dispatch.
+ */
+export interface HeadwisePrefill {
+  layer: number;
+  fullColumns: number;
+  sink: number;
+  recent: number;
+  /**
+   * This step's new K (after RoPE) and V rows, f32: element d of KV head h (the head, not its
+   * column) of packed token t at t * newStride + offset + h * headDim + d. Default newStride
+   * nKvHeads * headDim and offsets 0 ([tokens, nKvHeads, headDim], what writeKv takes); a fused
+   * [tokens, nHeads + 2 * nKvHeads, headDim] qkv buffer is newStride (nHeads + 2 * nKvHeads) *
+   * headDim, kOffset nHeads * headDim, vOffset (nHeads + nKvHeads) * headDim. Multiples of 4.
+   */
+  kNew: Binding;
+  vNew: Binding;
+  newStride?: number;
+  kOffset?: number;
+  vOffset?: number;
 }
 
 /** Causal prefill attention of a packed batch of sequences (chunks) over the paged cache. */
@@ -304,6 +358,16 @@ export function attentionPrefill(step: Step, a: AttentionPrefillArgs): void {
   const tilesPerSeq = Math.ceil(a.maxQLen / plan.tq);
   if (a.numSeqs === 0 || tilesPerSeq === 0) return;
   const [x, y] = grid1d(step.gpu, a.numSeqs * tilesPerSeq);
+  const hw = a.headwise;
+  const vec4s = (n: number, what: string) => {
+    if (!(Number.isInteger(n / 4) && n >= 0)) throw new Error(`attentionPrefill: headwise ${what} ${n} is not a multiple of 4`);
+    return n / 4;
+  };
+  if (hw && !(Number.isInteger(hw.sink) && hw.sink >= 0 && Number.isInteger(hw.recent) && hw.recent >= 1)) {
+    throw new Error(`attentionPrefill: sink ${hw.sink} and recent ${hw.recent} must be integers, recent >= 1`);
+  }
+  // without a pattern the new-row bindings are never read: any small buffer
+  const [kNew, vNew] = hw ? [hw.kNew, hw.vNew] : Array<Binding>(2).fill(step.scratch(16, 'attention unused'));
   step.dispatch({
     pipeline: step.gpu.pipelines.get('attention_prefill', 'main', {
       HEAD_DIM: a.headDim,
@@ -313,6 +377,7 @@ export function attentionPrefill(step: Step, a: AttentionPrefillArgs): void {
       BM: plan.bm,
       BK: plan.bk,
       KV_F16: a.dtype === 'f16' ? 1 : 0,
+      HEADWISE: hw ? 1 : 0,
     }),
     params: new Params()
       .u32(a.nHeads)
@@ -321,8 +386,15 @@ export function attentionPrefill(step: Step, a: AttentionPrefillArgs): void {
       .u32(a.tableStride)
       .f32(defaultScale(a) * Math.LOG2E)
       .u32(a.numSeqs)
-      .u32(tilesPerSeq),
-    buffers: [a.q, a.kPool, a.vPool, a.blockTable, a.meta, a.out],
+      .u32(tilesPerSeq)
+      .u32(hw ? a.numSeqs * 4 + hw.layer * a.nKvHeads : 0)
+      .u32(hw?.fullColumns ?? 0)
+      .u32(hw?.sink ?? 0)
+      .u32(hw?.recent ?? 1)
+      .u32(hw ? vec4s(hw.newStride ?? a.nKvHeads * a.headDim, 'newStride') : 0)
+      .u32(hw ? vec4s(hw.kOffset ?? 0, 'kOffset') : 0)
+      .u32(hw ? vec4s(hw.vOffset ?? 0, 'vOffset') : 0),
+    buffers: [a.q, a.kPool, a.vPool, a.blockTable, a.meta, a.out, kNew, vNew],
     workgroups: [x, y, a.nKvHeads * (group / plan.gq)],
   });
 }

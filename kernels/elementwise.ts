@@ -22,17 +22,6 @@ export interface AddArgs {
   count: number;
 }
 
-export interface AddBiasArgs {
-  /** [rows, width] f32 */
-  x: Binding;
-  /** [width] f32 */
-  bias: Binding;
-  /** [rows, width] f32 = x + bias in every row; must not alias x or bias */
-  out: Binding;
-  rows: number;
-  width: number;
-}
-
 const WG = 256;
 
 function range(b: Binding): { buffer: GPUBuffer; start: number; end: number } {
@@ -105,26 +94,5 @@ export function siluMulRef(gate: Float32Array, up: Float32Array, count = gate.le
 export function addRef(a: Float32Array, b: Float32Array, count = a.length): Float64Array {
   const out = new Float64Array(count);
   for (let i = 0; i < count; i++) out[i] = a[i] + b[i];
-  return out;
-}
-
-/** out[r, :] = x[r, :] + bias (the q/k/v projection biases of Qwen2). */
-export function addBias(step: Step, a: AddBiasArgs): void {
-  const count = a.rows * a.width;
-  if (!Number.isInteger(count) || a.width < 1 || count > 0xffffffff) throw new RangeError(`add_bias: bad shape ${a.rows}x${a.width}`);
-  checkNoAlias('add_bias', a.out, [a.x, a.bias]);
-  if (count === 0) return;
-  step.dispatch({
-    pipeline: step.gpu.pipelines.get('elementwise', 'add_bias', { WG }),
-    params: new Params().u32(count).u32(a.width),
-    buffers: [a.x, a.bias, a.out],
-    workgroups: grid1d(step.gpu, Math.ceil(count / WG)),
-  });
-}
-
-/** CPU reference of addBias. */
-export function addBiasRef(x: Float32Array, bias: Float32Array, rows: number, width: number): Float64Array {
-  const out = new Float64Array(rows * width);
-  for (let r = 0; r < rows; r++) for (let i = 0; i < width; i++) out[r * width + i] = x[r * width + i] + bias[i];
   return out;
 }

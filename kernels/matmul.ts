@@ -5,10 +5,27 @@ import { WFMT, type WeightFormat, checkRowLength } from './weights.ts';
 
 export type MatmulVariant = 'auto' | 'decode' | 'tiled';
 
+/** RMSNorm applied to X's rows on the way in: x[m, k] * scale[m] * weight[k] (scales from rmsScale). */
+export interface MatmulNorm {
+  /** [k] f32 norm weight */
+  weight: Binding;
+  /** [m] f32 row scales 1 / sqrt(mean(x^2) + eps), from rmsScale() */
+  scale: Binding;
+}
+
+/**
+ * What the kernel does with each dot product before it stores it:
+ * - bias: y[m, n] = acc + bias[n]
+ * - residual: y[m, n] = residual[m, n] + acc (`residual` must not alias `out`)
+ * - swiglu: W is [gate; up], 2n rows (gate rows 0..n-1, up rows n..2n-1), and y[m, n] =
+ *   silu(gate[m, n]) * up[m, n]
+ */
+export type MatmulEpilogue = { kind: 'bias'; bias: Binding } | { kind: 'residual'; residual: Binding } | { kind: 'swiglu' };
+
 export interface MatmulArgs {
   /** [m, k] f32 activations */
   x: Binding;
-  /** [n, k] weight matrix in GGUF layout (array<u32>, padded to 4 bytes) */
+  /** [n, k] weight matrix in GGUF layout (array<u32>, padded to 4 bytes); [2n, k] for swiglu */
   w: Binding;
   /** [m, n] f32; must not alias x */
   out: Binding;
@@ -18,13 +35,20 @@ export interface MatmulArgs {
   format: WeightFormat;
   /** Kernel choice; 'auto' (default) takes decode for m <= MATMUL_DECODE_MAX_M, tiled above. */
   variant?: MatmulVariant;
+  norm?: MatmulNorm;
+  epilogue?: MatmulEpilogue;
 }
 
 /** Largest M the decode (matrix-vector) kernel takes in one dispatch, and the auto threshold. */
 export const MATMUL_DECODE_MAX_M = 8;
 
-/** Tiled kernel: Y tile of TM x TN per workgroup, (TM/4)*(TN/4) threads with 4x4 micro-tiles. */
-export const MATMUL_TILE = { TM: 64, TN: 64 } as const;
+/** Tiled kernel: TN columns per tile; rows per tile from matmulTileRows(m). */
+export const MATMUL_TILE_N = 64;
+
+/** Tiled kernel rows per tile: the narrowest of 16, 32, 64 that holds M (64 beyond), so batches up to 64 rows read each weight once. */
+export function matmulTileRows(m: number): 16 | 32 | 64 {
+  return m <= 16 ? 16 : m <= 32 ? 32 : 64;
+}
 
 /** Decode kernel: W rows (outputs) per workgroup. */
 export const MATMUL_DECODE_ROWS = 4;
@@ -40,41 +64,50 @@ export function matmulVariant(m: number, variant: MatmulVariant = 'auto'): 'deco
   return m <= MATMUL_DECODE_MAX_M ? 'decode' : 'tiled';
 }
 
-/** Y[m, n] = X[m, k] . W[n, k]^T with W in `format`. */
+const EPI = { none: 0, bias: 1, residual: 2, swiglu: 3 } as const;
+
+/** Y[m, n] = X[m, k] . W[n, k]^T with W in `format`, with the optional norm prologue and epilogue. */
 export function matmul(step: Step, a: MatmulArgs): void {
   checkRowLength(a.format, a.k);
   if (a.m === 0 || a.n === 0) return;
-  const wfmt = WFMT[a.format];
+  const epi = a.epilogue?.kind ?? 'none';
+  const params = (m: number, row0: number) => new Params().u32(m).u32(a.n).u32(a.k).u32(row0).u32(EPI[epi]).u32(a.norm ? 1 : 0);
+  // Bindings the variant does not read are bound to x (read-only, so aliasing it is allowed).
+  const aux = a.epilogue?.kind === 'bias' ? a.epilogue.bias : a.epilogue?.kind === 'residual' ? a.epilogue.residual : a.x;
+  const buffers = [a.x, a.w, a.out, aux, a.norm?.weight ?? a.x, a.norm?.scale ?? a.x];
+  // outputs per tile / workgroup: swiglu spends half its weight rows on the up projection
+  const share = epi === 'swiglu' ? 2 : 1;
   if (matmulVariant(a.m, a.variant) === 'tiled') {
-    const { TM, TN } = MATMUL_TILE;
-    const gx = Math.ceil(a.n / TN);
+    const TM = matmulTileRows(a.m);
+    const TN = MATMUL_TILE_N;
+    const gx = Math.ceil(a.n / (TN / share));
     const gy = Math.ceil(a.m / TM);
     const max = step.gpu.limits.maxComputeWorkgroupsPerDimension;
     if (gx > max || gy > max) throw new RangeError(`matmul: [${a.m} x ${a.n}] needs ${gx} x ${gy} tiles, over this device's ${max} per dimension`);
     step.dispatch({
-      pipeline: step.gpu.pipelines.get('matmul', 'tiled', { WFMT: wfmt, TM, TN }),
-      params: new Params().u32(a.m).u32(a.n).u32(a.k).u32(0),
-      buffers: [a.x, a.w, a.out],
+      pipeline: step.gpu.pipelines.get('matmul', 'tiled', { WFMT: WFMT[a.format], TM, TN }),
+      params: params(a.m, 0),
+      buffers,
       workgroups: [gx, gy],
     });
     return;
   }
-  const workgroups = grid1d(step.gpu, Math.ceil(a.n / MATMUL_DECODE_ROWS));
+  const workgroups = grid1d(step.gpu, Math.ceil(a.n / (MATMUL_DECODE_ROWS / share)));
   const MV_WG = decodeThreads(a.k);
   // One dispatch per 8 rows of X: each re-reads W, so only forced decode on larger M does that.
   for (let row0 = 0; row0 < a.m; row0 += MATMUL_DECODE_MAX_M) {
     const rows = Math.min(MATMUL_DECODE_MAX_M, a.m - row0);
     step.dispatch({
-      pipeline: step.gpu.pipelines.get('matmul', 'decode', { WFMT: wfmt, MV_M: rows, MV_ROWS: MATMUL_DECODE_ROWS, MV_WG }),
-      params: new Params().u32(rows).u32(a.n).u32(a.k).u32(row0),
-      buffers: [a.x, a.w, a.out],
+      pipeline: step.gpu.pipelines.get('matmul', 'decode', { WFMT: WFMT[a.format], MV_M: rows, MV_ROWS: MATMUL_DECODE_ROWS, MV_WG }),
+      params: params(rows, row0),
+      buffers,
       workgroups,
     });
   }
 }
 
 /** CPU reference with float64 accumulation; `w` is the dequantised [n, k] matrix. */
-export function matmulRef(x: Float32Array, w: Float32Array, m: number, n: number, k: number): Float64Array {
+export function matmulRef(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number): Float64Array {
   const y = new Float64Array(m * n);
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < n; j++) {

@@ -1,6 +1,7 @@
 import { Params } from '../src/gpu/params.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
 import { grid1d } from './grid.ts';
+import { SKIP_SLOT } from './kv_cache.ts';
 
 /**
  * Which elements of a head are rotated together: 'normal' pairs adjacent elements (2i, 2i+1)
@@ -134,4 +135,84 @@ export function ropeRef(x: Float32Array, positions: Uint32Array, freqs: Float32A
     }
   }
   return y;
+}
+
+export interface RopeKvShape {
+  tokens: number;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  ropeDim: number;
+  mode: RopeMode;
+}
+
+export interface RopeKvArgs extends RopeKvShape {
+  /** [tokens, nHeads + 2 * nKvHeads, headDim] f32: the fused q/k/v projection's rows (q heads, k heads, v heads) */
+  qkv: Binding;
+  /** [tokens, nHeads, headDim] f32: q rotated */
+  q: Binding;
+  /** f32 K and V pools (layout in kernels/kv_cache.ts): k rotated and v stored at the slots */
+  kPool: Binding;
+  vPool: Binding;
+  /** u32 [tokens * nKvHeads]: pool slot of (token, kv head), or SKIP_SLOT */
+  slotMapping: Binding;
+  positions: Binding;
+  freqs: Binding;
+}
+
+function checkKvShape(a: RopeKvShape): void {
+  checkShape({ tokens: a.tokens, heads: a.nHeads, headDim: a.headDim, ropeDim: a.ropeDim, mode: a.mode });
+  if (!Number.isInteger(a.nKvHeads) || a.nKvHeads < 1) throw new RangeError(`rope_kv nKvHeads must be a positive integer, got ${a.nKvHeads}`);
+  if (a.headDim % 2 !== 0) throw new RangeError(`rope_kv needs an even headDim, got ${a.headDim}`);
+}
+
+/**
+ * RoPE on q and k and the KV cache write in one dispatch: q rotated to `q`, k rotated and v to the
+ * pools (f32) at `slotMapping`. The same rotation as rope(), then writeKv().
+ */
+export function ropeKv(step: Step, a: RopeKvArgs): void {
+  checkKvShape(a);
+  const invocations = a.tokens * (a.nHeads + 2 * a.nKvHeads) * (a.headDim / 2);
+  if (invocations === 0) return;
+  if (invocations > 0xffffffff) throw new RangeError('rope_kv: too many elements for one dispatch');
+  step.dispatch({
+    pipeline: step.gpu.pipelines.get('rope', 'rope_kv', { WG, NEOX: a.mode === 'neox' ? 1 : 0 }),
+    params: new Params().u32(a.tokens).u32(a.nHeads).u32(a.nKvHeads).u32(a.headDim).u32(a.ropeDim),
+    buffers: [a.qkv, a.positions, a.freqs, a.q, a.kPool, a.vPool, a.slotMapping],
+    workgroups: grid1d(step.gpu, Math.ceil(invocations / WG)),
+  });
+}
+
+/**
+ * CPU reference of ropeKv in float64: returns q rotated, and writes k rotated and v into the
+ * float64 pools at the slots (rows of headDim at slot * headDim; SKIP_SLOT rows are not stored).
+ */
+export function ropeKvRef(
+  qkv: Float32Array,
+  positions: Uint32Array,
+  freqs: Float32Array,
+  s: RopeKvShape,
+  slotMapping: Uint32Array,
+  kPool: Float64Array,
+  vPool: Float64Array,
+): Float64Array {
+  checkKvShape(s);
+  const { tokens, nHeads, nKvHeads, headDim } = s;
+  const heads = nHeads + 2 * nKvHeads;
+  const part = (from: number, count: number) => {
+    const out = new Float32Array(tokens * count * headDim);
+    for (let t = 0; t < tokens; t++) out.set(qkv.subarray((t * heads + from) * headDim, (t * heads + from + count) * headDim), t * count * headDim);
+    return out;
+  };
+  const shape = { tokens, headDim, ropeDim: s.ropeDim, mode: s.mode };
+  const q = ropeRef(part(0, nHeads), positions, freqs, { ...shape, heads: nHeads });
+  const k = ropeRef(part(nHeads, nKvHeads), positions, freqs, { ...shape, heads: nKvHeads });
+  const v = part(nHeads + nKvHeads, nKvHeads);
+  for (let r = 0; r < tokens * nKvHeads; r++) {
+    const slot = slotMapping[r];
+    if (slot === SKIP_SLOT) continue;
+    kPool.set(k.subarray(r * headDim, (r + 1) * headDim), slot * headDim);
+    vPool.set(v.subarray(r * headDim, (r + 1) * headDim), slot * headDim);
+  }
+  return q;
 }

@@ -15,6 +15,11 @@
 // partitions write (max, sum) = (NEG_BIG, 0). With DIRECT (the context fits one partition) the
 // normalised output is written straight to `out` and no merge is needed.
 //
+// HEADWISE (head-wise KV, docs/headwise.md): kv head h of sequence b reads head row
+// b * n_kv_heads + column_of[column_base + h] (its column in this layer) and that row's kv_len. A
+// ring column is read after this step's write, when it holds exactly the query's window (the sink
+// and the latest tokens), so no mask is needed: the same code serves full and ring columns.
+//
 // `merge`: combines S partials per query row with log-sum-exp weights; the same merge serves any
 // partials with this meaning (e.g. a static-window partial and a retrieved-token partial).
 
@@ -27,6 +32,7 @@ override WG: u32 = 128;
 override PART: u32 = 256;
 override KV_F16: bool = false;
 override DIRECT: bool = false;
+override HEADWISE: bool = false;
 
 override D4: u32 = HEAD_DIM / 4u;
 // Token lanes in the P.V phase: invocation (tg, c) accumulates vec4 chunk c over tokens tg, tg + TG, ...
@@ -46,6 +52,7 @@ struct Params {
   scale: f32,
   part_stride: u32,  // partials per query row in part_out / part_ml
   part_base: u32,    // index of this dispatch's first partition among them
+  column_base: u32,  // HEADWISE: this layer's row of column_of (layer * n_kv_heads)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -59,6 +66,8 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
 // (max, sum-exp) per partial: [batch * n_heads, part_stride, 2]. Unused (any small buffer) with DIRECT.
 @group(0) @binding(7) var<storage, read_write> part_ml: array<vec2<f32>>;
+// HEADWISE: u32 [n_layers, n_kv_heads], the column of each layer's kv heads. Unused (any small buffer) otherwise.
+@group(0) @binding(8) var<storage, read> column_of: array<u32>;
 
 var<workgroup> qs: array<vec4<f32>, QS_LEN>;
 var<workgroup> sm: array<f32, SM_LEN>;
@@ -70,10 +79,12 @@ var<workgroup> red: array<f32, RED_LEN>;
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid: u32) {
   let part = wg.x;
   let head_groups = p.group / GQ;
-  let row = wg.y / head_groups;
-  let b = row / p.n_kv_heads;
-  let h0 = (row % p.n_kv_heads) * p.group + (wg.y % head_groups) * GQ;
+  let b = (wg.y / head_groups) / p.n_kv_heads;
+  let kvh = (wg.y / head_groups) % p.n_kv_heads;
+  let h0 = kvh * p.group + (wg.y % head_groups) * GQ;
   let qrow0 = b * p.n_heads + h0; // first of the GQ consecutive query rows
+  var row = b * p.n_kv_heads + kvh;
+  if (HEADWISE) { row = b * p.n_kv_heads + column_of[p.column_base + kvh]; }
   let n = kv_len[row];
   let start = part * PART;
 

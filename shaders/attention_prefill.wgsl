@@ -15,6 +15,16 @@
 // memory; the loop over K/V tiles of BK slots keeps a running max and sum per row (online softmax in
 // base 2) and rescales the output accumulators, which live in registers. No [T, T] score matrix.
 //
+// HEADWISE (head-wise KV, docs/headwise.md): kv head h reads column c = column_of[h] of this layer
+// (seq_meta[column_base + h]), head row head_row_base + c. A full column (c < full_columns) is read
+// as above. A ring column (sink + recent slots) is read as it was before the chunk, its
+// min(before, sink + recent) slots (before = ctx_len - q_len) at positions ring_pos(i, before),
+// followed by the chunk's own keys from the new rows k_new / v_new (the chunk's ring slots are
+// written after this dispatch, so slots that its later tokens overwrite still hold what its earlier
+// queries need); keys are masked by true position: a query at p sees k <= p with k < sink or
+// k > p - recent. Of the new keys a tile reads only those before the sink and those within the
+// window of its first query, so a ring costs O(sink + recent) per query, not O(context).
+//
 // Per K/V tile: K tile -> barrier -> S = Q K^T (each invocation a SR x SC register tile) -> barrier ->
 // row pass (one invocation per row: mask, max, exp2, sum) while the V tile overwrites the K tile ->
 // barrier -> O += P V (each invocation OR rows x one vec4 column chunk) -> barrier.
@@ -26,6 +36,7 @@ override WG: u32 = 128;
 override BM: u32 = 32;   // query rows per tile (a multiple of 16, <= 64)
 override BK: u32 = 16;   // slots per K/V tile (a multiple of 8, <= 32)
 override KV_F16: bool = false;
+override HEADWISE: bool = false;
 
 override D4: u32 = HEAD_DIM / 4u;
 override DP: u32 = D4 + 1u;          // padded row stride (vec4) of the Q and K/V tiles: no bank conflicts
@@ -51,6 +62,13 @@ struct Params {
   scale_log2: f32,   // softmax scale * log2(e)
   num_seqs: u32,
   tiles_per_seq: u32,
+  column_base: u32,  // HEADWISE: index in seq_meta of this layer's column table row
+  full_columns: u32, // HEADWISE: columns [0, full_columns) keep full history, the others are rings
+  sink: u32,
+  recent: u32,
+  new_stride: u32,   // vec4s per token row of k_new / v_new
+  k_offset: u32,     // vec4s to kv head 0 of a k_new row
+  v_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -60,6 +78,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read> block_table: array<u32>;
 @group(0) @binding(5) var<storage, read> seq_meta: array<u32>;
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;
+// HEADWISE: this step's new K (after RoPE) and V rows, f32. Unused (any small buffer) otherwise.
+@group(0) @binding(7) var<storage, read> k_new: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> v_new: array<vec4<f32>>;
 
 var<workgroup> qs: array<vec4<f32>, QS_LEN>;
 var<workgroup> kvs: array<vec4<f32>, KS_LEN>;
@@ -67,8 +88,30 @@ var<workgroup> ps: array<f32, PS_LEN>;
 var<workgroup> m_s: array<f32, BM>;
 var<workgroup> l_s: array<f32, BM>;
 var<workgroup> a_s: array<f32, BM>;
+var<workgroup> kpos: array<u32, BK>; // ring columns: the true position of each key of the tile
 
 //#include paged_kv
+
+// Position of the token a ring holds at slot index i after `before` tokens (ringPosition in src/kv/paged_kv.ts).
+fn ring_pos(i: u32, before: u32) -> u32 {
+  if (i < p.sink || before <= p.sink + p.recent) { return i; }
+  let newest = (before - 1u - p.sink) % p.recent;
+  return before - 1u - (newest + p.recent - (i - p.sink)) % p.recent;
+}
+
+// Ring key `vk` of a tile's key list: the held slots [0, held), then the chunk's new keys j in
+// [0, nb) (before the sink) and from jlo on. Returns (1 for a new row / 0 for a pool slot, the row
+// of k_new or the pool slot, the key's position).
+fn ring_key(vk: u32, row: u32, before: u32, held: u32, q_start: u32, nb: u32, jlo: u32) -> vec3<u32> {
+  if (vk < held) { return vec3(0u, slot_of(row, vk), ring_pos(vk, before)); }
+  let u = vk - held;
+  let j = select(jlo + u - nb, u, u < nb);
+  return vec3(1u, q_start + j, before + j);
+}
+
+fn window_visible(key: u32, query: u32) -> bool {
+  return key <= query && (key < p.sink || key + p.recent > query);
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -85,12 +128,28 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (t0 >= q_len) { return; }
   let head_groups = p.group / GQ;
   let kvh = wg.z / head_groups;
-  let row = seq_meta[seq * 4u + 3u] + kvh;
+  var row = seq_meta[seq * 4u + 3u] + kvh;
   let h0 = kvh * p.group + (wg.z % head_groups) * GQ;
   let ntok = min(TQ, q_len - t0);
   let nrows = ntok * GQ;
-  let pos0 = ctx_len - q_len + t0; // position of the tile's first token
-  let kv_end = pos0 + ntok;        // the tile needs slots [0, kv_end)
+  let before = ctx_len - q_len;
+  let pos0 = before + t0;          // position of the tile's first token
+  var kv_end = pos0 + ntok;        // the tile needs slots [0, kv_end) (ring: keys of its list)
+  var ring = false;
+  var held = 0u;
+  var nb = 0u;
+  var jlo = 0u;
+  if (HEADWISE) {
+    let column = seq_meta[p.column_base + kvh];
+    row = seq_meta[seq * 4u + 3u] + column;
+    ring = column >= p.full_columns;
+    if (ring) {
+      held = min(before, p.sink + p.recent);
+      nb = min(select(0u, p.sink - before, p.sink > before), t0 + ntok);
+      jlo = max(nb, select(0u, t0 + 1u - p.recent, t0 + 1u > p.recent));
+      kv_end = held + nb + t0 + ntok - jlo;
+    }
+  }
 
   for (var i = lid; i < BM * D4; i += WG) {
     let r = i / D4;
@@ -116,7 +175,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
       let j = i / D4;
       let c = i % D4;
       var v = vec4(0.0);
-      if (j < kn) { v = load_k(slot_of(row, k0 + j), c); }
+      if (j < kn) {
+        if (ring) {
+          let key = ring_key(k0 + j, row, before, held, q_start, nb, jlo);
+          if (key.x == 1u) { v = k_new[key.y * p.new_stride + p.k_offset + kvh * D4 + c]; } else { v = load_k(key.y, c); }
+          if (c == 0u) { kpos[j] = key.z; }
+        } else {
+          v = load_k(slot_of(row, k0 + j), c);
+        }
+      }
       kvs[j * DP + c] = v;
     }
     workgroupBarrier();
@@ -137,22 +204,24 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
     }
     workgroupBarrier();
 
-    // Row pass: causal mask, running max and sum, probabilities in place.
+    // Row pass: causal (ring: window) mask, running max and sum, probabilities in place.
     if (lid < BM) {
       let r = lid;
-      var valid = 0u;
-      if (r < nrows) {
-        let pos = pos0 + r / GQ;
+      let pos = pos0 + r / GQ;
+      var valid = 0u; // full columns: keys [0, valid) of the tile are visible
+      if (r < nrows && !ring) {
         if (pos + 1u > k0) { valid = min(pos + 1u - k0, BK); }
       }
       let m_old = m_s[r];
       var m_new = m_old;
-      for (var j = 0u; j < valid; j++) { m_new = max(m_new, ps[r * PS + j]); }
+      for (var j = 0u; j < BK; j++) {
+        if (j < valid || (ring && r < nrows && j < kn && window_visible(kpos[j], pos))) { m_new = max(m_new, ps[r * PS + j]); }
+      }
       let alpha = exp2(m_old - m_new);
       var sum = 0.0;
       for (var j = 0u; j < BK; j++) {
         var pr = 0.0;
-        if (j < valid) { pr = exp2(ps[r * PS + j] - m_new); }
+        if (j < valid || (ring && r < nrows && j < kn && window_visible(kpos[j], pos))) { pr = exp2(ps[r * PS + j] - m_new); }
         ps[r * PS + j] = pr;
         sum += pr;
       }
@@ -165,7 +234,14 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
       let j = i / D4;
       let c = i % D4;
       var v = vec4(0.0);
-      if (j < kn) { v = load_v(slot_of(row, k0 + j), c); }
+      if (j < kn) {
+        if (ring) {
+          let key = ring_key(k0 + j, row, before, held, q_start, nb, jlo);
+          if (key.x == 1u) { v = v_new[key.y * p.new_stride + p.v_offset + kvh * D4 + c]; } else { v = load_v(key.y, c); }
+        } else {
+          v = load_v(slot_of(row, k0 + j), c);
+        }
+      }
       kvs[j * DP + c] = v;
     }
     workgroupBarrier();

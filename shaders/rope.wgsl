@@ -10,6 +10,11 @@
 //              pairs), so each warp reads and writes contiguous 16-byte words. Needs head_dim % 4 == 0
 //              and rope_dim % 4 == 0 (normal) or rope_dim % 8 == 0 (neox).
 //   main_scalar: one pair per invocation, any even rope_dim.
+//   rope_kv:    the attention input step of a forward pass in one dispatch: from the fused q/k/v
+//              projection rows qkv [tokens, heads + 2 * kv_heads, head_dim] it writes q rotated to
+//              q_out [tokens, heads, head_dim], k rotated and v as it is to the paged f32 K/V pools
+//              at the slots of slot_mapping (kv_cache.wgsl's layout; 0xffffffff skips a row). One
+//              pair per invocation, rotated with the same f32 operations as main_scalar.
 // Invocations are numbered over a 2D grid of workgroups (wg.x + wg.y * num_workgroups.x).
 
 override WG: u32 = 256;
@@ -27,6 +32,12 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> x1: array<f32>;
 @group(0) @binding(2) var<storage, read> positions: array<u32>;
 @group(0) @binding(3) var<storage, read> freqs: array<f32>;
+// rope_kv only (its Params: tokens, heads, kv_heads, head_dim, rope_dim)
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(4) var<storage, read_write> q_out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> k_pool: array<f32>;
+@group(0) @binding(6) var<storage, read_write> v_pool: array<f32>;
+@group(0) @binding(7) var<storage, read> slot_mapping: array<u32>;
 
 // pi/2 split for Cody-Waite reduction: PIO2_HI has 8 significant bits, so k * PIO2_HI is exact
 // for |k| < 2^16 (angles up to ~1e5 rad; beyond, the reduction's error stays ~|angle| * 2^-24, the
@@ -115,4 +126,62 @@ fn main_scalar(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: v
   let b = x1[i1];
   x1[i0] = a * cs.x - b * cs.y;
   x1[i1] = a * cs.y + b * cs.x;
+}
+
+struct KvParams {
+  tokens: u32,
+  heads: u32,
+  kv_heads: u32,
+  head_dim: u32,
+  rope_dim: u32,
+}
+
+@group(0) @binding(0) var<uniform> kp: KvParams;
+
+@compute @workgroup_size(WG)
+fn rope_kv(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+           @builtin(local_invocation_index) lid: u32) {
+  let pairs = kp.head_dim / 2u;
+  let heads = kp.heads + 2u * kp.kv_heads;
+  let g = invocation(wg, nwg, lid);
+  if (g >= kp.tokens * heads * pairs) { return; }
+  let th = g / pairs;              // token * heads + head: row th of qkv viewed as [*, head_dim]
+  let j = g - th * pairs;
+  let h = th % heads;
+  let t = th / heads;
+  // pair j: rotated pairs below rope_dim / 2 by mode; the rest are (2j, 2j + 1), passed through
+  let half = kp.rope_dim / 2u;
+  var i0 = 2u * j;
+  var i1 = i0 + 1u;
+  if (NEOX && j < half) {
+    i0 = j;
+    i1 = j + half;
+  }
+  let src = th * kp.head_dim;
+  var a = qkv[src + i0];
+  var b = qkv[src + i1];
+  if (h < kp.heads + kp.kv_heads && j < half) {
+    let cs = cos_sin(f32(positions[t]) * freqs[j]);
+    let a0 = a;
+    a = a0 * cs.x - b * cs.y;
+    b = a0 * cs.y + b * cs.x;
+  }
+  if (h < kp.heads) {
+    let dst = (t * kp.heads + h) * kp.head_dim;
+    q_out[dst + i0] = a;
+    q_out[dst + i1] = b;
+    return;
+  }
+  let is_k = h < kp.heads + kp.kv_heads;
+  let kvh = select(h - kp.heads - kp.kv_heads, h - kp.heads, is_k);
+  let slot = slot_mapping[t * kp.kv_heads + kvh];
+  if (slot == 0xffffffffu) { return; }
+  let dst = slot * kp.head_dim;
+  if (is_k) {
+    k_pool[dst + i0] = a;
+    k_pool[dst + i1] = b;
+  } else {
+    v_pool[dst + i0] = a;
+    v_pool[dst + i1] = b;
+  }
 }

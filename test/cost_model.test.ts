@@ -220,7 +220,7 @@ describe('wgserve profile', () => {
     expect(json.kvCapacityTokens).toBeGreaterThan(0);
     const model = loadCostModel(out);
     const rel = json.samples.reduce((s, p) => s + Math.abs(model.stepSeconds(p.shape) - p.seconds) / p.seconds, 0) / json.samples.length;
-    expect(rel).toBeCloseTo(json.meanRelativeError, 9);
+    expect(rel).toBeCloseTo(json.meanRelativeError!, 9);
     // Whatever the measured times, the coefficients must minimise the summed squared relative error
     // over c >= 0 (the profile's fit). At that minimum (the KKT conditions) the error's gradient along
     // each term's column is 0 where c > 0 and >= 0 where c = 0. As cosines between the column and the

@@ -90,3 +90,58 @@ describe('KV pool exhaustion', () => {
     model.destroy();
   });
 });
+
+// Per layer the forward pass records: the attention norm's row scales, one q/k/v matmul (norm in its
+// prologue, biases in its epilogue), RoPE + KV write, attention, the output projection with the
+// residual add in its epilogue, the FFN norm's row scales, one gate/up matmul (norm prologue,
+// SwiGLU epilogue) and the down projection with the residual add: 7 dispatches besides attention's
+// (1 or 2 for decode tokens, 1 for prompt chunks). Before the fusions it was 15 (18 with biases).
+describe('dispatches per layer', () => {
+  const getGpu = useGpu();
+  it('decode, prefill and mixed steps: 7 besides attention, at most 10 in all (q/k/v biases too)', async () => {
+    const plain = await openModel(join(STORIES, 'stories260K.gguf'));
+    const biases = new Map(plain.tensors);
+    for (let l = 0; l < plain.config.nLayers; l++) {
+      for (const [n, len] of [['q', 64], ['k', 32], ['v', 32]] as const) {
+        const bytes = new Uint8Array(normalArray(len, l).buffer);
+        biases.set(`blk.${l}.attn_${n}.bias`, { name: `blk.${l}.attn_${n}.bias`, typeName: 'F32', dims: [len], bytes: bytes.byteLength, read: () => bytes });
+      }
+    }
+    const qwen = { ...plain, config: { ...plain.config, qkvBias: true }, tensors: biases };
+    for (const src of [plain, qwen]) {
+      const gpu = getGpu();
+      const model = GpuModel.load(gpu, src, { kvMemoryBytes: 1 << 20 });
+      const steps = [[{ seq: 0, tokens: [1, 2, 3, 4, 5] }], [{ seq: 0, tokens: [6] }], [{ seq: 0, tokens: [7] }, { seq: 1, tokens: [8, 9, 10] }]];
+      for (const chunks of steps) {
+        const step = gpu.step();
+        const labels: string[] = [];
+        const dispatch = step.dispatch.bind(step);
+        step.dispatch = (d) => {
+          labels.push(d.pipeline.label);
+          dispatch(d);
+        };
+        const perLayer: string[][] = [];
+        let from = 0;
+        model.forward(step, chunks, {
+          afterLayer: () => {
+            perLayer.push(labels.slice(from));
+            from = labels.length;
+          },
+        });
+        await step.submit();
+        // layer 0's list also holds the embedding gather
+        for (const layer of perLayer.slice(1)) {
+          const other = layer.filter((label) => !label.startsWith('attention'));
+          const names = other.map((label) => {
+            const [shader, entry] = label.split('|');
+            return shader === 'matmul' ? shader : `${shader} ${entry}`;
+          });
+          const what = `${src.config.architecture}${src.config.qkvBias ? ' with biases' : ''} ${JSON.stringify(chunks)}`;
+          expect(names, what).toEqual(['rmsnorm scale', 'matmul', 'rope rope_kv', 'matmul', 'rmsnorm scale', 'matmul', 'matmul']);
+          expect(layer.length).toBeLessThanOrEqual(10);
+        }
+      }
+      model.destroy();
+    }
+  });
+});

@@ -102,3 +102,64 @@ describe('GPU forward pass with bf16 weights (matrices bf16 on the GPU, norms wi
     await expectGpuLogits(getGpu(), src, tokens);
   });
 });
+
+describe('fused projections (q/k/v and gate/up concatenated at load)', () => {
+  const getGpu = useGpu();
+
+  /**
+   * stories260K as Qwen2 (q/k/v biases, NeoX RoPE) with layer 2's attn_v in f16 and layer 3's
+   * ffn_up in q8_0: those layers' parts differ in format, so they stay separate tensors.
+   */
+  async function mixed(): Promise<ModelSource> {
+    const src = await openModel(STORIES);
+    const tensors = new Map(src.tensors);
+    const f32 = (t: TensorSource) => dequantizeRef('f32', t.read(), t.dims.reduce((a, b) => a * b, 1));
+    const reencode = (name: string, format: WeightFormat) => {
+      const t = tensors.get(name)!;
+      tensors.set(name, memTensor(name, format, t.dims, f32(t)));
+    };
+    reencode('blk.2.attn_v.weight', 'f16');
+    reencode('blk.3.ffn_up.weight', 'q8_0');
+    for (let l = 0; l < src.config.nLayers; l++) {
+      for (const [p, len] of [['q', 64], ['k', 32], ['v', 32]] as const) tensors.set(`blk.${l}.attn_${p}.bias`, memTensor(`blk.${l}.attn_${p}.bias`, 'f32', [len], normalArray(len, l * 3 + len, 0.5)));
+    }
+    return { ...src, config: { ...src.config, architecture: 'qwen2', ropeMode: 'neox', qkvBias: true }, tensors };
+  }
+
+  it('a layer whose parts share a format gets one tensor of their rows back to back; others keep their parts', async () => {
+    const gpu = getGpu();
+    const src = await mixed();
+    const w = uploadWeights(gpu, src);
+    try {
+      const bytesOf = async (name: string) => {
+        const g = w.get(name)!;
+        return new Uint8Array(await gpu.read(g.buffer, 0, g.buffer.size));
+      };
+      const concat = (names: string[]) => Buffer.concat(names.map((n) => src.tensors.get(n)!.read()));
+      const expectFused = async (name: string, parts: string[], dims: number[]) => {
+        expect(w.get(name)?.dims, name).toEqual(dims);
+        const want = concat(parts);
+        expect(Buffer.compare(Buffer.from((await bytesOf(name)).subarray(0, want.byteLength)), want), `${name}: bytes`).toBe(0);
+        for (const p of parts) expect(w.has(p), p).toBe(false);
+      };
+      const parts = (l: number, names: string[], suffix: string) => names.map((n) => `blk.${l}.${n}.${suffix}`);
+      await expectFused('blk.0.attn_qkv.weight', parts(0, ['attn_q', 'attn_k', 'attn_v'], 'weight'), [64, 128]);
+      await expectFused('blk.0.attn_qkv.bias', parts(0, ['attn_q', 'attn_k', 'attn_v'], 'bias'), [128]);
+      await expectFused('blk.0.ffn_gate_up.weight', parts(0, ['ffn_gate', 'ffn_up'], 'weight'), [64, 344]);
+      for (const name of [...parts(2, ['attn_q', 'attn_k', 'attn_v'], 'weight'), ...parts(2, ['attn_q', 'attn_k', 'attn_v'], 'bias'), ...parts(3, ['ffn_gate', 'ffn_up'], 'weight')]) {
+        expect(w.has(name), name).toBe(true);
+      }
+      expect(w.get('blk.2.attn_v.weight')!.format).toBe('f16');
+      expect(w.has('blk.2.attn_qkv.weight') || w.has('blk.3.ffn_gate_up.weight')).toBe(false);
+      expect(w.has('blk.3.attn_qkv.weight') && w.has('blk.2.ffn_gate_up.weight')).toBe(true);
+    } finally {
+      for (const g of w.values()) g.buffer.destroy();
+    }
+  });
+
+  it('the forward pass over fused and separate layers matches the float64 CPU forward pass', async () => {
+    // as in gpu_model.test.ts: only f32 rounding separates the two (bound 3.0e-6 relative)
+    const src = await mixed();
+    await expectGpuLogits(getGpu(), src, src.tokenizer.encode('Once upon a time, there was a little girl'));
+  });
+});

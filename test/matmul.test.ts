@@ -1,9 +1,21 @@
 import { describe, expect, it } from 'vitest';
-import { MATMUL_DECODE_MAX_M, type MatmulVariant, decodeThreads, matmul, matmulRef, matmulVariant } from '../kernels/matmul.ts';
-import { WEIGHT_FORMATS, type WeightFormat, dequantizeRef, encodeWeights, isQuantized } from '../kernels/weights.ts';
+import { siluMul } from '../kernels/elementwise.ts';
+import {
+  MATMUL_DECODE_MAX_M,
+  type MatmulVariant,
+  decodeThreads,
+  matmul,
+  matmulRef,
+  matmulTileRows,
+  matmulVariant,
+} from '../kernels/matmul.ts';
+import { rmsNorm, rmsScale, rmsScaleRef } from '../kernels/rmsnorm.ts';
+import { WEIGHT_FORMATS, type WeightFormat, dequantizeRef, encodeWeights, isQuantized, weightBytes } from '../kernels/weights.ts';
 import { normalArray } from '../src/util/rng.ts';
 import { expectClose } from './helpers/close.ts';
 import { useGpu } from './helpers/gpu.ts';
+
+const U = 2 ** -24;
 
 // Tolerance. The reference multiplies X by the CPU-dequantised W in float64; the GPU decodes W to
 // exactly the same f32 values (dequant.test.ts checks that bit for bit; d*q is exact in f32), so
@@ -17,18 +29,25 @@ import { useGpu } from './helpers/gpu.ts';
 // sum|x*w| is taken at its maximum over the outputs. This is a proven bound, not a fit to observed
 // errors (which are 10-1000x smaller; the tiled bound is loosest at long K, ~0.17 at K=4099 against
 // terms |x*w| ~ 0.6 and outputs ~60). A dropped, doubled or mis-decoded term exceeds it.
-function tolerance(x: Float32Array, w: Float32Array, m: number, n: number, k: number, variant: 'decode' | 'tiled') {
-  let worst = 0;
+// When the kernel's input terms x_k themselves carry a relative error of at most `inputRel` (the
+// normalised X of the norm prologue), each term's error grows by inputRel * |x_k * w_k|.
+/** Per output (row-major [m, n]): the bound on |Y - reference| described above. */
+function dotBounds(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, variant: 'decode' | 'tiled', inputRel = 0): Float64Array {
+  const threads = decodeThreads(k);
+  const chain = variant === 'tiled' ? 4 + Math.ceil(k / 4) : 5 + Math.ceil(Math.ceil(k / 8) / threads) + Math.log2(threads);
+  const out = new Float64Array(m * n);
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < n; j++) {
       let s = 0;
       for (let t = 0; t < k; t++) s += Math.abs(x[i * k + t] * w[j * k + t]);
-      worst = Math.max(worst, s);
+      out[i * n + j] = 1.01 * (chain * U + inputRel) * s;
     }
   }
-  const threads = decodeThreads(k);
-  const chain = variant === 'tiled' ? 4 + Math.ceil(k / 4) : 5 + Math.ceil(Math.ceil(k / 8) / threads) + Math.log2(threads);
-  return { atol: 1.01 * chain * 2 ** -24 * worst, rtol: 0 };
+  return out;
+}
+
+function tolerance(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, variant: 'decode' | 'tiled') {
+  return { atol: Math.max(...dotBounds(x, w, m, n, k, variant)), rtol: 0 };
 }
 
 interface Case {
@@ -53,8 +72,17 @@ const CASES: Case[] = [
   { m: 2, n: 5, k: [4099, 4096], variant: 'tiled', what: 'tiled, long K' },
   { m: 11, n: 9, k: [40, 64], variant: 'decode', what: 'decode forced on M=11 (two dispatches)' },
   { m: MATMUL_DECODE_MAX_M, n: 20, k: [72, 64], variant: 'auto', what: `auto M=${MATMUL_DECODE_MAX_M} (decode)` },
-  { m: MATMUL_DECODE_MAX_M + 1, n: 20, k: [72, 64], variant: 'auto', what: `auto M=${MATMUL_DECODE_MAX_M + 1} (tiled)` },
+  { m: MATMUL_DECODE_MAX_M + 1, n: 20, k: [72, 64], variant: 'auto', what: `auto M=${MATMUL_DECODE_MAX_M + 1} (tiled, 16-row tile)` },
+  { m: 17, n: 67, k: [173, 96], variant: 'auto', what: 'auto M=17 (tiled, 32-row tile)' },
+  { m: 64, n: 130, k: [37, 64], variant: 'auto', what: 'auto M=64 (tiled, one row of 64-row tiles)' },
 ];
+
+// The tile height does not touch weight decoding (w_load8 is the same code for every TM), and every
+// tiled pipeline is a shader compile of seconds on SwiftShader: the 16- and 32-row tiles run on f32,
+// the 64-row tile on every format.
+function tileTested(format: WeightFormat, m: number, variant: MatmulVariant): boolean {
+  return matmulVariant(m, variant) === 'decode' || matmulTileRows(m) === 64 || format === 'f32';
+}
 
 describe('matmul', () => {
   const getGpu = useGpu();
@@ -64,6 +92,10 @@ describe('matmul', () => {
     expect(matmulVariant(MATMUL_DECODE_MAX_M)).toBe('decode');
     expect(matmulVariant(MATMUL_DECODE_MAX_M + 1)).toBe('tiled');
     expect(matmulVariant(1, 'tiled')).toBe('tiled');
+  });
+
+  it('tiled batches of up to 64 rows take one row of tiles, the narrowest that holds them', () => {
+    expect([1, 9, 16, 17, 32, 33, 64, 65, 500].map(matmulTileRows)).toEqual([16, 16, 16, 32, 32, 64, 64, 64, 64]);
   });
 
   it('rejects quantised K that is not a multiple of 32', async () => {
@@ -78,6 +110,7 @@ describe('matmul', () => {
 
   for (const format of WEIGHT_FORMATS) {
     for (const c of CASES) {
+      if (!tileTested(format, c.m, c.variant)) continue;
       const k = c.k[isQuantized(format) ? 1 : 0];
       it(`${format} ${c.what}: [${c.m} x ${k}] . [${c.n} x ${k}]^T`, async () => {
         const gpu = getGpu();
@@ -94,6 +127,98 @@ describe('matmul', () => {
         const y = await gpu.readF32(yb, m * n);
         expectClose(y, matmulRef(x, w, m, n, k), tolerance(x, w, m, n, k, matmulVariant(m, c.variant)), `${format} ${c.what}`);
         for (const b of [xb, wb, yb]) b.destroy();
+      });
+    }
+  }
+
+  // The fused prologue and epilogues (one step runs norm + bias, residual, and norm + SwiGLU over
+  // W = [gate; up]; the bias and residual cases use the gate rows as W). Two checks each:
+  // 1. Bit for bit against the unfused kernels. The norm prologue forms x * scale * g with the same
+  //    f32 operations as rmsnorm's `main` and no dot product changes its order of additions, so
+  //    the fused Y equals rmsNorm -> matmul exactly; a bias or residual epilogue is one f32 addition
+  //    after that (emulated exactly by Math.fround of the float64 sum of two f32: double rounding is
+  //    harmless for + when 53 >= 2*24 + 2); SwiGLU equals matmul(gate), matmul(up) -> silu_mul.
+  // 2. Against the float64 reference, on the exactly normalised rows x * s * g. The kernel's input
+  //    terms are then off by a relative inputRel = eps_s + 2u: the scale's sum of squares is one
+  //    product and ceil(K/256) + 8 additions (256 lanes, then a tree), the mean and + eps two more
+  //    roundings, so its relative error is at most (ceil(K/256) + 11) u, halved by the square root;
+  //    inverseSqrt adds 2 ulp (4u); then x * s and * g round once each. The dot products follow
+  //    dotBounds; bias and residual add one rounding of the output (rtol u); SwiGLU's bound per
+  //    output, with e_g, e_u the bounds of its gate and up dot products, is
+  //      |silu(g)| e_u + 1.1 e_g |u| + 1.1 e_g e_u + eta (|silu(g)| + 1.1 e_g)(|u| + e_u)
+  //    (|silu'| <= 1.1; eta = (8 + 2|g|) 2^-23, the bound of silu_mul's own rounding in
+  //    elementwise.test.ts).
+  const FUSED_CASES: { m: number; n: number; k: [number, number]; what: string }[] = [
+    { m: 1, n: 67, k: [173, 96], what: 'decode M=1' },
+    { m: 7, n: 9, k: [64, 64], what: 'decode M=7' },
+    { m: 2, n: 5, k: [4099, 4096], what: 'decode, long K' },
+    { m: 12, n: 37, k: [173, 96], what: 'tiled M=12' },
+    { m: 70, n: 33, k: [37, 160], what: 'tiled M=70 (two row tiles)' },
+    { m: 33, n: 1, k: [173, 96], what: 'tiled, one output' },
+  ];
+  const silu = (v: number) => (v >= 0 ? v / (1 + Math.exp(-v)) : (v * Math.exp(v)) / (1 + Math.exp(v)));
+  const bits = (a: Float32Array) => [...new Uint32Array(a.buffer, a.byteOffset, a.length)];
+
+  for (const format of ['f32', 'q4_0'] as const) {
+    for (const c of FUSED_CASES) {
+      if (!tileTested(format, c.m, 'auto')) continue;
+      const k = c.k[isQuantized(format) ? 1 : 0];
+      it(`${format} fused, ${c.what}: [${c.m} x ${k}] -> ${c.n}`, async () => {
+        const gpu = getGpu();
+        const { m, n } = c;
+        const variant = matmulVariant(m);
+        const x = normalArray(m * k, m * 31 + k, 2);
+        const g = normalArray(k, k + 5);
+        const bias = normalArray(n, n + 3);
+        const res = normalArray(m * n, m + n, 4);
+        const wq = encodeWeights(format, normalArray(2 * n * k, n * 7 + k), 2 * n, k);
+        const w = dequantizeRef(format, wq, 2 * n * k);
+        const gateBytes = weightBytes(format, n, k);
+        const [xb, gb, bb, rb, wb, gateB, upB] = [x, g, bias, res, wq, wq.slice(0, gateBytes), wq.slice(gateBytes)].map((a) => gpu.upload(a));
+        const out = () => gpu.createBuffer(m * n * 4);
+        const [scale, h, y1, y2, y3, p1, p2, pu, p3] = [gpu.createBuffer(m * 4), gpu.createBuffer(m * k * 4), out(), out(), out(), out(), out(), out(), out()];
+        const step = gpu.step();
+        const norm = { weight: gb, scale };
+        const base = { x: xb, m, n, k, format };
+        rmsScale(step, { x: xb, out: scale, rows: m, dim: k, eps: 1e-5 });
+        matmul(step, { ...base, w: gateB, out: y1, norm, epilogue: { kind: 'bias', bias: bb } });
+        matmul(step, { ...base, w: gateB, out: y2, epilogue: { kind: 'residual', residual: rb } });
+        matmul(step, { ...base, w: wb, out: y3, norm, epilogue: { kind: 'swiglu' } });
+        rmsNorm(step, { x: xb, weight: gb, out: h, rows: m, dim: k, eps: 1e-5 });
+        matmul(step, { ...base, x: h, w: gateB, out: p1 });
+        matmul(step, { ...base, w: gateB, out: p2 });
+        matmul(step, { ...base, x: h, w: upB, out: pu });
+        siluMul(step, { gate: p1, up: pu, out: p3, count: m * n });
+        await step.submit();
+        const [g1, g2, g3, u1, u2, u3] = await Promise.all([y1, y2, y3, p1, p2, p3].map((b) => gpu.readF32(b, m * n)));
+
+        // 1. the unfused kernels' bits
+        expect(bits(g1), 'norm + bias').toEqual(bits(u1.map((v, i) => v + bias[i % n])));
+        expect(bits(g2), 'residual').toEqual(bits(u2.map((v, i) => res[i] + v)));
+        expect(bits(g3), 'norm + SwiGLU').toEqual(bits(u3));
+
+        // 2. the float64 reference
+        const s = rmsScaleRef(x, m, k, 1e-5);
+        const hRef = Float64Array.from(x, (v, i) => v * s[Math.floor(i / k)] * g[i % k]);
+        const inputRel = ((Math.ceil(k / 256) + 11) / 2 + 4 + 2) * U;
+        const wGate = w.subarray(0, n * k);
+        const wUp = w.subarray(n * k);
+        const gate = matmulRef(hRef, wGate, m, n, k);
+        const up = matmulRef(hRef, wUp, m, n, k);
+        const eg = dotBounds(hRef, wGate, m, n, k, variant, inputRel);
+        const eu = dotBounds(hRef, wUp, m, n, k, variant, inputRel);
+        const e2 = dotBounds(x, wGate, m, n, k, variant);
+        const label = `${format} ${c.what}`;
+        expectClose(g1, gate.map((v, i) => v + bias[i % n]), { atol: (1 + U) * Math.max(...eg), rtol: U }, `${label} norm + bias`);
+        expectClose(g2, matmulRef(x, wGate, m, n, k).map((v, i) => res[i] + v), { atol: (1 + U) * Math.max(...e2), rtol: U }, `${label} residual`);
+        let atol = 0;
+        for (let i = 0; i < m * n; i++) {
+          const sg = Math.abs(silu(gate[i]));
+          const eta = (8 + 2 * Math.min(Math.abs(gate[i]) + eg[i], 104)) * 2 ** -23;
+          atol = Math.max(atol, sg * eu[i] + 1.1 * eg[i] * Math.abs(up[i]) + 1.1 * eg[i] * eu[i] + eta * (sg + 1.1 * eg[i]) * (Math.abs(up[i]) + eu[i]));
+        }
+        expectClose(g3, gate.map((v, i) => silu(v) * up[i]), { atol, rtol: 0 }, `${label} norm + SwiGLU`);
+        for (const b of [xb, gb, bb, rb, wb, gateB, upB, scale, h, y1, y2, y3, p1, p2, pu, p3]) b.destroy();
       });
     }
   }

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { type RopeMode, type RopeScaling, rope, ropeFrequencies, ropeRef } from '../kernels/rope.ts';
+import { SKIP_SLOT } from '../kernels/kv_cache.ts';
+import { type RopeMode, type RopeScaling, rope, ropeFrequencies, ropeKv, ropeKvRef, ropeRef } from '../kernels/rope.ts';
 import { mulberry32, normalArray } from '../src/util/rng.ts';
 import { expectClose } from './helpers/close.ts';
 import { useGpu } from './helpers/gpu.ts';
@@ -122,6 +123,73 @@ describe('rope', () => {
     expect(() => rope(step, { ...shape, ropeDim: 10, mode: 'neox' })).toThrow(RangeError);
     b.destroy();
   });
+});
+
+// RoPE + KV write in one dispatch: q and k against the float64 reference with rope's bound per token
+// (tokenAtol: the same rotation arithmetic), v and the pass-through dims bit for bit, rows with
+// SKIP_SLOT and every slot not in the mapping left as they were.
+describe('rope_kv', () => {
+  const getGpu = useGpu();
+  const KV_CASES = [
+    { mode: 'normal', tokens: 5, nHeads: 3, nKvHeads: 1, headDim: 8, ropeDim: 8, maxPos: 300 },
+    { mode: 'neox', tokens: 7, nHeads: 4, nKvHeads: 2, headDim: 64, ropeDim: 32, maxPos: 4096 },
+    { mode: 'normal', tokens: 3, nHeads: 2, nKvHeads: 2, headDim: 10, ropeDim: 6, maxPos: 2000 },
+    { mode: 'neox', tokens: 1, nHeads: 1, nKvHeads: 1, headDim: 8, ropeDim: 6, maxPos: 17 },
+  ] as const;
+
+  for (const c of KV_CASES) {
+    it(`${c.mode} tokens=${c.tokens} heads=${c.nHeads}/${c.nKvHeads} headDim=${c.headDim} ropeDim=${c.ropeDim}`, async () => {
+      const gpu = getGpu();
+      const { tokens, nHeads, nKvHeads, headDim } = c;
+      const heads = nHeads + 2 * nKvHeads;
+      const qkv = normalArray(tokens * heads * headDim, tokens * 17 + headDim, 1.5);
+      const rand = mulberry32(c.maxPos);
+      const positions = Uint32Array.from({ length: tokens }, (_, t) => (t === 0 ? c.maxPos : Math.floor(rand() * c.maxPos)));
+      const freqs = ropeFrequencies({ ropeDim: c.ropeDim, base: 10000 });
+      // slots shuffled over a pool with spare rows; the last row skipped when there are several
+      const numSlots = tokens * nKvHeads + 5;
+      const order = Array.from({ length: numSlots }, (_, i) => i).sort(() => rand() - 0.5);
+      const slots = Uint32Array.from({ length: tokens * nKvHeads }, (_, r) => (r === tokens * nKvHeads - 1 && r > 0 ? SKIP_SLOT : order[r]));
+      const pool = normalArray(numSlots * headDim, 99); // stale contents
+      const [qkvB, pB, fB, sB, kB, vB] = [qkv, positions, freqs, slots, pool, pool].map((a) => gpu.upload(a));
+      const qB = gpu.createBuffer(tokens * nHeads * headDim * 4);
+      const step = gpu.step();
+      ropeKv(step, { ...c, qkv: qkvB, q: qB, kPool: kB, vPool: vB, slotMapping: sB, positions: pB, freqs: fB });
+      await step.submit();
+      const [q, kPool, vPool] = await Promise.all([gpu.readF32(qB, tokens * nHeads * headDim), gpu.readF32(kB, pool.length), gpu.readF32(vB, pool.length)]);
+
+      const kRef = Float64Array.from(pool);
+      const vRef = Float64Array.from(pool);
+      const qRef = ropeKvRef(qkv, positions, freqs, c, slots, kRef, vRef);
+      const maxFreq = Math.max(...freqs);
+      const pairMax = (t: number, from: number, count: number) => {
+        let mx = 0;
+        for (let i = (t * heads + from) * headDim; i < (t * heads + from + count) * headDim; i++) mx = Math.max(mx, Math.abs(qkv[i]));
+        return 2 * mx;
+      };
+      for (let t = 0; t < tokens; t++) {
+        const tol = (from: number, count: number) => ({ atol: tokenAtol(pairMax(t, from, count), positions[t], maxFreq), rtol: 0 });
+        const qRow = t * nHeads * headDim;
+        expectClose(q.subarray(qRow, qRow + nHeads * headDim), qRef.subarray(qRow, qRow + nHeads * headDim), tol(0, nHeads), `q token ${t}`);
+        for (let h = 0; h < nKvHeads; h++) {
+          const slot = slots[t * nKvHeads + h];
+          if (slot === SKIP_SLOT) continue;
+          const at = slot * headDim;
+          expectClose(kPool.subarray(at, at + headDim), kRef.subarray(at, at + headDim), tol(nHeads, nKvHeads), `k token ${t} head ${h}`);
+          // pass-through dims of k
+          for (let d = c.ropeDim; d < headDim; d++) expect(kPool[at + d]).toBe(qkv[(t * heads + nHeads + h) * headDim + d]);
+        }
+        for (let h = 0; h < nHeads; h++) for (let d = c.ropeDim; d < headDim; d++) expect(q[qRow + h * headDim + d]).toBe(qkv[(t * heads + h) * headDim + d]);
+      }
+      // v bit for bit; untouched slots (spares and the skipped row's) keep their contents
+      expect([...vPool]).toEqual([...Float32Array.from(vRef)]);
+      const written = new Set([...slots].filter((sl) => sl !== SKIP_SLOT));
+      for (let sl = 0; sl < numSlots; sl++) {
+        if (!written.has(sl)) expect([...kPool.subarray(sl * headDim, (sl + 1) * headDim)], `slot ${sl}`).toEqual([...pool.subarray(sl * headDim, (sl + 1) * headDim)]);
+      }
+      for (const b of [qkvB, pB, fB, sB, kB, vB, qB]) b.destroy();
+    });
+  }
 });
 
 describe('ropeFrequencies', () => {

@@ -3,6 +3,7 @@ import { type ModelShape, benchShapes } from '../shapes.ts';
 import { type PrefillSeq, attentionDecode, attentionPrefill, prefillMeta } from '../../kernels/attention.ts';
 import { buildPagedLayout, kvPoolBytes } from '../../kernels/kv_cache.ts';
 import type { Gpu } from '../../src/gpu/gpu.ts';
+import { type HeadwiseKv, PagedKvTables } from '../../src/kv/paged_kv.ts';
 import { normalArray } from '../../src/util/rng.ts';
 
 const BLOCK_SIZE = 16;
@@ -87,6 +88,45 @@ function prefillCase(shape: ModelShape, tokens: number): BenchCase {
         // Causal: query i attends to i + 1 slots, 4 * (i + 1) * hd FLOPs per query head.
         flops: 4 * nHeads * hd * ((tokens * (tokens + 1)) / 2),
         dispose: () => [...cache.buffers, q, meta, out].forEach((b) => b.destroy()),
+      };
+    },
+  };
+}
+
+/**
+ * Decode attention alone over a head-wise cache (docs/headwise.md): `batch` sequences of `ctx`
+ * tokens in tables built by the real bookkeeping, KV head h of the layer in column columnOf[h];
+ * columns >= fullColumns are rings of sink + recent slots. Without `hw`, today's full cache.
+ */
+export function headwiseDecodeCase(shape: ModelShape, batch: number, ctx: number, hw?: HeadwiseKv & { columnOf: Uint32Array }): BenchCase {
+  const { nHeads, nKvHeads, label } = heads(shape);
+  const hd = shape.headDim;
+  const kind = hw ? `${hw.fullColumns}/${nKvHeads} full, sink ${hw.sink} + recent ${hw.recent}` : 'full';
+  return {
+    family: 'attention-decode-headwise',
+    name: `${shape.name} ${label} batch=${batch} ctx=${ctx} ${kind}`,
+    setup(gpu): PreparedCase {
+      const layout = { nLayers: 1, nKvHeads, headDim: hd, blockSize: BLOCK_SIZE, bytesPerElement: 4 };
+      const numBlocks = new PagedKvTables(layout, 1, hw).blocksNeeded(-1, ctx) * batch;
+      const kv = new PagedKvTables(layout, numBlocks, hw);
+      const seqs = Array.from({ length: batch }, (_, s) => (kv.reserve(s, ctx), s));
+      const { table, lengths, stride } = kv.batchTables(seqs);
+      const bytes = kvPoolBytes(numBlocks, BLOCK_SIZE, hd);
+      const kPool = filledPool(gpu, bytes, 1, 'bench k pool');
+      const vPool = filledPool(gpu, bytes, 2, 'bench v pool');
+      const blockTable = gpu.upload(table, 'bench block table');
+      const kvLen = gpu.upload(lengths, 'bench kv len');
+      const columnOf = gpu.upload(hw?.columnOf ?? new Uint32Array(nKvHeads).map((_, h) => h), 'bench columns');
+      const paged = { kPool, vPool, blockTable, tableStride: stride, blockSize: BLOCK_SIZE };
+      const q = gpu.upload(normalArray(batch * nHeads * hd, 3));
+      const out = gpu.createBuffer(batch * nHeads * hd * 4);
+      const slots = lengths.reduce((a, b) => a + b, 0);
+      return {
+        run: (step) => attentionDecode(step, { ...paged, q, out, kvLen, batch, nHeads, nKvHeads, headDim: hd, maxKvLen: ctx, columns: hw ? { columnOf, layer: 0 } : undefined }),
+        // the K and V rows the head rows hold, q and out
+        bytes: (2 * slots * hd + 2 * batch * nHeads * hd) * 4,
+        flops: 4 * (nHeads / nKvHeads) * slots * hd,
+        dispose: () => [kPool, vPool, blockTable, kvLen, columnOf, q, out].forEach((b) => b.destroy()),
       };
     },
   };

@@ -1,4 +1,5 @@
 import type { CaseFactory } from '../case.ts';
+import { cases as ann } from './ann.ts';
 import { cases as attention } from './attention.ts';
 import { cases as copy } from './copy.ts';
 import { cases as dequant } from './dequant.ts';
@@ -13,4 +14,4 @@ import { cases as sampling } from './sampling.ts';
 import { cases as softmax } from './softmax.ts';
 
 /** Every kernel family's benchmark cases (a new family adds its module here). */
-export const CASE_FACTORIES: Record<string, CaseFactory> = { attention, copy, dequant, elementwise, embedding, kv_cache, matmul, penalties, rmsnorm, rope, sampling, softmax };
+export const CASE_FACTORIES: Record<string, CaseFactory> = { ann, attention, copy, dequant, elementwise, embedding, kv_cache, matmul, penalties, rmsnorm, rope, sampling, softmax };

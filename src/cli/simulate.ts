@@ -6,10 +6,13 @@ import { FcfsScheduler } from '../scheduler/fcfs.ts';
 import type { Scheduler, Slo } from '../scheduler/scheduler.ts';
 import { SloScheduler } from '../scheduler/slo.ts';
 import { analyticalCostModel } from '../sim/cost/analytical.ts';
+import { degreesOf } from '../sim/cost/degrees.ts';
 import { loadCostModel } from '../sim/cost/fitted.ts';
-import { type AttainmentSeries, writeAttainmentPlot } from '../sim/plot.ts';
+import { ONE_GPU, type Parallelism, parallelOf } from '../sim/cost/parallel.ts';
+import { type AttainmentSeries, type LayoutBar, writeAttainmentPlot, writeLayoutPlot } from '../sim/plot.ts';
+import { type LayoutResult, planSearch } from '../sim/placement_search.ts';
 import { type Placement, placementLabel, type RequestResult, type SimOptions, type SimSummary, simulate } from '../sim/simulator.ts';
-import { type GoodputResult, maxGoodRate, planPlacement, sweepRates, type WorkloadAt } from '../sim/sweep.ts';
+import { type GoodputResult, maxGoodRate, sweepRates, type WorkloadAt } from '../sim/sweep.ts';
 import { readTrace, type TraceRequest } from '../sim/trace.ts';
 import { checkLengthDist, type LengthDist, type SimRequest, syntheticWorkload, traceWorkload } from '../sim/workload.ts';
 
@@ -122,6 +125,14 @@ export interface SimulateCliOptions {
   sweep: boolean;
   plan: boolean;
   gpus?: number;
+  /** --plan: GPUs per node (instances stay inside one; KV over the interconnect inside a node, the network across) */
+  gpusPerNode?: number;
+  /** degree of every instance (prefill instances when disaggregated); default: the cost model's own */
+  tp?: number;
+  pp?: number;
+  /** degree of decode instances (default --tp / --pp) */
+  tpDecode?: number;
+  ppDecode?: number;
   tokenBudget: number;
   maxBatch: number;
   blockSize: number;
@@ -139,12 +150,22 @@ export interface SimulateCliOptions {
 const ms = (s: number) => (Number.isFinite(s) ? +(s * 1e3).toFixed(3) : null);
 const fmt = (v: number, d = 1) => (Number.isFinite(v) ? v.toFixed(d) : '-');
 
-/** The JSON record of one run (latencies in milliseconds). */
-function record(s: SimSummary, kind: string) {
+/** The JSON record of one run (latencies in milliseconds) on `p`. */
+function record(s: SimSummary, kind: string, p: Placement) {
+  const colocated = p.kind === 'colocated';
+  const front = (colocated ? p.degree : p.prefillDegree) ?? ONE_GPU;
+  const back = (colocated ? p.degree : p.decodeDegree) ?? ONE_GPU;
   return {
     policy: s.policy,
     placement: s.placement,
     gpus: s.gpus,
+    tp_prefill: front.tp,
+    pp_prefill: front.pp,
+    tp_decode: back.tp,
+    pp_decode: back.pp,
+    colocated_instances: colocated ? p.instances : 0,
+    prefill_instances: colocated ? 0 : p.prefill,
+    decode_instances: colocated ? 0 : p.decode,
     rate: s.rate,
     rate_per_gpu: s.rate / s.gpus,
     attainment: s.attainment,
@@ -169,6 +190,7 @@ function record(s: SimSummary, kind: string) {
     ceiling_idle: s.ceilings.idle,
     ceiling_shortest_first: s.ceilings.shortestFirst,
     misses: s.misses,
+    stopped_early: s.stoppedEarly,
     run: kind,
   };
 }
@@ -189,6 +211,23 @@ function requestLines(policy: string, requests: readonly RequestResult[]): strin
   return requests.map((r) => JSON.stringify({ policy, ...r })).join('\n') + '\n';
 }
 
+function layoutLine(g: LayoutResult): string {
+  const at = g.best ? `  (at it: TTFT p90 ${fmt(g.best.ttft.p90 * 1e3, 0)} ms, TPOT p90 ${fmt(g.best.tpot.p90 * 1e3, 1)} ms)` : '';
+  return `  ${g.placement.padEnd(22)} ${String(g.gpus).padStart(2)} GPUs  ${fmt(g.ratePerGpu, 3)} req/s per GPU (${fmt(g.ratePerGpu * g.gpus, 2)} in all)${at}  limit: ${g.limit}  [${g.probes.length} runs]`;
+}
+
+/** Why the best layout wins: its margin over the next, what limits it, and the phase estimates. */
+function whyBest(results: readonly LayoutResult[], gpus: number): string {
+  const [best, next] = results;
+  const e = best.estimate;
+  const margin = next && next.ratePerGpu > 0 ? `, ${fmt((best.ratePerGpu / next.ratePerGpu - 1) * 100, 0)}% over the next, ${next.placement} (${fmt(next.ratePerGpu, 3)})` : '';
+  const spare = best.gpus < gpus ? `; it uses ${best.gpus} of the ${gpus} GPUs` : '';
+  return (
+    `  best: ${best.placement}, ${fmt(best.ratePerGpu, 3)} req/s per GPU${margin}${spare}. ` +
+    `Beyond it the misses are mostly ${best.limit}. Upper estimates from step times alone: ${fmt(e.prefill, 2)} req/s of prefill, ${fmt(e.decode, 2)} req/s of decode within the TPOT`
+  );
+}
+
 function line(s: SimSummary): string {
   return (
     `${s.policy.padEnd(5)} ${s.placement.padEnd(13)} rate ${fmt(s.rate, 2).padStart(7)}/s (${fmt(s.rate / s.gpus, 2)}/GPU)  attainment ${fmt(s.attainment * 100)}%  ` +
@@ -204,12 +243,30 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
   const print = o.print ?? ((l: string) => console.log(l));
   if (!o.trace === !o.synthetic) throw new Error('give exactly one of --trace FILE or --synthetic poisson|gamma');
   if (o.plan && !o.gpus) throw new Error('--plan needs --gpus G');
+  if (o.gpusPerNode !== undefined && !o.plan) throw new Error('--gpus-per-node is for --plan');
+  if (o.plan && [o.tp, o.pp, o.tpDecode, o.ppDecode].some((v) => v !== undefined)) throw new Error('--plan tries the degrees itself: drop --tp / --pp / --tp-decode / --pp-decode');
+  if ((o.tpDecode !== undefined || o.ppDecode !== undefined) && o.prefill === undefined) throw new Error('--tp-decode / --pp-decode are for --prefill P --decode D');
   if (o.requestsOut && (o.plan || o.sweep || o.rates)) throw new Error('--requests-out records single runs: drop --plan / --sweep / --rates');
   if (o.plan && (o.instances !== undefined || o.prefill !== undefined || o.decode !== undefined)) throw new Error('--plan tries the placements itself: drop --instances / --prefill / --decode');
   if ((o.prefill === undefined) !== (o.decode === undefined)) throw new Error('give --prefill P and --decode D together');
   if (o.instances !== undefined && o.prefill !== undefined) throw new Error('give --instances N or --prefill P --decode D, not both');
   const cost: CostModel = o.costModel ? loadCostModel(o.costModel) : analyticalCostModel(o.hardware, o.modelShape);
-  const placement: Placement = o.prefill !== undefined ? { kind: 'disaggregated', prefill: o.prefill, decode: o.decode! } : { kind: 'colocated', instances: o.instances ?? 1 };
+  // the instances' degrees: as asked, else the cost model's own
+  const own = parallelOf(cost);
+  const atDegree = (d: Parallelism): CostModel => {
+    if (d.tp === own.tp && d.pp === own.pp) return cost;
+    const c = degreesOf(cost).at(d);
+    if (typeof c === 'string') throw new Error(`tp ${d.tp}, pp ${d.pp}: ${c}`);
+    return c;
+  };
+  const frontDegree = { tp: o.tp ?? own.tp, pp: o.pp ?? own.pp };
+  const frontCost = atDegree(frontDegree);
+  const backDegree = { tp: o.tpDecode ?? frontDegree.tp, pp: o.ppDecode ?? frontDegree.pp };
+  const backCost = atDegree(backDegree);
+  const placement: Placement =
+    o.prefill !== undefined
+      ? { kind: 'disaggregated', prefill: o.prefill, decode: o.decode!, prefillDegree: frontDegree, decodeDegree: backDegree }
+      : { kind: 'colocated', instances: o.instances ?? 1, degree: frontDegree };
   const slo = o.slo ? parseSlo(o.slo) : undefined;
 
   // the workload at a whole-cluster rate (sweeps and plans give it; undefined: a single run at
@@ -238,16 +295,20 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
     describeWorkload = `${o.synthetic} arrivals${o.synthetic === 'gamma' ? ` (CV ${o.cv ?? 1})` : ''}${burst}, ${count} requests, input ${o.inputLen}, output ${o.outputLen}${pairs ? ' (pairs drawn together)' : ''}, seed ${o.seed}`;
   }
   const at: WorkloadAt = (rate) => workloadAt(rate);
-  const base = (policy: PolicyName): Omit<SimOptions, 'placement'> => ({
-    cost,
-    scheduler: () => makeScheduler(policy, cost),
+  const common = (policy: PolicyName): Omit<SimOptions, 'placement' | 'cost'> => ({
+    scheduler: (c: CostModel) => makeScheduler(policy, c),
     limits: { tokenBudget: o.tokenBudget, maxBatch: o.maxBatch },
     blockSize: o.blockSize,
     maxTokens: o.maxTokens,
     maxWaiting: o.maxWaiting,
     slo,
   });
-  print(`cost model: ${cost.describe()}`);
+  const base = (policy: PolicyName): Omit<SimOptions, 'placement'> => ({ ...common(policy), cost: frontCost, ...(placement.kind === 'disaggregated' ? { costs: { prefill: frontCost, decode: backCost } } : {}) });
+  if (o.plan) print(`cost models: ${degreesOf(cost).describe()}`);
+  else {
+    print(`cost model: ${frontCost.describe()}`);
+    if (backCost !== frontCost && placement.kind === 'disaggregated') print(`decode cost model: ${backCost.describe()}`);
+  }
   print(`workload: ${describeWorkload}; SLO ${slo ? JSON.stringify(slo) : 'none (every finished request counts)'}`);
 
   const runs: ReturnType<typeof record>[] = [];
@@ -255,18 +316,25 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
   let xTitle = 'request rate (req/s)';
   const goodputs: GoodputResult[] = [];
 
+  const bars: LayoutBar[] = [];
   if (o.plan) {
-    xTitle = 'request rate per GPU (req/s)';
     for (const policy of o.policy) {
-      print(`\nplacements of ${o.gpus} GPUs, policy ${policy} (highest rate per GPU with >= ${o.target * 100}% attainment):`);
-      const res = planPlacement(at, o.gpus!, base(policy), { target: o.target });
-      for (const g of res) {
+      const nodes = o.gpusPerNode !== undefined ? `, nodes of ${o.gpusPerNode}` : '';
+      print(`\nlayouts of at most ${o.gpus} GPUs${nodes}, policy ${policy} (highest rate per GPU with >= ${o.target * 100}% attainment):`);
+      const t0 = performance.now();
+      const res = planSearch(at, degreesOf(cost), common(policy), { gpus: o.gpus!, gpusPerNode: o.gpusPerNode, target: o.target });
+      const wall = (performance.now() - t0) / 1e3;
+      for (const g of res.results) {
         goodputs.push(g);
-        print(`  ${g.placement.padEnd(13)} ${fmt(g.ratePerGpu, 3)} req/s per GPU${g.best ? `  (at it: goodput ${fmt(g.best.goodputRps, 2)} req/s/GPU, TTFT p90 ${fmt(g.best.ttft.p90 * 1e3, 0)} ms, TPOT p90 ${fmt(g.best.tpot.p90 * 1e3, 1)} ms)` : ''}  [${g.probes.length} runs]`);
-        for (const p of g.probes) runs.push(record(p, 'bisection'));
-        series.push({ label: o.policy.length > 1 ? `${policy} ${g.placement}` : g.placement, points: g.probes.map((p) => ({ rate: p.rate / p.gpus, attainment: p.attainment })) });
+        print(layoutLine(g));
+        for (const p of g.probes) runs.push(record(p, 'bisection', g.layout.placement));
+        bars.push({ label: o.policy.length > 1 ? `${policy} ${g.placement}` : g.placement, ratePerGpu: g.ratePerGpu, limit: g.ratePerGpu > 0 ? g.limit.split(' (')[0] : 'misses the target at every rate' });
       }
-      print(`  best: ${res[0].placement}, ${fmt(res[0].ratePerGpu, 3)} req/s per GPU`);
+      for (const p of res.pruned) print(`  ${p.label.padEnd(22)} pruned: estimated at most ${fmt(p.estimate.perGpu, 3)} req/s per GPU, below the best ${Math.min(3, res.results.length)} found`);
+      for (const s of res.skipped) print(`  skipped ${s.what}: ${s.reason}`);
+      const runCount = res.results.reduce((a, r) => a + r.probes.length, 0);
+      print(`  searched ${res.results.length} layouts (${runCount} runs, ${res.pruned.length} pruned, ${res.skipped.length} skipped) in ${fmt(wall, 1)} s`);
+      print(res.results.length ? whyBest(res.results, o.gpus!) : '  no layout fits: see the reasons above');
     }
   } else if (o.sweep || o.rates) {
     xTitle = `request rate (req/s, ${placementLabel(placement)})`;
@@ -276,7 +344,7 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
         const g = maxGoodRate(at, { ...base(policy), placement }, { target: o.target });
         goodputs.push(g);
         print(`${policy} ${g.placement}: highest rate with >= ${o.target * 100}% attainment: ${fmt(g.ratePerGpu, 3)} req/s per GPU (${fmt(g.ratePerGpu * g.gpus, 3)} req/s in all) [${g.probes.length} runs]`);
-        for (const p of g.probes) runs.push(record(p, 'bisection'));
+        for (const p of g.probes) runs.push(record(p, 'bisection', placement));
       }
       if (!rates) {
         // a common grid around the best policy's knee, for the table and the plot
@@ -291,7 +359,7 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
       for (const s of sums) {
         print(line(s));
         print(missLine(s));
-        runs.push(record(s, 'sweep'));
+        runs.push(record(s, 'sweep', placement));
       }
       series.push({ label: policy, points: sums.map((s) => ({ rate: s.rate, attainment: s.attainment })) });
     }
@@ -302,7 +370,7 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
       const { summary: s, requests } = simulate(w, { ...base(policy), placement });
       print(line(s));
       print(missLine(s));
-      runs.push(record(s, 'single'));
+      runs.push(record(s, 'single', placement));
       series.push({ label: policy, points: [{ rate: s.rate, attainment: s.attainment }] });
       if (o.requestsOut) perRequest += requestLines(policy, requests);
     }
@@ -317,8 +385,11 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
     print(`wrote ${o.json}`);
   }
   if (o.plot) {
-    const title = o.plan ? `SLO attainment by placement (${o.gpus} GPUs)` : `SLO attainment (${placementLabel(placement)})`;
-    await writeAttainmentPlot(o.plot, series, { title, xTitle, target: o.target });
-    print(`wrote ${o.plot}`);
+    if (o.plan && bars.length === 0) print(`no layout was simulated: nothing to plot in ${o.plot}`);
+    else {
+      if (o.plan) await writeLayoutPlot(o.plot, bars, { title: `Goodput per GPU by layout (at most ${o.gpus} GPUs, ${o.target * 100}% attainment)` });
+      else await writeAttainmentPlot(o.plot, series, { title: `SLO attainment (${placementLabel(placement)})`, xTitle, target: o.target });
+      print(`wrote ${o.plot}`);
+    }
   }
 }

@@ -1,10 +1,10 @@
 import { type PrefillSeq, attentionDecode, attentionPrefill, prefillMeta } from '../../kernels/attention.ts';
-import { add, addBias, siluMul } from '../../kernels/elementwise.ts';
+import { siluMul } from '../../kernels/elementwise.ts';
 import { embedding } from '../../kernels/embedding.ts';
 import { writeKv } from '../../kernels/kv_cache.ts';
-import { matmul } from '../../kernels/matmul.ts';
-import { rmsNorm } from '../../kernels/rmsnorm.ts';
-import { rope, ropeFrequencies } from '../../kernels/rope.ts';
+import { type MatmulEpilogue, type MatmulNorm, matmul } from '../../kernels/matmul.ts';
+import { rmsScale } from '../../kernels/rmsnorm.ts';
+import { rope, ropeFrequencies, ropeKv } from '../../kernels/rope.ts';
 import type { Gpu } from '../gpu/gpu.ts';
 import type { Step } from '../gpu/step.ts';
 import { PagedKvTables, blocksForBudget } from '../kv/paged_kv.ts';
@@ -150,52 +150,69 @@ export class GpuModel {
 
     const x = buf(T * c.dim, 'residual');
     const x2 = buf(T * c.dim, 'residual 2');
-    const h = buf(T * c.dim, 'normed');
+    const rs = buf(T, 'norm scales');
     const q = buf(T * qDim, 'q');
-    const k = buf(T * kvDim, 'k');
-    const v = buf(T * kvDim, 'v');
     const att = buf(T * qDim, 'attention');
-    const o = buf(T * c.dim, 'attention out');
-    const gate = buf(T * c.ffn, 'ffn gate');
-    const up = buf(T * c.ffn, 'ffn up');
     const act = buf(T * c.ffn, 'ffn activation');
-    const down = buf(T * c.dim, 'ffn down');
 
     const emb = this.w.get('token_embd.weight')!;
     embedding(step, { table: emb.buffer, tokens: tokenBuf, out: x, count: T, dim: c.dim, rows: c.vocabSize, format: emb.format });
-    const unbiased = c.qkvBias ? buf(T * Math.max(qDim, kvDim), 'before bias') : null;
-    const lin = (input: GPUBuffer, name: string, out: GPUBuffer, n: number, kIn: number) => {
+    /** `name`'s matmul over T rows: its bias (when the model has q/k/v biases) or the given epilogue. */
+    const lin = (input: GPUBuffer, name: string, out: GPUBuffer, n: number, kIn: number, extra: { norm?: MatmulNorm; epilogue?: MatmulEpilogue } = {}) => {
       const t = this.w.get(`${name}.weight`)!;
-      const bias = this.w.get(`${name}.bias`);
-      matmul(step, { x: input, w: t.buffer, out: bias && unbiased ? unbiased : out, m: T, n, k: kIn, format: t.format });
-      if (bias && unbiased) addBias(step, { x: unbiased, bias: bias.buffer, out, rows: T, width: n });
+      const bias = c.qkvBias ? this.w.get(`${name}.bias`) : undefined;
+      const epilogue = bias ? { kind: 'bias' as const, bias: bias.buffer } : extra.epilogue;
+      matmul(step, { x: input, w: t.buffer, out, m: T, n, k: kIn, format: t.format, norm: extra.norm, epilogue });
+    };
+    const normOf = (input: GPUBuffer, weight: string, rows = T): MatmulNorm => {
+      rmsScale(step, { x: input, out: rs, rows, dim: c.dim, eps: c.rmsEps });
+      return { weight: this.w.get(weight)!.buffer, scale: rs };
     };
     const ropeArgs = { positions: positionBuf, freqs: this.freqs, tokens: T, headDim: c.headDim, ropeDim: c.ropeDim, mode: c.ropeMode };
     const shape = { nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim };
     // the same for every layer: computed once
     const maxKvLen = nDecode > 0 ? Math.max(...order.slice(0, nDecode).map((ci) => this.kv.length(chunks[ci].seq))) : 0;
     const maxQLen = prefill.length > 0 ? Math.max(...prefill.map((s) => s.qLen)) : 0;
+    // q/k/v and gate/up are one matmul each where their weights were fused at load (gpu_weights.ts);
+    // a layer whose parts differ in format runs them separately, into these buffers
+    const once = (elements: number, label: string) => {
+      let b: GPUBuffer | undefined;
+      return () => (b ??= buf(elements, label));
+    };
+    const qkv = once(T * (qDim + 2 * kvDim), 'qkv');
+    const [k, v] = [once(T * kvDim, 'k'), once(T * kvDim, 'v')];
+    const [gate, up] = [once(T * c.ffn, 'ffn gate'), once(T * c.ffn, 'ffn up')];
 
     for (let l = 0; l < c.nLayers; l++) {
       const p = `blk.${l}.`;
       const pools = { kPool: this.kPools[l], vPool: this.vPools[l], blockTable: tableBuf, tableStride: stride, blockSize: this.blockSize };
-      rmsNorm(step, { x, weight: this.w.get(`${p}attn_norm.weight`)!.buffer, out: h, rows: T, dim: c.dim, eps: c.rmsEps });
-      lin(h, `${p}attn_q`, q, qDim, c.dim);
-      lin(h, `${p}attn_k`, k, kvDim, c.dim);
-      lin(h, `${p}attn_v`, v, kvDim, c.dim);
-      rope(step, { ...ropeArgs, x: q, heads: c.nHeads });
-      rope(step, { ...ropeArgs, x: k, heads: c.nKvHeads });
-      writeKv(step, { k, v, kPool: pools.kPool, vPool: pools.vPool, slotMapping: slotBuf, tokens: T, nKvHeads: c.nKvHeads, headDim: c.headDim });
+      // x -> q, and k, v into the cache
+      const attnNorm = normOf(x, `${p}attn_norm.weight`);
+      if (this.w.has(`${p}attn_qkv.weight`)) {
+        lin(x, `${p}attn_qkv`, qkv(), qDim + 2 * kvDim, c.dim, { norm: attnNorm });
+        ropeKv(step, { ...ropeArgs, ...shape, qkv: qkv(), q, kPool: pools.kPool, vPool: pools.vPool, slotMapping: slotBuf });
+      } else {
+        lin(x, `${p}attn_q`, q, qDim, c.dim, { norm: attnNorm });
+        lin(x, `${p}attn_k`, k(), kvDim, c.dim, { norm: attnNorm });
+        lin(x, `${p}attn_v`, v(), kvDim, c.dim, { norm: attnNorm });
+        rope(step, { ...ropeArgs, x: q, heads: c.nHeads });
+        rope(step, { ...ropeArgs, x: k(), heads: c.nKvHeads });
+        writeKv(step, { k: k(), v: v(), kPool: pools.kPool, vPool: pools.vPool, slotMapping: slotBuf, tokens: T, nKvHeads: c.nKvHeads, headDim: c.headDim });
+      }
       if (nDecode > 0) attentionDecode(step, { ...pools, ...shape, q, out: att, kvLen: lengthBuf, batch: nDecode, maxKvLen });
       if (metaBuf) attentionPrefill(step, { ...pools, ...shape, q, out: att, meta: metaBuf, numSeqs: prefill.length, maxQLen });
-      lin(att, `${p}attn_output`, o, c.dim, qDim);
-      add(step, { a: x, b: o, out: x2, count: T * c.dim });
-      rmsNorm(step, { x: x2, weight: this.w.get(`${p}ffn_norm.weight`)!.buffer, out: h, rows: T, dim: c.dim, eps: c.rmsEps });
-      lin(h, `${p}ffn_gate`, gate, c.ffn, c.dim);
-      lin(h, `${p}ffn_up`, up, c.ffn, c.dim);
-      siluMul(step, { gate, up, out: act, count: T * c.ffn });
-      lin(act, `${p}ffn_down`, down, c.dim, c.ffn);
-      add(step, { a: x2, b: down, out: x, count: T * c.dim });
+      // x2 = x + attention . Wo
+      lin(att, `${p}attn_output`, x2, c.dim, qDim, { epilogue: { kind: 'residual', residual: x } });
+      // x = x2 + (silu(gate) * up) . Wdown, gate and up from normalised x2
+      const ffnNorm = normOf(x2, `${p}ffn_norm.weight`);
+      if (this.w.has(`${p}ffn_gate_up.weight`)) {
+        lin(x2, `${p}ffn_gate_up`, act, c.ffn, c.dim, { norm: ffnNorm, epilogue: { kind: 'swiglu' } });
+      } else {
+        lin(x2, `${p}ffn_gate`, gate(), c.ffn, c.dim, { norm: ffnNorm });
+        lin(x2, `${p}ffn_up`, up(), c.ffn, c.dim, { norm: ffnNorm });
+        siluMul(step, { gate: gate(), up: up(), out: act, count: T * c.ffn });
+      }
+      lin(act, `${p}ffn_down`, x, c.dim, c.ffn, { epilogue: { kind: 'residual', residual: x2 } });
       options.afterLayer?.(l);
     }
 
@@ -208,10 +225,10 @@ export class GpuModel {
       final = buf(rows * c.dim, 'last rows');
       embedding(step, { table: x, tokens: step.upload(Uint32Array.from(rowOfChunk), 'last rows'), out: final, count: rows, dim: c.dim, rows: T, format: 'f32' });
     }
-    rmsNorm(step, { x: final, weight: this.w.get('output_norm.weight')!.buffer, out: x2, rows, dim: c.dim, eps: c.rmsEps });
     const logits = buf(rows * c.vocabSize, 'logits');
     const head = this.w.get('output.weight') ?? emb;
-    matmul(step, { x: x2, w: head.buffer, out: logits, m: rows, n: c.vocabSize, k: c.dim, format: head.format });
+    const headNorm = normOf(final, 'output_norm.weight', rows);
+    matmul(step, { x: final, w: head.buffer, out: logits, m: rows, n: c.vocabSize, k: c.dim, format: head.format, norm: headNorm });
     return { logits, rows };
   }
 

@@ -18,6 +18,9 @@ export const MODEL_SHAPES: Record<string, ModelShape> = {
   'llama-3.2-1b': { name: 'Llama-3.2-1B', dim: 2048, ffn: 8192, nHeads: 32, nKvHeads: 8, headDim: 64, vocab: 128256, nLayers: 16 },
   'llama-3-8b': { name: 'Llama-3-8B', dim: 4096, ffn: 14336, nHeads: 32, nKvHeads: 8, headDim: 128, vocab: 128256, nLayers: 32 },
   'qwen2.5-7b': { name: 'Qwen2.5-7B', dim: 3584, ffn: 18944, nHeads: 28, nKvHeads: 4, headDim: 128, vocab: 152064, nLayers: 28 },
+  // too large for one 80 GB GPU at 16 bits: the simulator's placement search plans them over several
+  'llama-3-70b': { name: 'Llama-3-70B', dim: 8192, ffn: 28672, nHeads: 64, nKvHeads: 8, headDim: 128, vocab: 128256, nLayers: 80 },
+  'qwen2.5-72b': { name: 'Qwen2.5-72B', dim: 8192, ffn: 29568, nHeads: 64, nKvHeads: 8, headDim: 128, vocab: 152064, nLayers: 80 },
 };
 
 /** Full size, or every width scaled down by 8 (for software devices). */

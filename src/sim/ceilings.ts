@@ -20,22 +20,25 @@ export interface Ceilings {
   shortestFirst: number;
 }
 
-/** Whether a request whose first token comes `wait` seconds after its own prefill alone could still meet `slo`. */
-function meets(cost: CostModel, tokenBudget: number, input: number, output: number, slo: Slo, wait: number): boolean {
+/**
+ * Whether a request whose first token comes `wait` seconds after its own prefill alone could still
+ * meet `slo`. `decodeCost` times its decode steps (the decode instances' model when disaggregated).
+ */
+function meets(cost: CostModel, tokenBudget: number, input: number, output: number, slo: Slo, wait: number, decodeCost: CostModel): boolean {
   const first = wait + prefillSeconds(cost, 0, input, tokenBudget).seconds;
-  const decode = decodeRunSeconds(cost, input + 1, output - 1);
+  const decode = decodeRunSeconds(decodeCost, input + 1, output - 1);
   if (slo.ttftMs !== undefined && first * 1e3 > slo.ttftMs) return false;
   if (slo.tpotMs !== undefined && output > 1 && (decode / (output - 1)) * 1e3 > slo.tpotMs) return false;
   if (slo.deadlineMs !== undefined && (first + decode) * 1e3 > slo.deadlineMs) return false;
   return true;
 }
 
-/** Whether a request could meet its SLO served alone on an idle GPU. */
-export function idleFeasible(cost: CostModel, tokenBudget: number, input: number, output: number, slo: Slo): boolean {
-  return meets(cost, tokenBudget, input, output, slo, 0);
+/** Whether a request could meet its SLO served alone on an idle GPU (prefill on `cost`, decode on `decodeCost`). */
+export function idleFeasible(cost: CostModel, tokenBudget: number, input: number, output: number, slo: Slo, decodeCost = cost): boolean {
+  return meets(cost, tokenBudget, input, output, slo, 0, decodeCost);
 }
 
-export function sloCeilings(workload: readonly SimRequest[], cost: CostModel, tokenBudget: number, sloOf: (r: SimRequest) => Slo): Ceilings {
+export function sloCeilings(workload: readonly SimRequest[], cost: CostModel, tokenBudget: number, sloOf: (r: SimRequest) => Slo, decodeCost = cost): Ceilings {
   const n = workload.length;
   if (n === 0) return { idle: NaN, shortestFirst: NaN };
   let idle = 0;
@@ -49,13 +52,13 @@ export function sloCeilings(workload: readonly SimRequest[], cost: CostModel, to
       const output = Math.max(1, Math.min(r.outputTokens, r.maxTokens ?? Infinity));
       const input = Math.max(1, r.inputTokens);
       const work = prefillSeconds(cost, 0, input, tokenBudget).seconds;
-      const decode = decodeRunSeconds(cost, input + 1, output - 1);
+      const decode = decodeRunSeconds(decodeCost, input + 1, output - 1);
       const due = Math.min(slo.ttftMs !== undefined ? slo.ttftMs / 1e3 : Infinity, slo.deadlineMs !== undefined ? slo.deadlineMs / 1e3 - decode : Infinity);
       return { due, work, tokens: input, input, output, slo };
     });
     jobs.sort((a, b) => a.due - b.due || a.work - b.work);
-    for (const r of jobs) if (meets(cost, tokenBudget, r.input, r.output, r.slo, 0)) idle++;
-    for (const { job, finish } of orderPrompts(jobs, 0).onTime) if (meets(cost, tokenBudget, job.input, job.output, job.slo, finish - job.work)) ordered++;
+    for (const r of jobs) if (meets(cost, tokenBudget, r.input, r.output, r.slo, 0, decodeCost)) idle++;
+    for (const { job, finish } of orderPrompts(jobs, 0).onTime) if (meets(cost, tokenBudget, job.input, job.output, job.slo, finish - job.work, decodeCost)) ordered++;
     i = j;
   }
   return { idle: idle / n, shortestFirst: ordered / n };

@@ -47,3 +47,35 @@ export function attainmentPlotSpec(series: readonly AttainmentSeries[], o: { tit
 export async function writeAttainmentPlot(path: string, series: readonly AttainmentSeries[], o: { title: string; xTitle: string; target?: number }): Promise<string> {
   return writeSvgPlot(path, attainmentPlotSpec(series, o));
 }
+
+export interface LayoutBar {
+  /** the layout (`1P(tp2)+2D`) */
+  label: string;
+  /** highest request rate per GPU meeting the target */
+  ratePerGpu: number;
+  /** the phase that limits it (bar colour) */
+  limit: string;
+}
+
+/** Goodput per GPU of the layouts a placement search simulated, best at the top, coloured by what limits each. */
+export function layoutPlotSpec(bars: readonly LayoutBar[], o: { title: string }): TopLevelSpec {
+  if (bars.length === 0) throw new Error('nothing to plot: no layouts');
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: o.title,
+    background: 'white',
+    width: 420,
+    height: { step: 16 },
+    data: { values: bars.map((b) => ({ ...b })) },
+    mark: 'bar',
+    encoding: {
+      y: { field: 'label', type: 'nominal', sort: '-x', title: null },
+      x: { field: 'ratePerGpu', type: 'quantitative', title: 'highest rate per GPU at the attainment target (req/s)' },
+      color: { field: 'limit', type: 'nominal', title: 'limited by' },
+    },
+  } as TopLevelSpec;
+}
+
+export async function writeLayoutPlot(path: string, bars: readonly LayoutBar[], o: { title: string }): Promise<string> {
+  return writeSvgPlot(path, layoutPlotSpec(bars, o));
+}

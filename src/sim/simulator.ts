@@ -1,4 +1,5 @@
 import { pickDecode } from '../scheduler/placement.ts';
+import { ONE_GPU, type Parallelism, degreeLabel, gpusOfDegree, pipelineFill } from './cost/parallel.ts';
 import { PagedKvTables } from '../kv/paged_kv.ts';
 import type { BatchShape, CostModel } from '../scheduler/cost_model.ts';
 import type { KvView, Rejection, Scheduler, SchedulerLimits, SeqView, Slo, StepPlan } from '../scheduler/scheduler.ts';
@@ -12,7 +13,7 @@ import type { SimRequest } from './workload.ts';
  * A discrete-event simulator of serving clusters, driven by the same Scheduler objects as the
  * live engine (src/engine/engine.ts), under a simulated clock.
  *
- * Each instance (one GPU) runs the engine's iteration loop: plan a step from its live sequences
+ * Each instance (one GPU, or tp x pp GPUs timed by its role's cost model) runs the engine's iteration loop: plan a step from its live sequences
  * and KV state, apply rejections and preemptions (KV freed, recomputed later), take the step's
  * time from the cost model for the batch's shape, advance the clock, and emit one token for every
  * sequence whose fed tokens reached its end. The simulator knows each response's real length from
@@ -28,10 +29,21 @@ import type { SimRequest } from './workload.ts';
  * there, as a preempted one does.
  */
 
-export type Placement = { kind: 'colocated'; instances: number } | { kind: 'disaggregated'; prefill: number; decode: number };
+/** Instances and their degrees (default one GPU each; the cost models of SimOptions time them). */
+export type Placement =
+  | { kind: 'colocated'; instances: number; degree?: Parallelism }
+  | { kind: 'disaggregated'; prefill: number; decode: number; prefillDegree?: Parallelism; decodeDegree?: Parallelism };
 
-export const gpusOf = (p: Placement) => (p.kind === 'colocated' ? p.instances : p.prefill + p.decode);
-export const placementLabel = (p: Placement) => (p.kind === 'colocated' ? `colocated x${p.instances}` : `${p.prefill}P+${p.decode}D`);
+export const gpusOf = (p: Placement) =>
+  p.kind === 'colocated' ? p.instances * gpusOfDegree(p.degree ?? ONE_GPU) : p.prefill * gpusOfDegree(p.prefillDegree ?? ONE_GPU) + p.decode * gpusOfDegree(p.decodeDegree ?? ONE_GPU);
+
+/** `colocated x4`, `2P+2D`; with degrees `colocated x2 tp4`, `1P(tp2)+2D` */
+export function placementLabel(p: Placement): string {
+  const of = (d?: Parallelism) => degreeLabel(d ?? ONE_GPU);
+  if (p.kind === 'colocated') return `colocated x${p.instances}${of(p.degree) ? ` ${of(p.degree)}` : ''}`;
+  const part = (n: number, role: string, d?: Parallelism) => `${n}${role}${of(d) ? `(${of(d)})` : ''}`;
+  return `${part(p.prefill, 'P', p.prefillDegree)}+${part(p.decode, 'D', p.decodeDegree)}`;
+}
 
 export type Outcome = 'finished' | 'rejected' | 'refused' | 'unfinished';
 
@@ -115,6 +127,12 @@ export interface SimSummary {
   preemptions: number;
   /** wall-clock seconds the simulation took */
   wallSeconds: number;
+  /**
+   * The run stopped once attainment could no longer reach `stopBelow`: attainment is then the
+   * most it could have reached (all requests not yet missed counted as met), the other figures
+   * cover what ran
+   */
+  stoppedEarly: boolean;
   /** requests per miss reason (requests that met their SLO are not counted) */
   misses: Partial<Record<MissReason, number>>;
   /** fractions of all requests that could meet their SLO: on an idle GPU, and with each burst's prefills shortest first (ceilings.ts) */
@@ -131,6 +149,7 @@ export interface StepRecord {
   instance: number;
   role: 'colocated' | 'prefill' | 'decode';
   start: number;
+  /** when the instance can start its next step (a pipeline's tokens come later, see pipelineStep) */
   end: number;
   plan: StepPlan;
   shape: BatchShape;
@@ -143,8 +162,12 @@ export interface StepRecord {
 
 export interface SimOptions {
   cost: CostModel;
-  /** one scheduler per instance (a factory), or one shared object (schedulers are pure) */
-  scheduler: Scheduler | (() => Scheduler);
+  /** per role (step times, KV capacity, what its schedulers estimate with); default `cost` */
+  costs?: { prefill?: CostModel; decode?: CostModel };
+  /** seconds to move `tokens` tokens of KV from prefill instance `from` to decode instance `to` (indices within each role); default the prefill cost model's kvTransferSeconds */
+  kvTransferSeconds?: (tokens: number, from: number, to: number) => number;
+  /** one scheduler per instance (a factory, given the instance's cost model), or one shared object (schedulers are pure) */
+  scheduler: Scheduler | ((cost: CostModel) => Scheduler);
   placement: Placement;
   /** default: tokenBudget 2048, maxBatch 128 */
   limits?: Partial<SchedulerLimits>;
@@ -157,6 +180,8 @@ export interface SimOptions {
   /** SLO of requests that state none (fields a request states override these), milliseconds */
   slo?: Slo;
   onStep?: (s: StepRecord) => void;
+  /** stop as soon as SLO attainment is certain to end below this (a goodput probe that failed) */
+  stopBelow?: number;
 }
 
 interface SimSeq extends SeqView {
@@ -172,6 +197,8 @@ interface SimSeq extends SeqView {
   /** preemptions before its first token */
   preemptedEarly: number;
   rejection?: Rejection;
+  /** its miss is already counted (a late first token) */
+  missCounted?: boolean;
 }
 
 type Role = StepRecord['role'];
@@ -179,6 +206,8 @@ type Role = StepRecord['role'];
 interface Instance {
   index: number;
   role: Role;
+  cost: CostModel;
+  numBlocks: number;
   scheduler: Scheduler;
   kv: PagedKvTables;
   kvView: KvView;
@@ -187,7 +216,8 @@ interface Instance {
   busy: boolean;
 }
 
-type EventBody = { time: number; kind: 'step'; inst: Instance; plan: StepPlan } | { time: number; kind: 'transfer'; seq: SimSeq; from: Instance; to: Instance };
+ /** `fill`: a pipeline's tokens come that long after its next step can start (see pipelineStep) */
+type EventBody = { time: number; kind: 'step'; inst: Instance; plan: StepPlan; fill: number } | { time: number; kind: 'transfer'; seq: SimSeq; from: Instance; to: Instance };
 type Event = EventBody & { order: number };
 
 
@@ -211,22 +241,33 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
   const wall0 = performance.now();
   const limits: SchedulerLimits = { tokenBudget: o.limits?.tokenBudget ?? 2048, maxBatch: o.limits?.maxBatch ?? 128 };
   const blockSize = o.blockSize ?? 16;
-  const numBlocks = Math.floor(o.cost.kvCapacityTokens / blockSize);
-  if (!(numBlocks >= 1)) throw new RangeError(`the cost model's KV capacity (${o.cost.kvCapacityTokens} tokens) holds no ${blockSize}-token block`);
+  const p = o.placement;
+  const frontCost = p.kind === 'colocated' ? o.cost : (o.costs?.prefill ?? o.cost);
+  const backCost = p.kind === 'colocated' ? o.cost : (o.costs?.decode ?? o.cost);
+  const blocksOf = (cost: CostModel) => {
+    const n = Math.floor(cost.kvCapacityTokens / blockSize);
+    if (!(n >= 1)) throw new RangeError(`the cost model's KV capacity (${cost.kvCapacityTokens} tokens) holds no ${blockSize}-token block`);
+    return n;
+  };
+  // a request must fit every pool it will live in
+  const admitBlocks = Math.min(blocksOf(frontCost), blocksOf(backCost));
   const defaultMax = o.maxTokens ?? 1024;
   const maxWaiting = o.maxWaiting ?? 1024;
   const makeScheduler = typeof o.scheduler === 'function' ? o.scheduler : () => o.scheduler as Scheduler;
-  const p = o.placement;
   const counts = p.kind === 'colocated' ? [p.instances] : [p.prefill, p.decode];
   for (const c of counts) if (!(Number.isInteger(c) && c >= 1)) throw new RangeError(`placement ${placementLabel(p)}: instance counts must be integers >= 1`);
   for (let i = 1; i < workload.length; i++) if (workload[i].arrival < workload[i - 1].arrival) throw new RangeError(`the workload is not sorted by arrival (request ${i})`);
 
   const newInstance = (index: number, role: Role): Instance => {
+    const cost = role === 'decode' ? backCost : frontCost;
+    const numBlocks = blocksOf(cost);
     const kv = new PagedKvTables({ nLayers: 1, nKvHeads: 1, headDim: 1, blockSize, bytesPerElement: 1 }, numBlocks);
     return {
       index,
       role,
-      scheduler: makeScheduler(),
+      cost,
+      numBlocks,
+      scheduler: makeScheduler(cost),
       kv,
       kvView: {
         get freeBlocks() {
@@ -254,6 +295,9 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
   const schedule = (e: EventBody) => events.push({ ...e, order: eventOrder++ });
   let steps = 0;
   let preemptions = 0;
+  // requests certain to miss their SLO, and whether that already decides a failed probe
+  let missed = 0;
+  const failed = () => o.stopBelow !== undefined && (workload.length - missed) / workload.length < o.stopBelow;
   let now = workload.length ? workload[0].arrival : 0;
   const t0 = now;
 
@@ -270,13 +314,14 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
       (slo.tpotMs === undefined || tpot === null || tpot * 1e3 <= slo.tpotMs) &&
       (slo.deadlineMs === undefined || (e2e !== null && e2e * 1e3 <= slo.deadlineMs));
     if (results[s.id] !== undefined) throw new Error(`request ${s.id} ended twice`);
-    const soloPrefillSeconds = prefillSeconds(o.cost, 0, s.promptTokens, limits.tokenBudget).seconds;
+    if (!met && !s.missCounted) missed++;
+    const soloPrefillSeconds = prefillSeconds(frontCost, 0, s.promptTokens, limits.tokenBudget).seconds;
     const queueSeconds = s.admittedAt !== undefined ? s.admittedAt - s.arrivalTime : null;
     let miss: MissReason | null = null;
     if (outcome === 'refused') miss = refusal ?? 'refused-queue-full';
     else if (outcome !== 'finished') miss = outcome;
     else if (!met) {
-      if (!idleFeasible(o.cost, limits.tokenBudget, s.promptTokens, s.generated, slo)) miss = 'infeasible';
+      if (!idleFeasible(frontCost, limits.tokenBudget, s.promptTokens, s.generated, slo, backCost)) miss = 'infeasible';
       else if (slo.ttftMs !== undefined && ttft! * 1e3 > slo.ttftMs) {
         // the TTFT splits into waiting for the first chunk, the solo prefill, and the prefill's stretch beyond it
         miss = s.preemptedEarly > 0 ? 'preemption' : queueSeconds! >= ttft! - queueSeconds! - soloPrefillSeconds ? 'queueing' : 'prefill-interference';
@@ -348,12 +393,13 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
         inst.kv.reserve(seq, n); // throws KvPoolExhausted when the plan over-commits the pool
       }
       if (tokens > limits.tokenBudget) throw new PlanError(`${inst.scheduler.name}: ${tokens} tokens in a step, the budget is ${limits.tokenBudget}`);
-      const dt = o.cost.stepSeconds(shape);
+      const dt = inst.cost.stepSeconds(shape);
       if (!(dt > 0 && Number.isFinite(dt))) throw new RangeError(`cost model gave a step time of ${dt} s for ${JSON.stringify(shape)}`);
       steps++;
       inst.busy = true;
-      o.onStep?.({ instance: inst.index, role: inst.role, start: t, end: t + dt, plan, shape, kvUsedBlocks: inst.kv.pool.used, kvBlocks: numBlocks, live: views.length });
-      schedule({ time: t + dt, kind: 'step', inst, plan });
+      const fill = pipelineFill(inst.cost, shape);
+      o.onStep?.({ instance: inst.index, role: inst.role, start: t, end: t + dt - fill, plan, shape, kvUsedBlocks: inst.kv.pool.used, kvBlocks: inst.numBlocks, live: views.length });
+      schedule({ time: t + dt - fill, kind: 'step', inst, plan, fill });
       return;
     }
   };
@@ -394,12 +440,13 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
     };
     const inst = leastLoaded(front);
     // the engine's admission checks: the request must fit the KV pool, and the waiting line must have room
-    if (inst.kv.blocksNeeded(-1, s.promptTokens + maxTokens) > numBlocks) record(s, 'refused', t, 'refused-too-large');
+    if (inst.kv.blocksNeeded(-1, s.promptTokens + maxTokens) > admitBlocks) record(s, 'refused', t, 'refused-too-large');
     else if (waitingOn(inst) >= maxWaiting) record(s, 'refused', t, 'refused-queue-full');
     else inst.live.set(id, s);
   };
 
-  const stepDone = (inst: Instance, plan: StepPlan, t: number) => {
+  const stepDone = (inst: Instance, plan: StepPlan, t: number, fill: number) => {
+    const tokenTime = t + fill;
     for (const { seq, tokens } of plan.items) {
       const s = inst.live.get(seq)!;
       s.state = 'running';
@@ -407,14 +454,22 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
       if (s.computed < s.totalTokens) continue; // a prompt chunk (or recompute) with more to come
       s.totalTokens++;
       s.generated++;
-      s.firstTokenTime ??= t;
-      s.lastTokenTime = t;
-      if (s.generated >= s.target) finish(inst, s, 'finished', t);
+      if (s.firstTokenTime === undefined) {
+        s.firstTokenTime = tokenTime;
+        const ttftMs = sloOf(s.req).ttftMs;
+        if (ttftMs !== undefined && (tokenTime - s.arrivalTime) * 1e3 > ttftMs) {
+          s.missCounted = true;
+          missed++;
+        }
+      }
+      s.lastTokenTime = tokenTime;
+      if (s.generated >= s.target) finish(inst, s, 'finished', tokenTime);
       else if (inst.role === 'prefill') {
         // hand over to a decode instance: the prefill instance holds the KV until the transfer ends
         inst.live.delete(s.id);
         const to = mostFreeKv(back);
-        schedule({ time: t + o.cost.kvTransferSeconds(s.computed), kind: 'transfer', seq: s, from: inst, to });
+        const move = o.kvTransferSeconds ? o.kvTransferSeconds(s.computed, inst.index, to.index - front.length) : frontCost.kvTransferSeconds(s.computed);
+        schedule({ time: tokenTime + move, kind: 'transfer', seq: s, from: inst, to });
       }
     }
     runStep(inst, t);
@@ -435,7 +490,12 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
   };
 
   let next = 0;
+  let stoppedEarly = false;
   for (;;) {
+    if (failed()) {
+      stoppedEarly = true;
+      break;
+    }
     const ev = events.peek();
     if (next < workload.length && (!ev || workload[next].arrival <= ev.time)) {
       now = workload[next].arrival;
@@ -448,12 +508,12 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
     events.pop();
     if (ev.time < now) throw new Error(`simulated time went backwards: ${ev.time} < ${now}`);
     now = ev.time;
-    if (ev.kind === 'step') stepDone(ev.inst, ev.plan, now);
+    if (ev.kind === 'step') stepDone(ev.inst, ev.plan, now, ev.fill);
     else transferDone(ev.seq, ev.from, ev.to, now);
   }
-  for (const inst of [...front, ...back]) for (const s of [...inst.live.values()]) finish(inst, s, 'unfinished', now);
+  if (!stoppedEarly) for (const inst of [...front, ...back]) for (const s of [...inst.live.values()]) finish(inst, s, 'unfinished', now);
 
-  const requests = results;
+  const requests = stoppedEarly ? results.filter((r) => r !== undefined) : results;
   const ttfts: number[] = [];
   const tpots: number[] = [];
   const e2es: number[] = [];
@@ -476,7 +536,7 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
   const span = n > 1 ? workload[n - 1].arrival - workload[0].arrival : 0;
   const makespan = now - t0;
   const gpus = gpusOf(p);
-  const name = makeScheduler().name;
+  const name = makeScheduler(frontCost).name;
   return {
     requests,
     summary: {
@@ -486,7 +546,7 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
       rate: span > 0 ? (n - 1) / span : 0,
       requests: n,
       ...count,
-      attainment: n ? met / n : NaN,
+      attainment: n ? (stoppedEarly ? (n - missed) / n : met / n) : NaN,
       goodputRps: makespan > 0 ? met / makespan / gpus : 0,
       goodputTokensPerSecond: makespan > 0 ? metTokens / makespan / gpus : 0,
       ttft: quantilesOf(ttfts),
@@ -496,8 +556,9 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
       steps,
       preemptions,
       wallSeconds: (performance.now() - wall0) / 1e3,
+      stoppedEarly,
       misses,
-      ceilings: sloCeilings(workload, o.cost, limits.tokenBudget, sloOf),
+      ceilings: sloCeilings(workload, frontCost, limits.tokenBudget, sloOf, backCost),
     },
   };
 }

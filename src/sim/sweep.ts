@@ -25,6 +25,8 @@ export interface GoodputOptions {
   tolerance?: number;
   /** simulations at most (default 40) */
   maxProbes?: number;
+  /** give up (rate 0) once a per-GPU rate this low still misses the target (default 1e-4) */
+  minRate?: number;
 }
 
 export interface GoodputResult {
@@ -72,7 +74,7 @@ export function maxGoodRate(workloadAt: WorkloadAt, o: SimOptions, g: GoodputOpt
       hi = r;
       if (lo > 0) break;
       r /= 2;
-      if (r < 1e-4) break;
+      if (r < (g.minRate ?? 1e-4)) break;
     }
   }
   while (lo > 0 && hi !== Infinity && hi / lo > 1 + tol && probes.length < maxProbes) {

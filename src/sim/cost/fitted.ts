@@ -1,6 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import type { BatchShape, CostModel } from '../../scheduler/cost_model.ts';
 import { DTYPE_BYTES, analyticalCostModel, type AnalyticalOptions } from './analytical.ts';
+import { type DegreeCosts, type Parallelism, type ParallelCostModel, ONE_GPU, checkDegree, degreeLabel, pipelineStep, powersOfTwo } from './parallel.ts';
 
 /** Seconds per unit of each BatchShape term, plus a constant per step. All >= 0. */
 export interface FittedCoefficients {
@@ -14,9 +15,17 @@ export interface FittedCoefficients {
   decodeSeqs: number;
   /** per context token read by decoding sequences (c4) */
   decodeContext: number;
+  /**
+   * Not fitted by `wgserve profile`; for coefficients fitted per phase elsewhere (DistServe fits
+   * prefill and decode with separate constants): seconds added to a step with prompt tokens, and
+   * to a step with decoding sequences.
+   */
+  prefillBase?: number;
+  decodeBase?: number;
 }
 
 export const TERMS = ['base', 'prefillTokens', 'prefillAttention', 'decodeSeqs', 'decodeContext'] as const;
+const PHASE_TERMS = ['prefillBase', 'decodeBase'] as const;
 
 export interface StepSample {
   shape: BatchShape;
@@ -44,11 +53,28 @@ export interface FittedCostModelJson {
   model: string;
   /** ISO time */
   fittedAt: string;
-  r2: number;
-  meanRelativeError: number;
+  /** fit quality (absent for coefficients taken from elsewhere) */
+  r2?: number;
+  meanRelativeError?: number;
   /** how the step times were measured: GPU timestamps, wall clock, or a live engine's loop periods */
   clock?: 'gpu' | 'wall' | 'engine';
   samples: StepSample[];
+  /** the degree the top-level coefficients were measured at (default one GPU) */
+  parallel?: Parallelism;
+  /** coefficients measured at other degrees, each with its instance's KV capacity */
+  degrees?: FittedDegree[];
+  /** KV transfers across nodes, bytes/s per direction (default kvTransferBytesPerSecond, which is the link inside a node) */
+  interNodeBytesPerSecond?: number;
+  /** pipeline stages derived from a measured degree: seconds to send one micro-batch to the next stage (default 0, as DistServe's simulator) */
+  pipelineHopSeconds?: number;
+}
+
+export interface FittedDegree {
+  tp: number;
+  /** default 1 */
+  pp?: number;
+  coefficients: FittedCoefficients;
+  kvCapacityTokens: number;
 }
 
 /** A preset: the analytical roofline of a hardware preset and a model shape. */
@@ -70,22 +96,39 @@ export function features(b: BatchShape): number[] {
 
 export function predict(c: FittedCoefficients, b: BatchShape): number {
   const x = features(b);
-  return TERMS.reduce((sum, t, i) => sum + c[t] * x[i], 0);
+  const phases = (b.prefillTokens > 0 ? (c.prefillBase ?? 0) : 0) + (b.decodeSeqs > 0 ? (c.decodeBase ?? 0) : 0);
+  return TERMS.reduce((sum, t, i) => sum + c[t] * x[i], phases);
 }
 
 /**
  * DistServe's fitted step time, generalised to mixed batches:
  * step = c0 + c1 * prefillTokens + c2 * prefillAttention + c3 * decodeSeqs + c4 * decodeContext.
  */
-export class FittedCostModel implements CostModel {
-  constructor(readonly json: FittedCostModelJson) {}
+export class FittedCostModel implements ParallelCostModel {
+  readonly parallel: Parallelism;
+  private readonly pipeline: ReturnType<typeof pipelineStep>;
+
+  /** `pipeline`: stages derived from these coefficients (measured at pp 1), see pipelineStep */
+  constructor(
+    readonly json: FittedCostModelJson,
+    pipeline = 1,
+  ) {
+    const measured = json.parallel ?? ONE_GPU;
+    this.parallel = { tp: measured.tp, pp: measured.pp * pipeline };
+    const hop = json.pipelineHopSeconds ?? 0;
+    this.pipeline = pipelineStep((b) => predict(json.coefficients, b), pipeline, () => hop);
+  }
 
   get kvCapacityTokens(): number {
     return this.json.kvCapacityTokens;
   }
 
   stepSeconds(b: BatchShape): number {
-    return predict(this.json.coefficients, b);
+    return this.pipeline.step(b);
+  }
+
+  pipelineFillSeconds(b: BatchShape): number {
+    return this.pipeline.fill(b);
   }
 
   kvTransferSeconds(tokens: number): number {
@@ -95,15 +138,59 @@ export class FittedCostModel implements CostModel {
   describe(): string {
     const c = this.json.coefficients;
     const us = (v: number) => `${(v * 1e6).toPrecision(3)} us`;
+    const degree = degreeLabel(this.parallel);
     return (
-      `fitted on ${this.json.device}, ${this.json.model}: ${us(c.base)} + ${us(c.prefillTokens)}/prompt token + ${us(c.prefillAttention)}/attention pair + ` +
-      `${us(c.decodeSeqs)}/decode seq + ${us(c.decodeContext)}/decode context token (R2 ${this.json.r2.toFixed(3)}, mean rel. error ${(this.json.meanRelativeError * 100).toFixed(1)}%)`
+      `fitted on ${this.json.device}, ${this.json.model}${degree ? ` (${degree})` : ''}: ${us(c.base)} + ${us(c.prefillTokens)}/prompt token + ${us(c.prefillAttention)}/attention pair + ` +
+      `${us(c.decodeSeqs)}/decode seq + ${us(c.decodeContext)}/decode context token` +
+      `${c.prefillBase ? ` + ${us(c.prefillBase)} with prompt tokens` : ''}${c.decodeBase ? ` + ${us(c.decodeBase)} with decodes` : ''}` +
+      (this.json.r2 !== undefined && this.json.meanRelativeError !== undefined ? ` (R2 ${this.json.r2.toFixed(3)}, mean rel. error ${(this.json.meanRelativeError * 100).toFixed(1)}%)` : '')
     );
   }
 
   save(file: string): void {
     writeFileSync(file, `${JSON.stringify(this.json, null, 2)}\n`);
   }
+}
+
+/**
+ * The degrees a fitted file covers: its own coefficients and those under `degrees` as measured,
+ * and deeper pipelines derived from any degree measured at pp 1 (each stage a 1/pp share of a
+ * pass, as DistServe's simulator does; KV capacity pp times the measured one, a lower bound since
+ * each stage also holds fewer weights). Tensor parallelism is not derived: it needs coefficients
+ * measured at that degree.
+ */
+export function fittedDegrees(model: FittedCostModel): DegreeCosts {
+  const j = model.json;
+  const key = (d: Parallelism) => `${d.tp}x${d.pp}`;
+  const measured = new Map<string, FittedCostModelJson>([[key(j.parallel ?? ONE_GPU), { ...j, degrees: undefined }]]);
+  for (const d of j.degrees ?? []) {
+    const parallel = { tp: d.tp, pp: d.pp ?? 1 };
+    measured.set(key(parallel), { ...j, parallel, coefficients: d.coefficients, kvCapacityTokens: d.kvCapacityTokens, degrees: undefined });
+  }
+  const list = [...measured.values()].map((m) => m.parallel ?? ONE_GPU);
+  return {
+    describe: () => `fitted on ${j.device}, ${j.model}: measured at ${list.map((d) => degreeLabel(d) || 'one GPU').join(', ')}; deeper pipelines derived`,
+    degrees: (maxGpus) => {
+      const out = new Map<string, Parallelism>();
+      for (const d of list) {
+        if (d.tp * d.pp <= maxGpus) out.set(key(d), d);
+        if (d.pp === 1) for (const pp of powersOfTwo(Math.floor(maxGpus / d.tp))) out.set(key({ tp: d.tp, pp }), { tp: d.tp, pp });
+      }
+      return [...out.values()].sort((a, b) => a.tp * a.pp - b.tp * b.pp || a.pp - b.pp);
+    },
+    at: (d) => {
+      const exact = measured.get(key(d));
+      if (exact) return new FittedCostModel(exact);
+      const base = measured.get(key({ tp: d.tp, pp: 1 }));
+      if (base) return new FittedCostModel({ ...base, kvCapacityTokens: base.kvCapacityTokens * d.pp }, d.pp);
+      return `no coefficients measured at tp${d.tp} (measured: ${list.map((m) => degreeLabel(m) || 'one GPU').join(', ')})`;
+    },
+    links: {
+      intraNode: { name: 'the profile\'s KV link', bytesPerSecond: j.kvTransferBytesPerSecond, latencySeconds: 0 },
+      interNode: { name: 'the profile\'s network', bytesPerSecond: j.interNodeBytesPerSecond ?? j.kvTransferBytesPerSecond, latencySeconds: 0 },
+      kvBytesPerToken: j.kvBytesPerToken,
+    },
+  };
 }
 
 export interface FitOptions {
@@ -236,11 +323,20 @@ export function loadCostModel(file: string): CostModel {
 export function costModelFromJson(json: unknown, source = 'cost model'): CostModel {
   const o = json as Partial<FittedCostModelJson> & Partial<AnalyticalCostModelJson> & { kind?: string };
   if (o?.kind === 'fitted') {
-    const c = o.coefficients;
-    for (const t of TERMS) if (!(typeof c?.[t] === 'number' && c[t] >= 0)) throw new Error(`${source}: coefficients.${t} must be a number >= 0`);
+    const checkCoefficients = (c: FittedCoefficients | undefined, where: string) => {
+      for (const t of TERMS) if (!(typeof c?.[t] === 'number' && c[t] >= 0)) throw new Error(`${source}: ${where}.${t} must be a number >= 0`);
+      for (const t of PHASE_TERMS) if (c?.[t] !== undefined && !(typeof c[t] === 'number' && c[t] >= 0)) throw new Error(`${source}: ${where}.${t} must be a number >= 0`);
+    };
+    checkCoefficients(o.coefficients, 'coefficients');
     for (const k of ['kvCapacityTokens', 'kvTransferBytesPerSecond', 'kvBytesPerToken'] as const) {
       if (!(typeof o[k] === 'number' && o[k] > 0)) throw new Error(`${source}: ${k} must be a positive number`);
     }
+    if (o.parallel) checkDegree(o.parallel, `${source}: parallel`);
+    (o.degrees ?? []).forEach((d, i) => {
+      checkDegree({ tp: d.tp, pp: d.pp ?? 1 }, `${source}: degrees[${i}]`);
+      checkCoefficients(d.coefficients, `degrees[${i}].coefficients`);
+      if (!(typeof d.kvCapacityTokens === 'number' && d.kvCapacityTokens > 0)) throw new Error(`${source}: degrees[${i}].kvCapacityTokens must be a positive number`);
+    });
     return new FittedCostModel(o as FittedCostModelJson);
   }
   if (o?.kind === 'analytical') {

@@ -1,0 +1,136 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { Command, InvalidArgumentError, type Option } from 'commander';
+import type { AnnBenchReport } from '../../bench/ann.ts';
+import type { AnnSet } from '../ann/sets.ts';
+import { type DeviceMode, parseDeviceMode } from '../gpu/adapter.ts';
+
+export interface BenchAnnOptions {
+  device: DeviceMode;
+  /** user files (raw little-endian float32 rows of --dim); all three or none */
+  keys?: string;
+  queries?: string;
+  buildQueries?: string;
+  dim: number;
+  /** a generated set's sizes */
+  keyCount: number;
+  buildCount: number;
+  queryCount: number;
+  seed: number;
+  topK: number;
+  clusters: number;
+  listFraction: number[];
+  nprobe: number[];
+  hnswEf: number[];
+  hnsw: boolean;
+  batch: number;
+  idsOut?: string;
+  touchedOut?: string;
+  json?: string;
+  markdown?: string;
+  plot?: string;
+  updateDocs: boolean;
+}
+
+/** The set to run: the user's files, or a generated out-of-distribution one. Throws on bad files before any device work. */
+async function annSet(o: BenchAnnOptions): Promise<AnnSet> {
+  const { generateSet, readVectors } = await import('../ann/sets.ts');
+  if (o.keys || o.queries || o.buildQueries) {
+    if (!o.keys || !o.queries || !o.buildQueries) throw new Error('--keys, --queries and --build-queries go together (the index learns from the build queries, never from the searched ones)');
+    const keys = readVectors(o.keys, o.dim, 'keys');
+    return { name: o.keys, keys, queries: readVectors(o.queries, o.dim, 'queries'), buildQueries: readVectors(o.buildQueries, o.dim, 'build queries') };
+  }
+  return generateSet({ keys: o.keyCount, dim: o.dim, buildQueries: o.buildCount, queries: o.queryCount, seed: o.seed });
+}
+
+/** Int32 little-endian rows (the host is little-endian: readVectors checks). */
+function int32File(path: string, v: Int32Array): void {
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+}
+
+/** `wgserve bench ann`: see bench/ann.ts. */
+export async function benchAnn(o: BenchAnnOptions): Promise<AnnBenchReport> {
+  const set = await annSet(o);
+  if (set.keys.dim % 4 !== 0) throw new Error(`--dim ${set.keys.dim}: the key index needs a multiple of 4`);
+  if (o.topK > set.keys.rows) throw new Error(`--top-k ${o.topK} is larger than the number of keys (${set.keys.rows})`);
+  const [{ annBenchMarkdown, annPlotSpec, runAnnBench }, { updateDocSection, writeResult }, { Gpu }, { writeSvgPlot }] = await Promise.all([
+    import('../../bench/ann.ts'),
+    import('../../bench/results.ts'),
+    import('../gpu/gpu.ts'),
+    import('../util/output.ts'),
+  ]);
+  const gpu = await Gpu.open({ mode: o.device });
+  try {
+    console.error(`bench ann on ${gpu.adapter.description}${gpu.adapter.isSoftware ? ' (software device)' : ''}: ${set.name}`);
+    const report = await runAnnBench(gpu, {
+      set,
+      topK: o.topK,
+      index: { clusters: o.clusters },
+      listFractions: o.listFraction,
+      nprobes: o.nprobe,
+      hnswEfs: o.hnsw ? o.hnswEf : [],
+      batch: o.batch,
+      log: (line) => console.error(line),
+    });
+    const markdown = annBenchMarkdown(report);
+    if (o.idsOut) int32File(o.idsOut, report.first.ids);
+    if (o.touchedOut) int32File(o.touchedOut, report.first.touched);
+    const { first: _, ...summary } = report;
+    if (o.json) writeResult(o.json, JSON.stringify(summary, null, 2) + '\n');
+    if (o.markdown) writeResult(o.markdown, markdown);
+    if (o.plot) await writeSvgPlot(o.plot, annPlotSpec(report));
+    if (o.updateDocs) {
+      const plot = o.plot ? `\n![key index: recall against keys scored](${o.plot.replace(/^.*?bench\//, '../bench/')})\n` : '';
+      updateDocSection(report.isSoftware ? 'ann-software' : 'ann-gpu', () => `\n${markdown}${plot}\n`);
+    }
+    if (!o.json && !o.markdown) process.stdout.write(markdown);
+    return report;
+  } finally {
+    gpu.destroy();
+  }
+}
+
+const positiveInt = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer`);
+  return n;
+};
+const intList = (name: string) => (v: string) => v.split(',').map((s) => positiveInt(name)(s.trim()));
+const fractions = (name: string) => (v: string) =>
+  v.split(',').map((s) => {
+    const n = Number(s.trim());
+    if (!(n > 0 && n <= 1)) throw new InvalidArgumentError(`${name} must be fractions in (0, 1] separated by commas`);
+    return n;
+  });
+
+/** `bench ann`, with the shared --device option. */
+export function benchAnnCommand(device: Option): Command {
+  return new Command('ann')
+    .description('the key index for long-context attention (docs/ann.md) alone on key/query sets: recall, attention-mass recall, keys scored, output error, build and search time, beside hnswlib and an exact scan')
+    .option('--keys <file>', 'keys: raw little-endian float32 [n, dim] (with --queries and --build-queries; default: a generated out-of-distribution set)')
+    .option('--queries <file>', 'searched queries: raw float32 [m, dim]')
+    .option('--build-queries <file>', 'queries the index learns from (never the searched ones): raw float32 [b, dim]')
+    .option('--dim <d>', 'vector dimension (a multiple of 4)', positiveInt('--dim'), 128)
+    .option('--key-count <n>', 'generated set: keys', positiveInt('--key-count'), 131072)
+    .option('--build-count <n>', 'generated set: build queries', positiveInt('--build-count'), 2048)
+    .option('--query-count <n>', 'generated set: searched queries', positiveInt('--query-count'), 100)
+    .option('--seed <s>', 'generated set: seed', positiveInt('--seed'), 1)
+    .option('--top-k <k>', 'keys to find per query', positiveInt('--top-k'), 100)
+    .option('--clusters <c>', 'key index: query centroids', positiveInt('--clusters'), 64)
+    .option('--list-fraction <list>', 'key index builds: keys per centroid list, as fractions of the keys (comma-separated; one build each)', fractions('--list-fraction'), [0.001, 0.0025, 0.01])
+    .option('--nprobe <list>', 'key index settings per build: lists scanned per query (comma-separated; --ids-out and --touched-out take the first build\'s first)', intList('--nprobe'), [1, 2, 4, 8])
+    .option('--hnsw-ef <list>', 'hnswlib search breadths (comma-separated; at least --top-k)', intList('--hnsw-ef'), [100, 200, 400, 800])
+    .option('--no-hnsw', 'skip the hnswlib peer')
+    .option('--batch <n>', 'queries per GPU step', positiveInt('--batch'), 16)
+    .option('--ids-out <file>', 'the ids found for each query: int32 little-endian [m, top-k], best first, -1 where fewer')
+    .option('--touched-out <file>', 'keys whose scores were computed for each query: int32 [m]')
+    .option('--json <file>', 'write the report as JSON')
+    .option('--markdown <file>', 'write the tables as markdown')
+    .option('--plot <file.svg>', 'write the plot of recall against keys scored')
+    .option('--update-docs', 'replace the key-index section for this device class in docs/benchmarks.md', false)
+    .addOption(device)
+    .action(async (o: Omit<BenchAnnOptions, 'device'> & { device: string }) => {
+      await benchAnn({ ...o, device: parseDeviceMode(o.device) });
+    });
+}
