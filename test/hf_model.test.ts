@@ -11,7 +11,7 @@ import { type ModelSource, openModel, openTokenizer } from '../src/model/source.
 import { HfTokenizer, tokenizerFromHfDir } from '../src/model/tokenizer/hf.ts';
 import { StreamDecoder, type Tokenizer, decode } from '../src/model/tokenizer/index.ts';
 import { TokenType } from '../src/model/tokenizer/vocab.ts';
-import { cpuWeightsOf } from './helpers/cpu_weights.ts';
+import { cpuWeightsOf } from '../src/model/cpu_weights.ts';
 import { useGpu } from './helpers/gpu.ts';
 import { UNIT_ROUNDOFF, cpuLogits, expectGpuLogits, relativeLogitError, roundingTolerance } from './helpers/logits.ts';
 import { CHAT_TEMPLATE, SMOLLM_DIR, byteLevelTokenizerJson, safetensorsBytes, spmTokenizerJson, writeHfDir } from './helpers/hf_dir.ts';

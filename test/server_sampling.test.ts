@@ -10,7 +10,7 @@ import { GpuModel } from '../src/model/gpu_model.ts';
 import { type ModelSource, openModel } from '../src/model/source.ts';
 import { startServer, type WgServer } from '../src/server/app.ts';
 import { FrameDecoder, type RequestSpec, encodeFrame } from '../src/workers/protocol.ts';
-import { cpuWeightsOf } from './helpers/cpu_weights.ts';
+import { cpuWeightsOf } from '../src/model/cpu_weights.ts';
 import { useGpu } from './helpers/gpu.ts';
 import { UNIT_ROUNDOFF, logSoftmax, maxAbs, roundingTolerance } from './helpers/logits.ts';
 

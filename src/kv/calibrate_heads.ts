@@ -1,7 +1,6 @@
-import { dequantizeRef } from '../../kernels/weights.ts';
 import type { ModelConfig } from '../model/config.ts';
-import { type CpuForwardOptions, type CpuWeights, cpuForward } from '../model/cpu_reference.ts';
-import { weightFormatOf } from '../model/gpu_weights.ts';
+import { type CpuForwardOptions, cpuForward } from '../model/cpu_reference.ts';
+import { cpuWeightsOf } from '../model/cpu_weights.ts';
 import type { ModelSource } from '../model/source.ts';
 import { TokenType, type Vocab } from '../model/tokenizer/vocab.ts';
 import { mulberry32 } from '../util/rng.ts';
@@ -104,17 +103,6 @@ export function scoreHeads(samples: readonly CopySample[], observe: AttentionObs
   const group = shape.nHeads / shape.nKvHeads;
   const kv = query.map((row) => Array.from({ length: shape.nKvHeads }, (_, h) => Math.max(...row.slice(h * group, (h + 1) * group))));
   return { kv, query, mass: mean(mass), steps };
-}
-
-/** Every tensor of a model decoded to f32 as the GPU decodes it: the CPU forward pass's weights. */
-export function cpuWeightsOf(src: ModelSource): CpuWeights {
-  const w: CpuWeights = new Map();
-  for (const t of src.tensors.values()) {
-    const format = weightFormatOf(t);
-    if (!format) throw new Error(`no CPU decoder for ${t.typeName} (${t.name})`);
-    w.set(t.name, dequantizeRef(format, t.read(), t.dims.reduce((a, b) => a * b, 1)));
-  }
-  return w;
 }
 
 /** Calibrates a model's heads with the float64 CPU forward pass. */

@@ -4,7 +4,7 @@ import type { ModelConfig } from '../../src/model/config.ts';
 import { cpuForward } from '../../src/model/cpu_reference.ts';
 import { GpuModel } from '../../src/model/gpu_model.ts';
 import type { ModelSource } from '../../src/model/source.ts';
-import { cpuWeightsOf } from './cpu_weights.ts';
+import { cpuWeightsOf } from '../../src/model/cpu_weights.ts';
 
 /** Unit roundoff (half an ulp of 1, relative) of f32, float64, and of the bf16 and f16 weight formats. */
 export const UNIT_ROUNDOFF = { f32: 2 ** -24, f64: 2 ** -53, bf16: 2 ** -8, f16: 2 ** -11 } as const;

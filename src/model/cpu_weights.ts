@@ -1,9 +1,9 @@
 import { dequantizeRef } from '../../kernels/weights.ts';
-import type { CpuWeights } from '../../src/model/cpu_reference.ts';
-import { weightFormatOf } from '../../src/model/gpu_weights.ts';
-import type { ModelSource } from '../../src/model/source.ts';
+import type { CpuWeights } from './cpu_reference.ts';
+import { weightFormatOf } from './gpu_weights.ts';
+import type { ModelSource } from './source.ts';
 
-/** Every tensor of a model decoded to f32 exactly as the GPU decodes it: the CPU oracle's weights. */
+/** Every tensor of a model decoded to f32 exactly as the GPU decodes it: the float64 CPU forward pass's weights. */
 export function cpuWeightsOf(src: ModelSource): CpuWeights {
   const w: CpuWeights = new Map();
   for (const t of src.tensors.values()) {
