@@ -36,6 +36,13 @@ function options(dir: string, over: Partial<BenchAnnOptions> = {}): BenchAnnOpti
     hnsw: true,
     batch: 4,
     updateDocs: false,
+    decode: false,
+    contexts: [],
+    group: 4,
+    listLength: 320,
+    sink: 64,
+    recent: 256,
+    buildTokens: 256,
     ...over,
   };
 }

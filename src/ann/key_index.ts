@@ -72,7 +72,7 @@ export class KeyIndex {
   private destroyed = false;
 
   private constructor(
-    private readonly keys: KeySource,
+    private keys: KeySource,
     readonly clusters: number,
     readonly listLength: number,
     /** capacity of each list */
@@ -139,6 +139,16 @@ export class KeyIndex {
   /** GPU memory held by the index. */
   get bytes(): number {
     return this.centroids.size + this.thr.size + this.lists.size + this.counts.size + this.centroidKeys.bytes;
+  }
+
+  /**
+   * Points the index at its keys' current binding (the model uploads its block table and packs
+   * its head rows anew every step); the keys themselves must be the same.
+   */
+  rebind(keys: KeySource): void {
+    this.alive();
+    if (keys.headDim !== this.keys.headDim || keys.dtype !== this.keys.dtype) throw new Error('key index: rebind to keys of another head dim or type');
+    this.keys = keys;
   }
 
   /** Records the indexing of keys [keyCount, newCount), which the caller has stored in the key source. */

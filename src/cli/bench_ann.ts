@@ -30,6 +30,14 @@ export interface BenchAnnOptions {
   markdown?: string;
   plot?: string;
   updateDocs: boolean;
+  /** `--decode`: decode attention time against context length instead (bench/ann_decode.ts) */
+  decode: boolean;
+  contexts: number[];
+  group: number;
+  listLength: number;
+  sink: number;
+  recent: number;
+  buildTokens: number;
 }
 
 /** The set to run: the user's files, or a generated out-of-distribution one. Throws on bad files before any device work. */
@@ -49,8 +57,44 @@ function int32File(path: string, v: Int32Array): void {
   writeFileSync(path, new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
 }
 
-/** `wgserve bench ann`: see bench/ann.ts. */
-export async function benchAnn(o: BenchAnnOptions): Promise<AnnBenchReport> {
+/** `wgserve bench ann --decode`: see bench/ann_decode.ts. */
+async function benchAnnDecode(o: BenchAnnOptions): Promise<void> {
+  if (o.dim % 4 !== 0 || 128 % (o.dim / 4) !== 0) throw new Error(`--dim ${o.dim}: decode attention needs a multiple of 4 with dim / 4 dividing 128`);
+  const [{ annDecodeMarkdown, runAnnDecodeBench }, { updateDocSection, writeResult }, { Gpu }] = await Promise.all([
+    import('../../bench/ann_decode.ts'),
+    import('../../bench/results.ts'),
+    import('../gpu/gpu.ts'),
+  ]);
+  const gpu = await Gpu.open({ mode: o.device });
+  try {
+    console.error(`bench ann --decode on ${gpu.adapter.description}${gpu.adapter.isSoftware ? ' (software device)' : ''}`);
+    const report = await runAnnDecodeBench(gpu, {
+      contexts: o.contexts,
+      headDim: o.dim,
+      group: o.group,
+      topK: o.topK,
+      nprobe: o.nprobe[0],
+      clusters: o.clusters,
+      listLength: o.listLength,
+      sink: o.sink,
+      recent: o.recent,
+      buildTokens: o.buildTokens,
+      seed: o.seed,
+      log: (line) => console.error(line),
+    });
+    const markdown = annDecodeMarkdown(report);
+    if (o.json) writeResult(o.json, JSON.stringify(report, null, 2) + '\n');
+    if (o.markdown) writeResult(o.markdown, markdown);
+    if (o.updateDocs) updateDocSection(report.isSoftware ? 'ann-decode-software' : 'ann-decode-gpu', () => `\n${markdown}\n`);
+    if (!o.json && !o.markdown) process.stdout.write(markdown);
+  } finally {
+    gpu.destroy();
+  }
+}
+
+/** `wgserve bench ann`: see bench/ann.ts (with --decode, bench/ann_decode.ts). */
+export async function benchAnn(o: BenchAnnOptions): Promise<AnnBenchReport | undefined> {
+  if (o.decode) return void (await benchAnnDecode(o));
   const set = await annSet(o);
   if (set.keys.dim % 4 !== 0) throw new Error(`--dim ${set.keys.dim}: the key index needs a multiple of 4`);
   if (o.topK > set.keys.rows) throw new Error(`--top-k ${o.topK} is larger than the number of keys (${set.keys.rows})`);
@@ -129,6 +173,13 @@ export function benchAnnCommand(device: Option): Command {
     .option('--markdown <file>', 'write the tables as markdown')
     .option('--plot <file.svg>', 'write the plot of recall against keys scored')
     .option('--update-docs', 'replace the key-index section for this device class in docs/benchmarks.md', false)
+    .option('--decode', 'instead: decode attention time of one head row against context length, exact and with the index (--contexts, --group, --list-length, --sink, --recent, --build-tokens; --dim, --top-k, --clusters, the first --nprobe)', false)
+    .option('--contexts <list>', '--decode: context lengths (comma-separated)', intList('--contexts'), [8192, 16384, 32768, 65536, 131072])
+    .option('--group <g>', '--decode: query heads per KV head', positiveInt('--group'), 4)
+    .option('--list-length <l>', '--decode: keys per centroid list', positiveInt('--list-length'), 320)
+    .option('--sink <n>', '--decode: first keys always attended', positiveInt('--sink'), 64)
+    .option('--recent <n>', '--decode: latest keys always attended', positiveInt('--recent'), 256)
+    .option('--build-tokens <n>', '--decode: prefill tokens sampled to build from', positiveInt('--build-tokens'), 256)
     .addOption(device)
     .action(async (o: Omit<BenchAnnOptions, 'device'> & { device: string }) => {
       await benchAnn({ ...o, device: parseDeviceMode(o.device) });
