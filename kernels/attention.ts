@@ -3,6 +3,7 @@ import { Params } from '../src/gpu/params.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
 import { grid1d } from './grid.ts';
 import type { KvDtype } from './kv_cache.ts';
+import { useSubgroups } from './subgroups.ts';
 
 /**
  * Attention over the paged KV cache (layout documented in kernels/kv_cache.ts): decode (one query
@@ -68,6 +69,11 @@ export interface DecodeShape extends AttentionShape {
   maxKvLen: number;
   /** slots per split-K partition (a power of two, 32..1024); default chosen from the grid size */
   partitionSize?: number;
+  /**
+   * Force the subgroup variant (attention_decode_subgroup.wgsl: several lanes per K row, subgroup
+   * reductions) on or off; default: the device's mode (kernels/subgroups.ts).
+   */
+  subgroups?: boolean;
 }
 
 /** Head-wise decode: where the layer's KV heads live (the columnOf of src/kv/head_pattern.ts headColumns, uploaded). */
@@ -90,10 +96,14 @@ export interface DecodePlan {
 
 const decodeSmem = (gq: number, headDim: number, part: number) => gq * headDim * 4 + Math.max(gq * part, WG * 4) * 4 + gq * WG * 4;
 
+/** Workgroups a default decode plan aims for: several per multiprocessor of a large GPU (132 on an H100/H200). */
+const DECODE_TARGET_WORKGROUPS = 1024;
+
 /**
- * Split-K plan: partitions of 256 slots, halved (down to 64) while the grid would have fewer than
- * ~512 workgroups, so small batches still fill a large GPU; a context that fits one partition
- * needs no merge.
+ * Split-K plan: partitions of 256 slots, halved (down to 32) while the grid (head rows x head
+ * groups x partitions, so batch, kv heads and context length together) would have fewer than
+ * DECODE_TARGET_WORKGROUPS workgroups, so short contexts and small batches still give a large GPU
+ * parallel work; a context that fits one partition needs no merge.
  */
 export function decodePlan(gpu: Gpu, s: DecodeShape): DecodePlan {
   const group = checkShape(s, undefined, 'decodePlan');
@@ -102,7 +112,7 @@ export function decodePlan(gpu: Gpu, s: DecodeShape): DecodePlan {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   let part = s.partitionSize ?? 256;
   if (s.partitionSize === undefined) {
-    while (part > 64 && rowsGrid * Math.ceil(s.maxKvLen / part) < 512) part /= 2;
+    while (part > 32 && rowsGrid * Math.ceil(s.maxKvLen / part) < DECODE_TARGET_WORKGROUPS) part /= 2;
   }
   if (!Number.isInteger(Math.log2(part)) || part < 32 || part > 1024) throw new Error(`decodePlan: partitionSize ${part} must be a power of two in 32..1024`);
   while (decodeSmem(gq, s.headDim, part) > limit && part > 32) part /= 2;
@@ -168,6 +178,24 @@ export function attentionDecodePartials(step: Step, a: DecodePartialsArgs): Deco
   return plan;
 }
 
+/** Most lanes that share one K row in the subgroup variant: 8 read 128 contiguous bytes per load. */
+const MAX_ROW_LANES = 8;
+
+/**
+ * Lanes per K row of the subgroup variant, or 0 for the plain kernel: the largest power of two up to
+ * MAX_ROW_LANES that divides headDim / 4 and fits the device's smallest subgroup. The plain kernel
+ * when subgroups are off, when the device does not report its subgroup sizes, or when its largest
+ * subgroup does not divide the workgroup (the variant needs full subgroups).
+ */
+export function subgroupLanes(gpu: Gpu, headDim: number, force?: boolean): number {
+  if (!useSubgroups(gpu, force)) return 0;
+  const { subgroupMinSize: min, subgroupMaxSize: max } = gpu.adapter;
+  if (min < 1 || max < 1 || WG % max !== 0) return 0;
+  let lanes = 1;
+  while (lanes * 2 <= Math.min(MAX_ROW_LANES, min) && (headDim / 4) % (lanes * 2) === 0) lanes *= 2;
+  return lanes;
+}
+
 function dispatchDecode(
   step: Step,
   a: PagedKv & DecodeShape & { q: Binding; kvLen: Binding; columns?: HeadwiseDecode },
@@ -177,8 +205,9 @@ function dispatchDecode(
   const group = checkShape(a, a.dtype, 'attentionDecode');
   const y = a.batch * a.nKvHeads * (group / plan.gq);
   if (y > step.gpu.limits.maxComputeWorkgroupsPerDimension) throw new Error(`attentionDecode: ${y} head rows exceed the grid limit`);
+  const lanes = subgroupLanes(step.gpu, a.headDim, a.subgroups);
   step.dispatch({
-    pipeline: step.gpu.pipelines.get('attention_decode', 'main', {
+    pipeline: step.gpu.pipelines.get(lanes ? 'attention_decode_subgroup' : 'attention_decode', 'main', {
       HEAD_DIM: a.headDim,
       BLOCK_SIZE: a.blockSize,
       GQ: plan.gq,
@@ -187,6 +216,7 @@ function dispatchDecode(
       KV_F16: a.dtype === 'f16' ? 1 : 0,
       DIRECT: o.direct ? 1 : 0,
       HEADWISE: a.columns ? 1 : 0,
+      ...(lanes ? { SG_LANES: lanes } : {}),
     }),
     params: new Params()
       .u32(a.nHeads)

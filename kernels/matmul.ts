@@ -1,6 +1,7 @@
 import { Params } from '../src/gpu/params.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
 import { grid1d } from './grid.ts';
+import { useSubgroups } from './subgroups.ts';
 import { WFMT, type WeightFormat, checkRowLength } from './weights.ts';
 
 export type MatmulVariant = 'auto' | 'decode' | 'tiled';
@@ -37,6 +38,11 @@ export interface MatmulArgs {
   variant?: MatmulVariant;
   norm?: MatmulNorm;
   epilogue?: MatmulEpilogue;
+  /**
+   * Decode kernel only: force its subgroup variant (matmul_subgroup.wgsl: subgroupAdd reductions)
+   * on or off; default: the device's mode (kernels/subgroups.ts).
+   */
+  subgroups?: boolean;
 }
 
 /** Largest M the decode (matrix-vector) kernel takes in one dispatch, and the auto threshold. */
@@ -94,11 +100,12 @@ export function matmul(step: Step, a: MatmulArgs): void {
   }
   const workgroups = grid1d(step.gpu, Math.ceil(a.n / (MATMUL_DECODE_ROWS / share)));
   const MV_WG = decodeThreads(a.k);
+  const shader = useSubgroups(step.gpu, a.subgroups) ? 'matmul_subgroup' : 'matmul';
   // One dispatch per 8 rows of X: each re-reads W, so only forced decode on larger M does that.
   for (let row0 = 0; row0 < a.m; row0 += MATMUL_DECODE_MAX_M) {
     const rows = Math.min(MATMUL_DECODE_MAX_M, a.m - row0);
     step.dispatch({
-      pipeline: step.gpu.pipelines.get('matmul', 'decode', { WFMT: WFMT[a.format], MV_M: rows, MV_ROWS: MATMUL_DECODE_ROWS, MV_WG }),
+      pipeline: step.gpu.pipelines.get(shader, 'decode', { WFMT: WFMT[a.format], MV_M: rows, MV_ROWS: MATMUL_DECODE_ROWS, MV_WG }),
       params: params(rows, row0),
       buffers,
       workgroups,

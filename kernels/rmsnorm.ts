@@ -1,6 +1,7 @@
 import { Params } from '../src/gpu/params.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
 import { grid1d } from './grid.ts';
+import { useSubgroups } from './subgroups.ts';
 
 export interface RmsNormArgs {
   /** [rows, dim] f32 */
@@ -12,6 +13,8 @@ export interface RmsNormArgs {
   rows: number;
   dim: number;
   eps: number;
+  /** force the subgroup variant on or off (default: the device's mode, kernels/subgroups.ts) */
+  subgroups?: boolean;
 }
 
 export interface RmsScaleArgs {
@@ -22,13 +25,18 @@ export interface RmsScaleArgs {
   rows: number;
   dim: number;
   eps: number;
+  /** as in RmsNormArgs */
+  subgroups?: boolean;
 }
 
 const WG = 256;
 
+/** The shader: the subgroup variant when chosen (rmsnorm_subgroup.wgsl: same kernel, subgroup reductions). */
+const shader = (step: Step, force?: boolean) => (useSubgroups(step.gpu, force) ? 'rmsnorm_subgroup' : 'rmsnorm');
+
 export function rmsNorm(step: Step, a: RmsNormArgs): void {
   step.dispatch({
-    pipeline: step.gpu.pipelines.get('rmsnorm', 'main', { WG }),
+    pipeline: step.gpu.pipelines.get(shader(step, a.subgroups), 'main', { WG }),
     params: new Params().u32(a.rows).u32(a.dim).f32(a.eps),
     buffers: [a.x, a.weight, a.out],
     workgroups: grid1d(step.gpu, a.rows),
@@ -38,7 +46,7 @@ export function rmsNorm(step: Step, a: RmsNormArgs): void {
 /** Each row's RMSNorm scale only, for a matmul that normalises its input in its prologue (MatmulArgs.norm). */
 export function rmsScale(step: Step, a: RmsScaleArgs): void {
   step.dispatch({
-    pipeline: step.gpu.pipelines.get('rmsnorm', 'scale', { WG }),
+    pipeline: step.gpu.pipelines.get(shader(step, a.subgroups), 'scale', { WG }),
     params: new Params().u32(a.rows).u32(a.dim).f32(a.eps),
     buffers: [a.x, a.out],
     workgroups: grid1d(step.gpu, a.rows),

@@ -2,6 +2,7 @@ import type { Gpu } from '../src/gpu/gpu.ts';
 import { Params } from '../src/gpu/params.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
 import { grid1d } from './grid.ts';
+import { useSubgroups } from './subgroups.ts';
 
 export interface SoftmaxArgs {
   /** [rows, cols] f32 */
@@ -10,6 +11,8 @@ export interface SoftmaxArgs {
   out: Binding;
   rows: number;
   cols: number;
+  /** force the subgroup variant (softmax_subgroup.wgsl) on or off (default: the device's mode, kernels/subgroups.ts) */
+  subgroups?: boolean;
 }
 
 /**
@@ -32,7 +35,7 @@ export function rowWorkgroupSize(gpu: Gpu, cols: number): number {
  */
 export function softmax(step: Step, a: SoftmaxArgs): void {
   step.dispatch({
-    pipeline: step.gpu.pipelines.get('softmax', 'main', { WG: rowWorkgroupSize(step.gpu, a.cols) }),
+    pipeline: step.gpu.pipelines.get(useSubgroups(step.gpu, a.subgroups) ? 'softmax_subgroup' : 'softmax', 'main', { WG: rowWorkgroupSize(step.gpu, a.cols) }),
     params: new Params().u32(a.rows).u32(a.cols),
     buffers: [a.x, a.out],
     workgroups: grid1d(step.gpu, a.rows),

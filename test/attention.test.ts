@@ -12,6 +12,7 @@ import {
   attentionPrefillRef,
   decodePlan,
   prefillMeta,
+  subgroupLanes,
 } from '../kernels/attention.ts';
 import {
   type KvDtype,
@@ -117,7 +118,7 @@ interface DecodeCase {
   parts?: number;
 }
 
-async function runDecode(gpu: Gpu, c: DecodeCase, seed: number): Promise<void> {
+async function runDecode(gpu: Gpu, c: DecodeCase, seed: number, subgroups = false): Promise<void> {
   const nHeads = c.nKvHeads * c.group;
   const batch = c.seqLens.length;
   const cache = await makeCache(gpu, { ...c, seed });
@@ -125,7 +126,7 @@ async function runDecode(gpu: Gpu, c: DecodeCase, seed: number): Promise<void> {
   const q = normalArray(batch * nHeads * c.headDim, seed * 3 + 3, 1.5);
   const qb = gpu.upload(q);
   const out = gpu.createBuffer(q.byteLength);
-  const shape = { batch, nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, maxKvLen: Math.max(...c.seqLens), partitionSize: c.partitionSize, scale: c.scale };
+  const shape = { batch, nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, maxKvLen: Math.max(...c.seqLens), partitionSize: c.partitionSize, scale: c.scale, subgroups };
   if (c.parts !== undefined) expect(decodePlan(gpu, shape).numParts).toBe(c.parts);
   const step = gpu.step();
   attentionDecode(step, { ...cache.gpuKv, ...shape, q: qb, out, kvLen: cache.kvLen });
@@ -137,8 +138,15 @@ async function runDecode(gpu: Gpu, c: DecodeCase, seed: number): Promise<void> {
   out.destroy();
 }
 
-describe('attention decode', () => {
+// The subgroup variant (several lanes per K row, subgroup reductions) computes each score with a
+// different order of additions (each lane's strided chunks, then a butterfly), within the same
+// rounding estimate as the plain kernel: TOL holds for both.
+for (const subgroups of [false, true]) describe(subgroups ? 'attention decode (subgroup variant)' : 'attention decode', () => {
   const getGpu = useGpu();
+  const run = (c: DecodeCase, seed: number) => async (ctx: { skip: () => void }) => {
+    if (subgroups && !getGpu().features.subgroups) ctx.skip();
+    await runDecode(getGpu(), c, seed, subgroups);
+  };
   const cases: DecodeCase[] = [
     // The test model's head dim, every GQA ratio; lengths 1, 17, ~100 batched, one empty row.
     { seqLens: [1, 17, 100], nKvHeads: 2, group: 1, headDim: 8, blockSize: 16 },
@@ -158,15 +166,43 @@ describe('attention decode', () => {
     { seqLens: [33, 120], nKvHeads: 1, group: 2, headDim: 128, blockSize: 7, dtype: 'f16', partitionSize: 64, parts: 2 },
     { seqLens: [50, 9], nKvHeads: 1, group: 2, headDim: 256, blockSize: 16 },
   ];
+  // The subgroup variant (each pipeline a compile of seconds on SwiftShader): headDim 8 (2 lanes per
+  // K row, rows per pass beyond the partition) with an empty row, f16 KV, and below a long context
+  // of 256-slot partitions at headDim 128 (several passes per partition, merged).
+  const subgroupCases = new Set([1, 10]);
   cases.forEach((c, i) => {
-    it(`headDim=${c.headDim} gqa=${c.group} blockSize=${c.blockSize} lens=${c.seqLens} ${c.dtype ?? 'f32'}${c.scale ? ` scale=${c.scale}` : ''}`, () => runDecode(getGpu(), c, 100 + i));
+    if (subgroups && !subgroupCases.has(i)) return;
+    it(`headDim=${c.headDim} gqa=${c.group} blockSize=${c.blockSize} lens=${c.seqLens} ${c.dtype ?? 'f32'}${c.scale ? ` scale=${c.scale}` : ''}`, run(c, 100 + i));
   });
 
-  it('long context: ~2000 slots over many split-K partitions (default plan)', () =>
-    runDecode(getGpu(), { seqLens: [2000, 700, 1], nKvHeads: 2, group: 4, headDim: 64, blockSize: 16, parts: 32 }, 200));
+  it.skipIf(subgroups)('long context: ~2000 slots over many split-K partitions (default plan)', run({ seqLens: [2000, 700, 1], nKvHeads: 2, group: 4, headDim: 64, blockSize: 16, parts: 63 }, 200));
 
-  it('long context: 256-slot partitions, awkward block size, headDim 128', () =>
-    runDecode(getGpu(), { seqLens: [1999, 300], nKvHeads: 1, group: 2, headDim: 128, blockSize: 7, partitionSize: 256, parts: 8 }, 201));
+  it('long context: 256-slot partitions, awkward block size, headDim 128', run({ seqLens: [1999, 300], nKvHeads: 1, group: 2, headDim: 128, blockSize: 7, partitionSize: 256, parts: 8 }, 201));
+});
+
+describe('attention decode plan', () => {
+  const getGpu = useGpu();
+
+  it('more partitions when the grid is small (batch 1, short context), 256-slot ones when it is large', () => {
+    const gpu = getGpu();
+    // Llama-3-8B's heads: 8 kv heads of 4 query heads, one workgroup each.
+    const llama = { nHeads: 32, nKvHeads: 8, headDim: 128 };
+    const at = (batch: number, maxKvLen: number) => decodePlan(gpu, { ...llama, batch, maxKvLen });
+    expect(at(1, 512)).toMatchObject({ partitionSize: 32, numParts: 16, gq: 4 });
+    expect(at(1, 8192).partitionSize).toBe(64); // 8 rows x 128 partitions = 1024 workgroups
+    expect(at(64, 4096)).toMatchObject({ partitionSize: 256, numParts: 16 });
+    expect(at(1, 20).numParts).toBe(1); // one partition: written directly, no merge
+  });
+
+  it('the subgroup variant shares a K row among at most 8 lanes and at most the smallest subgroup', (ctx) => {
+    const gpu = getGpu();
+    if (!gpu.features.subgroups) ctx.skip();
+    const min = gpu.adapter.subgroupMinSize;
+    expect(subgroupLanes(gpu, 128, true)).toBe(Math.min(8, min));
+    expect(subgroupLanes(gpu, 8, true)).toBe(Math.min(2, min));
+    expect(subgroupLanes(gpu, 4, true)).toBe(1);
+    expect(subgroupLanes(gpu, 128, false)).toBe(0);
+  });
 });
 
 describe('attention merge', () => {

@@ -11,6 +11,7 @@ import {
 } from '../kernels/matmul.ts';
 import { rmsNorm, rmsScale, rmsScaleRef } from '../kernels/rmsnorm.ts';
 import { WEIGHT_FORMATS, type WeightFormat, dequantizeRef, encodeWeights, isQuantized, weightBytes } from '../kernels/weights.ts';
+import type { Gpu } from '../src/gpu/gpu.ts';
 import { normalArray } from '../src/util/rng.ts';
 import { expectClose } from './helpers/close.ts';
 import { useGpu } from './helpers/gpu.ts';
@@ -25,16 +26,30 @@ const U = 2 ** -24;
 // L per kernel:
 // - tiled: product (1) + dot4 (3) + one accumulator that takes ceil(K/4) dot4 results;
 // - decode: product (1) + dot4 (3) + lo+hi (1) + the thread's accumulator over its
-//   ceil(ceil(K/8)/threads) groups of 8 + the log2(threads) reduction tree.
+//   ceil(ceil(K/8)/threads) groups of 8 + the log2(threads) reduction tree;
+// - decode, subgroup variant: the same up to the thread's accumulator, then subgroupAdd over L
+//   lanes (at worst serial: L - 1) and the serial sum of threads/L subgroup sums, worst over the
+//   device's subgroup sizes L (Variant 'decode-sg').
 // sum|x*w| is taken at its maximum over the outputs. This is a proven bound, not a fit to observed
 // errors (which are 10-1000x smaller; the tiled bound is loosest at long K, ~0.17 at K=4099 against
 // terms |x*w| ~ 0.6 and outputs ~60). A dropped, doubled or mis-decoded term exceeds it.
 // When the kernel's input terms x_k themselves carry a relative error of at most `inputRel` (the
 // normalised X of the norm prologue), each term's error grows by inputRel * |x_k * w_k|.
+type Variant = 'decode' | 'decode-sg' | 'tiled';
+
+/** Subgroup sizes the device may use (powers of two from its minimum to its maximum). */
+function subgroupSizes(gpu: Gpu): number[] {
+  const sizes: number[] = [];
+  for (let l = Math.max(1, gpu.adapter.subgroupMinSize); l <= Math.max(1, gpu.adapter.subgroupMaxSize); l *= 2) sizes.push(l);
+  return sizes;
+}
+
 /** Per output (row-major [m, n]): the bound on |Y - reference| described above. */
-function dotBounds(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, variant: 'decode' | 'tiled', inputRel = 0): Float64Array {
+function dotBounds(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, variant: Variant, inputRel = 0, lanes: number[] = []): Float64Array {
   const threads = decodeThreads(k);
-  const chain = variant === 'tiled' ? 4 + Math.ceil(k / 4) : 5 + Math.ceil(Math.ceil(k / 8) / threads) + Math.log2(threads);
+  const perThread = 5 + Math.ceil(Math.ceil(k / 8) / threads);
+  const chain =
+    variant === 'tiled' ? 4 + Math.ceil(k / 4) : variant === 'decode' ? perThread + Math.log2(threads) : perThread + Math.max(...lanes.map((l) => l - 1 + threads / l));
   const out = new Float64Array(m * n);
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < n; j++) {
@@ -46,9 +61,15 @@ function dotBounds(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: num
   return out;
 }
 
-function tolerance(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, variant: 'decode' | 'tiled') {
-  return { atol: Math.max(...dotBounds(x, w, m, n, k, variant)), rtol: 0 };
+function tolerance(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, variant: Variant, lanes: number[] = []) {
+  return { atol: Math.max(...dotBounds(x, w, m, n, k, variant, 0, lanes)), rtol: 0 };
 }
+
+/** The kernel (and decode reduction) that matmul runs, as dotBounds names it. */
+const kernelVariant = (m: number, variant: MatmulVariant, subgroups: boolean): Variant => {
+  const v = matmulVariant(m, variant);
+  return v === 'decode' && subgroups ? 'decode-sg' : v;
+};
 
 interface Case {
   m: number;
@@ -108,27 +129,34 @@ describe('matmul', () => {
     b.destroy();
   });
 
-  for (const format of WEIGHT_FORMATS) {
-    for (const c of CASES) {
-      if (!tileTested(format, c.m, c.variant)) continue;
-      const k = c.k[isQuantized(format) ? 1 : 0];
-      it(`${format} ${c.what}: [${c.m} x ${k}] . [${c.n} x ${k}]^T`, async () => {
-        const gpu = getGpu();
-        const { m, n } = c;
-        const x = normalArray(m * k, m * 7919 + k);
-        const wq = encodeWeights(format as WeightFormat, normalArray(n * k, n * 104729 + k + 1), n, k);
-        const w = dequantizeRef(format, wq, n * k);
-        const xb = gpu.upload(x);
-        const wb = gpu.upload(wq);
-        const yb = gpu.createBuffer(m * n * 4);
-        const step = gpu.step();
-        matmul(step, { x: xb, w: wb, out: yb, m, n, k, format, variant: c.variant });
-        await step.submit();
-        const y = await gpu.readF32(yb, m * n);
-        expectClose(y, matmulRef(x, w, m, n, k), tolerance(x, w, m, n, k, matmulVariant(m, c.variant)), `${format} ${c.what}`);
-        for (const b of [xb, wb, yb]) b.destroy();
-      });
-    }
+  // The subgroup variant of the decode kernel differs only in its reduction (weights are decoded by
+  // the same code): f32 on M = 1, long K (128 threads) and M = 11 (dispatches of 8 and 3 rows); the
+  // fused cases below add M = 7.
+  const SUBGROUP_RUNS = new Set(['f32 decode M=1', 'f32 decode, long K', 'f32 decode forced on M=11 (two dispatches)']);
+  const runs = WEIGHT_FORMATS.flatMap((format) =>
+    CASES.flatMap((c) => [{ format, c, subgroups: false }, ...(SUBGROUP_RUNS.has(`${format} ${c.what}`) ? [{ format, c, subgroups: true }] : [])]),
+  );
+  for (const { format, c, subgroups } of runs) {
+    if (!tileTested(format, c.m, c.variant)) continue;
+    const k = c.k[isQuantized(format) ? 1 : 0];
+    it(`${format} ${c.what}${subgroups ? ' (subgroup variant)' : ''}: [${c.m} x ${k}] . [${c.n} x ${k}]^T`, async (ctx) => {
+      const gpu = getGpu();
+      if (subgroups && !gpu.features.subgroups) ctx.skip();
+      const { m, n } = c;
+      const x = normalArray(m * k, m * 7919 + k);
+      const wq = encodeWeights(format as WeightFormat, normalArray(n * k, n * 104729 + k + 1), n, k);
+      const w = dequantizeRef(format, wq, n * k);
+      const xb = gpu.upload(x);
+      const wb = gpu.upload(wq);
+      const yb = gpu.createBuffer(m * n * 4);
+      const step = gpu.step();
+      matmul(step, { x: xb, w: wb, out: yb, m, n, k, format, variant: c.variant, subgroups });
+      await step.submit();
+      const y = await gpu.readF32(yb, m * n);
+      const tol = tolerance(x, w, m, n, k, kernelVariant(m, c.variant, subgroups), subgroupSizes(gpu));
+      expectClose(y, matmulRef(x, w, m, n, k), tol, `${format} ${c.what}`);
+      for (const b of [xb, wb, yb]) b.destroy();
+    });
   }
 
   // The fused prologue and epilogues (one step runs norm + bias, residual, and norm + SwiGLU over
@@ -140,8 +168,9 @@ describe('matmul', () => {
   //    harmless for + when 53 >= 2*24 + 2); SwiGLU equals matmul(gate), matmul(up) -> silu_mul.
   // 2. Against the float64 reference, on the exactly normalised rows x * s * g. The kernel's input
   //    terms are then off by a relative inputRel = eps_s + 2u: the scale's sum of squares is one
-  //    product and ceil(K/256) + 8 additions (256 lanes, then a tree), the mean and + eps two more
-  //    roundings, so its relative error is at most (ceil(K/256) + 11) u, halved by the square root;
+  //    product and ceil(K/256) + R additions (256 lanes, then a tree: R = 8; subgroup variant:
+  //    R = 256/L + L - 1, worst over the subgroup sizes L), the mean and + eps two more roundings,
+  //    so its relative error is at most (ceil(K/256) + R + 3) u, halved by the square root;
   //    inverseSqrt adds 2 ulp (4u); then x * s and * g round once each. The dot products follow
   //    dotBounds; bias and residual add one rounding of the output (rtol u); SwiGLU's bound per
   //    output, with e_g, e_u the bounds of its gate and up dot products, is
@@ -159,14 +188,17 @@ describe('matmul', () => {
   const silu = (v: number) => (v >= 0 ? v / (1 + Math.exp(-v)) : (v * Math.exp(v)) / (1 + Math.exp(v)));
   const bits = (a: Float32Array) => [...new Uint32Array(a.buffer, a.byteOffset, a.length)];
 
+  // The subgroup variant runs on f32 M = 7, with rmsnorm's subgroup variant for the scales.
   for (const format of ['f32', 'q4_0'] as const) {
-    for (const c of FUSED_CASES) {
-      if (!tileTested(format, c.m, 'auto')) continue;
+    for (const c of FUSED_CASES) for (const subgroups of [false, true]) {
+      if (!tileTested(format, c.m, 'auto') || (subgroups && !(format === 'f32' && c.m === 7))) continue;
       const k = c.k[isQuantized(format) ? 1 : 0];
-      it(`${format} fused, ${c.what}: [${c.m} x ${k}] -> ${c.n}`, async () => {
+      it(`${format} fused, ${c.what}${subgroups ? ' (subgroup variant)' : ''}: [${c.m} x ${k}] -> ${c.n}`, async (ctx) => {
         const gpu = getGpu();
+        if (subgroups && !gpu.features.subgroups) ctx.skip();
         const { m, n } = c;
-        const variant = matmulVariant(m);
+        const variant = kernelVariant(m, 'auto', subgroups);
+        const lanes = subgroupSizes(gpu);
         const x = normalArray(m * k, m * 31 + k, 2);
         const g = normalArray(k, k + 5);
         const bias = normalArray(n, n + 3);
@@ -179,12 +211,12 @@ describe('matmul', () => {
         const [scale, h, y1, y2, y3, p1, p2, pu, p3] = [gpu.createBuffer(m * 4), gpu.createBuffer(m * k * 4), out(), out(), out(), out(), out(), out(), out()];
         const step = gpu.step();
         const norm = { weight: gb, scale };
-        const base = { x: xb, m, n, k, format };
-        rmsScale(step, { x: xb, out: scale, rows: m, dim: k, eps: 1e-5 });
+        const base = { x: xb, m, n, k, format, subgroups };
+        rmsScale(step, { x: xb, out: scale, rows: m, dim: k, eps: 1e-5, subgroups });
         matmul(step, { ...base, w: gateB, out: y1, norm, epilogue: { kind: 'bias', bias: bb } });
         matmul(step, { ...base, w: gateB, out: y2, epilogue: { kind: 'residual', residual: rb } });
         matmul(step, { ...base, w: wb, out: y3, norm, epilogue: { kind: 'swiglu' } });
-        rmsNorm(step, { x: xb, weight: gb, out: h, rows: m, dim: k, eps: 1e-5 });
+        rmsNorm(step, { x: xb, weight: gb, out: h, rows: m, dim: k, eps: 1e-5, subgroups });
         matmul(step, { ...base, x: h, w: gateB, out: p1 });
         matmul(step, { ...base, w: gateB, out: p2 });
         matmul(step, { ...base, x: h, w: upB, out: pu });
@@ -200,15 +232,17 @@ describe('matmul', () => {
         // 2. the float64 reference
         const s = rmsScaleRef(x, m, k, 1e-5);
         const hRef = Float64Array.from(x, (v, i) => v * s[Math.floor(i / k)] * g[i % k]);
-        const inputRel = ((Math.ceil(k / 256) + 11) / 2 + 4 + 2) * U;
+        // the scale's sum: 256 lanes, then a tree of 8 or (subgroups) 256/L + L - 1 additions
+        const reduce = subgroups ? Math.max(...lanes.map((l) => 256 / l + l - 1)) : 8;
+        const inputRel = ((Math.ceil(k / 256) + reduce + 3) / 2 + 4 + 2) * U;
         const wGate = w.subarray(0, n * k);
         const wUp = w.subarray(n * k);
         const gate = matmulRef(hRef, wGate, m, n, k);
         const up = matmulRef(hRef, wUp, m, n, k);
-        const eg = dotBounds(hRef, wGate, m, n, k, variant, inputRel);
-        const eu = dotBounds(hRef, wUp, m, n, k, variant, inputRel);
-        const e2 = dotBounds(x, wGate, m, n, k, variant);
-        const label = `${format} ${c.what}`;
+        const eg = dotBounds(hRef, wGate, m, n, k, variant, inputRel, lanes);
+        const eu = dotBounds(hRef, wUp, m, n, k, variant, inputRel, lanes);
+        const e2 = dotBounds(x, wGate, m, n, k, variant, 0, lanes);
+        const label = `${format} ${c.what}${subgroups ? ' subgroups' : ''}`;
         expectClose(g1, gate.map((v, i) => v + bias[i % n]), { atol: (1 + U) * Math.max(...eg), rtol: U }, `${label} norm + bias`);
         expectClose(g2, matmulRef(x, wGate, m, n, k).map((v, i) => res[i] + v), { atol: (1 + U) * Math.max(...e2), rtol: U }, `${label} residual`);
         let atol = 0;

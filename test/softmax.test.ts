@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { softmax, softmaxRef } from '../kernels/softmax.ts';
+import { rowWorkgroupSize, softmax, softmaxRef } from '../kernels/softmax.ts';
+import type { Gpu } from '../src/gpu/gpu.ts';
 import { normalArray, uniformArray } from '../src/util/rng.ts';
 import { expectClose } from './helpers/close.ts';
 import { useGpu } from './helpers/gpu.ts';
@@ -12,21 +13,31 @@ import { useGpu } from './helpers/gpu.ts';
 // ~2e-6). atol 1e-30: outputs below f32's smallest normal (1.2e-38) may be flushed to zero where
 // float64 keeps e.g. exp(-160).
 const TOL = { atol: 1e-30, rtol: 3e-5 };
+// The subgroup variant (softmax_subgroup.wgsl) sums differently: each lane's ceil(cols/WG) terms,
+// then WG/L serial additions per subgroup lane and subgroupAdd over L lanes (at worst serial, L - 1),
+// worst over the device's subgroup sizes L. Its rtol is the plain bound with that chain in place of
+// the tree's: 180 ULP of exp + chain + 3 (reciprocal, multiply, max rescale), at least TOL's.
+function subgroupTol(gpu: Gpu, cols: number): typeof TOL {
+  const wg = rowWorkgroupSize(gpu, cols);
+  let worst = 0;
+  for (let l = Math.max(1, gpu.adapter.subgroupMinSize); l <= Math.max(1, gpu.adapter.subgroupMaxSize); l *= 2) worst = Math.max(worst, wg / l + l - 1);
+  return { atol: TOL.atol, rtol: Math.max(TOL.rtol, (180 + Math.ceil(cols / wg) + worst + 3) * 2 ** -24) };
+}
 // Row sums: the f32 sum of cols outputs each within the relative error above.
 const SUM_TOL = 5e-5;
 
 const NEG_INF = -Infinity;
 
-async function check(getGpu: () => import('../src/gpu/gpu.ts').Gpu, x: Float32Array, rows: number, cols: number, label: string) {
+async function check(getGpu: () => Gpu, x: Float32Array, rows: number, cols: number, label: string, subgroups = false) {
   const gpu = getGpu();
   const xb = gpu.upload(x);
   const yb = gpu.createBuffer(rows * cols * 4);
   const step = gpu.step();
-  softmax(step, { x: xb, out: yb, rows, cols });
+  softmax(step, { x: xb, out: yb, rows, cols, subgroups });
   await step.submit();
   const y = await gpu.readF32(yb, rows * cols);
   const ref = softmaxRef(x, rows, cols);
-  expectClose(y, ref, TOL, label);
+  expectClose(y, ref, subgroups ? subgroupTol(gpu, cols) : TOL, label);
   for (let r = 0; r < rows; r++) {
     let s = 0;
     let any = false;
@@ -42,8 +53,13 @@ async function check(getGpu: () => import('../src/gpu/gpu.ts').Gpu, x: Float32Ar
   return y;
 }
 
-describe('softmax', () => {
+for (const subgroups of [false, true]) describe(subgroups ? 'softmax (subgroup variant)' : 'softmax', () => {
   const getGpu = useGpu();
+  const sg = subgroups ? ' subgroup' : '';
+  // the subgroup variant needs the device feature
+  const skip = (ctx: { skip: () => void }) => {
+    if (subgroups && !getGpu().features.subgroups) ctx.skip();
+  };
 
   for (const [rows, cols, std] of [
     [1, 1, 1], // a single column: exactly 1
@@ -55,13 +71,16 @@ describe('softmax', () => {
     [2, 4099, 3],
     [2, 50_000, 3], // a vocabulary-sized row
   ]) {
-    it(`rows=${rows} cols=${cols} std=${std}`, async () => {
-      const y = await check(getGpu, normalArray(rows * cols, rows * 7919 + cols, std), rows, cols, `softmax ${rows}x${cols}`);
+    // the subgroup variant on one row, a row that is not a multiple of the workgroup, a long row
+    if (subgroups && !(cols === 1 || cols === 173 || cols === 50_000)) continue;
+    it(`rows=${rows} cols=${cols} std=${std}`, async (ctx) => {
+      skip(ctx);
+      const y = await check(getGpu, normalArray(rows * cols, rows * 7919 + cols, std), rows, cols, `softmax${sg} ${rows}x${cols}`, subgroups);
       if (cols === 1) for (const v of y) expect(v).toBe(1);
     });
   }
 
-  it('large-magnitude logits (+-80) do not overflow', async () => {
+  it.skipIf(subgroups)('large-magnitude logits (+-80) do not overflow', async () => {
     const rows = 4;
     const cols = 300;
     const x = uniformArray(rows * cols, 11, -80, 80);
@@ -70,7 +89,8 @@ describe('softmax', () => {
     await check(getGpu, x, rows, cols, 'softmax +-80');
   });
 
-  it('-inf entries get probability 0; a fully masked row is all zeros', async () => {
+  it('-inf entries get probability 0; a fully masked row is all zeros', async (ctx) => {
+    skip(ctx);
     const rows = 4;
     const cols = 517;
     const x = normalArray(rows * cols, 5, 3);
@@ -80,7 +100,7 @@ describe('softmax', () => {
     x[2 * cols + 400] = -3; // row 2: a single survivor -> probability exactly 1
     x[3 * cols + 1] = Infinity; // row 3: +inf and NaN are treated as masked too
     x[3 * cols + 2] = NaN;
-    const y = await check(getGpu, x, rows, cols, 'softmax -inf');
+    const y = await check(getGpu, x, rows, cols, `softmax${sg} -inf`, subgroups);
     expect(y[2 * cols + 400]).toBe(1);
     for (let i = 0; i < cols; i++) if (i % 3 === 0) expect(y[i]).toBe(0);
   });

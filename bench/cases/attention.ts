@@ -44,19 +44,20 @@ function pagedCache(gpu: Gpu, seqLens: number[], nKvHeads: number, headDim: numb
   return { kv: { kPool, vPool, blockTable, tableStride: layout.tableStride, blockSize: BLOCK_SIZE }, kvLen, buffers: [kPool, vPool, blockTable, kvLen] };
 }
 
-function decodeCase(shape: ModelShape, batch: number, ctx: number): BenchCase {
+/** `subgroups`: the subgroup variant (on a device without the feature, the plain kernel again). */
+function decodeCase(shape: ModelShape, batch: number, ctx: number, subgroups = false): BenchCase {
   const { nHeads, nKvHeads, label } = heads(shape);
   const hd = shape.headDim;
   return {
     family: 'attention-decode',
-    name: `${shape.name} ${label} batch=${batch} ctx=${ctx}`,
+    name: `${shape.name} ${label} batch=${batch} ctx=${ctx}${subgroups ? ' subgroups' : ''}`,
     setup(gpu): PreparedCase {
       const cache = pagedCache(gpu, new Array<number>(batch).fill(ctx), nKvHeads, hd);
       const q = gpu.upload(normalArray(batch * nHeads * hd, 3));
       const out = gpu.createBuffer(batch * nHeads * hd * 4);
       return {
         run: (step) =>
-          attentionDecode(step, { ...cache.kv, q, out, kvLen: cache.kvLen, batch, nHeads, nKvHeads, headDim: hd, maxKvLen: ctx }),
+          attentionDecode(step, { ...cache.kv, q, out, kvLen: cache.kvLen, batch, nHeads, nKvHeads, headDim: hd, maxKvLen: ctx, subgroups: subgroups && gpu.features.subgroups }),
         // K and V of every head row read once, q read and out written once (the split-K partials
         // are a few % on top and not counted).
         bytes: (2 * batch * nKvHeads * ctx * hd + 2 * batch * nHeads * hd) * 4,
@@ -141,6 +142,7 @@ export const cases: CaseFactory = (scale) => {
     for (const ctx of contexts) {
       if (ctx > maxCtx) continue;
       for (const batch of [1, 8, 32]) out.push(decodeCase(shape, batch, ctx));
+      out.push(decodeCase(shape, 1, ctx, true));
     }
     if (prefillTokens <= maxCtx) out.push(prefillCase(shape, prefillTokens));
   }

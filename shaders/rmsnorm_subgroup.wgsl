@@ -1,0 +1,3 @@
+// RMSNorm (rmsnorm.wgsl) with subgroup reductions, for devices with the `subgroups` feature.
+//#include reduce_subgroup
+//#include rmsnorm_kernel

@@ -1,0 +1,3 @@
+// Row softmax (softmax.wgsl) with subgroup reductions, for devices with the `subgroups` feature.
+//#include reduce_subgroup
+//#include softmax_kernel
