@@ -1,7 +1,7 @@
 import { FLOPS_PER_ITER, PEAK_WG, peakFlops } from '../kernels/peak_flops.ts';
 import type { AdapterSummary, GpuFeatures } from '../src/gpu/adapter.ts';
 import type { Gpu } from '../src/gpu/gpu.ts';
-import type { BenchCase, PreparedCase } from './case.ts';
+import { type BenchCase, L2_BYTES, type PreparedCase } from './case.ts';
 import { CASE_FACTORIES } from './cases/index.ts';
 import { measureCopyBandwidth } from './cases/copy.ts';
 import type { BenchScale } from './shapes.ts';
@@ -19,6 +19,8 @@ export interface KernelResult {
   bandwidthFraction: number;
   /** achieved FLOP/s over the FMA probe's, reported for compute-bound cases only */
   flopFraction: number | null;
+  /** copies of the weights the runs rotated among (PreparedCase.weightCopies) */
+  weightCopies: number;
 }
 
 export interface KernelBenchReport {
@@ -69,7 +71,7 @@ export async function runKernelBench(gpu: Gpu, options: KernelBenchOptions): Pro
     try {
       prepared = c.setup(gpu);
       const p = prepared;
-      const seconds = await timeRuns(gpu, (step) => p.run(step), scale);
+      const seconds = await timeRuns(gpu, (step, index) => p.run(step, index), scale);
       const bytesPerSecond = p.bytes / seconds;
       const flopsPerSecond = p.flops / seconds;
       const result: KernelResult = {
@@ -81,6 +83,7 @@ export async function runKernelBench(gpu: Gpu, options: KernelBenchOptions): Pro
         gflops: flopsPerSecond / 1e9,
         bandwidthFraction: bytesPerSecond / copyBytesPerSecond,
         flopFraction: c.computeBound ? flopsPerSecond / peakFlopsPerSecond : null,
+        weightCopies: p.weightCopies ?? 1,
       };
       results.push(result);
       options.onResult?.(result);
@@ -108,7 +111,8 @@ export function kernelBenchMarkdown(r: KernelBenchReport): string {
   const device = `${r.adapter.description} (${r.adapter.vendor} ${r.adapter.architecture})${r.adapter.isSoftware ? ', software device' : ''}`;
   const lines = [
     `Device: ${device}. Shapes: ${r.scale === 'full' ? 'full model shapes' : 'REDUCED (test model, and real models scaled down by 8 in width; labelled /8)'}.`,
-    `Timing: ${r.timing === 'gpu-timestamps' ? 'GPU timestamp queries (wall clock for steps whose timestamps read 0)' : 'wall clock around submit'}, median per run. Copy kernel bandwidth ${num(r.copyBandwidthGBs)} GB/s; FMA probe ${num(r.peakGflops)} GFLOP/s (both measured in this run, ${r.date.slice(0, 10)}).`,
+    `Timing: ${r.timing === 'gpu-timestamps' ? 'GPU timestamp queries (wall clock for steps whose timestamps read 0)' : 'wall clock around submit'}, median per run. ` +
+      `Matmul runs rotate among copies of their weights, together over ${L2_BYTES / 2 ** 20} MiB (one copy when a matrix alone is larger), so weights are read from memory, not from L2. Copy kernel bandwidth ${num(r.copyBandwidthGBs)} GB/s; FMA probe ${num(r.peakGflops)} GFLOP/s (both measured in this run, ${r.date.slice(0, 10)}).`,
     '',
     '| family | case | median µs | GB/s | % of copy BW | GFLOP/s | % of FMA peak |',
     '|---|---|---:|---:|---:|---:|---:|',

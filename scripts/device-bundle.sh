@@ -5,6 +5,7 @@
 # the embedded model, and Debian's libvulkan1. On the GPU machine:
 #   bash .device/run.sh doctor
 #   bash .device/run.sh bench kernels --json $OUT/kernels.json --markdown $OUT/kernels.md
+#   bash .device/gpu-bench.sh          (bench step, generate and kernels; see below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.device
@@ -44,4 +45,38 @@ export WGSERVE_ROOT="$here"
 exec "$work/bin/node" "$here/wgserve.mjs" "$@"
 RUN
 chmod +x "$out/run.sh"
+
+cat > "$out/gpu-bench.sh" <<'BENCH'
+#!/usr/bin/env bash
+# The GPU benchmarks in one command: bench step (host cost of a decode step, with a trace), bench
+# generate and bench kernels, full shapes, on the hardware GPU (--device gpu refuses a software
+# one). Arguments choose among step, generate, kernels (default: all three, in that order). Each
+# writes JSON and markdown into $OUT and fills its GPU section of a copy of docs/benchmarks.md,
+# also left in $OUT: copy the JSON to bench/results/ and the page to docs/. A benchmark that fails
+# is noted in $OUT/failed.txt and the next one runs.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=${OUT:?OUT must name the output folder}
+mkdir -p "$here/docs" && cp "$here/../docs/benchmarks.md" "$here/docs/benchmarks.md"
+models=${MODELS:-llama-3.2-1b,llama-3-8b}
+dtypes=${DTYPES:-f16,q4_0}
+bench() { # name, then wgserve arguments
+  local name=$1; shift
+  echo "== $name" >&2
+  bash "$here/run.sh" bench "$@" --device gpu --json "$out/$name-gpu.json" --markdown "$out/$name-gpu.md" --update-docs || echo "$name" >> "$out/failed.txt"
+}
+bash "$here/run.sh" doctor > "$out/doctor.txt" 2>&1 || true
+for what in "${@:-step generate kernels}"; do
+  for w in $what; do
+    case $w in
+      step) bench step step --synthetic "$models" --dtype "$dtypes" --batch 1,8,32 --trace "$out/step-gpu.trace.json" ;;
+      generate) bench generate generate --synthetic "$models" --dtype "$dtypes" --batch 1,8,32 ;;
+      kernels) bench kernels kernels ;;
+      *) echo "unknown benchmark $w (step, generate, kernels)" >&2; exit 2 ;;
+    esac
+  done
+done
+cp "$here/docs/benchmarks.md" "$out/benchmarks.md"
+BENCH
+chmod +x "$out/gpu-bench.sh"
 du -sh "$out"

@@ -1,7 +1,8 @@
-import type { BenchCase, CaseFactory } from '../case.ts';
+import { type BenchCase, type CaseFactory, L2_BYTES } from '../case.ts';
 import { type ModelShape, benchShapes } from '../shapes.ts';
 import { matmul, matmulVariant } from '../../kernels/matmul.ts';
 import { QK, WEIGHT_FORMATS, type WeightFormat, encodeWeights, isQuantized, weightBytes } from '../../kernels/weights.ts';
+import { align } from '../../src/gpu/buffers.ts';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import { normalArray } from '../../src/util/rng.ts';
 
@@ -9,27 +10,43 @@ import { normalArray } from '../../src/util/rng.ts';
 const PATTERN_ELEMS = 1 << 20;
 
 /**
- * An [n, k] weight matrix of random N(0, 0.02) values in `format`. Encoding hundreds of millions of
+ * `copies` [n, k] weight matrices of random N(0, 0.02) values in `format`, back to back in one
+ * buffer at `stride`-byte steps (aligned for storage bindings). Encoding hundreds of millions of
  * elements on the CPU would dominate the benchmark's setup, so up to 1M elements of whole rows are
  * encoded (llama.cpp's reference quantisers, encodeWeights) and repeated over all n rows: the kernel
  * reads every byte of the matrix either way, and its speed does not depend on the values.
  */
-export function randomWeights(gpu: Gpu, format: WeightFormat, n: number, k: number, seed: number): GPUBuffer {
+export function randomWeightCopies(gpu: Gpu, format: WeightFormat, n: number, k: number, seed: number, copies: number): { buffer: GPUBuffer; bytes: number; stride: number } {
   const rows = Math.max(1, Math.min(n, Math.floor(PATTERN_ELEMS / k)));
   const pattern = encodeWeights(format, normalArray(rows * k, seed, 0.02), rows, k);
   const total = weightBytes(format, n, k);
   const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
   if (total > limit) throw new Error(`${format} [${n} x ${k}] weights (${total} bytes) exceed this device's binding limit (${limit})`);
-  const buffer = gpu.createBuffer(total, `${format} weights`);
-  // The matrix's bytes are the pattern repeated. Write them in chunks of a multiple of 4 patterns
+  const stride = align(total, gpu.limits.minStorageBufferOffsetAlignment);
+  const buffer = gpu.createBuffer(stride * copies, `${format} weights x${copies}`);
+  // Each copy's bytes are the pattern repeated. Write them in chunks of a multiple of 4 patterns
   // (so every chunk and offset is 4-byte aligned), with no full-size CPU copy of the matrix.
-  const copies = Math.max(4, Math.floor((64 << 20) / pattern.byteLength / 4) * 4);
-  const chunk = new Uint8Array(pattern.byteLength * copies);
-  for (let i = 0; i < copies; i++) chunk.set(pattern, i * pattern.byteLength);
-  for (let offset = 0; offset < total; offset += chunk.byteLength) {
-    gpu.write(buffer, chunk.subarray(0, Math.min(chunk.byteLength, total - offset)), offset);
+  const reps = Math.max(4, Math.floor((64 << 20) / pattern.byteLength / 4) * 4);
+  const chunk = new Uint8Array(pattern.byteLength * reps);
+  for (let i = 0; i < reps; i++) chunk.set(pattern, i * pattern.byteLength);
+  for (let c = 0; c < copies; c++) {
+    for (let offset = 0; offset < total; offset += chunk.byteLength) {
+      gpu.write(buffer, chunk.subarray(0, Math.min(chunk.byteLength, total - offset)), c * stride + offset);
+    }
   }
-  return buffer;
+  return { buffer, bytes: total, stride };
+}
+
+/** One random [n, k] weight matrix in `format` (see randomWeightCopies). */
+export function randomWeights(gpu: Gpu, format: WeightFormat, n: number, k: number, seed: number): GPUBuffer {
+  return randomWeightCopies(gpu, format, n, k, seed, 1).buffer;
+}
+
+/** Copies of a matrix of `bytes` that together exceed L2_BYTES (one when it alone does), within the device's buffer size. */
+export function weightCopies(gpu: Gpu, bytes: number): number {
+  const stride = align(bytes, gpu.limits.minStorageBufferOffsetAlignment);
+  const wanted = bytes > L2_BYTES ? 1 : Math.floor(L2_BYTES / stride) + 1;
+  return Math.max(1, Math.min(wanted, Math.floor(gpu.limits.maxBufferSize / stride)));
 }
 
 interface Projection {
@@ -53,15 +70,17 @@ function matmulCase(shape: ModelShape, format: WeightFormat, proj: Projection, m
     name: `${format} ${shape.name} ${proj.what} M=${m} (${k} -> ${n})${kNote} [${variant}]`,
     computeBound: variant === 'tiled',
     setup(gpu) {
-      const w = randomWeights(gpu, format, n, k, seed);
+      const copies = weightCopies(gpu, weightBytes(format, n, k));
+      const w = randomWeightCopies(gpu, format, n, k, seed, copies);
       const x = gpu.upload(normalArray(m * k, seed + 1));
       const out = gpu.createBuffer(m * n * 4);
       return {
-        run: (step) => matmul(step, { x, w, out, m, n, k, format }),
+        run: (step, index) => matmul(step, { x, w: { buffer: w.buffer, offset: (index % copies) * w.stride, size: w.bytes }, out, m, n, k, format }),
+        weightCopies: copies,
         // weights read once, activations read once, outputs written once
         bytes: weightBytes(format, n, k) + m * k * 4 + m * n * 4,
         flops: 2 * m * n * k,
-        dispose: () => [w, x, out].forEach((b) => b.destroy()),
+        dispose: () => [w.buffer, x, out].forEach((b) => b.destroy()),
       };
     },
   };

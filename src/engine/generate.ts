@@ -1,4 +1,8 @@
 import type { TokenAutomaton } from '../constraints/automaton.ts';
+import { advanceRows, maskRows, setStates } from '../../kernels/constraints.ts';
+import { applyBias, countTokens, initCounts, penalize } from '../../kernels/penalties.ts';
+import { sample } from '../../kernels/sampling.ts';
+import { KvPoolExhausted } from '../kv/paged_kv.ts';
 import type { GpuModel } from '../model/gpu_model.ts';
 import type { Tokenizer } from '../model/tokenizer/index.ts';
 import { Engine, type EngineOptions, type FinishReason, type SamplingOptions } from './engine.ts';
@@ -69,12 +73,91 @@ export async function generate(
   return { results, stats };
 }
 
+/** Batch limits the warm-up compiles for: the Engine's defaults (EngineOptions). */
+export interface WarmUpLimits {
+  maxBatch?: number;
+  tokenBudget?: number;
+}
+
 /**
- * Compiles the pipelines a server needs before its first request (WebGPU compiles them
- * synchronously, which would stall the event loop mid-request): a batch of prompts long enough
- * for the tiled matmul and prefill attention, then decode steps with several sequences.
+ * Prepares a server before its first request: on a GPU every pipeline a step can need is compiled
+ * asynchronously (precompile), so no request waits on a synchronous compile; then a short batched
+ * generation runs once (buffer pool filled, first touch of every buffer; on a software device,
+ * where compiling the whole grid takes minutes and serving is for tests, it compiles what it uses).
  */
-export async function warmUp(model: GpuModel, tokenizer: Tokenizer): Promise<void> {
+export async function warmUp(model: GpuModel, tokenizer: Tokenizer, limits: WarmUpLimits = {}): Promise<void> {
+  if (!model.gpu.adapter.isSoftware) await precompile(model, limits);
   const prompts = ['Once upon a time, there was a little girl who liked to play in the park.', 'The dog ran.'].map((t) => tokenizer.encode(t));
   await generate(model, tokenizer, prompts.map((tokens) => ({ tokens, options: { maxTokens: 3, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [] } })));
+}
+
+/**
+ * Compiles the pipelines of every step shape the engine can meet, with createComputePipelineAsync
+ * (Gpu.precompile: the steps are recorded dry, nothing runs): steps of every row count up to 64
+ * (the matrix kernels are chosen by row count up to there; beyond, one tiled kernel), as one prompt
+ * chunk and as that many decoding sequences, within the limits; prompt chunks and contexts of 2^k and 2^k + 1 tokens up
+ * to the token budget and the context length, decoded at power-of-two batches (attention's split-K
+ * plan depends on batch and context); sampling, logit penalties and constraint kernels. Sequences
+ * are made up (negative ids) and released. Returns how many pipelines were compiled.
+ */
+export async function precompile(model: GpuModel, limits: WarmUpLimits = {}): Promise<number> {
+  const c = model.config;
+  const maxBatch = limits.maxBatch ?? 64;
+  const budget = limits.tokenBudget ?? 512;
+  const lengths = [1];
+  for (let n = 2; n < c.contextLength; n *= 2) lengths.push(n, n + 1);
+  const batches = [...new Set([1, 2, 4, 8, 16, 32, 64, maxBatch].filter((b) => b <= maxBatch))];
+  let nextSeq = -1;
+  return model.gpu.precompile((step) => {
+    const pass = (chunks: { seq: number; tokens: number[] }[]) => {
+      const { logits, rows } = model.forward(step, chunks);
+      sample(step, { logits, params: step.scratch(rows * 32), out: step.scratch(rows * 4), rows, cols: c.vocabSize });
+    };
+    const fresh = (n: number) => Array.from({ length: n }, () => nextSeq--);
+    /** Records, then releases `seqs`; false when the KV pool could not hold them. */
+    const withSeqs = (seqs: number[], record: () => void): boolean => {
+      try {
+        record();
+        return true;
+      } catch (err) {
+        if (!(err instanceof KvPoolExhausted)) throw err;
+        return false;
+      } finally {
+        for (const s of seqs) if (model.kv.has(s)) model.release(s);
+      }
+    };
+    // every row count up to 64 (matrix kernels are chosen by rows): one prompt chunk of t tokens, t decoding sequences
+    for (let t = 1; t <= 64; t++) {
+      if (t <= budget) {
+        const [seq] = fresh(1);
+        withSeqs([seq], () => pass([{ seq, tokens: new Array<number>(t).fill(0) }]));
+      }
+      if (t <= maxBatch) {
+        const seqs = fresh(t);
+        withSeqs(seqs, () => pass(seqs.map((seq) => ({ seq, tokens: [0] }))));
+      }
+    }
+    for (const len of lengths) {
+      const [long] = fresh(1);
+      const held = withSeqs([long], () => {
+        // one sequence's context is `len` tokens (prefilled in budget-sized chunks), the others' one
+        for (let done = 0; done < len; done += budget) pass([{ seq: long, tokens: new Array<number>(Math.min(budget, len - done)).fill(0) }]);
+        for (const b of batches) {
+          const short = fresh(b - 1);
+          withSeqs(short, () => pass([long, ...short].map((seq) => ({ seq, tokens: [0] }))));
+          model.kv.truncate(long, len);
+        }
+      });
+      if (!held) break; // longer contexts do not fit the KV pool either
+    }
+    const any = step.scratch(4);
+    const a = { states: 1, edges: 0 };
+    applyBias(step, { logits: any, entries: any, count: 1, cols: c.vocabSize });
+    penalize(step, { logits: any, penalties: any, counts: any, rows: 1, cols: c.vocabSize });
+    initCounts(step, { counts: any, seqs: [], cols: c.vocabSize });
+    countTokens(step, { counts: any, slots: any, sampled: any, rows: 1, cols: c.vocabSize });
+    maskRows(step, { logits: any, automaton: any, states: any, rows: any, count: 1, cols: c.vocabSize, a, eos: null });
+    advanceRows(step, { automaton: any, states: any, rows: any, count: 1, sampled: any, status: any, cols: c.vocabSize, a });
+    setStates(step, any, [[0, 0]]);
+  });
 }

@@ -1,3 +1,5 @@
+import type { GpuCounters } from './counters.ts';
+
 /**
  * GPUBufferUsage / GPUMapMode bit values from the WebGPU spec. Using them by value keeps modules
  * importable before dawn.node's globals are installed.
@@ -31,7 +33,10 @@ export class BufferPool {
   allocations = 0;
   allocatedBytes = 0;
 
-  constructor(private readonly device: GPUDevice) {}
+  constructor(
+    private readonly device: GPUDevice,
+    private readonly counters: GpuCounters,
+  ) {}
 
   static sizeClass(bytes: number): number {
     return Math.max(256, 2 ** Math.ceil(Math.log2(Math.max(bytes, 1))));
@@ -46,6 +51,8 @@ export class BufferPool {
     this.sizeOf.set(buffer, { key });
     this.allocations++;
     this.allocatedBytes += size;
+    this.counters.buffersCreated++;
+    this.counters.bufferBytesCreated += size;
     return buffer;
   }
 

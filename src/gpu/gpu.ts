@@ -1,7 +1,10 @@
 import { type AdapterSummary, type DeviceMode, type GpuFeatures, parseDeviceMode, requestAdapter, summarizeAdapter } from './adapter.ts';
+import { BindGroupCache } from './bind_groups.ts';
+import { GpuCounters } from './counters.ts';
 import { BufferPool, MAP_READ_MODE, STORAGE_USAGE, Usage, align } from './buffers.ts';
 import { PipelineCache } from './pipelines.ts';
-import { Step } from './step.ts';
+import { Step, type StepOptions } from './step.ts';
+import { UniformArena } from './uniforms.ts';
 
 export interface OpenOptions {
   /** auto (hardware first, software fallback), gpu or cpu. Default: $WGSERVE_DEVICE or auto. */
@@ -25,6 +28,11 @@ const RAISED_LIMITS = [
 export class Gpu {
   readonly pipelines: PipelineCache;
   readonly pool: BufferPool;
+  /** always-on counts of dispatches, passes, submits, bind groups, buffers, writes */
+  readonly counters = new GpuCounters();
+  readonly bindGroups: BindGroupCache;
+  /** uniform arenas no step holds now: sequential steps take the same one */
+  private readonly freeArenas: UniformArena[] = [];
   private querySets: GPUQuerySet[] = [];
 
   private constructor(
@@ -32,8 +40,9 @@ export class Gpu {
     readonly adapter: AdapterSummary,
     readonly features: GpuFeatures,
   ) {
-    this.pipelines = new PipelineCache(device);
-    this.pool = new BufferPool(device);
+    this.pipelines = new PipelineCache(device, this.counters);
+    this.pool = new BufferPool(device, this.counters);
+    this.bindGroups = new BindGroupCache(device, this.counters);
   }
 
   static async open(options: OpenOptions = {}): Promise<Gpu> {
@@ -57,8 +66,36 @@ export class Gpu {
     return this.device.limits;
   }
 
-  step(options?: { label?: string; timestamps?: boolean }): Step {
+  step(options?: StepOptions): Step {
     return new Step(this, options);
+  }
+
+  /**
+   * Compiles, asynchronously and in parallel (createComputePipelineAsync), every pipeline that
+   * `record` asks for, recording it into a dry-run step that is then discarded: nothing runs on the
+   * GPU. Returns how many pipelines were compiled. `record` must not await.
+   */
+  async precompile(record: (step: Step) => void): Promise<number> {
+    const step = new Step(this, { label: 'precompile', dryRun: true });
+    let compiling: Promise<GPUComputePipeline>[];
+    try {
+      compiling = this.pipelines.collect(() => record(step));
+    } finally {
+      await step.discard();
+    }
+    const distinct = new Set(compiling); // a pipeline asked for again shares its compilation
+    await Promise.all(distinct);
+    return distinct.size;
+  }
+
+  /** A uniform arena for a step to hold until it is submitted or discarded (see UniformArena). */
+  takeUniformArena(): UniformArena {
+    return this.freeArenas.pop() ?? new UniformArena(this);
+  }
+
+  returnUniformArena(arena: UniformArena): void {
+    arena.reset();
+    this.freeArenas.push(arena);
   }
 
   /** A buffer of exactly `bytes` (rounded up to 4), not pooled: weights, KV pools, long-lived tables. */
@@ -67,19 +104,40 @@ export class Gpu {
     if (size > this.limits.maxBufferSize) {
       throw new Error(`buffer "${label ?? ''}" of ${size} bytes exceeds this device's maxBufferSize (${this.limits.maxBufferSize})`);
     }
+    this.countBuffer(size);
     return this.device.createBuffer({ size, usage, label });
   }
 
   /** A new storage buffer holding a copy of `data`. */
   upload(data: ArrayBufferView, label?: string): GPUBuffer {
-    const buffer = this.device.createBuffer({ size: align(Math.max(data.byteLength, 4), 4), usage: STORAGE_USAGE, label, mappedAtCreation: true });
+    const size = align(Math.max(data.byteLength, 4), 4);
+    this.countBuffer(size);
+    const buffer = this.device.createBuffer({ size, usage: STORAGE_USAGE, label, mappedAtCreation: true });
     new Uint8Array(buffer.getMappedRange()).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     buffer.unmap();
     return buffer;
   }
 
   write(buffer: GPUBuffer, data: ArrayBufferView, offset = 0): void {
-    this.device.queue.writeBuffer(buffer, offset, data.buffer, data.byteOffset, align(data.byteLength, 4));
+    this.writeBytes(buffer, offset, data.buffer, data.byteOffset, align(data.byteLength, 4));
+  }
+
+  /** queue.writeBuffer, counted. */
+  writeBytes(buffer: GPUBuffer, offset: number, data: ArrayBufferLike, dataOffset: number, size: number): void {
+    this.counters.writeBufferCalls++;
+    this.counters.writeBufferBytes += size;
+    this.device.queue.writeBuffer(buffer, offset, data, dataOffset, size);
+  }
+
+  /** queue.submit, counted. */
+  submit(commands: GPUCommandBuffer): void {
+    this.counters.submits++;
+    this.device.queue.submit([commands]);
+  }
+
+  private countBuffer(bytes: number): void {
+    this.counters.buffersCreated++;
+    this.counters.bufferBytesCreated += bytes;
   }
 
   /** Reads bytes back (outside any step; tests and tools). */
@@ -88,7 +146,8 @@ export class Gpu {
     const staging = this.pool.acquire(padded, Usage.MAP_READ | Usage.COPY_DST, 'read');
     const encoder = this.device.createCommandEncoder();
     encoder.copyBufferToBuffer(buffer, offset, staging, 0, padded);
-    this.device.queue.submit([encoder.finish()]);
+    this.counters.readbacks++;
+    this.submit(encoder.finish());
     await staging.mapAsync(MAP_READ_MODE);
     const data = staging.getMappedRange(0, padded).slice(0, size);
     staging.unmap();

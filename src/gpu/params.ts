@@ -1,40 +1,47 @@
+/** f32 to its bits without allocating: one shared pair of views. */
+const f32 = new Float32Array(1);
+const f32Bits = new Uint32Array(f32.buffer);
+
 /**
  * Packs a kernel's uniform parameters in declaration order. Kernels keep their uniforms to 4-byte
  * scalars (u32, i32, f32), so WGSL's layout is simply consecutive words; the struct is padded to 16.
+ * Words are kept as their u32 bits, so a step copies them into its uniform staging as they are.
  */
 export class Params {
   private readonly words: number[] = [];
-  private readonly kinds: ('u32' | 'i32' | 'f32')[] = [];
 
   u32(value: number): this {
     if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) throw new RangeError(`u32 param out of range: ${value}`);
-    return this.push('u32', value);
+    this.words.push(value);
+    return this;
   }
 
   i32(value: number): this {
     if (!Number.isInteger(value) || value < -0x80000000 || value > 0x7fffffff) throw new RangeError(`i32 param out of range: ${value}`);
-    return this.push('i32', value);
+    this.words.push(value >>> 0);
+    return this;
   }
 
   f32(value: number): this {
-    return this.push('f32', value);
+    f32[0] = value;
+    this.words.push(f32Bits[0]);
+    return this;
+  }
+
+  /** Bytes of the struct: the words padded to 16. */
+  get byteLength(): number {
+    return Math.max(16, Math.ceil(this.words.length / 4) * 16);
+  }
+
+  /** Copies the struct (padding zeroed) into `target` from word `at`. */
+  writeWords(target: Uint32Array, at: number): void {
+    const n = this.byteLength >> 2;
+    for (let i = 0; i < n; i++) target[at + i] = i < this.words.length ? this.words[i] : 0;
   }
 
   bytes(): Uint8Array {
-    const out = new ArrayBuffer(Math.max(16, Math.ceil(this.words.length / 4) * 16));
-    const view = new DataView(out);
-    this.words.forEach((w, i) => {
-      const kind = this.kinds[i];
-      if (kind === 'f32') view.setFloat32(i * 4, w, true);
-      else if (kind === 'i32') view.setInt32(i * 4, w, true);
-      else view.setUint32(i * 4, w, true);
-    });
-    return new Uint8Array(out);
-  }
-
-  private push(kind: 'u32' | 'i32' | 'f32', value: number): this {
-    this.words.push(value);
-    this.kinds.push(kind);
-    return this;
+    const words = new Uint32Array(this.byteLength >> 2);
+    this.writeWords(words, 0);
+    return new Uint8Array(words.buffer);
   }
 }

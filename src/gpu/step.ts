@@ -1,6 +1,7 @@
 import { MAP_READ_MODE, Usage, align } from './buffers.ts';
 import type { Gpu } from './gpu.ts';
 import type { Params } from './params.ts';
+import type { UniformArena } from './uniforms.ts';
 
 /** A storage binding: a whole buffer, or a byte range of one. */
 export type Binding = GPUBuffer | { buffer: GPUBuffer; offset?: number; size?: number };
@@ -11,6 +12,25 @@ export interface Dispatch {
   params?: Params;
   buffers: Binding[];
   workgroups: readonly [number, number?, number?];
+}
+
+/** performance.now() marks of a step's life, for traces (`wgserve bench step --trace`). */
+export interface StepTimes {
+  created: number;
+  /** submit() called: recording done */
+  submitCalled: number;
+  /** queue.submit returned */
+  submitted: number;
+  /** every readback mapped and the GPU done */
+  completed: number;
+}
+
+export interface StepOptions {
+  label?: string;
+  /** time the step's compute passes with timestamp queries (when the device has them) */
+  timestamps?: boolean;
+  /** dispatches only ask for their pipelines and record nothing; the step is then discarded (Gpu.precompile) */
+  dryRun?: boolean;
 }
 
 export interface StepResult {
@@ -25,14 +45,15 @@ interface Readback {
   reject: (e: unknown) => void;
 }
 
-const UNIFORM_CHUNK = 64 * 1024;
 const MAX_TIMED_PASSES = 64;
 
 /**
  * One engine step: one command encoder, one compute pass per run of dispatches, one submit.
- * Uniforms of all dispatches are staged on the CPU and written with one writeBuffer per 64 KiB.
- * Scratch buffers taken with `scratch()` return to the pool after submit (queue order makes that
- * safe: the next step's commands run after this one's). Validation errors raised while the step
+ * Uniforms of all dispatches are staged on the CPU in a persistent UniformArena and written with
+ * one writeBuffer per 64 KiB. Bind groups come from the device's BindGroupCache, so a step that
+ * binds what the last one bound creates none. Scratch buffers taken with `scratch()` return to the
+ * pool after submit, in reverse order so that the next step gets the same buffers for the same
+ * requests (queue order makes the reuse safe: the next step's commands run after this one's). Validation errors raised while the step
  * was recorded are thrown from `submit()` with the driver's message. A step is either submitted
  * or discarded, and is recorded without awaiting between its creation and submit() (its error
  * scopes sit on the device's scope stack, so steps may overlap only in their awaits after that).
@@ -40,7 +61,7 @@ const MAX_TIMED_PASSES = 64;
 export class Step {
   private encoder: GPUCommandEncoder;
   private pass: GPUComputePassEncoder | null = null;
-  private readonly uniformChunks: { buffer: GPUBuffer; staging: Uint8Array; used: number }[] = [];
+  private readonly uniforms: UniformArena;
   private readonly scratchBuffers: GPUBuffer[] = [];
   private readonly readbacks: Readback[] = [];
   /** readbacks of flushed parts, mapping as their part finishes */
@@ -48,40 +69,60 @@ export class Step {
   private readonly querySet: GPUQuerySet | null;
   private passes = 0;
   private submitted = false;
+  private readonly dryRun: boolean;
+  readonly times: StepTimes = { created: performance.now(), submitCalled: 0, submitted: 0, completed: 0 };
 
   constructor(
     readonly gpu: Gpu,
-    options: { label?: string; timestamps?: boolean } = {},
+    options: StepOptions = {},
   ) {
+    this.dryRun = options.dryRun ?? false;
     gpu.device.pushErrorScope('validation');
     gpu.device.pushErrorScope('out-of-memory');
     this.encoder = gpu.device.createCommandEncoder({ label: options.label });
+    this.uniforms = gpu.takeUniformArena();
     this.querySet = options.timestamps && gpu.features.timestampQuery ? gpu.timestampQuerySet(MAX_TIMED_PASSES * 2) : null;
   }
 
   dispatch(d: Dispatch): void {
+    if (this.dryRun) return;
     const pass = this.computePass();
-    const entries: GPUBindGroupEntry[] = [];
-    if (d.params) entries.push({ binding: 0, resource: this.uniform(d.params.bytes()) });
-    d.buffers.forEach((b, i) => entries.push({ binding: i + 1, resource: 'buffer' in b ? b : { buffer: b } }));
-    const bindGroup = this.gpu.device.createBindGroup({ layout: d.pipeline.getBindGroupLayout(0), entries });
+    const cache = this.gpu.bindGroups;
+    cache.begin(d.pipeline);
+    const uniformOffset = d.params ? this.uniforms.stage(d.params) : -1;
+    if (d.params) cache.range(this.uniforms.stagedBuffer!, uniformOffset, d.params.byteLength);
+    for (let i = 0; i < d.buffers.length; i++) {
+      const b = d.buffers[i];
+      if ('buffer' in b) cache.range(b.buffer, b.offset ?? 0, b.size ?? -1);
+      else cache.buffer(b);
+    }
+    const bindGroup = cache.find() ?? cache.create(d.pipeline, this.bindGroupEntries(d, uniformOffset));
     pass.setPipeline(d.pipeline);
     pass.setBindGroup(0, bindGroup);
+    this.gpu.counters.dispatches++;
     const [x, y = 1, z = 1] = d.workgroups;
     if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
   }
 
-  /** A pooled storage buffer that lives until this step is submitted. */
+  private bindGroupEntries(d: Dispatch, uniformOffset: number): GPUBindGroupEntry[] {
+    const entries: GPUBindGroupEntry[] = [];
+    if (d.params) entries.push({ binding: 0, resource: { buffer: this.uniforms.stagedBuffer!, offset: uniformOffset, size: d.params.byteLength } });
+    d.buffers.forEach((b, i) => entries.push({ binding: i + 1, resource: 'buffer' in b ? b : { buffer: b } }));
+    return entries;
+  }
+
+  /** A pooled storage buffer that lives until this step is submitted (a dry-run step hands it straight back: nothing will use it). */
   scratch(bytes: number, label?: string): GPUBuffer {
     const buffer = this.gpu.pool.acquire(align(bytes, 4), undefined, label);
-    this.scratchBuffers.push(buffer);
+    if (this.dryRun) this.gpu.pool.release(buffer);
+    else this.scratchBuffers.push(buffer);
     return buffer;
   }
 
   /** A scratch buffer holding `data` (written on the queue, so before this step's commands run). */
   upload(data: ArrayBufferView, label?: string): GPUBuffer {
     const buffer = this.scratch(data.byteLength, label);
-    if (data.byteLength > 0) this.gpu.write(buffer, data);
+    if (data.byteLength > 0 && !this.dryRun) this.gpu.write(buffer, data);
     return buffer;
   }
 
@@ -95,6 +136,7 @@ export class Step {
     const padded = align(size, 4);
     const staging = this.gpu.pool.acquire(padded, Usage.MAP_READ | Usage.COPY_DST, 'readback');
     this.copy(buffer, offset, staging, 0, padded);
+    this.gpu.counters.readbacks++;
     const data = new Promise<ArrayBuffer>((resolve, reject) => this.readbacks.push({ staging, size, resolve, reject }));
     data.catch(() => {}); // a failed step also throws from submit(); an unawaited readback must not crash the process
     return data;
@@ -121,6 +163,7 @@ export class Step {
   async submit(): Promise<StepResult> {
     if (this.submitted) throw new Error('Step submitted twice');
     this.submitted = true;
+    this.times.submitCalled = performance.now();
     this.endPass();
     const device = this.gpu.device;
     let timestamps: GPUBuffer | null = null;
@@ -133,7 +176,8 @@ export class Step {
       this.scratchBuffers.push(resolveBuf);
     }
     this.submitUniformsAndCommands();
-    for (const b of this.scratchBuffers) this.gpu.pool.release(b);
+    this.times.submitted = performance.now();
+    this.releaseHeld();
 
     // both pops issued in this tick, so a step recorded while this one awaits cannot take its scopes
     const [oom, validation] = await Promise.all([device.popErrorScope(), device.popErrorScope()]);
@@ -158,6 +202,7 @@ export class Step {
     } else {
       await device.queue.onSubmittedWorkDone();
     }
+    this.times.completed = performance.now();
     return result;
   }
 
@@ -169,8 +214,7 @@ export class Step {
     if (this.submitted) return;
     this.submitted = true;
     this.endPass();
-    for (const chunk of this.uniformChunks) this.gpu.pool.release(chunk.buffer);
-    for (const b of this.scratchBuffers) this.gpu.pool.release(b);
+    this.releaseHeld();
     const failure = new Error('step discarded');
     for (const r of this.readbacks) {
       this.gpu.pool.release(r.staging);
@@ -180,12 +224,17 @@ export class Step {
     await Promise.allSettled(this.mapping); // parts already flushed still run
   }
 
-  /** Writes the staged uniforms and submits the encoder; the uniform chunks go back to the pool (queue order keeps them intact for the commands just submitted). */
+  /** Writes the staged uniforms and submits the encoder. */
   private submitUniformsAndCommands(): void {
-    const queue = this.gpu.device.queue;
-    for (const chunk of this.uniformChunks) queue.writeBuffer(chunk.buffer, 0, chunk.staging, 0, align(chunk.used, 4));
-    queue.submit([this.encoder.finish()]);
-    for (const chunk of this.uniformChunks.splice(0)) this.gpu.pool.release(chunk.buffer);
+    this.uniforms.write();
+    this.gpu.submit(this.encoder.finish());
+  }
+
+  /** Returns the scratch buffers (last taken first back, so the next step takes them in the same order) and the uniform arena. */
+  private releaseHeld(): void {
+    for (let i = this.scratchBuffers.length - 1; i >= 0; i--) this.gpu.pool.release(this.scratchBuffers[i]);
+    this.scratchBuffers.length = 0;
+    this.gpu.returnUniformArena(this.uniforms);
   }
 
   private async map(r: Readback): Promise<void> {
@@ -204,6 +253,7 @@ export class Step {
   private computePass(): GPUComputePassEncoder {
     if (!this.pass) {
       const i = this.passes++;
+      this.gpu.counters.computePasses++;
       if (this.querySet && i >= MAX_TIMED_PASSES) throw new Error(`a timed step may have at most ${MAX_TIMED_PASSES} compute passes`);
       this.pass = this.encoder.beginComputePass(
         this.querySet ? { timestampWrites: { querySet: this.querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } } : {},
@@ -217,16 +267,4 @@ export class Step {
     this.pass = null;
   }
 
-  private uniform(bytes: Uint8Array): GPUBufferBinding {
-    const alignment = this.gpu.device.limits.minUniformBufferOffsetAlignment;
-    let chunk = this.uniformChunks.at(-1);
-    if (!chunk || align(chunk.used, alignment) + bytes.byteLength > UNIFORM_CHUNK) {
-      chunk = { buffer: this.gpu.pool.acquire(UNIFORM_CHUNK, Usage.UNIFORM | Usage.COPY_DST, 'uniforms'), staging: new Uint8Array(UNIFORM_CHUNK), used: 0 };
-      this.uniformChunks.push(chunk);
-    }
-    const offset = align(chunk.used, alignment);
-    chunk.staging.set(bytes, offset);
-    chunk.used = offset + bytes.byteLength;
-    return { buffer: chunk.buffer, offset, size: bytes.byteLength };
-  }
 }
