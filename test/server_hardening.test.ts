@@ -108,17 +108,18 @@ describe('wgserve serve: slow clients, huge prompts and malformed requests', () 
       ['tool_choice a number', C, { ...chat, tool_choice: 5 }, {}, 400, 'invalid_type', 'tool_choice'],
       ['tool_choice of an unknown type', C, { ...chat, tool_choice: { type: 'banana' } }, {}, 400, 'invalid_value', 'tool_choice.type'],
       ['tool_choice naming no function', C, { ...chat, tool_choice: { type: 'function', function: {} } }, {}, 400, 'invalid_type', 'tool_choice.function.name'],
-      ['tool_choice required: there are no tools', C, { ...chat, tool_choice: 'required' }, {}, 400, 'unsupported_value', 'tool_choice'],
-      ['tool_choice naming a function: there are no tools', C, { ...chat, tool_choice: { type: 'function', function: { name: 'f' } } }, {}, 400, 'unsupported_value', 'tool_choice'],
+      ['tool_choice required: there are no tools', C, { ...chat, tool_choice: 'required' }, {}, 400, 'invalid_value', 'tool_choice'],
+      ['tool_choice naming a function that is not a tool', C, { ...chat, tool_choice: { type: 'function', function: { name: 'f' } } }, {}, 400, 'invalid_value', 'tool_choice.function.name'],
       ['function_call not a mode', C, { ...chat, function_call: 'required' }, {}, 400, 'invalid_value', 'function_call'],
       ['function_call naming a function', C, { ...chat, function_call: { name: 'f' } }, {}, 400, 'unsupported_value', 'function_call'],
       ['parallel_tool_calls not a boolean', C, { ...chat, parallel_tool_calls: 'yes' }, {}, 400, 'invalid_type', 'parallel_tool_calls'],
       ['tools not an array', C, { ...chat, tools: {} }, {}, 400, 'invalid_type', 'tools'],
       ['functions not an array, beside empty tools', C, { ...chat, tools: [], functions: 'f' }, {}, 400, 'invalid_type', 'functions'],
-      ['tools given', C, { ...chat, tools: [{ type: 'function', function: { name: 'f' } }] }, {}, 400, 'unsupported_parameter', 'tools'],
+      ['a tool that is no function', C, { ...chat, tools: [{ type: 'retrieval' }] }, {}, 400, 'unsupported_value', 'tools[0].type'],
+      ['functions given', C, { ...chat, functions: [{ name: 'f' }] }, {}, 400, 'unsupported_parameter', 'functions'],
       ['max_tokens junk beside max_completion_tokens', C, { ...chat, max_completion_tokens: 1, max_tokens: 'many' }, {}, 400, 'invalid_type', 'max_tokens'],
       ['a message name not a string', C, { ...chat, messages: [{ role: 'user', content: 'Hi', name: 5 }] }, {}, 400, 'invalid_type', 'messages[0].name'],
-      ['an assistant message with tool calls', C, { ...chat, messages: [{ role: 'assistant', content: null, tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: '{}' } }] }] }, {}, 400, 'unsupported_parameter', 'messages[0].tool_calls'],
+      ['tool call arguments that are not JSON', C, { ...chat, messages: [{ role: 'assistant', content: null, tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: '{' } }] }] }, {}, 400, 'invalid_value', 'messages[0].tool_calls[0].function.arguments'],
       ['response_format not an object', C, { ...chat, response_format: 'json' }, {}, 400, 'invalid_type', 'response_format'],
     ];
     for (const [what, path, body, headers, status, code, param] of cases) {
@@ -126,7 +127,7 @@ describe('wgserve serve: slow clients, huge prompts and malformed requests', () 
       expect(res.status, what).toBe(status);
       expectOpenAiError(await res.text(), code, param);
     }
-    // what the server can honour without tools is accepted
+    // what asks for no tool call is accepted (tool calling itself: test/tools.test.ts)
     for (const fields of [{ tool_choice: 'none' }, { tool_choice: 'auto', parallel_tool_calls: false, tools: [] }, { function_call: 'auto', functions: [] }, { messages: [{ role: 'user', content: 'Hi', name: 'ann' }, { role: 'assistant', content: 'Hello', tool_calls: [] }, { role: 'user', content: 'Hi' }] }]) {
       const res = await post(serve.url, C, { ...chat, ...fields });
       expect(res.status, JSON.stringify(fields)).toBe(200);

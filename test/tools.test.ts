@@ -149,7 +149,7 @@ describe('tool requests are validated', () => {
     fails({ tool_choice: 'required' }, 'tool_choice', /needs 'tools'/);
     fails({ tools: TOOLS, tool_choice: 'sometimes' }, 'tool_choice', /expected 'none', 'auto', 'required'/);
     fails({ tools: TOOLS, tool_choice: 'required', response_format: { type: 'json_object' } }, 'response_format', /Only one structured-output constraint/);
-    fails({ functions: [] }, 'functions', /use 'tools'/);
+    fails({ functions: [{ name: 'f' }] }, 'functions', /use 'tools'/);
     fails({ tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: { d: { type: 'string', format: 'date' } } } } }], tool_choice: 'required' }, 'tools[0].function.parameters', /keyword 'format'/);
     fails({ messages: [...USER, { role: 'assistant', content: null, tool_calls: [{ id: 'c', type: 'function', function: { name: 'get_weather', arguments: '{city' } }] }] }, 'messages[1].tool_calls[0].function.arguments', /not JSON/);
     fails({ messages: [...USER, { role: 'tool', content: 'sunny' }] }, 'messages[1].tool_call_id', /the id of the call/);

@@ -410,6 +410,21 @@ function optToolChoice(b: Body, tools: TemplateTool[]): ToolChoice {
   return { mode: 'named', name };
 }
 
+/**
+ * The deprecated `functions` / `function_call`: accepted where they ask for nothing (no functions;
+ * "none" or "auto"), otherwise pointed to `tools` and `tool_choice`.
+ */
+function checkLegacyFunctions(b: Body): void {
+  const use = (name: string) => invalid(name, `'${name}' (the deprecated form of function calling) is not supported by this server; use 'tools' and 'tool_choice'.`, name === 'functions' ? 'unsupported_parameter' : 'unsupported_value');
+  const fns = field(b, 'functions');
+  if (fns !== undefined && !Array.isArray(fns)) throw wrongType('functions', 'an array', fns);
+  if (Array.isArray(fns) && fns.length) throw use('functions');
+  const call = field(b, 'function_call');
+  if (call === undefined || call === 'none' || call === 'auto') return;
+  if (typeof call === 'string') throw invalid('function_call', `Invalid 'function_call': expected 'none', 'auto' or an object naming a function, got ${JSON.stringify(call)}.`);
+  throw use('function_call');
+}
+
 /** An assistant message's `tool_calls`: arguments must be JSON (templates receive them parsed). */
 function toolCalls(param: string, v: unknown): TemplateToolCall[] | undefined {
   if (v === undefined || v === null) return undefined;
@@ -499,9 +514,7 @@ export function parseChatRequest(body: unknown, vocabSize: number): ChatRequest 
     return { role, content, ...(name === undefined ? {} : { name }), ...(calls?.length ? { tool_calls: calls } : {}), ...(role === 'tool' ? { tool_call_id: callId as string } : {}) };
   });
 
-  for (const legacy of ['functions', 'function_call']) {
-    if (field(b, legacy) !== undefined) throw invalid(legacy, `'${legacy}' (the deprecated form of function calling) is not supported by this server; use 'tools' and 'tool_choice'.`, 'unsupported_parameter');
-  }
+  checkLegacyFunctions(b);
   const tools = optTools(b);
   const toolChoice = optToolChoice(b, tools);
   const guide = toolGuide(tools, toolChoice);
