@@ -164,7 +164,8 @@ describe('tool requests are validated', () => {
   });
 });
 
-describe('tool calling through the OpenAI API', () => {
+// the requests below run together in beforeAll (one batch, ~70 steps); the first test waits for most of it
+describe('tool calling through the OpenAI API', { timeout: 300_000 }, () => {
   const getGpu = useGpu();
   let src: ModelSource;
   let model: GpuModel;
@@ -172,32 +173,59 @@ describe('tool calling through the OpenAI API', () => {
   let client: OpenAI;
   const ajv = new Ajv();
 
+  const chat = async (body: Record<string, unknown>) => {
+    const res = await post(server.url, '/v1/chat/completions', { model: MODEL, messages: USER, max_tokens: 32, ...body });
+    return { status: res.status, body: (await res.json()) as { choices: { message: { content: string | null; tool_calls?: Call[] }; finish_reason: string }[]; error?: { param: string } } };
+  };
+  type Reply = Awaited<ReturnType<typeof chat>>;
+  /** Every generating request of this block, started together so that they share the engine's steps. */
+  let runs: Record<'named' | 'required' | 'auto' | 'plain', Promise<Reply>> & {
+    namedStream: Promise<{ deltas: ChatDelta[]; finish: string | null }>;
+    single: Promise<OpenAI.ChatCompletion>;
+  };
+  const named = { type: 'function', function: { name: 'get_weather' } } as const;
+  // a call in the Hermes form, written under a regex: stories260K writes no tool calls of its own
+  const AUTO_CALL = '<tool_call>\\{"name": "get_weather", "arguments": \\{"city": "[a-z]{1,5}"\\}\\}</tool_call>';
+
   beforeAll(async () => {
     src = await openModel(STORIES);
     model = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
     server = await startServer({ engine: new Engine(model, src.tokenizer), modelId: MODEL, host: '127.0.0.1', port: 0, processMetrics: false });
     client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'none', maxRetries: 0 });
+    const messages = USER as OpenAI.ChatCompletionMessageParam[];
+    runs = {
+      named: chat({ tools: [weather], tool_choice: named, temperature: 1.3, n: 2, seed: 5 }),
+      // the official client, streamed, with the seed of the whole response's first choice
+      namedStream: (async () => {
+        const stream = await client.chat.completions.create({ model: MODEL, messages, max_tokens: 32, tools: [weather], tool_choice: named, temperature: 1.3, seed: 5, stream: true });
+        const deltas: ChatDelta[] = [];
+        let finish: string | null = null;
+        for await (const chunk of stream) {
+          deltas.push(chunk.choices[0].delta as ChatDelta);
+          finish = chunk.choices[0].finish_reason ?? finish;
+        }
+        return { deltas, finish };
+      })(),
+      required: chat({ tools: TOOLS, tool_choice: 'required', temperature: 1.2, seed: 9, max_tokens: 40 }),
+      single: client.chat.completions.create({ model: MODEL, messages, max_tokens: 72, tools: TOOLS, tool_choice: 'required', parallel_tool_calls: false, temperature: 0 }),
+      auto: chat({ tools: [weather], guided_regex: AUTO_CALL, temperature: 1, seed: 3, max_tokens: 96 }),
+      plain: chat({ tools: [weather], temperature: 0, max_tokens: 8 }),
+    };
+    // each test awaits its own; none is left unobserved if a test fails early
+    for (const p of Object.values(runs)) (p as Promise<unknown>).catch(() => {});
   });
   afterAll(async () => {
     await server?.close();
     model?.destroy();
   });
 
-  const chat = async (body: Record<string, unknown>) => {
-    const res = await post(server.url, '/v1/chat/completions', { model: MODEL, messages: USER, max_tokens: 32, ...body });
-    return { status: res.status, body: (await res.json()) as { choices: { message: { content: string | null; tool_calls?: Call[] }; finish_reason: string }[]; error?: { param: string } } };
-  };
   const validates = (schema: object, args: string) => {
     const ok = ajv.validate(schema, JSON.parse(args));
     expect(ok, `${args}: ${ajv.errorsText()}`).toBe(true);
   };
 
   it('a named function: arguments always parse and validate, greedy and sampled; the stream carries the same call', async () => {
-    // the official client, streamed, beside the whole response (they share the engine's steps)
-    const [r, stream] = await Promise.all([
-      chat({ tools: TOOLS, tool_choice: { type: 'function', function: { name: 'get_weather' } }, temperature: 1.3, n: 3, seed: 5 }),
-      client.chat.completions.create({ model: MODEL, messages: USER as OpenAI.ChatCompletionMessageParam[], max_tokens: 32, tools: TOOLS, tool_choice: { type: 'function', function: { name: 'get_weather' } }, temperature: 1.3, seed: 5, stream: true }),
-    ]);
+    const r = await runs.named;
     expect(r.status, JSON.stringify(r.body)).toBe(200);
     for (const c of r.body.choices) {
       expect(c.finish_reason).toBe('stop');
@@ -208,26 +236,17 @@ describe('tool calling through the OpenAI API', () => {
       validates(weather.function.parameters, c.message.tool_calls![0].function.arguments);
     }
     // the stream's deltas fold into the call the whole response returned for the same seed
-    const deltas: ChatDelta[] = [];
-    let finish: string | null = null;
-    for await (const chunk of stream) {
-      deltas.push(chunk.choices[0].delta as ChatDelta);
-      finish = chunk.choices[0].finish_reason ?? finish;
-    }
-    const { calls } = fold(deltas);
-    expect(calls.map((c) => c.function)).toEqual([r.body.choices[0].message.tool_calls![0].function]);
+    const { deltas, finish } = await runs.namedStream;
+    expect(fold(deltas).calls.map((c) => c.function)).toEqual([r.body.choices[0].message.tool_calls![0].function]);
     expect(finish).toBe('stop');
   });
 
   it('"required": one or more calls, each naming a tool with arguments valid for it; parallel_tool_calls false gives one', async () => {
-    const [r, single] = await Promise.all([
-      chat({ tools: TOOLS, tool_choice: 'required', temperature: 1.2, n: 2, seed: 9, max_tokens: 40 }),
-      client.chat.completions.create({ model: MODEL, messages: USER as OpenAI.ChatCompletionMessageParam[], max_tokens: 96, tools: TOOLS, tool_choice: 'required', parallel_tool_calls: false, temperature: 0 }),
-    ]);
+    const [r, single] = await Promise.all([runs.required, runs.single]);
     expect(r.status, JSON.stringify(r.body)).toBe(200);
     expect(single.choices[0].finish_reason).toBe('tool_calls');
     expect(single.choices[0].message.tool_calls).toHaveLength(1);
-    for (const c of [...r.body.choices, ...(single.choices as unknown as (typeof r.body.choices)[number][])]) {
+    for (const c of [...r.body.choices, ...(single.choices as unknown as Reply['body']['choices'])]) {
       // an array cut short by max_tokens ends in a partial call; every call before it is whole
       const calls = c.finish_reason === 'length' ? (c.message.tool_calls ?? []).slice(0, -1) : c.message.tool_calls!;
       if (c.finish_reason !== 'length') {
@@ -242,9 +261,8 @@ describe('tool calling through the OpenAI API', () => {
     }
   });
 
-  it('"auto": calls the model writes in <tool_call> blocks are parsed (here written under a regex), other text is content', async () => {
-    const pattern = '<tool_call>\\{"name": "get_weather", "arguments": \\{"city": "[a-z]{1,5}"\\}\\}</tool_call>';
-    const [r, plain] = await Promise.all([chat({ tools: TOOLS, guided_regex: pattern, temperature: 1, seed: 3, max_tokens: 96 }), chat({ tools: TOOLS, temperature: 0, max_tokens: 8 })]);
+  it('"auto": calls the model writes in <tool_call> blocks are parsed, other text is content', async () => {
+    const [r, plain] = await Promise.all([runs.auto, runs.plain]);
     expect(r.status, JSON.stringify(r.body)).toBe(200);
     const [c] = r.body.choices;
     expect(c.finish_reason).toBe('tool_calls');
