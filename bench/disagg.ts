@@ -234,7 +234,7 @@ async function dataPlaneMs(engine: Engine, source: ModelSource, tokens: number):
     const layers = Array.from({ length: nLayers }, layer);
     const transfer = sender.begin({ id: 'bench', address });
     const t0 = performance.now();
-    transfer.stream(tokens, layers.map((l) => Promise.resolve(l)));
+    transfer.stream(tokens, tokens * nKvHeads, layers.map((l) => Promise.resolve(l)));
     await transfer.finish({ rid: 0, attempt: 1, prompt: Array.from({ length: tokens }, () => 1), generated: [1], sampling: greedy(1) });
     return performance.now() - t0;
   } finally {

@@ -45,6 +45,13 @@ export interface WriteKvArgs {
   headDim: number;
   /** storage type of the pools (default f32) */
   dtype?: KvDtype;
+  /**
+   * Where (token t, kv head h)'s rows are in k / v, elements, multiples of 4: at t * stride +
+   * kOffset (vOffset) + h * headDim. Default [tokens, nKvHeads, headDim] (stride nKvHeads *
+   * headDim, offsets 0); the K and V parts of a fused q/k/v buffer are stride (nHeads + 2 *
+   * nKvHeads) * headDim, kOffset nHeads * headDim, vOffset (nHeads + nKvHeads) * headDim.
+   */
+  source?: { stride: number; kOffset: number; vOffset: number };
 }
 
 const WRITE_WG = 256;
@@ -54,9 +61,11 @@ export function writeKv(step: Step, a: WriteKvArgs): void {
   if (a.headDim % 4 !== 0) throw new Error(`writeKv: headDim ${a.headDim} is not a multiple of 4`);
   const rows = a.tokens * a.nKvHeads;
   if (rows === 0) return;
+  const src = a.source ?? { stride: a.nKvHeads * a.headDim, kOffset: 0, vOffset: 0 };
+  if (![src.stride, src.kOffset, src.vOffset].every((n) => Number.isInteger(n / 4) && n >= 0)) throw new Error(`writeKv: source stride and offsets must be multiples of 4`);
   step.dispatch({
     pipeline: step.gpu.pipelines.get('kv_cache', 'main', { WG: WRITE_WG, KV_F16: a.dtype === 'f16' ? 1 : 0 }),
-    params: new Params().u32(rows).u32(a.headDim),
+    params: new Params().u32(rows).u32(a.headDim).u32(a.nKvHeads).u32(src.stride).u32(src.kOffset).u32(src.vOffset),
     buffers: [a.k, a.v, a.kPool, a.vPool, a.slotMapping],
     workgroups: grid1d(step.gpu, Math.ceil((rows * a.headDim) / 4 / WRITE_WG)),
   });

@@ -1,7 +1,9 @@
 // Paged KV cache store: copies the new K and V rows of a step ([tokens, n_kv_heads, head_dim] f32)
 // into the per-layer K and V pools ([num_blocks, BLOCK_SIZE, head_dim]) at the absolute pool slots
 // given by slot_mapping[token * n_kv_heads + kv_head] (slot = block * BLOCK_SIZE + offset, chosen
-// on the CPU by the block allocator). A slot of 0xffffffff skips the row (padding tokens).
+// on the CPU by the block allocator). A slot of 0xffffffff skips the row (padding tokens). Row
+// (token t, kv head h) is read at t * src_stride + k_off (v_off) + h * head_dim: [tokens,
+// n_kv_heads, head_dim] rows by default, or the K and V parts of a fused q/k/v buffer.
 //
 // Everything is bound as raw 32-bit words: in f32 mode the rows are copied bit for bit, in f16 mode
 // (KV_F16) each pair of values is packed into one word with pack2x16float. One invocation moves
@@ -13,6 +15,10 @@ override KV_F16: bool = false;
 struct Params {
   rows: u32,      // tokens * n_kv_heads
   head_dim: u32,
+  n_kv_heads: u32,
+  src_stride: u32, // elements per token of k_new / v_new
+  k_off: u32,
+  v_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,18 +38,20 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let slot = slot_mapping[row];
   if (slot == 0xffffffffu) { return; }
   let c4 = (i % chunks) * 4u;
-  let src = row * p.head_dim + c4;
+  let src = (row / p.n_kv_heads) * p.src_stride + (row % p.n_kv_heads) * p.head_dim + c4;
+  let ks = src + p.k_off;
+  let vs = src + p.v_off;
   let dst = slot * p.head_dim + c4;
   if (KV_F16) {
     let d = dst / 2u;
-    k_pool[d] = pack2x16float(vec2(bitcast<f32>(k_new[src]), bitcast<f32>(k_new[src + 1u])));
-    k_pool[d + 1u] = pack2x16float(vec2(bitcast<f32>(k_new[src + 2u]), bitcast<f32>(k_new[src + 3u])));
-    v_pool[d] = pack2x16float(vec2(bitcast<f32>(v_new[src]), bitcast<f32>(v_new[src + 1u])));
-    v_pool[d + 1u] = pack2x16float(vec2(bitcast<f32>(v_new[src + 2u]), bitcast<f32>(v_new[src + 3u])));
+    k_pool[d] = pack2x16float(vec2(bitcast<f32>(k_new[ks]), bitcast<f32>(k_new[ks + 1u])));
+    k_pool[d + 1u] = pack2x16float(vec2(bitcast<f32>(k_new[ks + 2u]), bitcast<f32>(k_new[ks + 3u])));
+    v_pool[d] = pack2x16float(vec2(bitcast<f32>(v_new[vs]), bitcast<f32>(v_new[vs + 1u])));
+    v_pool[d + 1u] = pack2x16float(vec2(bitcast<f32>(v_new[vs + 2u]), bitcast<f32>(v_new[vs + 3u])));
   } else {
     for (var j = 0u; j < 4u; j++) {
-      k_pool[dst + j] = k_new[src + j];
-      v_pool[dst + j] = v_new[src + j];
+      k_pool[dst + j] = k_new[ks + j];
+      v_pool[dst + j] = v_new[vs + j];
     }
   }
 }

@@ -14,11 +14,14 @@
 //              projection rows qkv [tokens, heads + 2 * kv_heads, head_dim] it writes q rotated to
 //              q_out [tokens, heads, head_dim], k rotated and v as it is to the paged f32 K/V pools
 //              at the slots of slot_mapping (kv_cache.wgsl's layout; 0xffffffff skips a row). One
-//              pair per invocation, rotated with the same f32 operations as main_scalar.
+//              pair per invocation, rotated with the same f32 operations as main_scalar. With
+//              KEEP_K, k rotated is also written back into qkv in place (head-wise KV: a ring's
+//              prefill reads the chunk's own keys from there, and writes them to the pool after it).
 // Invocations are numbered over a 2D grid of workgroups (wg.x + wg.y * num_workgroups.x).
 
 override WG: u32 = 256;
 override NEOX: bool = false;
+override KEEP_K: bool = false;
 
 struct Params {
   tokens: u32,
@@ -33,7 +36,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> positions: array<u32>;
 @group(0) @binding(3) var<storage, read> freqs: array<f32>;
 // rope_kv only (its Params: tokens, heads, kv_heads, head_dim, rope_dim)
-@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read_write> qkv: array<f32>;
 @group(0) @binding(4) var<storage, read_write> q_out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> k_pool: array<f32>;
 @group(0) @binding(6) var<storage, read_write> v_pool: array<f32>;
@@ -173,6 +176,10 @@ fn rope_kv(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u
     return;
   }
   let is_k = h < kp.heads + kp.kv_heads;
+  if (KEEP_K && is_k) {
+    qkv[src + i0] = a;
+    qkv[src + i1] = b;
+  }
   let kvh = select(h - kp.heads - kp.kv_heads, h - kp.heads, is_k);
   let slot = slot_mapping[t * kp.kv_heads + kvh];
   if (slot == 0xffffffffu) { return; }

@@ -316,7 +316,7 @@ describe('disaggregated serving', { timeout: TEST_LIMIT_MS }, () => {
       const bytes = (n: number) => Buffer.from(Array.from({ length: n }, () => Math.floor(rand() * 256)));
       const oversize = Buffer.alloc(8);
       oversize.writeUInt32BE(MAX_FRAME_BYTES + 1, 0);
-      const kv = (tokens: number, size: number) => encodeFrame({ type: 'kv', seq: 1, layer: 0, start: 0, tokens, k: new Uint8Array(size), v: new Uint8Array(size) });
+      const kv = (rows: number, size: number) => encodeFrame({ type: 'kv', seq: 1, layer: 0, start: 0, rows, k: new Uint8Array(size), v: new Uint8Array(size) });
       const cases: Buffer[][] = [
         [bytes(1)],
         [bytes(300)],
@@ -325,9 +325,9 @@ describe('disaggregated serving', { timeout: TEST_LIMIT_MS }, () => {
         [hello, bytes(64)],
         [hello, oversize],
         [hello, kv(2, 64)], // kv without kv-begin
-        [hello, encodeFrame({ type: 'kv-begin', seq: 1, tokens: 2 }), kv(2, 7)], // wrong size
-        [hello, encodeFrame({ type: 'kv-begin', seq: 1, tokens: 2 }), encodeFrame({ type: 'kv-begin', seq: 1, tokens: 2 })],
-        [hello, encodeFrame({ type: 'kv-begin', seq: 1, tokens: 3 }), encodeFrame({ type: 'kv-done', seq: 1, tokens: 3, request: { rid: 1, attempt: 1, prompt: [1, 2], generated: [3], sampling: greedy(4) } })], // done before its layers
+        [hello, encodeFrame({ type: 'kv-begin', seq: 1, tokens: 2, rows: 8 }), kv(2, 7)], // wrong size
+        [hello, encodeFrame({ type: 'kv-begin', seq: 1, tokens: 2, rows: 8 }), encodeFrame({ type: 'kv-begin', seq: 1, tokens: 2, rows: 8 })],
+        [hello, encodeFrame({ type: 'kv-begin', seq: 1, tokens: 3, rows: 12 }), encodeFrame({ type: 'kv-done', seq: 1, tokens: 3, request: { rid: 1, attempt: 1, prompt: [1, 2], generated: [3], sampling: greedy(4) } })], // done before its layers
         [hello, encodeFrame({ type: 'ack', seq: 1 })],
       ];
       for (let i = 0; i < 40; i++) cases.push([hello, bytes(1 + Math.floor(rand() * 200))]);

@@ -43,7 +43,7 @@ describe('KV handover between engines', () => {
               sampling: opts[i],
               events,
               handoff: {
-                onKv: (n, layers) => (kv = { tokens: n, layers }),
+                onKv: (n, _rows, layers) => (kv = { tokens: n, layers }),
                 onHandoff: (generated) => {
                   void (async () => {
                     const imp: KvImport = decode.importKv(kv!.tokens)!;
@@ -112,7 +112,7 @@ describe('KV handover between engines', () => {
               sampling: opts,
               events: { onToken: (e) => out.tokens.push(e.token) },
               handoff: {
-                onKv: (tokens, layers) => transfer.stream(tokens, layers),
+                onKv: (tokens, rows, layers) => transfer.stream(tokens, rows, layers),
                 onHandoff: (generated) => void transfer.finish({ rid, attempt: 1, prompt, generated, sampling: opts }).catch(reject),
               },
             });

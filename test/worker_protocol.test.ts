@@ -12,7 +12,7 @@ const STORIES = join(repoRoot, 'models', 'stories260K');
 const kv = (seq: number, layer: number, n: number): Message => {
   const k = new Float32Array(n).map((_, i) => i * 0.5 - seq);
   const v = new Float32Array(n).map((_, i) => -i - layer);
-  return { type: 'kv', seq, layer, start: 0, tokens: 3, k: new Uint8Array(k.buffer), v: new Uint8Array(v.buffer) };
+  return { type: 'kv', seq, layer, start: 0, rows: 3, k: new Uint8Array(k.buffer), v: new Uint8Array(v.buffer) };
 };
 
 describe('worker data-plane frames', () => {
@@ -22,7 +22,7 @@ describe('worker data-plane frames', () => {
       { type: 'welcome', workerId: 'd0' },
       kv(7, 0, 96),
       kv(7, 1, 96),
-      { type: 'kv-begin', seq: 7, tokens: 3 },
+      { type: 'kv-begin', seq: 7, tokens: 3, rows: 12 },
       { type: 'kv-done', seq: 7, tokens: 3, request: { rid: 7, attempt: 1, prompt: [1, 2, 3], generated: [4], sampling: { maxTokens: 9, temperature: 0.5, topK: 0, topP: 1, seed: 3, stop: ['x'] } } },
       { type: 'kv-abort', seq: 8, reason: 'cancelled' },
       { type: 'ack', seq: 7 },
@@ -100,7 +100,7 @@ describe('hello', () => {
 describe('large frames', () => {
   it('a 4 MiB KV frame arriving in 64 KiB chunks is copied once, when complete (not re-concatenated per chunk)', () => {
     const n = 512 * 1024; // 512K f32 = 2 MiB per tensor
-    const big: Message = { type: 'kv', seq: 1, layer: 0, start: 0, tokens: 1, k: new Uint8Array(n * 4).fill(1), v: new Uint8Array(n * 4).fill(2) };
+    const big: Message = { type: 'kv', seq: 1, layer: 0, start: 0, rows: 1, k: new Uint8Array(n * 4).fill(1), v: new Uint8Array(n * 4).fill(2) };
     const frame = encodeFrame(big);
     const concat = vi.spyOn(Buffer, 'concat');
     const copy = vi.spyOn(Buffer.prototype, 'copy');
@@ -147,7 +147,7 @@ describe('KV sender', () => {
     const sender = new KvSender({ workerId: 'p', fingerprint: 'f', log: () => {}, timeoutMs: 200 });
     try {
       const transfer = sender.begin({ id: 'silent', address });
-      transfer.stream(1, [Promise.resolve({ k: new ArrayBuffer(32), v: new ArrayBuffer(32) })]);
+      transfer.stream(1, 1, [Promise.resolve({ k: new ArrayBuffer(32), v: new ArrayBuffer(32) })]);
       const sampling = { maxTokens: 4, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [] };
       const finishing = transfer.finish({ rid: 1, attempt: 1, prompt: [1], generated: [2], sampling });
       finishing.catch(() => {}); // asserted below

@@ -8,9 +8,12 @@ import {
   runHeadwiseBench,
   runHeadwiseTiming,
 } from '../../bench/headwise.ts';
+import { type QualityReport, headwiseQualityMarkdown, runHeadwiseQuality } from '../../bench/headwise_quality.ts';
 import { updateDocSection, writeResult } from '../../bench/results.ts';
 import type { DeviceMode } from '../gpu/adapter.ts';
 import { Gpu } from '../gpu/gpu.ts';
+import { DEFAULT_MODEL } from '../model/default_model.ts';
+import { openModel } from '../model/source.ts';
 
 export interface BenchHeadwiseOptions extends HeadwiseBenchOptions {
   json?: string;
@@ -22,6 +25,32 @@ export interface BenchHeadwiseOptions extends HeadwiseBenchOptions {
   /** sequences per decode step; default 1 on a software device, 8 on a GPU */
   batch?: number;
   device: DeviceMode;
+  /** instead: fidelity against full attention on a real model (greedy agreement, KL) */
+  quality: boolean;
+  model?: string;
+  /** --quality: new tokens per greedy continuation */
+  maxTokens: number;
+}
+
+/** `wgserve bench headwise --quality`: greedy-token agreement and logit KL of patterns against full attention. */
+async function benchQuality(o: BenchHeadwiseOptions): Promise<QualityReport> {
+  const gpu = await Gpu.open({ mode: o.device });
+  let report: QualityReport;
+  try {
+    const src = await openModel(o.model ?? DEFAULT_MODEL);
+    const options = { fractions: o.fractions, sink: o.sink, recent: o.recent, maxTokens: o.maxTokens, randomPatterns: 2, seed: o.seed, chunk: 64 };
+    report = await runHeadwiseQuality(gpu, src, options, (r) =>
+      console.error(`  retrieval ${r.retrievalHeads}/${r.kvHeads} ${r.pattern.padEnd(14)} agreement ${(100 * r.agreement).toFixed(1)}% (past window ${(100 * r.agreementPastWindow).toFixed(1)}%), mean KL ${r.meanKl.toExponential(2)}`),
+    );
+  } finally {
+    gpu.destroy();
+  }
+  const markdown = headwiseQualityMarkdown(report);
+  if (o.json) writeResult(o.json, JSON.stringify(report, null, 2) + '\n');
+  if (o.markdown) writeResult(o.markdown, markdown);
+  if (o.updateDocs) updateDocSection('headwise-quality', () => `\n${markdown}`);
+  if (!o.json && !o.markdown) process.stdout.write(markdown);
+  return report;
 }
 
 /**
@@ -29,8 +58,9 @@ export interface BenchHeadwiseOptions extends HeadwiseBenchOptions {
  * --timing, decode attention time on the device. --update-docs writes the memory tables (with a
  * software device's timing) into the headwise-software section, a GPU's timing into headwise-gpu.
  */
-export async function benchHeadwise(o: BenchHeadwiseOptions): Promise<HeadwiseReport & { timing?: HeadwiseTimingReport }> {
-  const { json, markdown: md, updateDocs, timing: withTiming, timingContexts, batch, device, ...options } = o;
+export async function benchHeadwise(o: BenchHeadwiseOptions): Promise<(HeadwiseReport & { timing?: HeadwiseTimingReport }) | QualityReport> {
+  if (o.quality) return benchQuality(o);
+  const { json, markdown: md, updateDocs, timing: withTiming, timingContexts, batch, device, quality: _q, model: _m, maxTokens: _t, ...options } = o;
   const report = runHeadwiseBench(options);
   const markdown = headwiseMarkdown(report);
   for (const g of report.goals) console.error(`${g.what}: ${g.reduction.toFixed(2)}x (goal ${g.goal}x) ${g.met ? 'met' : 'NOT met'}`);

@@ -5,6 +5,7 @@ import { DEFAULT_MODEL } from '../model/default_model.ts';
 import type { SamplingOptions } from '../engine/engine.ts';
 import { generate } from '../engine/generate.ts';
 import { compileGuide, type GuideSpec } from '../constraints/guide.ts';
+import { type HeadPatternCliOptions, headPatternFromOptions } from '../kv/head_pattern.ts';
 import { GpuModel } from '../model/gpu_model.ts';
 import { openModel } from '../model/source.ts';
 
@@ -14,6 +15,8 @@ export interface GenerateCliOptions {
   prompt: string;
   device: DeviceMode;
   kvMemory: number;
+  /** head-wise KV (--head-pattern ...) */
+  headwise?: HeadPatternCliOptions;
   sampling: SamplingOptions;
   /** structured output: --choice, --regex or --json-schema */
   guide?: GuideSpec;
@@ -25,10 +28,12 @@ export async function generateCli(o: GenerateCliOptions): Promise<void> {
   const gpu = await Gpu.open({ mode: o.device });
   try {
     const source = await openModel(o.model ?? DEFAULT_MODEL, { tokenizer: o.tokenizer });
+    const headPattern = headPatternFromOptions(o.headwise ?? {}, source.config);
     const bar = process.stderr.isTTY ? new SingleBar({ format: 'loading {bar} {percentage}% {value}/{total} MiB', stream: process.stderr, hideCursor: true }) : null;
     const mib = (b: number) => Math.round(b / 2 ** 20);
     const model = GpuModel.load(gpu, source, {
       kvMemoryBytes: o.kvMemory,
+      headPattern,
       onProgress: (done, total) => {
         if (!bar) return;
         if (done === 0 || !bar.getTotal()) bar.start(mib(total), 0);

@@ -3,6 +3,10 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import type { WeightFormat } from '../../kernels/weights.ts';
 import { parseDeviceMode } from '../gpu/adapter.ts';
 import type { BenchDisaggOptions } from './bench_disagg.ts';
+import type { BenchHeadwiseOptions } from './bench_headwise.ts';
+import { benchAnnCommand } from './bench_ann.ts';
+import { benchStepCommand } from './bench_step.ts';
+import type { HeadPatternCliOptions } from '../kv/head_pattern.ts';
 import type { ServeCliOptions } from './serve.ts';
 import type { SimulateCliOptions } from './simulate.ts';
 
@@ -54,7 +58,19 @@ const integer = (name: string, min: number) => (v: string) => {
   return n;
 };
 
-program
+/** The head-wise KV options as the loader takes them (commander gives them flat). */
+const headPatternOf = ({ headPattern, retrievalFraction, gateThreshold, sink, recent }: HeadPatternCliOptions): HeadPatternCliOptions => ({ headPattern, retrievalFraction, gateThreshold, sink, recent });
+
+/** Head-wise KV options (docs/headwise.md) of serve, generate and worker. */
+const headPatternOptions = (c: Command) =>
+  c
+    .option('--head-pattern <file>', 'head-wise KV: a DuoAttention pattern file (a row of gates per layer, one per KV head); streaming heads keep only --sink + --recent tokens (docs/headwise.md)')
+    .option('--retrieval-fraction <f>', 'with --head-pattern: in every layer this fraction of the KV heads, highest gates first, keep full history', number('--retrieval-fraction', 0, 1))
+    .option('--gate-threshold <t>', 'with --head-pattern: heads with a gate >= t keep full history (default 0.5)', number('--gate-threshold', 0, 1))
+    .option('--sink <n>', 'with --head-pattern: first tokens a streaming head keeps (default 64)', integer('--sink', 0))
+    .option('--recent <n>', 'with --head-pattern: latest tokens a streaming head keeps (default 256)', integer('--recent', 1));
+
+headPatternOptions(program
   .command('generate')
   .description('generate text from a prompt on the GPU: the continuation goes to stdout, load time and speeds to stderr')
   .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K)')
@@ -69,9 +85,9 @@ program
   .option('--choice <text...>', 'structured output: the output is exactly one of these strings')
   .option('--regex <pattern>', 'structured output: the output fully matches this regular expression (JavaScript syntax)')
   .option('--json-schema <file>', 'structured output: the output is JSON valid against this schema (docs/api.md lists the keywords)')
-  .option('--kv-memory <bytes>', 'KV cache memory', integer('--kv-memory', 1), 64 * 1024 * 1024)
+  .option('--kv-memory <bytes>', 'KV cache memory', integer('--kv-memory', 1), 64 * 1024 * 1024))
   .addOption(deviceOption())
-  .action(async (o: { model?: string; tokenizer?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number; stop?: string[]; choice?: string[]; regex?: string; jsonSchema?: string; kvMemory: number; device: string }) => {
+  .action(async (o: HeadPatternCliOptions & { model?: string; tokenizer?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number; stop?: string[]; choice?: string[]; regex?: string; jsonSchema?: string; kvMemory: number; device: string }) => {
     const guides = [o.choice && 'choice', o.regex !== undefined && 'regex', o.jsonSchema && 'json-schema'].filter(Boolean);
     if (guides.length > 1) throw new InvalidArgumentError(`give one of --choice, --regex, --json-schema, not ${guides.map((g) => `--${g}`).join(' and ')}`);
     const { readFileSync } = await import('node:fs');
@@ -90,6 +106,7 @@ program
       prompt: o.prompt,
       device: parseDeviceMode(o.device),
       kvMemory: o.kvMemory,
+      headwise: headPatternOf(o),
       sampling: {
         maxTokens: o.maxTokens,
         temperature: o.temperature,
@@ -101,8 +118,8 @@ program
     });
   });
 
-program
-  .command('serve')
+headPatternOptions(program
+  .command('serve'))
   .description('serve the OpenAI-compatible HTTP API (completions, chat, models, health, metrics); SIGTERM drains and exits 0')
   .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K)')
   .option('--tokenizer <file>', 'tokenizer.bin for a llama2.c checkpoint (default: beside the model)')
@@ -130,14 +147,14 @@ program
   .option('--worker-timeout <seconds>', 'with --disaggregate: how long to wait for the workers to come up', number('--worker-timeout', 1), 120)
   .addOption(deviceOption())
   .action(
-    async (o: Omit<ServeCliOptions, 'device'> & { device: string }) => {
+    async (o: Omit<ServeCliOptions, 'device' | 'headwise'> & HeadPatternCliOptions & { device: string }) => {
       const { serveCli } = await import('./serve.ts');
-      await serveCli({ ...o, device: parseDeviceMode(o.device) });
+      await serveCli({ ...o, headwise: headPatternOf(o), device: parseDeviceMode(o.device) });
     },
   );
 
-program
-  .command('worker')
+headPatternOptions(program
+  .command('worker'))
   .description('run one disaggregated prefill or decode worker (spawned by `serve --disaggregate`, or started on any host with --nats)')
   .addOption(new Option('--role <role>', 'prefill: computes prompts and ships their KV; decode: takes sequences over and generates').choices(['prefill', 'decode']).makeOptionMandatory())
   .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K); must be the front\'s model')
@@ -155,9 +172,9 @@ program
   .option('--transfer-timeout <seconds>', 'a KV transfer without progress this long fails its connection; the decode worker frees what arrived (default 60)', number('--transfer-timeout', 0.001))
   .addOption(deviceOption())
   .action(
-    async (o: { role: 'prefill' | 'decode'; model?: string; tokenizer?: string; id?: string; adapter?: number; nats?: string; ipc: boolean; kvMemory: number; maxBatch?: number; tokenBudget?: number; dataHost?: string; dataPort: number; advertise?: string; transferTimeout?: number; device: string }) => {
+    async (o: HeadPatternCliOptions & { role: 'prefill' | 'decode'; model?: string; tokenizer?: string; id?: string; adapter?: number; nats?: string; ipc: boolean; kvMemory: number; maxBatch?: number; tokenBudget?: number; dataHost?: string; dataPort: number; advertise?: string; transferTimeout?: number; device: string }) => {
       const { workerCli } = await import('./worker.ts');
-      process.exitCode = await workerCli({ ...o, device: parseDeviceMode(o.device) });
+      process.exitCode = await workerCli({ ...o, headwise: headPatternOf(o), device: parseDeviceMode(o.device) });
     },
   );
 
@@ -176,6 +193,9 @@ bench
     await benchKernels({ ...o, device: parseDeviceMode(o.device) });
   });
 
+bench.addCommand(benchStepCommand(deviceOption()));
+bench.addCommand(benchAnnCommand(deviceOption()));
+
 const SYNTHETIC_MODELS = ['llama-3.2-1b', 'llama-3-8b', 'qwen2.5-7b', 'stories260k'];
 const SYNTHETIC_DTYPES = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0'];
 /** A comma-separated list whose items are all in `allowed`. */
@@ -190,6 +210,22 @@ const integerList = (name: string) => (v: string) =>
     const n = Number(s.trim());
     if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be positive integers separated by commas`);
     return n;
+  });
+
+program
+  .command('calibrate-heads')
+  .description('score every KV head by the Retrieval Head copy score on seeded needle/copy prompts (float64 CPU forward) and write a head pattern file (TSV) with a heat-map SVG (docs/headwise.md)')
+  .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K)')
+  .option('--tokenizer <file>', 'tokenizer.bin for a llama2.c checkpoint (default: beside the model)')
+  .requiredOption('--out <file>', 'pattern file to write (a row per layer, a tab-separated score per KV head)')
+  .option('--report <file.svg>', 'heat map of the scores (default: --out with .svg)')
+  .option('--seed <s>', 'seed of the prompts', integer('--seed', 0), 1)
+  .option('--samples <n>', 'prompts', integer('--samples', 1), 8)
+  .option('--length <n>', 'tokens per prompt', integer('--length', 8), 256)
+  .option('--needle <n>', 'needle tokens (copied once at the end of each prompt)', integer('--needle', 2), 16)
+  .action(async (o: { model?: string; tokenizer?: string; out: string; report?: string; seed: number; samples: number; length: number; needle: number }) => {
+    const { calibrateHeadsCli } = await import('./calibrate_heads.ts');
+    await calibrateHeadsCli(o);
   });
 
 program
@@ -281,6 +317,32 @@ bench
     const { benchConstraints } = await import('./bench_constraints.ts');
     const { vocab, batch, ...rest } = o;
     await benchConstraints({ ...rest, vocabs: vocab, batches: batch, device: parseDeviceMode(o.device) });
+  });
+
+bench
+  .command('headwise')
+  .description('head-wise KV memory: bytes per sequence and sequences a KV budget holds against context length, for shares of retrieval heads against the full cache (synthetic Llama-3-8B as MHA, Llama-3-8B, Llama-3.2-1B; no device); with --timing, decode attention time on the device')
+  .option('--contexts <list>', 'context lengths, comma-separated', integerList('--contexts'), [1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072])
+  .option('--fractions <list>', 'retrieval-head fractions per layer, comma-separated (the full cache is always included)', (v: string) => v.split(',').map((s) => number('--fractions', 0, 1)(s.trim())), [0.25, 0.5])
+  .option('--sink <n>', 'tokens a streaming head keeps from the start', integer('--sink', 0), 64)
+  .option('--recent <n>', 'latest tokens a streaming head keeps', integer('--recent', 1), 256)
+  .option('--block-size <n>', 'tokens per KV block', integer('--block-size', 1), 16)
+  .option('--kv-memory <bytes>', 'KV cache budget', integer('--kv-memory', 1), 40 * 2 ** 30)
+  .option('--bytes-per-element <n>', 'bytes per stored K/V element (2: f16, 4: f32)', integer('--bytes-per-element', 1), 2)
+  .option('--seed <s>', "seed of the synthetic patterns' gates", integer('--seed', 0), 1)
+  .option('--json <file>', 'write the results as JSON')
+  .option('--markdown <file>', 'write the results as markdown tables')
+  .option('--update-docs', 'replace the head-wise section in docs/benchmarks.md (headwise-gpu for a GPU\'s timing)', false)
+  .option('--timing', 'also time decode attention alone over mixed heads against the full cache on the device (Llama-3.2-1B, Llama-3-8B; on a GPU also Llama-3-8B as MHA)', false)
+  .option('--timing-contexts <list>', 'context lengths of the timing, comma-separated', integerList('--timing-contexts'), [1024, 2048, 4096, 8192, 16384, 32768])
+  .option('--batch <n>', 'sequences per decode step in the timing (default 1 on a software device, 8 on a GPU)', integer('--batch', 1))
+  .option('--quality', 'instead: greedy-token agreement and logit KL against full attention on --model, for --fractions with --sink/--recent (calibrated and random patterns; bench/headwise_quality.ts)', false)
+  .option('--model <file>', '--quality: the model (default: the embedded stories260K)')
+  .option('--max-tokens <n>', '--quality: new tokens per greedy continuation', integer('--max-tokens', 1), 400)
+  .addOption(deviceOption())
+  .action(async (o: Omit<BenchHeadwiseOptions, 'device'> & { device: string }) => {
+    const { benchHeadwise } = await import('./bench_headwise.ts');
+    await benchHeadwise({ ...o, device: parseDeviceMode(o.device) });
   });
 
 bench
@@ -399,19 +461,28 @@ program
   .option('--rate-scale <x>', 'multiplies the arrival rate (a trace replayed x times faster)', factor('--rate-scale', 1e-9))
   .option('--cost-model <file>', 'step-time model JSON (`wgserve profile`, or an analytical preset) instead of --hardware / --model-shape')
   .option('--hardware <gpu>', 'analytical cost model: h100, a100, rtx4090 or l4', 'h100')
-  .option('--model-shape <name>', 'analytical cost model: llama-3-8b, llama-3.2-1b, qwen2.5-7b, ...', 'llama-3-8b')
-  .option('--instances <n>', 'colocated instances (one GPU each; requests go to the least loaded)', integer('--instances', 1))
+  .option('--model-shape <name>', 'analytical cost model: llama-3-8b, llama-3.2-1b, qwen2.5-7b, llama-3-70b, qwen2.5-72b, ...', 'llama-3-8b')
+  .option('--instances <n>', 'colocated instances (each of --tp x --pp GPUs; requests go to the least loaded)', integer('--instances', 1))
+  .option('--tp <n>', 'tensor-parallel GPUs per instance (prefill instances with --prefill); default: the cost model\'s own', integer('--tp', 1))
+  .option('--pp <n>', 'pipeline stages per instance (prefill instances with --prefill); default: the cost model\'s own', integer('--pp', 1))
+  .option('--tp-decode <n>', 'tensor-parallel GPUs per decode instance (default --tp)', integer('--tp-decode', 1))
+  .option('--pp-decode <n>', 'pipeline stages per decode instance (default --pp)', integer('--pp-decode', 1))
   .option('--prefill <p>', 'disaggregated: prefill instances (with --decode)', integer('--prefill', 1))
   .option('--decode <d>', 'disaggregated: decode instances (with --prefill)', integer('--decode', 1))
   .option('--policy <list>', 'scheduling policies, comma-separated: fcfs, edf, slo', listOf('--policy', ['fcfs', 'edf', 'slo']), ['fcfs'])
   .option('--slo <spec>', 'default SLO in ms: ttft=500,tpot=50[,deadline=MS]')
   .option('--sweep', 'find the highest rate per GPU with >= --target attainment (bisection), then run a grid of rates (or --rates)', false)
-  .option('--plan', 'try colocated and every prefill/decode split of --gpus, report the best placement by goodput per GPU', false)
+  .option('--plan', 'search layouts of at most --gpus GPUs (colocated or prefill/decode, tensor and pipeline degrees, counts), report the best by goodput per GPU', false)
   .option('--gpus <g>', 'GPUs for --plan', integer('--gpus', 1))
+  .option('--gpus-per-node <n>', '--plan: GPUs per node; instances stay in a node, KV moves over NVLink/PCIe inside it and the network across (default: one node, KV over the cost model\'s link)', integer('--gpus-per-node', 1))
   .option('--target <fraction>', 'attainment a rate must reach in --sweep / --plan', number('--target', 0.01, 1), 0.9)
   .option('--token-budget <n>', 'tokens per step per instance', integer('--token-budget', 1), 2048)
   .option('--max-batch <n>', 'sequences per step per instance', integer('--max-batch', 1), 128)
   .option('--block-size <n>', 'tokens per KV block', integer('--block-size', 1), 16)
+  .option('--retrieval-fraction <f>', 'head-wise KV (docs/headwise.md): this share of each layer\'s KV heads keeps full history, the others --sink + --recent tokens', number('--retrieval-fraction', 0, 1))
+  .option('--sink <n>', 'with --retrieval-fraction: first tokens a streaming head keeps (default 64)', integer('--sink', 0))
+  .option('--recent <n>', 'with --retrieval-fraction: latest tokens a streaming head keeps (default 256)', integer('--recent', 1))
+  .option('--kv-heads <n>', 'with --retrieval-fraction: KV heads per layer (default: --model-shape\'s; needed with --cost-model)', integer('--kv-heads', 1))
   .option('--max-tokens <n>', 'max_tokens the scheduler is told (at least each response\'s real length)', integer('--max-tokens', 1), 1024)
   .option('--max-waiting <n>', 'requests waiting per instance at most; beyond, refused (an SLO miss)', integer('--max-waiting', 1), 1024)
   .option('--seed <s>', 'seed of synthetic arrivals and lengths', integer('--seed', 0), 1)

@@ -18,6 +18,7 @@ import { ChildProcessPlane, type ControlPlane } from '../workers/control.ts';
 import { natsControlPlane } from '../workers/nats_link.ts';
 import { modelFingerprint } from '../workers/protocol.ts';
 import type { ServingEngine } from '../engine/serving.ts';
+import { type HeadPatternCliOptions, headPatternFromOptions } from '../kv/head_pattern.ts';
 
 export interface ServeCliOptions {
   /** append every engine step to this JSONL file (for `profile --from-steps`) */
@@ -56,6 +57,8 @@ export interface ServeCliOptions {
   nats?: string;
   /** seconds to wait for the workers */
   workerTimeout?: number;
+  /** head-wise KV (--head-pattern ...): the pattern file and how to binarise it */
+  headwise?: HeadPatternCliOptions;
 }
 
 export const POLICIES = ['fcfs', 'edf', 'slo'] as const;
@@ -168,7 +171,7 @@ interface Backend {
 
 /** One process, one device: the Engine over the model on this machine's GPU. */
 async function colocated(o: ServeCliOptions, path: string): Promise<Backend> {
-  const loaded = await loadServingModel({ device: o.device, path, tokenizer: o.tokenizer, kvMemory: o.kvMemory });
+  const loaded = await loadServingModel({ device: o.device, path, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise });
   const { gpu, source, model } = loaded;
   try {
     const { scheduler, cost, online } = await schedulerFor(o.policy ?? 'fcfs', o.costModel, model.kv.maxSequenceTokens);
@@ -199,12 +202,12 @@ async function disaggregated(o: ServeCliOptions, path: string): Promise<Backend>
   if (o.policy && o.policy !== 'fcfs') throw new Error('--policy applies to colocated serving; with --disaggregate the front places requests on workers (docs/disaggregation.md)');
   if (o.recordSteps || o.costModel) throw new Error('--record-steps and --cost-model apply to colocated serving');
   const source = await openModel(path, { tokenizer: o.tokenizer });
-  const fingerprint = modelFingerprint(source);
+  const fingerprint = modelFingerprint(source, headPatternFromOptions(o.headwise ?? {}, source.config));
   const want = { prefill: o.prefillWorkers ?? 1, decode: o.decodeWorkers ?? 1 };
   let plane: ControlPlane;
   if (o.nats) plane = await natsControlPlane(o.nats);
   else {
-    const args = ['--model', path, ...(o.tokenizer ? ['--tokenizer', o.tokenizer] : []), '--device', o.device, '--kv-memory', String(o.kvMemory)];
+    const args = ['--model', path, ...(o.tokenizer ? ['--tokenizer', o.tokenizer] : []), '--device', o.device, '--kv-memory', String(o.kvMemory), ...headPatternArgs(o.headwise)];
     if (o.maxBatch) args.push('--max-batch', String(o.maxBatch));
     if (o.tokenBudget) args.push('--token-budget', String(o.tokenBudget));
     plane = new ChildProcessPlane([...Array.from({ length: want.prefill }, () => ({ role: 'prefill' as const, args })), ...Array.from({ length: want.decode }, () => ({ role: 'decode' as const, args }))]);
@@ -218,6 +221,12 @@ async function disaggregated(o: ServeCliOptions, path: string): Promise<Backend>
     throw err;
   }
   return { engine: cluster, source, description: `${want.prefill} prefill + ${want.decode} decode workers${o.nats ? ` via ${o.nats}` : ''}`, close: () => cluster.close() };
+}
+
+/** The head-wise KV options again as command-line arguments (for spawned workers). */
+function headPatternArgs(h: HeadPatternCliOptions = {}): string[] {
+  const flags = { headPattern: '--head-pattern', retrievalFraction: '--retrieval-fraction', gateThreshold: '--gate-threshold', sink: '--sink', recent: '--recent' } as const;
+  return Object.entries(flags).flatMap(([k, flag]) => (h[k as keyof typeof flags] === undefined ? [] : [flag, String(h[k as keyof typeof flags])]));
 }
 
 /** The model's own chat template, or ChatML when it has none or ours cannot parse it. */

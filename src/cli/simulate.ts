@@ -1,5 +1,7 @@
 import { existsSync } from 'node:fs';
 import { writeOutput } from '../util/output.ts';
+import { DEFAULT_RECENT, DEFAULT_SINK } from '../kv/head_pattern.ts';
+import { MODEL_SHAPES } from '../model/shapes.ts';
 import type { CostModel } from '../scheduler/cost_model.ts';
 import { EdfScheduler } from '../scheduler/edf.ts';
 import { FcfsScheduler } from '../scheduler/fcfs.ts';
@@ -136,6 +138,13 @@ export interface SimulateCliOptions {
   tokenBudget: number;
   maxBatch: number;
   blockSize: number;
+  /** head-wise KV (docs/headwise.md): this share of each layer's KV heads keeps full history, the rest sink + recent */
+  retrievalFraction?: number;
+  /** default 64 and 256 */
+  sink?: number;
+  recent?: number;
+  /** KV heads per layer for --retrieval-fraction (default: --model-shape's) */
+  kvHeads?: number;
   maxTokens: number;
   maxWaiting: number;
   target: number;
@@ -238,6 +247,17 @@ function line(s: SimSummary): string {
   );
 }
 
+/** The head-wise KV layout --retrieval-fraction asks for: the same number of full KV heads in every layer. */
+function headwiseOf(o: SimulateCliOptions): SimOptions['headwise'] {
+  if (o.retrievalFraction === undefined) {
+    if (o.kvHeads !== undefined) throw new Error('--kv-heads is for --retrieval-fraction');
+    return undefined;
+  }
+  const nKvHeads = o.kvHeads ?? (o.costModel ? undefined : MODEL_SHAPES[o.modelShape]?.nKvHeads);
+  if (nKvHeads === undefined) throw new Error('--retrieval-fraction with --cost-model needs --kv-heads N (the model\'s KV heads per layer)');
+  return { nKvHeads, fullColumns: Math.round(o.retrievalFraction * nKvHeads), sink: o.sink ?? DEFAULT_SINK, recent: o.recent ?? DEFAULT_RECENT };
+}
+
 /** `wgserve simulate`: see docs/simulator.md. */
 export async function simulateCli(o: SimulateCliOptions): Promise<void> {
   const print = o.print ?? ((l: string) => console.log(l));
@@ -251,6 +271,7 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
   if ((o.prefill === undefined) !== (o.decode === undefined)) throw new Error('give --prefill P and --decode D together');
   if (o.instances !== undefined && o.prefill !== undefined) throw new Error('give --instances N or --prefill P --decode D, not both');
   const cost: CostModel = o.costModel ? loadCostModel(o.costModel) : analyticalCostModel(o.hardware, o.modelShape);
+  const headwise = headwiseOf(o);
   // the instances' degrees: as asked, else the cost model's own
   const own = parallelOf(cost);
   const atDegree = (d: Parallelism): CostModel => {
@@ -299,6 +320,7 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
     scheduler: (c: CostModel) => makeScheduler(policy, c),
     limits: { tokenBudget: o.tokenBudget, maxBatch: o.maxBatch },
     blockSize: o.blockSize,
+    headwise,
     maxTokens: o.maxTokens,
     maxWaiting: o.maxWaiting,
     slo,

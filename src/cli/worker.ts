@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import type { DeviceMode } from '../gpu/adapter.ts';
+import type { HeadPatternCliOptions } from '../kv/head_pattern.ts';
 import { DEFAULT_MODEL } from '../model/default_model.ts';
 import { ipcWorkerLink } from '../workers/control.ts';
 import { natsWorkerLink } from '../workers/nats_link.ts';
@@ -15,6 +16,8 @@ export interface WorkerCliOptions {
   nats?: string;
   ipc: boolean;
   kvMemory: number;
+  /** head-wise KV (--head-pattern ...) */
+  headwise?: HeadPatternCliOptions;
   maxBatch?: number;
   tokenBudget?: number;
   dataHost?: string;

@@ -3,7 +3,8 @@ import { NO_TOKEN, packSampleParams, sample } from '../../kernels/sampling.ts';
 import { checkSatisfiable, type TokenAutomaton } from '../constraints/automaton.ts';
 import { ConstraintMasks } from '../constraints/device.ts';
 import type { ModelConfig } from '../model/config.ts';
-import type { GpuModel, KvLayer } from '../model/gpu_model.ts';
+import { NO_SLOT, blockBytes } from '../kv/paged_kv.ts';
+import type { GpuModel, KvExporter, KvLayer } from '../model/gpu_model.ts';
 import { StreamDecoder, type Tokenizer } from '../model/tokenizer/index.ts';
 import { FcfsScheduler } from '../scheduler/fcfs.ts';
 import type { BatchShape } from '../scheduler/cost_model.ts';
@@ -99,8 +100,8 @@ export interface EngineRequest {
  * layers after it compute. If the sampled token does not end the sequence, it leaves the engine.
  */
 export interface KvHandoff {
-  /** that step is recorded: KV of `tokens` tokens, layer l resolving when the GPU has computed it */
-  onKv(tokens: number, layers: Promise<KvLayer>[]): void;
+  /** that step is recorded: KV of `tokens` tokens, `rows` rows of headDim per layer (KvLayer), layer l resolving when the GPU has computed it */
+  onKv(tokens: number, rows: number, layers: Promise<KvLayer>[]): void;
   /** the token was sampled (and emitted) without ending the sequence: it left this engine with these generated tokens */
   onHandoff(generated: number[]): void;
 }
@@ -109,6 +110,8 @@ export interface KvHandoff {
 export interface KvImport {
   readonly seq: number;
   readonly tokens: number;
+  /** rows of headDim per layer (KvLayer's order: tokens x KV heads, less what rings do not keep) */
+  readonly rows: number;
   /** writes rows [start, start + rows) of one layer into the reserved blocks (one small GPU submit); rows follow from the byte size */
   writeLayer(layer: number, kv: { k: ArrayBufferView; v: ArrayBufferView }, start?: number): Promise<void>;
   /** gives the blocks back (the transfer failed) */
@@ -255,6 +258,14 @@ export class Engine implements ServingEngine {
     return { used: this.model.kv.pool.used, total: this.model.kv.pool.numBlocks };
   }
 
+  kvBytesByKind(): { retrieval: number; streaming: number } | null {
+    const kv = this.model.kv;
+    if (!kv.headwise) return null;
+    const { retrieval, streaming } = kv.blocksByKind();
+    const bytes = blockBytes(kv.layout);
+    return { retrieval: retrieval * bytes, streaming: streaming * bytes };
+  }
+
   get waiting(): number {
     let n = 0;
     for (const s of this.seqs.values()) if (s.state === 'waiting') n++;
@@ -289,7 +300,8 @@ export class Engine implements ServingEngine {
     const seq = nextId++;
     let slots: Uint32Array;
     try {
-      slots = this.model.kv.append(seq, tokens);
+      // the rows a ring does not keep are not shipped (GpuModel.exportSlots): their slots are left out alike
+      slots = this.model.kv.append(seq, tokens).filter((s) => s !== NO_SLOT);
     } catch {
       return null;
     }
@@ -298,14 +310,14 @@ export class Engine implements ServingEngine {
     return {
       seq,
       tokens,
+      rows: slots.length,
       async writeLayer(layer, kv, start = 0) {
         if (released) throw new Error(`KV import of sequence ${seq} was released`);
-        const { nKvHeads, headDim } = model.config;
-        const rows = kv.k.byteLength / (nKvHeads * headDim * 4);
-        if (!(Number.isInteger(rows) && start >= 0 && start + rows <= tokens)) throw new RangeError(`KV import of sequence ${seq}: rows ${start}..${start + rows} outside its ${tokens} tokens`);
+        const rows = kv.k.byteLength / (model.config.headDim * 4);
+        if (!(Number.isInteger(rows) && start >= 0 && start + rows <= slots.length)) throw new RangeError(`KV import of sequence ${seq}: rows ${start}..${start + rows} outside its ${slots.length}`);
         const step = model.gpu.step({ label: 'kv import' });
         try {
-          model.importLayer(step, slots.subarray(start * nKvHeads, (start + rows) * nKvHeads), layer, kv);
+          model.importLayer(step, slots.subarray(start, start + rows), layer, kv);
         } catch (err) {
           await step.discard();
           throw err;
@@ -452,11 +464,11 @@ export class Engine implements ServingEngine {
     // prefill-only sequences whose context this step completes: their KV is copied out layer by layer
     const exports = batch
       .filter(({ s, n }) => s.handoff && s.computed + n === s.tokens.length)
-      .map(({ s }) => ({ s, layers: [] as Promise<KvLayer>[], copy: null as ((layer: number) => Promise<KvLayer>) | null }));
+      .map(({ s }) => ({ s, layers: [] as Promise<KvLayer>[], copy: null as KvExporter | null }));
     const afterLayer = exports.length
       ? (layer: number) => {
           // the exporter is made at the first layer, after forward() appended the step's tokens
-          for (const e of exports) e.layers.push((e.copy ??= this.model.kvExporter(step, e.s.id))(layer));
+          for (const e of exports) e.layers.push((e.copy ??= this.model.kvExporter(step, e.s.id)).layer(layer));
           step.flush();
         }
       : undefined;
@@ -466,7 +478,7 @@ export class Engine implements ServingEngine {
         batch.map(({ s, n }) => ({ seq: s.id, tokens: s.tokens.slice(s.computed, s.computed + n) })),
         { afterLayer },
       );
-      for (const e of exports) e.s.handoff!.onKv(e.s.tokens.length, e.layers);
+      for (const e of exports) e.s.handoff!.onKv(e.s.tokens.length, e.copy!.rows, e.layers);
       // constrained rows masked first: their log-probabilities are of the masked distribution
       const advance = this.constraints.record(
         step,
@@ -582,15 +594,16 @@ export class Engine implements ServingEngine {
     const shared = Math.floor((s.promptLength - 1) / blockSize) * blockSize;
     const prompt = s.tokens.slice(0, s.promptLength);
     for (const f of forks) {
-      if (shared > 0) this.model.kv.fork(s.id, f.id, shared);
+      // with head-wise KV, rings that have moved past the shared tokens cannot be shared: the choice computes its prompt itself
+      const computed = shared > 0 && this.model.fork(s.id, f.id, shared) ? shared : 0;
       this.seqs.set(f.id, {
         ...s,
         id: f.id,
         arrival: f.arrival,
         firstTokenTime: undefined,
         tokens: [...prompt],
-        computed: shared,
-        state: shared > 0 ? 'running' : 'waiting',
+        computed,
+        state: computed > 0 ? 'running' : 'waiting',
         sampling: f.sampling,
         events: f.events,
         decoder: new StreamDecoder(this.tokenizer, prompt[prompt.length - 1]),

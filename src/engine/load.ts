@@ -1,5 +1,6 @@
 import type { DeviceMode } from '../gpu/adapter.ts';
 import { Gpu } from '../gpu/gpu.ts';
+import { type HeadPatternCliOptions, headPatternFromOptions } from '../kv/head_pattern.ts';
 import { GpuModel } from '../model/gpu_model.ts';
 import { type ModelSource, openModel } from '../model/source.ts';
 import { warmUp } from './generate.ts';
@@ -17,12 +18,13 @@ export interface LoadedModel {
  * model file opened and its weights and KV cache on the device, its pipelines compiled by a
  * warm-up. The device is released if any of it fails.
  */
-export async function loadServingModel(o: { device: DeviceMode; adapter?: number; path: string; tokenizer?: string; kvMemory: number }): Promise<LoadedModel> {
+export async function loadServingModel(o: { device: DeviceMode; adapter?: number; path: string; tokenizer?: string; kvMemory: number; headwise?: HeadPatternCliOptions }): Promise<LoadedModel> {
   const gpu = await Gpu.open({ mode: o.device, adapter: o.adapter });
   let model: GpuModel | undefined;
   try {
     const source = await openModel(o.path, { tokenizer: o.tokenizer });
-    model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory });
+    const headPattern = headPatternFromOptions(o.headwise ?? {}, source.config);
+    model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory, headPattern });
     await warmUp(model, source.tokenizer);
     const m = model;
     return {

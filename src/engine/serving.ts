@@ -35,6 +35,8 @@ export interface ServingEngine {
   readonly counters: { preemptions: number };
   /** KV cache blocks in use and in all (over every worker) */
   kvBlocks(): { used: number; total: number };
+  /** head-wise KV (docs/headwise.md): bytes of KV in use by retrieval and streaming heads; null without a head pattern */
+  kvBytesByKind?(): { retrieval: number; streaming: number } | null;
   /** each engine step (of every worker, when disaggregated) */
   onStep?: (s: StepStats) => void;
   /** queues a request; throws RequestTooLargeError or QueueFullError when it cannot be taken */

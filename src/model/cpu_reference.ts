@@ -1,3 +1,5 @@
+import { keyVisible } from '../../kernels/attention_windowed_ref.ts';
+import type { HeadKind } from '../kv/head_pattern.ts';
 import type { ModelConfig } from './config.ts';
 
 /** Dequantised weights by GGUF tensor name (row-major [rows = dims[1], cols = dims[0]]). */
@@ -6,6 +8,8 @@ export type CpuWeights = Map<string, Float32Array>;
 export interface CpuForwardOptions {
   /** observes each query head's attention probabilities over keys 0..position (calibrate-heads); outputs are unchanged */
   onAttention?: (layer: number, head: number, position: number, probs: Float64Array) => void;
+  /** head-wise KV (docs/headwise.md): streaming KV heads ([layer][kvHead]) attend only to the first `sink` and latest `recent` keys; default off */
+  window?: { kinds: readonly (readonly HeadKind[])[]; sink: number; recent: number };
 }
 
 /**
@@ -50,9 +54,14 @@ export function cpuForward(cfg: ModelConfig, w: CpuWeights, tokens: number[], op
       const att = new Float64Array(nHeads * headDim);
       for (let hq = 0; hq < nHeads; hq++) {
         const hk = Math.floor(hq / group);
+        const win = options.window?.kinds[l][hk] === 'streaming' ? options.window : null;
         const scores = new Float64Array(t + 1);
         let max = -Infinity;
         for (let s = 0; s <= t; s++) {
+          if (!keyVisible(s, t, win)) {
+            scores[s] = -Infinity;
+            continue;
+          }
           let dot = 0;
           for (let d = 0; d < headDim; d++) dot += queries[t][hq * headDim + d] * keys[s][hk * headDim + d];
           scores[s] = dot * scale;

@@ -7,7 +7,8 @@ import { rmsScale } from '../../kernels/rmsnorm.ts';
 import { rope, ropeFrequencies, ropeKv } from '../../kernels/rope.ts';
 import type { Gpu } from '../gpu/gpu.ts';
 import type { Step } from '../gpu/step.ts';
-import { PagedKvTables, blocksForBudget } from '../kv/paged_kv.ts';
+import { type HeadPattern, headColumns } from '../kv/head_pattern.ts';
+import { type BlockCopy, type HeadwiseKv, NO_SLOT, PagedKvTables, blocksForBudget } from '../kv/paged_kv.ts';
 import type { ModelConfig } from './config.ts';
 import { ModelFileError } from './gguf.ts';
 import { type GpuTensor, uploadWeights } from './gpu_weights.ts';
@@ -24,6 +25,8 @@ export interface ModelOptions {
   kvMemoryBytes?: number;
   /** tokens per KV block (default 16) */
   blockSize?: number;
+  /** head-wise KV (docs/headwise.md): retrieval heads keep full history, streaming heads sink + recent */
+  headPattern?: HeadPattern;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -34,10 +37,21 @@ export interface ForwardOptions {
   afterLayer?: (layer: number) => void;
 }
 
-/** One layer of one sequence's KV on the CPU: K (after RoPE) and V rows [tokens, nKvHeads, headDim], f32. */
+/**
+ * One layer of one sequence's KV on the CPU: K (after RoPE) and V rows of headDim f32, one per
+ * (token, KV head row) the sequence holds, token-major: [tokens, nKvHeads, headDim] without a head
+ * pattern; with one, a ring's tokens it no longer holds are left out (GpuModel.exportSlots).
+ */
 export interface KvLayer {
   k: ArrayBuffer;
   v: ArrayBuffer;
+}
+
+/** Records the export of a sequence's KV, layer by layer (GpuModel.kvExporter). */
+export interface KvExporter {
+  /** rows of headDim per layer in each KvLayer */
+  rows: number;
+  layer(layer: number): Promise<KvLayer>;
 }
 
 export interface ForwardOutput {
@@ -60,6 +74,12 @@ export class GpuModel {
   private readonly vPools: GPUBuffer[] = [];
   private readonly freqs: GPUBuffer;
   readonly blockSize: number;
+  /** the head pattern it was loaded with (docs/headwise.md) */
+  readonly headPattern?: HeadPattern;
+  /** head-wise KV: the layout and where each layer's KV heads live (columnOf [nLayers, nKvHeads], also on the GPU) */
+  readonly headwise?: HeadwiseKv & { columnOf: Uint32Array; columnBuf: GPUBuffer };
+  /** block copies a fork still needs (K and V, every layer), by child: recorded at the start of the next forward */
+  private readonly pendingCopies = new Map<number, BlockCopy[]>();
 
   private constructor(
     readonly gpu: Gpu,
@@ -73,7 +93,16 @@ export class GpuModel {
     const layout = { nLayers: c.nLayers, nKvHeads: c.nKvHeads, headDim: c.headDim, blockSize: this.blockSize, bytesPerElement: F32 };
     const numBlocks = blocksForBudget(layout, options.kvMemoryBytes ?? 64 * 1024 * 1024);
     if (numBlocks < c.nKvHeads) throw new Error(`KV memory budget too small: not even one block per KV head`);
-    this.kv = new PagedKvTables(layout, numBlocks);
+    const pattern = options.headPattern;
+    this.headPattern = pattern;
+    if (pattern) {
+      if (pattern.kinds.length !== c.nLayers || pattern.kinds.some((row) => row.length !== c.nKvHeads)) {
+        throw new Error(`head pattern has ${pattern.kinds.length} layers x ${pattern.kinds[0]?.length ?? 0} KV heads, the model ${c.nLayers} x ${c.nKvHeads}`);
+      }
+      const { fullColumns, columnOf } = headColumns(pattern);
+      this.headwise = { fullColumns, sink: pattern.sink, recent: pattern.recent, columnOf, columnBuf: gpu.upload(columnOf, 'kv head columns') };
+    }
+    this.kv = new PagedKvTables(layout, numBlocks, this.headwise && { fullColumns: this.headwise.fullColumns, sink: this.headwise.sink, recent: this.headwise.recent });
     const poolBytes = numBlocks * this.blockSize * c.headDim * F32;
     for (let l = 0; l < c.nLayers; l++) {
       this.kPools.push(gpu.createBuffer(poolBytes, `k pool ${l}`));
@@ -94,6 +123,33 @@ export class GpuModel {
   /** Forgets a sequence: its KV blocks go back to the pool. */
   release(seq: number): void {
     this.kv.free(seq);
+    this.pendingCopies.delete(seq);
+  }
+
+  /**
+   * Makes `child` hold the first `tokens` tokens of `parent`'s KV (whole blocks: see
+   * PagedKvTables.fork); false, changing nothing, when the parent's rings no longer hold them.
+   * A ring's blocks are copied, in the step of the next forward pass.
+   */
+  fork(parent: number, child: number, tokens: number): boolean {
+    if (!this.kv.canFork(parent, tokens)) return false;
+    const copies = this.kv.fork(parent, child, tokens);
+    if (copies.length) this.pendingCopies.set(child, copies);
+    return true;
+  }
+
+  /** Records the forks' pending block copies (before anything in the step writes the parents' rings). */
+  private recordCopies(step: Step): void {
+    const copies = [...this.pendingCopies.values()].flat();
+    this.pendingCopies.clear();
+    if (!copies.length) return;
+    const bytes = this.blockSize * this.config.headDim * F32;
+    // WebGPU copies only between different buffers: through a staging buffer
+    const staging = step.scratch(copies.length * bytes, 'fork blocks');
+    for (const pool of [...this.kPools, ...this.vPools]) {
+      copies.forEach(({ from }, i) => step.copy(pool, from * bytes, staging, i * bytes, bytes));
+      copies.forEach(({ to }, i) => step.copy(staging, i * bytes, pool, to * bytes, bytes));
+    }
   }
 
   /**
@@ -119,7 +175,8 @@ export class GpuModel {
       let row = 0;
       order.forEach((ci, batchIndex) => {
         const ch = chunks[ci];
-        const before = this.kv.has(ch.seq) ? this.kv.length(ch.seq) : 0;
+        // the next position (a ring may hold fewer slots than the sequence has tokens)
+        const before = this.kv.has(ch.seq) ? this.kv.tokens(ch.seq) : 0;
         const s = this.kv.append(ch.seq, ch.tokens.length);
         appended.push({ seq: ch.seq, before });
         tokens.set(ch.tokens, row);
@@ -137,6 +194,8 @@ export class GpuModel {
       throw err;
     }
     const { table, lengths, stride } = this.kv.batchTables(order.map((ci) => chunks[ci].seq));
+    this.recordCopies(step);
+    const hw = this.headwise;
 
     const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
@@ -146,7 +205,8 @@ export class GpuModel {
     const slotBuf = step.upload(slots, 'slots');
     const tableBuf = step.upload(table, 'block table');
     const lengthBuf = step.upload(lengths, 'kv lengths');
-    const metaBuf = prefill.length ? step.upload(prefillMeta(prefill), 'prefill meta') : null;
+    const metaBuf = prefill.length ? step.upload(prefillMeta(prefill, hw?.columnOf), 'prefill meta') : null;
+    const layerSlots = hw ? this.layerSlotMappings(step, slots, nDecode, metaBuf !== null) : null;
 
     const x = buf(T * c.dim, 'residual');
     const x2 = buf(T * c.dim, 'residual 2');
@@ -171,6 +231,7 @@ export class GpuModel {
     const ropeArgs = { positions: positionBuf, freqs: this.freqs, tokens: T, headDim: c.headDim, ropeDim: c.ropeDim, mode: c.ropeMode };
     const shape = { nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim };
     // the same for every layer: computed once
+    // (column 0 is a full column whenever one exists, so kv.length bounds every head row)
     const maxKvLen = nDecode > 0 ? Math.max(...order.slice(0, nDecode).map((ci) => this.kv.length(chunks[ci].seq))) : 0;
     const maxQLen = prefill.length > 0 ? Math.max(...prefill.map((s) => s.qLen)) : 0;
     // q/k/v and gate/up are one matmul each where their weights were fused at load (gpu_weights.ts);
@@ -186,21 +247,34 @@ export class GpuModel {
     for (let l = 0; l < c.nLayers; l++) {
       const p = `blk.${l}.`;
       const pools = { kPool: this.kPools[l], vPool: this.vPools[l], blockTable: tableBuf, tableStride: stride, blockSize: this.blockSize };
-      // x -> q, and k, v into the cache
+      const kvWrite = { kPool: pools.kPool, vPool: pools.vPool, tokens: T, nKvHeads: c.nKvHeads, headDim: c.headDim };
+      // head-wise: the slots written before attention (all but the prompt chunks' ring entries, written after it)
+      const ls = layerSlots?.(l);
+      // x -> q, and k, v into the cache; the rotated new K (and V) rows where a ring's prefill reads them
+      let newRows: { k: GPUBuffer; v: GPUBuffer; source?: { stride: number; kOffset: number; vOffset: number } };
       const attnNorm = normOf(x, `${p}attn_norm.weight`);
       if (this.w.has(`${p}attn_qkv.weight`)) {
         lin(x, `${p}attn_qkv`, qkv(), qDim + 2 * kvDim, c.dim, { norm: attnNorm });
-        ropeKv(step, { ...ropeArgs, ...shape, qkv: qkv(), q, kPool: pools.kPool, vPool: pools.vPool, slotMapping: slotBuf });
+        ropeKv(step, { ...ropeArgs, ...shape, qkv: qkv(), q, kPool: pools.kPool, vPool: pools.vPool, slotMapping: ls?.before ?? slotBuf, keepK: ls?.after !== undefined });
+        newRows = { k: qkv(), v: qkv(), source: { stride: qDim + 2 * kvDim, kOffset: qDim, vOffset: qDim + kvDim } };
       } else {
         lin(x, `${p}attn_q`, q, qDim, c.dim, { norm: attnNorm });
         lin(x, `${p}attn_k`, k(), kvDim, c.dim, { norm: attnNorm });
         lin(x, `${p}attn_v`, v(), kvDim, c.dim, { norm: attnNorm });
         rope(step, { ...ropeArgs, x: q, heads: c.nHeads });
         rope(step, { ...ropeArgs, x: k(), heads: c.nKvHeads });
-        writeKv(step, { k: k(), v: v(), kPool: pools.kPool, vPool: pools.vPool, slotMapping: slotBuf, tokens: T, nKvHeads: c.nKvHeads, headDim: c.headDim });
+        writeKv(step, { ...kvWrite, k: k(), v: v(), slotMapping: ls?.before ?? slotBuf });
+        newRows = { k: k(), v: v() };
       }
-      if (nDecode > 0) attentionDecode(step, { ...pools, ...shape, q, out: att, kvLen: lengthBuf, batch: nDecode, maxKvLen });
-      if (metaBuf) attentionPrefill(step, { ...pools, ...shape, q, out: att, meta: metaBuf, numSeqs: prefill.length, maxQLen });
+      const columns = hw && { columnOf: hw.columnBuf, layer: l };
+      if (nDecode > 0) attentionDecode(step, { ...pools, ...shape, q, out: att, kvLen: lengthBuf, batch: nDecode, maxKvLen, columns });
+      if (metaBuf) {
+        const src = newRows.source;
+        const headwise = hw && { layer: l, fullColumns: hw.fullColumns, sink: hw.sink, recent: hw.recent, kNew: newRows.k, vNew: newRows.v, newStride: src?.stride, kOffset: src?.kOffset, vOffset: src?.vOffset };
+        attentionPrefill(step, { ...pools, ...shape, q, out: att, meta: metaBuf, numSeqs: prefill.length, maxQLen, headwise });
+      }
+      // the prompt chunks' ring entries, now that the chunks' attention has read the rings as they were
+      if (ls?.after) writeKv(step, { ...kvWrite, k: newRows.k, v: newRows.v, source: newRows.source, slotMapping: ls.after });
       // x2 = x + attention . Wo
       lin(att, `${p}attn_output`, x2, c.dim, qDim, { epilogue: { kind: 'residual', residual: x } });
       // x = x2 + (silu(gate) * up) . Wdown, gate and up from normalised x2
@@ -233,14 +307,63 @@ export class GpuModel {
   }
 
   /**
-   * For exporting the KV `seq` holds now: returns a function that records a copy of one layer's K
-   * and V (gathered from the sequence's blocks with the f32 row-gather kernel) and a read-back
-   * that resolves when that much of the step has run (see Step.flush). The slots are found and
-   * uploaded once, for every layer.
+   * Head-wise KV: per layer, the step's slot mapping [token][KV head] split in two (docs/headwise.md):
+   * `before` attention, every slot but the prompt chunks' (tokens from `nDecode` on) ring entries;
+   * `after` it, only those (absent when there are none). Layers with the same columns share buffers.
    */
-  kvExporter(step: Step, seq: number): (layer: number) => Promise<KvLayer> {
+  private layerSlotMappings(step: Step, slots: Uint32Array, nDecode: number, prefill: boolean): (layer: number) => { before: GPUBuffer; after?: GPUBuffer } {
+    const hw = this.headwise!;
+    const nKv = this.config.nKvHeads;
+    const T = slots.length / nKv;
+    const byColumns = new Map<string, { before: GPUBuffer; after?: GPUBuffer }>();
+    return (layer) => {
+      const cols = hw.columnOf.subarray(layer * nKv, (layer + 1) * nKv);
+      const key = cols.join(',');
+      let m = byColumns.get(key);
+      if (!m) {
+        const before = new Uint32Array(slots.length);
+        const after = new Uint32Array(slots.length).fill(NO_SLOT);
+        for (let t = 0; t < T; t++) {
+          for (let h = 0; h < nKv; h++) {
+            const slot = slots[t * nKv + cols[h]];
+            const late = t >= nDecode && cols[h] >= hw.fullColumns;
+            before[t * nKv + h] = late ? NO_SLOT : slot;
+            if (late) after[t * nKv + h] = slot;
+          }
+        }
+        const ring = prefill && hw.fullColumns < nKv;
+        m = { before: step.upload(before, 'slots before attention'), after: ring ? step.upload(after, 'slots after attention') : undefined };
+        byColumns.set(key, m);
+      }
+      return m;
+    };
+  }
+
+  /**
+   * The pool slots of what `seq` holds, in KvLayer's order: for each token, for each head row
+   * (column) that holds it. Without a pattern every row holds every token (kv.slotsOf); a ring
+   * holds only its sink and latest tokens. A receiver with the same pattern appending as many
+   * tokens gets the same rows in the same order (its append's slots, NO_SLOT left out).
+   */
+  exportSlots(seq: number): Uint32Array {
+    if (!this.headwise) return this.kv.slotsOf(seq);
+    const nKv = this.config.nKvHeads;
+    const byToken = new Uint32Array(this.kv.tokens(seq) * nKv).fill(NO_SLOT);
+    for (let col = 0; col < nKv; col++) {
+      const { slots, positions } = this.kv.heldSlots(seq, col);
+      positions.forEach((pos, i) => (byToken[pos * nKv + col] = slots[i]));
+    }
+    return byToken.filter((s) => s !== NO_SLOT);
+  }
+
+  /**
+   * For exporting the KV `seq` holds now: records a copy of one layer's K and V (gathered from the
+   * sequence's blocks with the f32 row-gather kernel) and a read-back that resolves when that much
+   * of the step has run (see Step.flush). The slots are found and uploaded once, for every layer.
+   */
+  kvExporter(step: Step, seq: number): KvExporter {
     const c = this.config;
-    const slots = this.kv.slotsOf(seq);
+    const slots = this.exportSlots(seq);
     const rows = slots.length;
     const bytes = rows * c.headDim * F32;
     const slotBuf = step.upload(slots, 'export slots');
@@ -250,24 +373,26 @@ export class GpuModel {
       embedding(step, { table: pool, tokens: slotBuf, out, count: rows, dim: c.headDim, rows: poolRows, format: 'f32' });
       return step.readback(out, 0, bytes);
     };
-    return (layer) => {
-      const k = gather(this.kPools[layer], 'export k');
-      const v = gather(this.vPools[layer], 'export v');
-      const kvLayer = Promise.all([k, v]).then(([kb, vb]) => ({ k: kb, v: vb }));
-      kvLayer.catch(() => {}); // a failed step throws from submit(); an unawaited export must not crash the process
-      return kvLayer;
+    return {
+      rows,
+      layer: (layer) => {
+        const k = gather(this.kPools[layer], 'export k');
+        const v = gather(this.vPools[layer], 'export v');
+        const kvLayer = Promise.all([k, v]).then(([kb, vb]) => ({ k: kb, v: vb }));
+        kvLayer.catch(() => {}); // a failed step throws from submit(); an unawaited export must not crash the process
+        return kvLayer;
+      },
     };
   }
 
   /**
-   * Records the write of one layer of imported KV (rows [tokens, nKvHeads, headDim], f32) into the
-   * slots `slots` that `kv.append` gave the receiving sequence.
+   * Records the write of one layer of imported KV (rows of headDim f32, KvLayer's order) into the
+   * slots `slots` that `kv.append` gave the receiving sequence (NO_SLOT entries left out).
    */
   importLayer(step: Step, slots: Uint32Array, layer: number, kv: { k: ArrayBufferView; v: ArrayBufferView }): void {
     const c = this.config;
-    const tokens = slots.length / c.nKvHeads;
     const expect = slots.length * c.headDim * F32;
-    if (kv.k.byteLength !== expect || kv.v.byteLength !== expect) throw new RangeError(`imported KV layer ${layer}: ${kv.k.byteLength} bytes, expected ${expect} (${tokens} tokens)`);
+    if (kv.k.byteLength !== expect || kv.v.byteLength !== expect) throw new RangeError(`imported KV layer ${layer}: ${kv.k.byteLength} bytes, expected ${expect} (${slots.length} rows)`);
     if (!(layer >= 0 && layer < c.nLayers)) throw new RangeError(`imported KV layer ${layer}: the model has ${c.nLayers} layers`);
     writeKv(step, {
       k: step.upload(kv.k, 'import k'),
@@ -275,8 +400,9 @@ export class GpuModel {
       kPool: this.kPools[layer],
       vPool: this.vPools[layer],
       slotMapping: step.upload(slots, 'import slots'),
-      tokens,
-      nKvHeads: c.nKvHeads,
+      // a row per entry: its slot says where it goes
+      tokens: slots.length,
+      nKvHeads: 1,
       headDim: c.headDim,
     });
   }
@@ -284,6 +410,7 @@ export class GpuModel {
   destroy(): void {
     for (const t of this.w.values()) t.buffer.destroy();
     for (const b of [...this.kPools, ...this.vPools, this.freqs]) b.destroy();
+    this.headwise?.columnBuf.destroy();
   }
 }
 

@@ -340,7 +340,9 @@ export function buildServer(o: ServerOptions): WgServer {
   const modelCard = () => ({ id: modelId, object: 'model', created, owned_by: 'wgserve', max_model_len: contextLength });
 
   app.get('/health', async (request, reply) => {
-    if (!engine.workers) return send(request, reply, state === 'ready' ? 200 : 503, { status: state === 'ready' ? 'ready' : 'draining' });
+    // head-wise KV: bytes in use by head kind
+    const kv = engine.kvBytesByKind?.();
+    if (!engine.workers) return send(request, reply, state === 'ready' ? 200 : 503, { status: state === 'ready' ? 'ready' : 'draining', ...(kv ? { kv_bytes: kv } : {}) });
     // disaggregated: ready while at least one prefill and one decode worker answer
     const workers = engine.workers();
     const serving = (['prefill', 'decode'] as const).every((role) => workers.some((w) => w.role === role && w.state === 'up'));

@@ -111,6 +111,18 @@ export class ServerMetrics {
         this.set(engine.kvBlocks().total);
       },
     });
+    if (engine.kvBytesByKind?.()) {
+      new Gauge({
+        name: `${p}kv_bytes`,
+        help: 'Head-wise KV: bytes of KV cache in use by retrieval heads (full history) and streaming heads (sink + recent rings)',
+        labelNames: ['kind'],
+        registers,
+        collect() {
+          const bytes = engine.kvBytesByKind?.();
+          if (bytes) for (const kind of ['retrieval', 'streaming'] as const) this.set({ kind }, bytes[kind]);
+        },
+      });
+    }
     let seenPreemptions = engine.counters.preemptions;
     new Counter({
       name: `${p}preemptions_total`,

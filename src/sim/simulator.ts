@@ -173,6 +173,12 @@ export interface SimOptions {
   limits?: Partial<SchedulerLimits>;
   /** tokens per KV block (default 16) */
   blockSize?: number;
+  /**
+   * Head-wise KV (docs/headwise.md): the model's KV heads per layer, of which `fullColumns` keep
+   * full history and the rest sink + recent rings. The capacity (kvCapacityTokens of full cache)
+   * becomes blocks per head row, and a sequence takes the blocks the engine's tables give it.
+   */
+  headwise?: { nKvHeads: number; fullColumns: number; sink: number; recent: number };
   /** the maxTokens a request that states none is given (default 1024; never below its real length) */
   maxTokens?: number;
   /** requests waiting for admission per instance at most; beyond, arrivals are refused (the engine's 429); default 1024 */
@@ -247,7 +253,8 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
   const blocksOf = (cost: CostModel) => {
     const n = Math.floor(cost.kvCapacityTokens / blockSize);
     if (!(n >= 1)) throw new RangeError(`the cost model's KV capacity (${cost.kvCapacityTokens} tokens) holds no ${blockSize}-token block`);
-    return n;
+    // with head-wise KV a block is one head row's: the full cache's n blocks per row, every row
+    return n * (o.headwise?.nKvHeads ?? 1);
   };
   // a request must fit every pool it will live in
   const admitBlocks = Math.min(blocksOf(frontCost), blocksOf(backCost));
@@ -261,7 +268,8 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
   const newInstance = (index: number, role: Role): Instance => {
     const cost = role === 'decode' ? backCost : frontCost;
     const numBlocks = blocksOf(cost);
-    const kv = new PagedKvTables({ nLayers: 1, nKvHeads: 1, headDim: 1, blockSize, bytesPerElement: 1 }, numBlocks);
+    const hw = o.headwise;
+    const kv = new PagedKvTables({ nLayers: 1, nKvHeads: hw?.nKvHeads ?? 1, headDim: 1, blockSize, bytesPerElement: 1 }, numBlocks, hw && { fullColumns: hw.fullColumns, sink: hw.sink, recent: hw.recent });
     return {
       index,
       role,

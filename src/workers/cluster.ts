@@ -285,7 +285,12 @@ export class Cluster implements ServingEngine {
 
   /** KV blocks a request can come to hold on a worker (prompt plus max_tokens) */
   private blocksFor(w: Worker, r: Request): number {
-    return w.load.nKvHeads * Math.ceil((r.prompt.length + r.req.sampling.maxTokens) / w.load.blockSize);
+    const { nKvHeads, blockSize, headwise } = w.load;
+    const tokens = r.prompt.length + r.req.sampling.maxTokens;
+    const blocks = (n: number) => Math.ceil(n / blockSize);
+    // head-wise: a ring stops growing at sink + recent (PagedKvTables.blocksNeeded)
+    if (headwise) return headwise.fullColumns * blocks(tokens) + (nKvHeads - headwise.fullColumns) * blocks(Math.min(tokens, headwise.sink + headwise.recent));
+    return nKvHeads * blocks(tokens);
   }
 
   private onMessage(id: string, m: FromWorker): void {

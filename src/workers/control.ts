@@ -42,6 +42,8 @@ export interface WorkerLoad {
   /** tokens per KV block, and KV heads (a sequence of n tokens takes nKvHeads * ceil(n / blockSize) blocks) */
   blockSize: number;
   nKvHeads: number;
+  /** head-wise KV: KV heads [fullColumns, nKvHeads) keep only sink + recent tokens (docs/headwise.md) */
+  headwise?: { fullColumns: number; sink: number; recent: number };
   kvBytesSent: number;
   kvTransferSeconds: number;
   kvTransfers: number;

@@ -117,8 +117,8 @@ class SenderConnection {
 
 /** One sequence's KV on its way; stream(), then finish() or abort(). */
 export interface Transfer {
-  /** sends kv-begin, then each layer as it resolves, in order */
-  stream(tokens: number, layers: Promise<KvLayer>[]): void;
+  /** sends kv-begin, then each layer (`rows` rows of headDim, KvLayer) as it resolves, in order */
+  stream(tokens: number, rows: number, layers: Promise<KvLayer>[]): void;
   /** after the layers: kv-done with the request; resolves on the receiver's ack */
   finish(request: RequestSpec): Promise<TransferResult>;
   /** the sequence will not be handed over: tell the receiver to drop what it has */
@@ -162,23 +162,23 @@ export class KvSender {
       if (!aborted) progressed();
     };
     return {
-      stream: (tokens, layers) => {
+      stream: (tokens, rows, layers) => {
         progressed();
         chain = chain.then(async () => {
           t0 = performance.now();
           begun = true;
-          await send({ type: 'kv-begin', seq, tokens });
+          await send({ type: 'kv-begin', seq, tokens, rows });
           for (const [layer, pending] of layers.entries()) {
             const { k, v } = await pending;
             lastLayerAt = performance.now();
             if (aborted) return;
             bytes += k.byteLength + v.byteLength;
-            const rowBytes = k.byteLength / tokens;
+            const rowBytes = k.byteLength / rows;
             const step = Math.max(1, Math.floor((this.o.frameBytes ?? KV_FRAME_BYTES) / rowBytes));
-            for (let start = 0; start < tokens; start += step) {
-              const n = Math.min(step, tokens - start);
+            for (let start = 0; start < rows; start += step) {
+              const n = Math.min(step, rows - start);
               const part = (b: ArrayBuffer) => new Uint8Array(b, start * rowBytes, n * rowBytes);
-              await send({ type: 'kv', seq, layer, start, tokens: n, k: part(k), v: part(v) });
+              await send({ type: 'kv', seq, layer, start, rows: n, k: part(k), v: part(v) });
             }
           }
         });
@@ -218,9 +218,11 @@ export class KvSender {
 
 interface Incoming {
   tokens: number;
+  /** rows of headDim per layer */
+  rows: number;
   imp: KvImport | null;
   /** rows received so far, per layer */
-  rows: Map<number, number>;
+  received: Map<number, number>;
   writes: Promise<void>;
 }
 
@@ -276,7 +278,7 @@ export class KvReceiver {
     const incoming = new Map<number, Incoming>();
     let greeted = false;
     let closed = false;
-    const { nLayers, nKvHeads, headDim } = this.o.engine.config;
+    const { nLayers, headDim } = this.o.engine.config;
     const send = (m: Message) => {
       if (!closed) socket.write(encodeFrame(m));
     };
@@ -327,18 +329,21 @@ export class KvReceiver {
         case 'kv-begin': {
           if (incoming.has(m.seq)) throw new ProtocolError(`kv-begin for sequence ${m.seq} twice`);
           // null: no room now; the sequence is adopted without KV and recomputes its context
-          incoming.set(m.seq, { tokens: m.tokens, imp: this.o.engine.importKv(m.tokens), rows: new Map(), writes: Promise.resolve() });
+          const imp = this.o.engine.importKv(m.tokens);
+          incoming.set(m.seq, { tokens: m.tokens, rows: m.rows, imp, received: new Map(), writes: Promise.resolve() });
+          // the same model and head pattern (the fingerprint) keep the same rows
+          if (imp && imp.rows !== m.rows) throw new ProtocolError(`kv-begin for sequence ${m.seq}: ${m.rows} rows per layer, this worker keeps ${imp.rows} of ${m.tokens} tokens`);
           return;
         }
         case 'kv': {
           const e = incoming.get(m.seq);
           if (!e) throw new ProtocolError(`kv frame for sequence ${m.seq} without kv-begin`);
           if (m.layer >= nLayers) throw new ProtocolError(`kv frame for layer ${m.layer} of a ${nLayers}-layer model`);
-          const have = e.rows.get(m.layer) ?? 0;
-          if (m.start !== have || m.start + m.tokens > e.tokens) throw new ProtocolError(`kv frame for rows ${m.start}..${m.start + m.tokens} of layer ${m.layer}: expected rows from ${have} of ${e.tokens}`);
-          const expect = m.tokens * nKvHeads * headDim * 4;
+          const have = e.received.get(m.layer) ?? 0;
+          if (m.start !== have || m.start + m.rows > e.rows) throw new ProtocolError(`kv frame for rows ${m.start}..${m.start + m.rows} of layer ${m.layer}: expected rows from ${have} of ${e.rows}`);
+          const expect = m.rows * headDim * 4;
           if (m.k.byteLength !== expect) throw new ProtocolError(`kv frame of ${m.k.byteLength} bytes per tensor, expected ${expect}`);
-          e.rows.set(m.layer, have + m.tokens);
+          e.received.set(m.layer, have + m.rows);
           this.stats.bytes += 2 * expect;
           const imp = e.imp;
           if (imp) e.writes = e.writes.then(() => imp.writeLayer(m.layer, { k: m.k, v: m.v }, m.start));
@@ -348,7 +353,7 @@ export class KvReceiver {
           const e = incoming.get(m.seq);
           if (!e) throw new ProtocolError(`kv-done for sequence ${m.seq} without kv-begin`);
           const context = m.request.prompt.length + m.request.generated.length - 1;
-          const complete = [...e.rows.values()].filter((n) => n === e.tokens).length;
+          const complete = [...e.received.values()].filter((n) => n === e.rows).length;
           if (complete !== nLayers || m.tokens !== e.tokens || context !== e.tokens) {
             throw new ProtocolError(`kv-done for sequence ${m.seq} after ${complete} of ${nLayers} layers (${e.tokens} tokens; the request's context is ${context})`);
           }

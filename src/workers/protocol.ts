@@ -4,6 +4,7 @@ import { closeSync, existsSync, openSync, readSync, readdirSync, statSync } from
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import type { SamplingOptions } from '../engine/engine.ts';
+import { type HeadPattern, headColumns } from '../kv/head_pattern.ts';
 import type { ModelSource } from '../model/source.ts';
 import type { Slo } from '../scheduler/scheduler.ts';
 
@@ -14,7 +15,8 @@ import type { Slo } from '../scheduler/scheduler.ts';
  * as JSON numbers. A connection starts with a versioned hello carrying the model's fingerprint;
  * a peer serving another model (or another protocol version) is refused.
  */
-export const PROTOCOL_VERSION = 1;
+/** 2: KV in rows of headDim (head-wise KV ships only what each head keeps) */
+export const PROTOCOL_VERSION = 2;
 /** Frames above this are refused before anything is allocated for them. */
 export const MAX_FRAME_BYTES = 256 * 1024 * 1024;
 /** K (and V) bytes per kv frame at most: long contexts travel in several frames per layer */
@@ -44,9 +46,9 @@ export type Message =
   | { type: 'welcome'; workerId: string }
   | { type: 'refuse'; reason: string }
   /** a sequence's KV follows: `tokens` tokens in every layer */
-  | { type: 'kv-begin'; seq: number; tokens: number }
-  /** rows [start, start + tokens) of one layer of one sequence's KV: K and V [tokens, nKvHeads, headDim] as raw f32 bytes (a layer larger than KV_FRAME_BYTES comes in several frames, in order) */
-  | { type: 'kv'; seq: number; layer: number; start: number; tokens: number; k: Uint8Array; v: Uint8Array }
+  | { type: 'kv-begin'; seq: number; tokens: number; rows: number }
+  /** rows [start, start + rows) of one layer of one sequence's KV: K and V rows of headDim as raw f32 bytes, in KvLayer's order (a layer larger than KV_FRAME_BYTES comes in several frames, in order) */
+  | { type: 'kv'; seq: number; layer: number; start: number; rows: number; k: Uint8Array; v: Uint8Array }
   /** every layer was sent; the receiver takes the sequence over (its context is `tokens` tokens plus the last generated one) */
   | { type: 'kv-done'; seq: number; tokens: number; request: RequestSpec }
   /** the sequence will not come (it ended, or its prefill failed): drop what arrived */
@@ -175,9 +177,9 @@ function parseMessage(payload: Buffer): Message {
       case 'refuse':
         return typeof o.reason === 'string';
       case 'kv-begin':
-        return isInt(o.seq) && isInt(o.tokens, 1);
+        return isInt(o.seq) && isInt(o.tokens, 1) && isInt(o.rows, 1);
       case 'kv':
-        return isInt(o.seq) && isInt(o.layer) && isInt(o.start) && isInt(o.tokens, 1) && isBytes(o.k) && isBytes(o.v) && (o.k as Uint8Array).length === (o.v as Uint8Array).length;
+        return isInt(o.seq) && isInt(o.layer) && isInt(o.start) && isInt(o.rows, 1) && isBytes(o.k) && isBytes(o.v) && (o.k as Uint8Array).length === (o.v as Uint8Array).length;
       case 'kv-done':
         return isInt(o.seq) && isInt(o.tokens) && isRequestSpec(o.request);
       case 'kv-abort':
@@ -204,11 +206,16 @@ export function checkHello(hello: Extract<Message, { type: 'hello' }>, expect: {
  * Identifies a model for the hello: its config and tensor table, plus samples of the model
  * file's bytes (4 KiB from the start, middle and end of each file; every file of a Hugging Face
  * directory), so two files of the same shape but different weights differ, without reading
- * gigabytes.
+ * gigabytes. With a head pattern, its KV layout too (columns, sink, recent): workers that keep
+ * different rows cannot hand KV over.
  */
-export function modelFingerprint(source: ModelSource): string {
+export function modelFingerprint(source: ModelSource, pattern?: HeadPattern): string {
   const h = createHash('sha256');
   h.update(JSON.stringify(source.config));
+  if (pattern) {
+    const { fullColumns, columnOf } = headColumns(pattern);
+    h.update(JSON.stringify({ fullColumns, columnOf: [...columnOf], sink: pattern.sink, recent: pattern.recent }));
+  }
   for (const t of [...source.tensors.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) h.update(`${t.name}|${t.typeName}|${t.dims.join('x')}|${t.bytes};`);
   const files = existsSync(source.path) && statSync(source.path).isDirectory()
     ? readdirSync(source.path).sort().map((f) => join(source.path, f)).filter((f) => statSync(f).isFile())

@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { Engine, type EngineHandle, type EngineRequest, type SequenceEvents, type StepStats } from '../engine/engine.ts';
 import { loadServingModel } from '../engine/load.ts';
 import type { DeviceMode } from '../gpu/adapter.ts';
+import type { HeadPatternCliOptions } from '../kv/head_pattern.ts';
 import { STATUS_INTERVAL_MS, type ToWorker, type WorkerInfo, type WorkerLink } from './control.ts';
 import { KvReceiver, KvSender, type Transfer } from './kv_transfer.ts';
 import { type RequestSpec, type WorkerRole, modelFingerprint } from './protocol.ts';
@@ -16,6 +17,8 @@ export interface WorkerOptions {
   /** adapter index (several GPUs in one box) */
   adapter?: number;
   kvMemory: number;
+  /** head-wise KV (--head-pattern ...); the front and every worker must give the same */
+  headwise?: HeadPatternCliOptions;
   maxBatch?: number;
   tokenBudget?: number;
   /** decode workers: where the KV listener binds, and the host name other workers reach it by */
@@ -42,13 +45,13 @@ interface Live {
  * (the front went away, it refused this worker, or SIGTERM).
  */
 export async function runWorker(o: WorkerOptions): Promise<number> {
-  const loaded = await loadServingModel({ device: o.device, adapter: o.adapter, path: o.model, tokenizer: o.tokenizer, kvMemory: o.kvMemory });
+  const loaded = await loadServingModel({ device: o.device, adapter: o.adapter, path: o.model, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise });
   const { gpu, source, model } = loaded;
   let receiver: KvReceiver | undefined;
   let sender: KvSender | undefined;
   let timer: NodeJS.Timeout | undefined;
   try {
-    const fingerprint = modelFingerprint(source);
+    const fingerprint = modelFingerprint(source, model.headPattern);
     const engine = new Engine(model, source.tokenizer, { maxBatch: o.maxBatch, tokenBudget: o.tokenBudget });
     const steps: StepStats[] = [];
     engine.onStep = (s) => steps.push(s);
@@ -114,7 +117,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
         entry.handle = engine.submit({
           ...requestOf(spec, eventsFor(spec)),
           handoff: {
-            onKv: (tokens, layers) => entry.transfer!.stream(tokens, layers),
+            onKv: (tokens, rows, layers) => entry.transfer!.stream(tokens, rows, layers),
             onHandoff: (generated) => {
               live.delete(key(rid, attempt));
               entry.transfer!.finish({ ...spec, generated }).then(
@@ -184,6 +187,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
             kvBlocksTotal: kv.total,
             blockSize: model.blockSize,
             nKvHeads: model.config.nKvHeads,
+            ...(model.kv.headwise ? { headwise: model.kv.headwise } : {}),
             kvBytesSent: stats.bytes,
             kvTransferSeconds: stats.seconds,
             kvTransfers: stats.transfers,
