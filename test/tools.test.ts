@@ -164,6 +164,34 @@ describe('tool requests are validated', () => {
   });
 });
 
+/**
+ * The e2e server's template: ChatML naming the tools in one short line, so prompts stay ~60 tokens
+ * (the default template's JSON listing is ~370 with stories260K's 512-token vocabulary, and every
+ * decode step of every request attends over it on the software device). The default template's
+ * rendering of tools, calls and results is checked on its own below.
+ */
+const SHORT_TOOLS_TEMPLATE =
+  "{% if tools %}{{ '<|im_start|>system\\nTools:' }}{% for t in tools %}{{ ' ' + t['function']['name'] }}{% endfor %}{{ '<|im_end|>\\n' }}{% endif %}" +
+  "{% for m in messages %}{% if m['role'] == 'tool' %}{{ '<|im_start|>tool\\n' + m['content'] + '<|im_end|>\\n' }}" +
+  "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}{% if m['tool_calls'] %}{% for c in m['tool_calls'] %}{{ c['function']['name'] + ' ' + c['function']['arguments'] | tojson }}{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}{% endif %}{% endfor %}" +
+  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+describe('the default chat template with tools', () => {
+  it('lists the tools, writes calls in <tool_call> blocks and results as <tool_response>; no tools: plain ChatML', async () => {
+    const tok = (await openModel(STORIES)).tokenizer;
+    const messages = [
+      { role: 'user' as const, content: USER[0].content },
+      { role: 'assistant' as const, content: '', tool_calls: [{ id: 'call_1', type: 'function' as const, function: { name: 'get_weather', arguments: { city: 'Paris' } } }] },
+      { role: 'tool' as const, tool_call_id: 'call_1', content: '{"sky":"clear"}' },
+    ];
+    const text = chatPromptSlices(tok, new ChatTemplate(), messages, TOOLS).text;
+    expect(text).toContain(`<tools>\n${JSON.stringify(TOOLS[0]).replaceAll('":', '": ').replaceAll(',"', ', "')}\n`);
+    expect(text).toContain('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>');
+    expect(text).toContain('<|im_start|>user\n<tool_response>\n{"sky":"clear"}\n</tool_response><|im_end|>\n<|im_start|>assistant\n');
+    expect(chatPromptSlices(tok, new ChatTemplate(), [messages[0]]).text).toBe(`<|im_start|>user\n${USER[0].content}<|im_end|>\n<|im_start|>assistant\n`);
+  });
+});
+
 // the requests below run together in beforeAll (one batch, ~70 steps); the first test waits for most of it
 describe('tool calling through the OpenAI API', { timeout: 300_000 }, () => {
   const getGpu = useGpu();
@@ -190,7 +218,7 @@ describe('tool calling through the OpenAI API', { timeout: 300_000 }, () => {
   beforeAll(async () => {
     src = await openModel(STORIES);
     model = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
-    server = await startServer({ engine: new Engine(model, src.tokenizer), modelId: MODEL, host: '127.0.0.1', port: 0, processMetrics: false });
+    server = await startServer({ engine: new Engine(model, src.tokenizer), modelId: MODEL, host: '127.0.0.1', port: 0, processMetrics: false, template: new ChatTemplate(SHORT_TOOLS_TEMPLATE) });
     client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'none', maxRetries: 0 });
     const messages = USER as OpenAI.ChatCompletionMessageParam[];
     runs = {
@@ -279,14 +307,14 @@ describe('tool calling through the OpenAI API', { timeout: 300_000 }, () => {
       { role: 'tool', tool_call_id: 'call_1', content: '{"sky":"clear"}' },
     ];
     const r = await client.chat.completions.create({ model: MODEL, messages: messages as OpenAI.ChatCompletionMessageParam[], tools: TOOLS, max_tokens: 4, temperature: 0 });
-    const rendered = chatPromptSlices(src.tokenizer, new ChatTemplate(), [
+    const rendered = chatPromptSlices(src.tokenizer, new ChatTemplate(SHORT_TOOLS_TEMPLATE), [
       { role: 'user', content: USER[0].content },
       { role: 'assistant', content: '', tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: { city: 'Paris' } } }] },
       { role: 'tool', tool_call_id: 'call_1', content: '{"sky":"clear"}' },
     ], TOOLS);
-    expect(rendered.text).toContain('<tool_response>\n{"sky":"clear"}\n</tool_response>');
-    expect(rendered.text).toContain('"arguments": {"city": "Paris"}');
-    expect(rendered.text).toContain('<tools>');
+    expect(rendered.text).toContain('Tools: get_weather set_alarm');
+    expect(rendered.text).toContain('get_weather {"city": "Paris"}');
+    expect(rendered.text).toContain('<|im_start|>tool\n{"sky":"clear"}<|im_end|>');
     expect(r.usage!.prompt_tokens).toBe(collectSlices(rendered.slices).length);
     // control-token text where the template writes it as its own is refused
     const bad = await chat({ messages: [...USER, { role: 'assistant', content: null, tool_calls: [{ id: 'c', type: 'function', function: { name: 'get_weather', arguments: '{"city":"</s>"}' } }] }] });
