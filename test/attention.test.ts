@@ -10,6 +10,7 @@ import {
   attentionMergeRef,
   attentionPrefill,
   attentionPrefillRef,
+  DECODE_TARGET_WORKGROUPS,
   decodePlan,
   prefillMeta,
   subgroupLanes,
@@ -113,6 +114,8 @@ interface DecodeCase {
   blockSize: number;
   dtype?: KvDtype;
   partitionSize?: number;
+  /** the default plan's target (decodePlan: the device's by default) */
+  targetWorkgroups?: number;
   scale?: number;
   /** expected number of split-K partitions (checks the case exercises what it claims) */
   parts?: number;
@@ -126,7 +129,7 @@ async function runDecode(gpu: Gpu, c: DecodeCase, seed: number, subgroups = fals
   const q = normalArray(batch * nHeads * c.headDim, seed * 3 + 3, 1.5);
   const qb = gpu.upload(q);
   const out = gpu.createBuffer(q.byteLength);
-  const shape = { batch, nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, maxKvLen: Math.max(...c.seqLens), partitionSize: c.partitionSize, scale: c.scale, subgroups };
+  const shape = { batch, nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, maxKvLen: Math.max(...c.seqLens), partitionSize: c.partitionSize, targetWorkgroups: c.targetWorkgroups, scale: c.scale, subgroups };
   if (c.parts !== undefined) expect(decodePlan(gpu, shape).numParts).toBe(c.parts);
   const step = gpu.step();
   attentionDecode(step, { ...cache.gpuKv, ...shape, q: qb, out, kvLen: cache.kvLen });
@@ -175,7 +178,8 @@ for (const subgroups of [false, true]) describe(subgroups ? 'attention decode (s
     it(`headDim=${c.headDim} gqa=${c.group} blockSize=${c.blockSize} lens=${c.seqLens} ${c.dtype ?? 'f32'}${c.scale ? ` scale=${c.scale}` : ''}`, run(c, 100 + i));
   });
 
-  it.skipIf(subgroups)('long context: ~2000 slots over many split-K partitions (default plan)', run({ seqLens: [2000, 700, 1], nKvHeads: 2, group: 4, headDim: 64, blockSize: 16, parts: 63 }, 200));
+  // a GPU's plan (split towards DECODE_TARGET_WORKGROUPS) on this device too
+  if (!subgroups) it('long context: ~2000 slots over many split-K partitions (a GPU\'s default plan)', run({ seqLens: [2000, 700, 1], nKvHeads: 2, group: 4, headDim: 64, blockSize: 16, targetWorkgroups: DECODE_TARGET_WORKGROUPS, parts: 63 }, 200));
 
   it('long context: 256-slot partitions, awkward block size, headDim 128', run({ seqLens: [1999, 300], nKvHeads: 1, group: 2, headDim: 128, blockSize: 7, partitionSize: 256, parts: 8 }, 201));
 });
@@ -183,11 +187,13 @@ for (const subgroups of [false, true]) describe(subgroups ? 'attention decode (s
 describe('attention decode plan', () => {
   const getGpu = useGpu();
 
-  it('more partitions when the grid is small (batch 1, short context), 256-slot ones when it is large', () => {
+  it('on a GPU more partitions when the grid is small (batch 1, short context), 256-slot ones when it is large; a software device keeps 256', () => {
     const gpu = getGpu();
     // Llama-3-8B's heads: 8 kv heads of 4 query heads, one workgroup each.
     const llama = { nHeads: 32, nKvHeads: 8, headDim: 128 };
-    const at = (batch: number, maxKvLen: number) => decodePlan(gpu, { ...llama, batch, maxKvLen });
+    const at = (batch: number, maxKvLen: number) => decodePlan(gpu, { ...llama, batch, maxKvLen, targetWorkgroups: DECODE_TARGET_WORKGROUPS });
+    expect(decodePlan(gpu, { ...llama, batch: 1, maxKvLen: 512, targetWorkgroups: 0 })).toMatchObject({ partitionSize: 256, numParts: 2 });
+    if (gpu.adapter.isSoftware) expect(decodePlan(gpu, { ...llama, batch: 1, maxKvLen: 512 }).partitionSize).toBe(256);
     expect(at(1, 512)).toMatchObject({ partitionSize: 32, numParts: 16, gq: 4 });
     expect(at(1, 8192).partitionSize).toBe(64); // 8 rows x 128 partitions = 1024 workgroups
     expect(at(64, 4096)).toMatchObject({ partitionSize: 256, numParts: 16 });

@@ -9,7 +9,7 @@ import { analyticalCostModel, analyticalDegrees, modelWeights } from '../src/sim
 import { degreesOf } from '../src/sim/cost/degrees.ts';
 import { costModelFromJson, type FittedCostModelJson } from '../src/sim/cost/fitted.ts';
 import { type DegreeCosts, type Parallelism, linkTransferSeconds, pipelineFill, pipelineStep } from '../src/sim/cost/parallel.ts';
-import { layoutCandidates, packNodes, planSearch } from '../src/sim/placement_search.ts';
+import { kvTokensOf, layoutCandidates, packNodes, planSearch } from '../src/sim/placement_search.ts';
 import { simulate, type StepRecord } from '../src/sim/simulator.ts';
 import { planPlacement } from '../src/sim/sweep.ts';
 import { type SimRequest, syntheticWorkload } from '../src/sim/workload.ts';
@@ -167,6 +167,12 @@ describe('layout enumeration', () => {
     const w = [...fixed(1, 70, 512, 64, 4), ...fixed(1, 30, 300000, 64, 5)].sort((a, b) => a.arrival - b.arrival);
     const { skipped } = layoutCandidates(w, toyDegrees(), base, { gpus: 2 });
     expect(skipped).toContainEqual({ what: 'one-GPU instances', reason: expect.stringMatching(/KV holds 200000 tokens: 30\.0% of requests .* do not fit, more than the 10%/) });
+    // with head-wise KV (1 of 8 KV heads full, the rest 64 + 256-token rings) a 300K-token request
+    // takes 300000 / 8 + 7 x 320 / 8 = 37,780 tokens of the full cache: they fit
+    const hw = { nKvHeads: 8, fullColumns: 1, sink: 64, recent: 256 };
+    expect(kvTokensOf(300064, hw)).toBe((300064 + 7 * 320) / 8);
+    expect(kvTokensOf(300, hw)).toBe(300);
+    expect(layoutCandidates(w, toyDegrees(), { ...base, headwise: hw }, { gpus: 2 }).skipped.map((s) => s.what)).not.toContain('one-GPU instances');
     const tight = layoutCandidates(fixed(1, 50, 512, 64), toyDegrees(), { ...base, slo: { ttftMs: 10, tpotMs: 50 } }, { gpus: 2 });
     expect(tight.skipped.map((s) => s.what)).toContain('colocated one-GPU instances');
     expect(tight.skipped.find((s) => s.what === 'colocated one-GPU instances')!.reason).toMatch(/only 0\.0% of requests could meet the SLO/);

@@ -93,6 +93,16 @@ function interval(cost: CostModel, b: BatchShape): number {
   return stepSeconds(cost, b) - pipelineFill(cost, b);
 }
 
+/**
+ * A sequence's KV in tokens of the full cache (what kvCapacityTokens counts): with head-wise KV the
+ * ring columns stop at sink + recent tokens (docs/headwise.md).
+ */
+export function kvTokensOf(tokens: number, headwise: SimOptions['headwise']): number {
+  if (!headwise) return tokens;
+  const { nKvHeads, fullColumns, sink, recent } = headwise;
+  return (fullColumns * tokens + (nKvHeads - fullColumns) * Math.min(tokens, sink + recent)) / nKvHeads;
+}
+
 /** Prompt tokens per second one instance can prefill at most: full token-budget chunks. */
 function prefillTokensPerSecond(cost: CostModel, tokenBudget: number): number {
   const t = interval(cost, { prefillTokens: tokenBudget, prefillAttention: 0, decodeSeqs: 0, decodeContext: 0 });
@@ -103,8 +113,8 @@ function prefillTokensPerSecond(cost: CostModel, tokenBudget: number): number {
  * Decode tokens per second one instance can reach: the largest batch whose step keeps the TPOT and
  * whose KV fits, at the workload's mean decode context; or why it cannot decode at all.
  */
-function decodeTokensPerSecond(cost: CostModel, maxBatch: number, context: number, tpotMs: number | undefined): number | string {
-  const kvBatch = Math.floor(cost.kvCapacityTokens / Math.max(1, context));
+function decodeTokensPerSecond(cost: CostModel, maxBatch: number, context: number, tpotMs: number | undefined, headwise: SimOptions['headwise']): number | string {
+  const kvBatch = Math.floor(cost.kvCapacityTokens / Math.max(1, kvTokensOf(context, headwise)));
   if (kvBatch < 1) return `KV holds ${cost.kvCapacityTokens} tokens, not one sequence of the mean decode context (${Math.round(context)})`;
   const step = (b: number) => interval(cost, { prefillTokens: 0, prefillAttention: 0, decodeSeqs: b, decodeContext: b * context });
   for (let b = Math.min(maxBatch, kvBatch); b >= 1; b--) {
@@ -187,12 +197,12 @@ export function layoutCandidates(workload: readonly SimRequest[], costs: DegreeC
       continue;
     }
     const blocks = Math.floor(cost.kvCapacityTokens / blockSize);
-    const tooLarge = stats.admitTokens.filter((t) => Math.ceil(t / blockSize) > blocks).length / Math.max(1, stats.admitTokens.length);
+    const tooLarge = stats.admitTokens.filter((t) => Math.ceil(kvTokensOf(t, base.headwise) / blockSize) > blocks).length / Math.max(1, stats.admitTokens.length);
     if (1 - tooLarge < target) {
       skipped.push({ what, reason: `KV holds ${cost.kvCapacityTokens} tokens: ${(tooLarge * 100).toFixed(1)}% of requests (prompt + max tokens) do not fit, more than the ${((1 - target) * 100).toFixed(0)}% the target allows` });
       continue;
     }
-    const decode = decodeTokensPerSecond(cost, maxBatch, stats.decodeContext, base.slo?.tpotMs);
+    const decode = decodeTokensPerSecond(cost, maxBatch, stats.decodeContext, base.slo?.tpotMs, base.headwise);
     if (typeof decode === 'string') skipped.push({ what: `${what} for decoding`, reason: `${decode} (still tried for prefill)` });
     candidates.push({ degree, cost, prefillTps: prefillTokensPerSecond(cost, tokenBudget), decodeTps: typeof decode === 'string' ? 0 : decode });
   }
