@@ -87,8 +87,18 @@ export interface WarmUpLimits {
  */
 export async function warmUp(model: GpuModel, tokenizer: Tokenizer, limits: WarmUpLimits = {}): Promise<void> {
   if (!model.gpu.adapter.isSoftware) await precompile(model, limits);
-  const prompts = ['Once upon a time, there was a little girl who liked to play in the park.', 'The dog ran.'].map((t) => tokenizer.encode(t));
-  await generate(model, tokenizer, prompts.map((tokens) => ({ tokens, options: { maxTokens: 3, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [] } })));
+  const text = 'Once upon a time, there was a little girl who liked to play in the park.';
+  const prompts = [text, 'The dog ran.'].map((t) => tokenizer.encode(t));
+  const options = { maxTokens: 3, temperature: 0, topK: 0, topP: 1, seed: 0, stop: [] };
+  await generate(model, tokenizer, prompts.map((tokens) => ({ tokens, options })));
+  if (!model.gpu.adapter.isSoftware) return;
+  // Where precompiling every shape takes too long (a software adapter), prompts of 12 and 40 tokens
+  // still compile the matmul tile heights that the prompts above miss (matmulTileRows: 16, 64), so
+  // no first prompt of those sizes compiles them on the event loop while serving.
+  const long = tokenizer.encode(`${text} ${text} ${text}`);
+  for (const n of [12, 40].filter((n) => n <= long.length && n < model.config.contextLength)) {
+    await generate(model, tokenizer, [{ tokens: long.slice(0, n), options: { ...options, maxTokens: 1 } }]);
+  }
 }
 
 /**
