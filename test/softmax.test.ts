@@ -80,7 +80,7 @@ for (const subgroups of [false, true]) describe(subgroups ? 'softmax (subgroup v
     });
   }
 
-  it.skipIf(subgroups)('large-magnitude logits (+-80) do not overflow', async () => {
+  if (!subgroups) it('large-magnitude logits (+-80) do not overflow', async () => {
     const rows = 4;
     const cols = 300;
     const x = uniformArray(rows * cols, 11, -80, 80);
