@@ -8,7 +8,7 @@ import { latencyStats, poissonArrivals, type RunReport, SseParser, syntheticProm
 import { readTrace, scaleTrace } from '../src/sim/trace.ts';
 import { benchServe, type BenchServeOptions } from '../src/cli/bench_serve.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
-import { startServeProcess, type ServeProcess } from './helpers/serve_process.ts';
+import { startServeProcess, type ServeProcess } from '../bench/serve_process.ts';
 import { useTmpDirs } from './helpers/tmp.ts';
 
 const CONV = join(repoRoot, '..', 'shared', 'traces', 'azure-llm-2023', 'AzureLLMInferenceTrace_conv.csv');

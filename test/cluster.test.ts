@@ -2,6 +2,7 @@ import { describe, expect, it, vi } from 'vitest';
 import type { FinishReason, SamplingOptions, TokenEvent } from '../src/engine/engine.ts';
 import { DEFAULT_MODEL } from '../src/model/default_model.ts';
 import { openModel } from '../src/model/source.ts';
+import { buildServer } from '../src/server/app.ts';
 import { Cluster } from '../src/workers/cluster.ts';
 import { type ControlPlane, type FromWorker, LIVENESS_TIMEOUT_MS, STATUS_INTERVAL_MS, type ToWorker, type WorkerInfo, type WorkerLoad } from '../src/workers/control.ts';
 
@@ -235,6 +236,30 @@ describe('disaggregated front (scripted workers)', () => {
     expect(r1.finished()).toBeNull();
     plane.from(b1.decode.id, { type: 'finish', rid: b1.req.rid, attempt: 1, generated: 1, reason: 'stop', usage: { promptTokens: 2, completionTokens: 1 } });
     expect(r2.finished()?.reason).toBe('stop');
+    await cluster.close();
+  });
+
+  it('head-wise KV bytes by head kind: the sum over the workers up, in /metrics and /health; null while no worker has a pattern', async () => {
+    const { plane, cluster, status } = await setup();
+    expect(cluster.kvBytesByKind()).toBeNull();
+    const worker = (id: string, role: 'prefill' | 'decode'): WorkerInfo => ({ id, role, fingerprint: 'model-a', device: 'scripted', pid: 1, host: 'h', maxSequenceTokens: 2048 });
+    const load = (retrieval: number, streaming: number): WorkerLoad => ({
+      waiting: 0, running: 1, kvBlocksUsed: 10, kvBlocksTotal: 1000, blockSize: 16, nKvHeads: 4, headwise: { fullColumns: 1, sink: 4, recent: 32 },
+      kvBytesByKind: { retrieval, streaming }, kvBytesSent: 0, kvTransferSeconds: 0, kvTransfers: 0,
+    });
+    plane.from('p0', { type: 'status', worker: worker('p0', 'prefill'), load: load(5120, 15360), steps: [], link: 0 });
+    plane.from('d0', { type: 'status', worker: { ...worker('d0', 'decode'), data: { host: '127.0.0.1', port: 9 } }, load: load(10240, 30720), steps: [], link: 0 });
+    expect(cluster.kvBytesByKind()).toEqual({ retrieval: 15360, streaming: 46080 });
+    const server = buildServer({ engine: cluster, modelId: 'stories260K' });
+    const text = (await server.app.inject({ method: 'GET', url: '/metrics' })).body;
+    expect(text).toContain('wgserve_kv_bytes{kind="retrieval"} 15360');
+    expect(text).toContain('wgserve_kv_bytes{kind="streaming"} 46080');
+    expect((await server.app.inject({ method: 'GET', url: '/health' })).json()).toMatchObject({ kv_bytes: { retrieval: 15360, streaming: 46080 } });
+    await server.close();
+    plane.kill('d0');
+    expect(cluster.kvBytesByKind()).toEqual({ retrieval: 5120, streaming: 15360 });
+    status('p0', 'prefill'); // its pattern gone (a status without the bytes): none left
+    expect(cluster.kvBytesByKind()).toBeNull();
     await cluster.close();
   });
 

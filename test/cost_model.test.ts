@@ -193,7 +193,7 @@ describe('wgserve profile', () => {
   it('the grid has prefill, decode and mixed steps, within the context, KV pool and token budget', () => {
     for (const quick of [true, false]) {
       const grid = profileGrid({ quick, contextLength: 512, capacityTokens: 4096, tokenBudget: 256, blockSize: 16 });
-      const shapes = grid.map(shapeOf);
+      const shapes = grid.map((c) => shapeOf(c));
       expect(shapes.some((b) => b.prefillTokens > 0 && b.decodeSeqs === 0)).toBe(true);
       expect(shapes.some((b) => b.decodeSeqs > 0 && b.prefillTokens === 0)).toBe(true);
       expect(shapes.some((b) => b.decodeSeqs > 0 && b.prefillTokens > 0)).toBe(true);

@@ -9,7 +9,8 @@ import { analyticalCostModel, analyticalDegrees, modelWeights } from '../src/sim
 import { degreesOf } from '../src/sim/cost/degrees.ts';
 import { costModelFromJson, type FittedCostModelJson } from '../src/sim/cost/fitted.ts';
 import { type DegreeCosts, type Parallelism, linkTransferSeconds, pipelineFill, pipelineStep } from '../src/sim/cost/parallel.ts';
-import { kvTokensOf, layoutCandidates, packNodes, planSearch } from '../src/sim/placement_search.ts';
+import { kvTokensOf } from '../src/sim/headwise.ts';
+import { layoutCandidates, packNodes, planSearch } from '../src/sim/placement_search.ts';
 import { simulate, type StepRecord } from '../src/sim/simulator.ts';
 import { planPlacement } from '../src/sim/sweep.ts';
 import { type SimRequest, syntheticWorkload } from '../src/sim/workload.ts';

@@ -4,7 +4,7 @@ import { repoRoot } from '../src/gpu/paths.ts';
 import { openTokenizer } from '../src/model/source.ts';
 import { SLICE_CHARS } from '../src/model/tokenizer/index.ts';
 import { metric, parseResponses, post, rawExchange, readSse } from './helpers/http.ts';
-import { startServeProcess, type ServeProcess } from './helpers/serve_process.ts';
+import { startServeProcess, type ServeProcess } from '../bench/serve_process.ts';
 import { STORIES_REFERENCE } from './helpers/stories.ts';
 
 const MODEL = 'stories260K';

@@ -10,7 +10,7 @@ import { SloScheduler } from '../src/scheduler/slo.ts';
 import { startServer, type WgServer } from '../src/server/app.ts';
 import { useGpu } from './helpers/gpu.ts';
 import { post } from './helpers/http.ts';
-import { startServeProcess } from './helpers/serve_process.ts';
+import { startServeProcess } from '../bench/serve_process.ts';
 import { useTmpDirs } from './helpers/tmp.ts';
 
 const STORIES = join(repoRoot, 'models', 'stories260K', 'stories260K.gguf');

@@ -7,7 +7,7 @@ import { sloCeilings } from '../src/sim/ceilings.ts';
 import { fitCostModel, predict } from '../src/sim/cost/fitted.ts';
 import type { SimRequest } from '../src/sim/workload.ts';
 import { post, readSse, until } from './helpers/http.ts';
-import { type ServeProcess, startServeProcess } from './helpers/serve_process.ts';
+import { type ServeProcess, startServeProcess } from '../bench/serve_process.ts';
 import { STORIES_PROMPT, STORIES_REFERENCE } from './helpers/stories.ts';
 import { useTmpDirs } from './helpers/tmp.ts';
 

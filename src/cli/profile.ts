@@ -8,10 +8,12 @@ import { type ShapeScale } from '../model/shapes.ts';
 import { openModel } from '../model/source.ts';
 import { type SyntheticDtype, syntheticModel } from '../model/synthetic.ts';
 import { FittedCostModel, type FittedCostModelJson, TERMS, fitCostModel } from '../sim/cost/fitted.ts';
-import { profileSteps } from '../sim/profile.ts';
+import { headwiseOf, kvCapacityTokens, profileSteps } from '../sim/profile.ts';
 import type { BatchShape } from '../scheduler/cost_model.ts';
 import type { ModelConfig } from '../model/config.ts';
 import { blocksForBudget } from '../kv/paged_kv.ts';
+import { type HeadPatternCliOptions, headPatternFromOptions } from '../kv/head_pattern.ts';
+import { type HeadwiseLayout, describeLayout } from '../sim/headwise.ts';
 
 export interface ProfileCliOptions {
   model?: string;
@@ -31,6 +33,8 @@ export interface ProfileCliOptions {
   linkBandwidth: number;
   /** fit from a live server's recorded steps (`serve --record-steps`) instead of timing a grid */
   fromSteps?: string;
+  /** head-wise KV (docs/headwise.md): time the model with this pattern and write its layout */
+  headwise?: HeadPatternCliOptions;
 }
 
 /** Times forward passes over a grid of batch shapes, fits the step-time model, writes it as JSON. */
@@ -41,11 +45,13 @@ export async function profileCli(o: ProfileCliOptions): Promise<FittedCostModelJ
     const scale: ShapeScale = o.scale === 'auto' ? (gpu.adapter.isSoftware ? 'reduced' : 'full') : o.scale;
     const path = o.synthetic ? `${o.synthetic}-${scale}-${o.dtype}` : (o.model ?? DEFAULT_MODEL);
     const source = o.synthetic ? syntheticModel(o.synthetic, o.dtype, { scale }) : await openModel(path, { tokenizer: o.tokenizer });
-    const model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory });
+    const headPattern = headPatternFromOptions(o.headwise ?? {}, source.config);
+    const model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory, headPattern });
     try {
       const c = model.config;
       const name = o.synthetic ? c.name : basename(path);
-      console.error(`profiling ${name} on ${gpu.adapter.description}${o.quick ? ' (quick grid)' : ''}`);
+      const headwise = headwiseOf(model);
+      console.error(`profiling ${name} on ${gpu.adapter.description}${o.quick ? ' (quick grid)' : ''}${headwise ? `, head-wise KV: ${describeLayout(headwise)}` : ''}`);
       const t0 = performance.now();
       const { samples, clock } = await profileSteps(model, {
         quick: o.quick,
@@ -59,7 +65,7 @@ export async function profileCli(o: ProfileCliOptions): Promise<FittedCostModelJ
         },
       });
       const defaultOut = `${o.synthetic ? path : basename(path).replace(/\.[^.]*$/, '')}.cost.json`;
-      return writeFit(o, samples, clock, name, gpu.adapter.description, model.kv.maxSequenceTokens, c, t0, defaultOut);
+      return writeFit(o, samples, clock, name, gpu.adapter.description, kvCapacityTokens(model), c, t0, defaultOut, headwise);
     } finally {
       model.destroy();
     }
@@ -79,6 +85,7 @@ function writeFit(
   c: ModelConfig,
   t0: number,
   defaultOut: string,
+  headwise?: HeadwiseLayout,
 ): FittedCostModelJson {
   const fit = fitCostModel(samples);
   const kvBytesPerToken = c.nLayers * 2 * c.nKvHeads * c.headDim * 4; // f32 KV pools
@@ -95,6 +102,7 @@ function writeFit(
     meanRelativeError: fit.meanRelativeError,
     clock,
     samples: samples.map(({ shape, seconds }) => ({ shape, seconds })),
+    ...(headwise ? { headwise } : {}),
   };
   const out = o.out ?? defaultOut;
   const fitted = new FittedCostModel(json);
@@ -109,7 +117,7 @@ function writeFit(
   console.log(`step time = c0 + c1*prefillTokens + c2*prefillAttention + c3*decodeSeqs + c4*decodeContext (${samples.length} steps, ${clock} clock, ${((performance.now() - t0) / 1e3).toFixed(1)} s)`);
   TERMS.forEach((t, i) => console.log(`  c${i} ${t.padEnd(16)} ${fit.coefficients[t].toExponential(3)} ${unit[t]}`));
   console.log(`  R2 ${fit.r2.toFixed(4)}, mean relative error ${(fit.meanRelativeError * 100).toFixed(1)}%, max ${(fit.maxRelativeError * 100).toFixed(1)}%`);
-  console.log(`  KV capacity ${json.kvCapacityTokens} tokens; wrote ${out}`);
+  console.log(`  KV capacity ${json.kvCapacityTokens} tokens${headwise ? ` of the full cache; head-wise KV: ${describeLayout(headwise)}` : ''}; wrote ${out}`);
   return json;
 }
 
@@ -119,6 +127,8 @@ function writeFit(
  * simulator's clock must advance per step. No GPU is needed; the model file gives the KV size.
  */
 export async function profileFromSteps(o: ProfileCliOptions & { fromSteps: string }): Promise<FittedCostModelJson> {
+  // the engine records attention over the whole context whatever the pattern: a fit would charge streaming heads for tokens they never read
+  if (o.headwise?.headPattern) throw new Error('--from-steps fits the shapes the engine recorded, which count full attention: profile a head pattern by timing the grid (drop --from-steps)');
   const t0 = performance.now();
   const path = o.model ?? DEFAULT_MODEL;
   const source = await openModel(path, { tokenizer: o.tokenizer });

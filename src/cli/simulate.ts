@@ -9,9 +9,10 @@ import type { Scheduler, Slo } from '../scheduler/scheduler.ts';
 import { SloScheduler } from '../scheduler/slo.ts';
 import { analyticalCostModel } from '../sim/cost/analytical.ts';
 import { degreesOf } from '../sim/cost/degrees.ts';
-import { loadCostModel } from '../sim/cost/fitted.ts';
+import { FittedCostModel, loadCostModel } from '../sim/cost/fitted.ts';
 import { ONE_GPU, type Parallelism, parallelOf } from '../sim/cost/parallel.ts';
 import { type AttainmentSeries, type LayoutBar, writeAttainmentPlot, writeLayoutPlot } from '../sim/plot.ts';
+import { describeLayout } from '../sim/headwise.ts';
 import { type LayoutResult, planSearch } from '../sim/placement_search.ts';
 import { type Placement, placementLabel, type RequestResult, type SimOptions, type SimSummary, simulate } from '../sim/simulator.ts';
 import { type GoodputResult, maxGoodRate, sweepRates, type WorkloadAt } from '../sim/sweep.ts';
@@ -247,13 +248,18 @@ function line(s: SimSummary): string {
   );
 }
 
-/** The head-wise KV layout --retrieval-fraction asks for: the same number of full KV heads in every layer. */
-function headwiseOf(o: SimulateCliOptions): SimOptions['headwise'] {
+/**
+ * The head-wise KV layout --retrieval-fraction asks for (the same number of full KV heads in every
+ * layer), else the one a cost model was profiled with (`profile --head-pattern`).
+ */
+function headwiseOf(o: SimulateCliOptions, cost: CostModel): SimOptions['headwise'] {
   if (o.retrievalFraction === undefined) {
     if (o.kvHeads !== undefined) throw new Error('--kv-heads is for --retrieval-fraction');
-    return undefined;
+    if (o.sink !== undefined || o.recent !== undefined) throw new Error('--sink / --recent are for --retrieval-fraction');
+    return cost instanceof FittedCostModel ? cost.json.headwise : undefined;
   }
-  const nKvHeads = o.kvHeads ?? (o.costModel ? undefined : MODEL_SHAPES[o.modelShape]?.nKvHeads);
+  const profiled = cost instanceof FittedCostModel ? cost.json.headwise?.nKvHeads : undefined;
+  const nKvHeads = o.kvHeads ?? profiled ?? (o.costModel ? undefined : MODEL_SHAPES[o.modelShape]?.nKvHeads);
   if (nKvHeads === undefined) throw new Error('--retrieval-fraction with --cost-model needs --kv-heads N (the model\'s KV heads per layer)');
   return { nKvHeads, fullColumns: Math.round(o.retrievalFraction * nKvHeads), sink: o.sink ?? DEFAULT_SINK, recent: o.recent ?? DEFAULT_RECENT };
 }
@@ -271,7 +277,7 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
   if ((o.prefill === undefined) !== (o.decode === undefined)) throw new Error('give --prefill P and --decode D together');
   if (o.instances !== undefined && o.prefill !== undefined) throw new Error('give --instances N or --prefill P --decode D, not both');
   const cost: CostModel = o.costModel ? loadCostModel(o.costModel) : analyticalCostModel(o.hardware, o.modelShape);
-  const headwise = headwiseOf(o);
+  const headwise = headwiseOf(o, cost);
   // the instances' degrees: as asked, else the cost model's own
   const own = parallelOf(cost);
   const atDegree = (d: Parallelism): CostModel => {
@@ -331,6 +337,7 @@ export async function simulateCli(o: SimulateCliOptions): Promise<void> {
     print(`cost model: ${frontCost.describe()}`);
     if (backCost !== frontCost && placement.kind === 'disaggregated') print(`decode cost model: ${backCost.describe()}`);
   }
+  if (headwise) print(`head-wise KV: ${describeLayout(headwise)}`);
   print(`workload: ${describeWorkload}; SLO ${slo ? JSON.stringify(slo) : 'none (every finished request counts)'}`);
 
   const runs: ReturnType<typeof record>[] = [];

@@ -1,6 +1,7 @@
 import type { BatchShape, CostModel } from '../scheduler/cost_model.ts';
 import { stepSeconds } from '../scheduler/service_time.ts';
 import { idleFeasible } from './ceilings.ts';
+import { kvTokensOf } from './headwise.ts';
 import { type DegreeCosts, type Parallelism, degreeLabel, gpusOfDegree, linkTransferSeconds, pipelineFill } from './cost/parallel.ts';
 import { type MissReason, type Placement, type SimOptions, type SimSummary, placementLabel } from './simulator.ts';
 import { type GoodputOptions, type GoodputResult, maxGoodRate, type WorkloadAt } from './sweep.ts';
@@ -93,16 +94,6 @@ function interval(cost: CostModel, b: BatchShape): number {
   return stepSeconds(cost, b) - pipelineFill(cost, b);
 }
 
-/**
- * A sequence's KV in tokens of the full cache (what kvCapacityTokens counts): with head-wise KV the
- * ring columns stop at sink + recent tokens (docs/headwise.md).
- */
-export function kvTokensOf(tokens: number, headwise: SimOptions['headwise']): number {
-  if (!headwise) return tokens;
-  const { nKvHeads, fullColumns, sink, recent } = headwise;
-  return (fullColumns * tokens + (nKvHeads - fullColumns) * Math.min(tokens, sink + recent)) / nKvHeads;
-}
-
 /** Prompt tokens per second one instance can prefill at most: full token-budget chunks. */
 function prefillTokensPerSecond(cost: CostModel, tokenBudget: number): number {
   const t = interval(cost, { prefillTokens: tokenBudget, prefillAttention: 0, decodeSeqs: 0, decodeContext: 0 });
@@ -116,7 +107,7 @@ function prefillTokensPerSecond(cost: CostModel, tokenBudget: number): number {
 function decodeTokensPerSecond(cost: CostModel, maxBatch: number, context: number, tpotMs: number | undefined, headwise: SimOptions['headwise']): number | string {
   const kvBatch = Math.floor(cost.kvCapacityTokens / Math.max(1, kvTokensOf(context, headwise)));
   if (kvBatch < 1) return `KV holds ${cost.kvCapacityTokens} tokens, not one sequence of the mean decode context (${Math.round(context)})`;
-  const step = (b: number) => interval(cost, { prefillTokens: 0, prefillAttention: 0, decodeSeqs: b, decodeContext: b * context });
+  const step = (b: number) => interval(cost, { prefillTokens: 0, prefillAttention: 0, decodeSeqs: b, decodeContext: b * kvTokensOf(context, headwise) });
   for (let b = Math.min(maxBatch, kvBatch); b >= 1; b--) {
     const t = step(b);
     if (tpotMs === undefined || t * 1e3 <= tpotMs) return t > 0 ? b / t : Infinity;

@@ -2,6 +2,7 @@ import { packSampleParams, sample } from '../../kernels/sampling.ts';
 import type { GpuModel, SeqChunk } from '../model/gpu_model.ts';
 import type { BatchShape } from '../scheduler/cost_model.ts';
 import { mulberry32 } from '../util/rng.ts';
+import { type HeadwiseLayout, kvTokensOf, prefillPairsOf } from './headwise.ts';
 import type { StepSample } from './cost/fitted.ts';
 
 /** One cell of the profiling grid: decode sequences at a context, and prompt chunks at an offset. */
@@ -35,12 +36,24 @@ export interface ProfileResult {
   clock: 'gpu' | 'wall';
 }
 
-export function shapeOf(c: ProfileCase): BatchShape {
+/** The model's head-wise KV layout (undefined without a pattern). */
+export function headwiseOf(model: Pick<GpuModel, 'kv' | 'config'>): HeadwiseLayout | undefined {
+  const hw = model.kv.headwise;
+  return hw && { nKvHeads: model.config.nKvHeads, fullColumns: hw.fullColumns, sink: hw.sink, recent: hw.recent };
+}
+
+/** The model's KV pool in tokens of the full cache (every KV head keeping every token), what CostModel.kvCapacityTokens counts. */
+export function kvCapacityTokens(model: Pick<GpuModel, 'kv' | 'config' | 'blockSize'>): number {
+  return Math.floor(model.kv.pool.numBlocks / model.config.nKvHeads) * model.blockSize;
+}
+
+/** The case's batch shape; with head-wise KV, attention as the rings read it (so the fitted terms stay per token read). */
+export function shapeOf(c: ProfileCase, hw?: HeadwiseLayout): BatchShape {
   return {
     prefillTokens: c.prefill.reduce((s, p) => s + p.tokens, 0),
-    prefillAttention: c.prefill.reduce((s, p) => s + p.tokens * (p.offset + p.tokens), 0),
+    prefillAttention: c.prefill.reduce((s, p) => s + prefillPairsOf(p.tokens, p.offset, hw), 0),
     decodeSeqs: c.decode.seqs,
-    decodeContext: c.decode.seqs * c.decode.context,
+    decodeContext: c.decode.seqs * kvTokensOf(c.decode.context, hw),
   };
 }
 
@@ -49,7 +62,7 @@ export function shapeOf(c: ProfileCase): BatchShape {
  * (`capacityTokens`) and the token budget: prompt chunks of several lengths at several context
  * offsets, decode batches of several sizes and contexts, and mixed steps of both.
  */
-export function profileGrid(o: { quick: boolean; contextLength: number; capacityTokens: number; tokenBudget: number; blockSize?: number }): ProfileCase[] {
+export function profileGrid(o: { quick: boolean; contextLength: number; capacityTokens: number; tokenBudget: number; blockSize?: number; headwise?: HeadwiseLayout }): ProfileCase[] {
   const lengths = o.quick ? [16, 64] : [8, 32, 64, 128, 256, 512];
   const offsets = o.quick ? [0, 256] : [0, 128, 384];
   const batches = o.quick ? [1, 8] : [1, 2, 4, 8, 16, 32, 64];
@@ -73,9 +86,9 @@ export function profileGrid(o: { quick: boolean; contextLength: number; capacity
   cases.push(...mixed);
   return cases.filter((c) => {
     const s = shapeOf(c);
-    // KV is taken in whole blocks per sequence
+    // KV is taken in whole blocks per sequence; rings stop at sink + recent (capacity: tokens of the full cache)
     const bs = o.blockSize ?? 16;
-    const held = (tokens: number) => Math.ceil(tokens / bs) * bs;
+    const held = (tokens: number) => kvTokensOf(Math.ceil(tokens / bs) * bs, o.headwise);
     const kvTokens = c.decode.seqs * held(c.decode.context + 1) + c.prefill.reduce((n, p) => n + held(p.offset + p.tokens), 0);
     const longest = Math.max(c.decode.context + 1, ...c.prefill.map((p) => p.offset + p.tokens));
     return s.prefillTokens + s.decodeSeqs <= o.tokenBudget && kvTokens <= o.capacityTokens && longest <= o.contextLength;
@@ -97,8 +110,9 @@ export async function profileSteps(model: GpuModel, options: ProfileOptions = {}
   const wantGpu = options.clock === 'gpu' || (options.clock !== 'wall' && gpu.features.timestampQuery);
   if (options.clock === 'gpu' && !gpu.features.timestampQuery) throw new Error('--clock gpu: this device has no timestamp queries');
   const clock: 'gpu' | 'wall' = wantGpu ? 'gpu' : 'wall';
-  const capacityTokens = model.kv.maxSequenceTokens;
-  const cases = profileGrid({ quick, contextLength: c.contextLength, capacityTokens, tokenBudget, blockSize: model.blockSize });
+  const headwise = headwiseOf(model);
+  const capacityTokens = kvCapacityTokens(model);
+  const cases = profileGrid({ quick, contextLength: c.contextLength, capacityTokens, tokenBudget, blockSize: model.blockSize, headwise });
   if (cases.length === 0) throw new Error('profile: no batch shape fits this model (context length, KV memory)');
   const rand = mulberry32(options.seed ?? 1);
   const randomTokens = (n: number) => Array.from({ length: n }, () => Math.floor(rand() * c.vocabSize));
@@ -163,7 +177,7 @@ export async function profileSteps(model: GpuModel, options: ProfileOptions = {}
           else model.kv.truncate(seq, len);
         }
       }
-      const sample: ProfiledStep = { shape: shapeOf(cs), seconds: median(runs), runs };
+      const sample: ProfiledStep = { shape: shapeOf(cs, headwise), seconds: median(runs), runs };
       samples.push(sample);
       options.onCase?.(i + 1, cases.length, sample);
     } finally {

@@ -5,6 +5,7 @@ import type { BatchShape, CostModel } from '../scheduler/cost_model.ts';
 import type { KvView, Rejection, Scheduler, SchedulerLimits, SeqView, Slo, StepPlan } from '../scheduler/scheduler.ts';
 import { prefillSeconds } from '../scheduler/service_time.ts';
 import { type Ceilings, idleFeasible, sloCeilings } from './ceilings.ts';
+import { type HeadwiseLayout, kvTokensOf, prefillPairsOf } from './headwise.ts';
 import { Heap } from '../util/heap.ts';
 import { quantile } from './trace.ts';
 import type { SimRequest } from './workload.ts';
@@ -176,9 +177,10 @@ export interface SimOptions {
   /**
    * Head-wise KV (docs/headwise.md): the model's KV heads per layer, of which `fullColumns` keep
    * full history and the rest sink + recent rings. The capacity (kvCapacityTokens of full cache)
-   * becomes blocks per head row, and a sequence takes the blocks the engine's tables give it.
+   * becomes blocks per head row, and a sequence takes the blocks the engine's tables give it. Step
+   * shapes count the attention the rings read (kvTokensOf, prefillPairsOf), not the whole context.
    */
-  headwise?: { nKvHeads: number; fullColumns: number; sink: number; recent: number };
+  headwise?: HeadwiseLayout;
   /** the maxTokens a request that states none is given (default 1024; never below its real length) */
   maxTokens?: number;
   /** requests waiting for admission per instance at most; beyond, arrivals are refused (the engine's 429); default 1024 */
@@ -393,10 +395,11 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
         tokens += n;
         if (n === 1 && s.computed === s.totalTokens - 1 && s.generated > 0) {
           shape.decodeSeqs++;
-          shape.decodeContext += s.computed + 1;
+          // attention as head-wise KV reads it: streaming heads only their sink + recent slots
+          shape.decodeContext += kvTokensOf(s.computed + 1, o.headwise);
         } else {
           shape.prefillTokens += n;
-          shape.prefillAttention += n * (s.computed + n);
+          shape.prefillAttention += prefillPairsOf(n, s.computed, o.headwise);
         }
         inst.kv.reserve(seq, n); // throws KvPoolExhausted when the plan over-commits the pool
       }
@@ -476,7 +479,9 @@ export function simulate(workload: readonly SimRequest[], o: SimOptions): SimRes
         // hand over to a decode instance: the prefill instance holds the KV until the transfer ends
         inst.live.delete(s.id);
         const to = mostFreeKv(back);
-        const move = o.kvTransferSeconds ? o.kvTransferSeconds(s.computed, inst.index, to.index - front.length) : frontCost.kvTransferSeconds(s.computed);
+        // a handover ships only the rows each head keeps (docs/headwise.md)
+        const shipped = kvTokensOf(s.computed, o.headwise);
+        const move = o.kvTransferSeconds ? o.kvTransferSeconds(shipped, inst.index, to.index - front.length) : frontCost.kvTransferSeconds(shipped);
         schedule({ time: tokenTime + move, kind: 'transfer', seq: s, from: inst, to });
       }
     }

@@ -141,6 +141,13 @@ export class Cluster implements ServingEngine {
     return { used, total };
   }
 
+  /** Head-wise KV bytes by head kind over the workers that are up (null when none reports them: no head pattern). */
+  kvBytesByKind(): { retrieval: number; streaming: number } | null {
+    const up = [...this.workersById.values()].flatMap((w) => (w.state === 'up' && w.load.kvBytesByKind ? [w.load.kvBytesByKind] : []));
+    if (up.length === 0) return null;
+    return { retrieval: up.reduce((s, b) => s + b.retrieval, 0), streaming: up.reduce((s, b) => s + b.streaming, 0) };
+  }
+
   workers(): WorkerStatus[] {
     return [...this.workersById.values()].map((w) => ({
       id: w.info.id,

@@ -1,6 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import type { BatchShape, CostModel } from '../../scheduler/cost_model.ts';
 import { DTYPE_BYTES, analyticalCostModel, type AnalyticalOptions } from './analytical.ts';
+import { type HeadwiseLayout, checkLayout } from '../headwise.ts';
 import { type DegreeCosts, type Parallelism, type ParallelCostModel, ONE_GPU, checkDegree, degreeLabel, pipelineStep, powersOfTwo } from './parallel.ts';
 
 /** Seconds per unit of each BatchShape term, plus a constant per step. All >= 0. */
@@ -67,6 +68,12 @@ export interface FittedCostModelJson {
   interNodeBytesPerSecond?: number;
   /** pipeline stages derived from a measured degree: seconds to send one micro-batch to the next stage (default 0, as DistServe's simulator) */
   pipelineHopSeconds?: number;
+  /**
+   * Profiled with a head pattern (`profile --head-pattern`): its layout. kvCapacityTokens stays in
+   * tokens of the full cache, the samples' attention terms count what the rings read; `simulate`
+   * takes this layout unless --retrieval-fraction says otherwise.
+   */
+  headwise?: HeadwiseLayout;
 }
 
 export interface FittedDegree {
@@ -332,6 +339,7 @@ export function costModelFromJson(json: unknown, source = 'cost model'): CostMod
       if (!(typeof o[k] === 'number' && o[k] > 0)) throw new Error(`${source}: ${k} must be a positive number`);
     }
     if (o.parallel) checkDegree(o.parallel, `${source}: parallel`);
+    if (o.headwise !== undefined) checkLayout(o.headwise, `${source}: headwise`);
     (o.degrees ?? []).forEach((d, i) => {
       checkDegree({ tp: d.tp, pp: d.pp ?? 1 }, `${source}: degrees[${i}]`);
       checkCoefficients(d.coefficients, `degrees[${i}].coefficients`);
