@@ -2,6 +2,7 @@ import { NO_TOKEN, argmax } from '../kernels/sampling.ts';
 import type { WeightFormat } from '../kernels/weights.ts';
 import type { AdapterSummary, GpuFeatures } from '../src/gpu/adapter.ts';
 import { type GpuCounts, countsSince } from '../src/gpu/counters.ts';
+import { SidePool } from '../src/gpu/side_pool.ts';
 import type { Gpu } from '../src/gpu/gpu.ts';
 import { type TraceEvent, stepTraceEvents } from '../src/gpu/trace.ts';
 import { blockBytes } from '../src/kv/paged_kv.ts';
@@ -18,7 +19,8 @@ import { median } from './timing.ts';
  * calls and bytes) and the host time to record the step, with the GPU time and the read-back wait
  * beside them. Per batch size B: a prefill of `context` tokens per sequence (none when 0), `warmup`
  * decode steps (pipelines compiled, pool and caches filled), then `steps` measured decode steps of
- * B tokens, each a forward pass + GPU argmax + read-back of the B ids fed back as the next tokens.
+ * B tokens, each a forward pass + GPU argmax + read-back of the B ids fed back as the next tokens
+ * (`pipeline`: fed on the GPU, the next step recorded before the read-back resolves).
  *
  * A model may be measured with fewer layers than its shape has (`layers`: a full 8B does not fit a
  * software device's time): every layer records the same work, so each step is split at the layer
@@ -40,6 +42,8 @@ export interface StepBenchOptions {
   steps: number;
   /** steps recorded and discarded (not run) for the host recording time: unaffected by the GPU (default 15) */
   recordRepeats?: number;
+  /** each decode step recorded and submitted before the previous one's ids are read back, fed its ids on the GPU (as the engine pipelines) */
+  pipeline?: boolean;
   seed?: number;
   log?: (line: string) => void;
 }
@@ -75,6 +79,8 @@ export interface StepRun {
   scale: BenchScale;
   shape: ModelShape;
   layersMeasured: number;
+  /** the steps were pipelined (StepBenchOptions.pipeline) */
+  pipeline: boolean;
   results: StepBatchResult[];
 }
 
@@ -122,47 +128,90 @@ interface Recorded {
 
 /**
  * Records one step (forward pass, argmax, read-back) with counters snapshotted at every layer
- * boundary. `run`: submits it and waits for the ids; otherwise discards it and takes the tokens
- * back out of the KV tables (host recording time alone).
+ * boundary. The ids go to a buffer held past the step (the caller releases it): a pipelined next
+ * step reads them.
  */
-async function recordStep(model: GpuModel, chunks: SeqChunk[], label: string, run: false): Promise<Recorded>;
-async function recordStep(model: GpuModel, chunks: SeqChunk[], label: string, run: true, trace: TraceEvent[] | null): Promise<MeasuredStep>;
-async function recordStep(model: GpuModel, chunks: SeqChunk[], label: string, run: boolean, trace: TraceEvent[] | null = null): Promise<Recorded | MeasuredStep> {
+function record(model: GpuModel, ids: SidePool, chunks: SeqChunk[], label: string, timestamps: boolean) {
   const gpu = model.gpu;
-  const before = chunks.map((c) => (model.kv.has(c.seq) ? model.kv.length(c.seq) : 0));
   const start = gpu.counters.snapshot();
-  const step = gpu.step({ label, timestamps: run });
+  const step = gpu.step({ label, timestamps });
   const t0 = step.times.created;
   const marks: { counts: GpuCounts; t: number }[] = [];
   const { logits, rows } = model.forward(step, chunks, { afterLayer: () => marks.push({ counts: gpu.counters.snapshot(), t: performance.now() }) });
-  const out = step.scratch(rows * 4, 'next tokens');
+  const out = ids.take(rows * 4);
   argmax(step, { logits, out, rows, cols: model.config.vocabSize });
   const read = step.readback(out, 0, rows * 4);
   const recorded = performance.now();
   const layers = marks.map((m, i) => figures(countsSince(i === 0 ? start : marks[i - 1].counts, m.counts), m.t - (i === 0 ? t0 : marks[i - 1].t)));
-  if (!run) {
-    const total = figures(countsSince(start, gpu.counters.snapshot()), recorded - t0);
-    await step.discard();
-    chunks.forEach((c, i) => (before[i] === 0 ? model.release(c.seq) : model.kv.truncate(c.seq, before[i])));
-    return { total, layers };
-  }
-  const { gpuTimeNs } = await step.submit();
-  const tokens = new Uint32Array(await read);
-  const tRead = performance.now();
+  return { step, start, t0, out, read, recorded, layers };
+}
+
+/** Records a step and discards it (not run): the host recording time alone; the tokens are taken back out of the KV tables. */
+async function recordOnly(model: GpuModel, ids: SidePool, chunks: SeqChunk[], label: string): Promise<Recorded> {
+  const before = chunks.map((c) => (model.kv.has(c.seq) ? model.kv.length(c.seq) : 0));
+  const r = record(model, ids, chunks, label, false);
+  const total = figures(countsSince(r.start, model.gpu.counters.snapshot()), r.recorded - r.t0);
+  await r.step.discard();
+  ids.release(r.out);
+  chunks.forEach((c, i) => (before[i] === 0 ? model.release(c.seq) : model.kv.truncate(c.seq, before[i])));
+  return { total, layers: r.layers };
+}
+
+/** A submitted step: `out` holds its ids on the GPU; `finish` waits for their read-back (a pipelined run records the next step first). */
+interface Launched {
+  out: GPUBuffer;
+  finish(trace: TraceEvent[] | null): Promise<MeasuredStep>;
+}
+
+function launchStep(model: GpuModel, ids: SidePool, chunks: SeqChunk[], label: string): Launched {
+  const gpu = model.gpu;
+  const r = record(model, ids, chunks, label, true);
+  const submitted = r.step.submit();
+  submitted.catch(() => {}); // awaited in finish; its errors reject the read-back too
+  // taken now: a step recorded before this one is read back must not count here
   const end = gpu.counters.snapshot();
-  if (tokens.some((t) => t === NO_TOKEN)) throw new Error(`${label}: no finite logit in some row (the synthetic weights produced inf/NaN)`);
-  const { submitCalled, submitted } = step.times;
-  const gpuMs = gpuTimeNs !== undefined && gpuTimeNs > 0 ? gpuTimeNs / 1e6 : null;
-  if (trace) trace.push(...stepTraceEvents(label, step.times, { gpuMs, readbackDone: tRead, args: { dispatches: end.dispatches - start.dispatches } }));
   return {
-    total: figures(countsSince(start, end), submitCalled - t0),
-    layers,
-    submitMs: submitted - submitCalled,
-    gpuMs,
-    readbackWaitMs: tRead - submitted,
-    wallMs: tRead - t0,
-    tokens,
+    out: r.out,
+    finish: async (trace) => {
+      const tokens = new Uint32Array(await r.read);
+      const tRead = performance.now();
+      ids.release(r.out); // a pipelined next step that reads them was submitted before
+      const { gpuTimeNs } = await submitted;
+      if (tokens.some((t) => t === NO_TOKEN)) throw new Error(`${label}: no finite logit in some row (the synthetic weights produced inf/NaN)`);
+      const { created, submitCalled, submitted: tSubmitted } = r.step.times;
+      const gpuMs = gpuTimeNs !== undefined && gpuTimeNs > 0 ? gpuTimeNs / 1e6 : null;
+      if (trace) trace.push(...stepTraceEvents(label, r.step.times, { gpuMs, readbackDone: tRead, args: { dispatches: end.dispatches - r.start.dispatches } }));
+      return {
+        total: figures(countsSince(r.start, end), submitCalled - created),
+        layers: r.layers,
+        submitMs: tSubmitted - submitCalled,
+        gpuMs,
+        readbackWaitMs: tRead - tSubmitted,
+        wallMs: tRead - created,
+        tokens,
+      };
+    },
   };
+}
+
+/**
+ * `steps` decode steps of `seqs` from the ids `first`. Pipelined: each step is recorded and
+ * submitted before the previous one's ids are read back, its input ids copied on the GPU from
+ * the previous step's (GpuModel.forward's gpuToken), as the engine pipelines decode steps.
+ */
+async function decodeSteps(model: GpuModel, pool: SidePool, seqs: number[], first: Uint32Array, steps: number, pipeline: boolean, label: (s: number) => string, trace: TraceEvent[] | null): Promise<MeasuredStep[]> {
+  const measured: MeasuredStep[] = [];
+  const fed = (ids: Uint32Array) => seqs.map((seq, i) => ({ seq, tokens: [ids[i]] }));
+  let pending = launchStep(model, pool, fed(first), label(0));
+  for (let s = 1; ; s++) {
+    const last = s === steps;
+    const feed = pending.out;
+    const following = pipeline && !last ? launchStep(model, pool, seqs.map((seq, i) => ({ seq, tokens: [0], gpuToken: { buffer: feed, offset: 4 * i } })), label(s)) : null;
+    const m = await pending.finish(trace);
+    measured.push(m);
+    if (last) return measured;
+    pending = following ?? launchStep(model, pool, fed(m.tokens), label(s));
+  }
 }
 
 let nextSeq = 1;
@@ -185,6 +234,7 @@ export async function runStepModel(gpu: Gpu, o: StepBenchOptions, trace: TraceEv
   checkFits(gpu, source, { maxBatch, promptTokens: Math.max(1, o.context), kvPoolBytes: blocks * blockSize * c.headDim * 4 });
   log(`${full.name} ${o.dtype}: ${layers} of ${full.nLayers} layers`);
   const model = GpuModel.load(gpu, source, { kvMemoryBytes: blocks * blockBytes(layout), blockSize });
+  const ids = new SidePool(gpu, 'next tokens');
   const random = mulberry32((o.seed ?? 1) * 7919);
   const prompt = (n: number) => Array.from({ length: n }, () => Math.floor(random() * c.vocabSize));
   const results: StepBatchResult[] = [];
@@ -192,20 +242,15 @@ export async function runStepModel(gpu: Gpu, o: StepBenchOptions, trace: TraceEv
     for (const B of o.batches) {
       const seqs = Array.from({ length: B }, () => nextSeq++);
       try {
-        let next = o.context > 0 ? (await recordStep(model, seqs.map((seq) => ({ seq, tokens: prompt(o.context) })), `prefill b=${B}`, true, null)).tokens : Uint32Array.from(prompt(B));
-        const chunks = () => seqs.map((seq, i) => ({ seq, tokens: [next[i]] }));
-        const decode = (label: string, t: TraceEvent[] | null) => recordStep(model, chunks(), label, true, t);
-        for (let s = 0; s < o.warmup; s++) next = (await decode(`warm-up b=${B} ${s}`, null)).tokens;
+        const first = o.context > 0 ? (await launchStep(model, ids, seqs.map((seq) => ({ seq, tokens: prompt(o.context) })), `prefill b=${B}`).finish(null)).tokens : Uint32Array.from(prompt(B));
+        const warm = o.warmup > 0 ? await decodeSteps(model, ids, seqs, first, o.warmup, o.pipeline ?? false, (s) => `warm-up b=${B} ${s}`, null) : [];
         const contextTokens = model.kv.has(seqs[0]) ? model.kv.length(seqs[0]) : 0;
-        const measured: MeasuredStep[] = [];
-        for (let s = 0; s < o.steps; s++) {
-          const m = await decode(`decode b=${B} step ${s}`, trace);
-          next = m.tokens;
-          measured.push(m);
-        }
-        const recordOnly: Recorded[] = [];
-        for (let s = 0; s < (o.recordRepeats ?? 15); s++) recordOnly.push(await recordStep(model, chunks(), `record-only b=${B} ${s}`, false));
-        results.push(summarize(B, contextTokens, full.nLayers, measured, recordOnly));
+        const measured = await decodeSteps(model, ids, seqs, warm.at(-1)?.tokens ?? first, o.steps, o.pipeline ?? false, (s) => `decode b=${B} step ${s}`, trace);
+        const next = measured.at(-1)!.tokens;
+        const chunks = () => seqs.map((seq, i) => ({ seq, tokens: [next[i]] }));
+        const recorded: Recorded[] = [];
+        for (let s = 0; s < (o.recordRepeats ?? 15); s++) recorded.push(await recordOnly(model, ids, chunks(), `record-only b=${B} ${s}`));
+        results.push(summarize(B, contextTokens, full.nLayers, measured, recorded));
         const r = results.at(-1)!;
         log(
           `  batch ${String(B).padStart(3)}: ${r.fullModel.dispatches} dispatches, ${r.fullModel.bindGroupsCreated} bind groups, ${r.fullModel.buffersCreated} buffers, ` +
@@ -216,10 +261,11 @@ export async function runStepModel(gpu: Gpu, o: StepBenchOptions, trace: TraceEv
       }
     }
   } finally {
+    ids.destroy();
     model.destroy();
     gpu.pool.destroy();
   }
-  return { model: full.name, dtype: o.dtype, scale: o.scale, shape: full, layersMeasured: layers, results };
+  return { model: full.name, dtype: o.dtype, scale: o.scale, shape: full, layersMeasured: layers, pipeline: o.pipeline ?? false, results };
 }
 
 /** Typical layers: layer 0 also holds what the forward pass records before it (uploads, embedding). */
@@ -265,7 +311,7 @@ const kb = (b: number) => (b / 1024).toFixed(1);
 
 /** A stable key for a run's block in docs/benchmarks.md. */
 export function stepRunKey(r: StepRun): string {
-  return `step-${r.model.split('/')[0].toLowerCase().replace(/[^a-z0-9.]+/g, '-')}-${r.scale}-${r.dtype}`;
+  return `step-${r.model.split('/')[0].toLowerCase().replace(/[^a-z0-9.]+/g, '-')}-${r.scale}-${r.dtype}${r.pipeline ? '-pipelined' : ''}`;
 }
 
 export function stepRunMarkdown(report: StepBenchReport, r: StepRun): string {
@@ -276,12 +322,13 @@ export function stepRunMarkdown(report: StepBenchReport, r: StepRun): string {
   const row = (label: string, f: StepFigures) =>
     `| ${label} | ${f.dispatches} | ${f.computePasses} | ${f.submits} | ${f.bindGroupsCreated} | ${f.buffersCreated} | ${f.writeBufferCalls} | ${kb(f.writeBufferBytes)} | ${ms(f.recordMs)} |`;
   const lines = [
-    `#### ${r.model}, ${r.dtype}: one decode step`,
+    `#### ${r.model}, ${r.dtype}: one decode step${r.pipeline ? ', pipelined' : ''}`,
     '',
     `${r.scale === 'full' ? 'Full shapes' : 'REDUCED shapes (width / 8)'}: ${s.nLayers} layers, dim ${s.dim}, ffn ${s.ffn}, ${s.nHeads}/${s.nKvHeads} heads x ${s.headDim}, vocab ${s.vocab}. ` +
       (partial
         ? `Measured with ${r.layersMeasured} of the ${s.nLayers} layers; the whole-model rows are the fixed part + ${s.nLayers} x the per-layer part (every layer records the same work). `
         : '') +
+      (r.pipeline ? 'Pipelined: each step recorded and submitted before the previous step\'s ids were read back, fed them on the GPU (read-back wait overlaps the next recording). ' : '') +
       `Context ${r.results[0]?.contextTokens ?? 0} tokens per sequence when measured. Counts: medians of the steps run; host record ms: median of steps recorded and discarded (not run, so the GPU's work does not disturb the host). Device: ${device} (${report.date.slice(0, 10)}).`,
     '',
     '| batch | dispatches | compute passes | submits | bind groups created | GPU buffers created | writeBuffer calls | writeBuffer KiB | host record ms |',

@@ -35,6 +35,28 @@ export function embedding(step: Step, a: EmbeddingArgs): void {
   });
 }
 
+/** A token id already on the GPU: the u32 at byte `offset` of `buffer` (a step's sampled ids, not yet read back). */
+export interface GpuTokenId {
+  buffer: GPUBuffer;
+  offset: number;
+}
+
+/**
+ * Records copies of GPU-resident ids into the id list an embedding will read: `id` goes to u32
+ * `row` of `dst` (which holds placeholders there). Runs of consecutive rows taking consecutive
+ * words of one buffer are one copy, so a steady decode batch in an unchanged order costs one.
+ */
+export function copyTokenIds(step: Step, dst: GPUBuffer, ids: readonly { row: number; id: GpuTokenId }[]): void {
+  const sorted = [...ids].sort((a, b) => a.row - b.row);
+  for (let i = 0; i < sorted.length; ) {
+    const { row, id } = sorted[i];
+    let n = 1;
+    while (i + n < sorted.length && sorted[i + n].row === row + n && sorted[i + n].id.buffer === id.buffer && sorted[i + n].id.offset === id.offset + 4 * n) n++;
+    step.copy(id.buffer, id.offset, dst, row * 4, n * 4);
+    i += n;
+  }
+}
+
 function bindingSize(b: Binding): number {
   if ('buffer' in b) return b.size ?? b.buffer.size - (b.offset ?? 0);
   return b.size;

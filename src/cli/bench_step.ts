@@ -16,6 +16,8 @@ export interface BenchStepOptions {
   warmup: number;
   steps: number;
   recordRepeats: number;
+  /** each step recorded before the previous one's ids are read back (as the engine pipelines) */
+  pipeline: boolean;
   seed: number;
   json?: string;
   markdown?: string;
@@ -49,6 +51,7 @@ export async function benchStep(o: BenchStepOptions) {
         warmup: o.warmup,
         steps: o.steps,
         recordRepeats: o.recordRepeats,
+        pipeline: o.pipeline,
         seed: o.seed,
         log: (line: string) => console.error(line),
       })),
@@ -98,6 +101,7 @@ export function benchStepCommand(deviceOption: Option): Command {
     .option('--warmup <n>', 'unmeasured decode steps first', count('--warmup', 0), 2)
     .option('--steps <n>', 'measured decode steps (medians reported)', count('--steps', 1), 3)
     .option('--record-repeats <n>', 'steps recorded and discarded for the host recording time (median)', count('--record-repeats', 0), 15)
+    .option('--pipeline', "record each decode step before the previous step's ids are read back, feeding them on the GPU (as the engine does)", false)
     .option('--seed <s>', 'seed of the random weights and tokens', count('--seed', 0), 1)
     .addOption(deviceOption)
     .option('--json <file>', 'write the results as JSON')
