@@ -1,10 +1,10 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { generate } from '../src/engine/generate.ts';
+import { generate, stepLogits } from '../src/engine/generate.ts';
 import type { Gpu } from '../src/gpu/gpu.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
 import { type HeadPattern, headPattern, loadHeadPattern } from '../src/kv/head_pattern.ts';
-import { GpuModel } from '../src/model/gpu_model.ts';
+import { GpuModel, type SeqChunk } from '../src/model/gpu_model.ts';
 import type { ModelSource } from '../src/model/source.ts';
 import { mulberry32 } from '../src/util/rng.ts';
 
@@ -53,30 +53,21 @@ export interface QualityReport {
   rows: QualityRow[];
 }
 
-const OPENINGS = ['Once upon a time', 'One day, a little girl', 'Tom and his dog', 'There was a big tree', 'The sun was shining', 'Lily wanted to', 'A little bird', 'Sam had a red ball'];
+export const OPENINGS = ['Once upon a time', 'One day, a little girl', 'Tom and his dog', 'There was a big tree', 'The sun was shining', 'Lily wanted to', 'A little bird', 'Sam had a red ball'];
 export const CALIBRATED = join(repoRoot, 'bench', 'results', 'headwise-stories260k.heads.tsv');
 
 /** Logits of every position of each sequence, teacher-forced through `model` in chunks. */
 async function allLogits(model: GpuModel, seqs: number[][], chunk: number): Promise<Float32Array[][]> {
-  const vocab = model.config.vocabSize;
-  const out: Float32Array[][] = seqs.map(() => []);
+  const steps: SeqChunk[][] = [];
   for (let start = 0; seqs.some((s) => start < s.length); start += chunk) {
-    const chunks = seqs.map((s, i) => ({ seq: i, tokens: s.slice(start, start + chunk) })).filter((c) => c.tokens.length > 0);
-    const step = model.gpu.step({ label: 'headwise quality' });
-    const { logits, rows } = model.forward(step, chunks, { allPositions: true });
-    const read = step.readback(logits, 0, rows * vocab * 4);
-    await step.submit();
-    const all = new Float32Array(await read);
-    // rows are packed decode tokens (1-token chunks) first, then the longer chunks
-    const packed = [...chunks].sort((a, b) => Number(b.tokens.length === 1) - Number(a.tokens.length === 1));
-    let row = 0;
-    for (const c of packed) for (let i = 0; i < c.tokens.length; i++, row++) out[c.seq].push(all.slice(row * vocab, (row + 1) * vocab));
+    steps.push(seqs.map((s, i) => ({ seq: i, tokens: s.slice(start, start + chunk) })).filter((c) => c.tokens.length > 0));
   }
+  const bySeq = await stepLogits(model, steps);
   seqs.forEach((_, i) => model.release(i));
-  return out;
+  return seqs.map((_, i) => bySeq.get(i) ?? []);
 }
 
-function logSoftmax(x: Float32Array): Float64Array {
+export function logSoftmax(x: Float32Array): Float64Array {
   let max = -Infinity;
   for (const v of x) max = Math.max(max, v);
   let sum = 0;
@@ -85,7 +76,7 @@ function logSoftmax(x: Float32Array): Float64Array {
   return Float64Array.from(x, (v) => v - logZ);
 }
 
-function argmax(x: ArrayLike<number>): number {
+export function argmax(x: ArrayLike<number>): number {
   let best = 0;
   for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
   return best;

@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Engine, type EngineRequest, type SamplingOptions } from '../src/engine/engine.ts';
+import { stepLogits } from '../src/engine/generate.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
 import { type HeadPattern, headColumns, headPattern } from '../src/kv/head_pattern.ts';
 import { cpuForward } from '../src/model/cpu_reference.ts';
@@ -34,28 +35,6 @@ async function run(model: GpuModel, src: ModelSource, requests: EngineRequest[])
   const outs = await runOn(new Engine(model, src.tokenizer), requests);
   expect(model.kv.pool.used).toBe(0);
   return outs;
-}
-
-/** Logits of every token of every chunk of each step, per sequence in feeding order. */
-async function stepLogits(model: GpuModel, steps: SeqChunk[][]): Promise<Map<number, Float32Array[]>> {
-  const vocab = model.config.vocabSize;
-  const bySeq = new Map<number, Float32Array[]>();
-  for (const chunks of steps) {
-    const step = model.gpu.step();
-    const { logits, rows } = model.forward(step, chunks, { allPositions: true });
-    const read = step.readback(logits, 0, rows * vocab * 4);
-    await step.submit();
-    const all = new Float32Array(await read);
-    // allPositions rows are in packed order: decode tokens first, then prompt chunks (forward's order)
-    const packed = [...chunks].sort((a, b) => Number(b.tokens.length === 1) - Number(a.tokens.length === 1));
-    let row = 0;
-    for (const ch of packed) {
-      const list = bySeq.get(ch.seq) ?? [];
-      for (let i = 0; i < ch.tokens.length; i++, row++) list.push(all.slice(row * vocab, (row + 1) * vocab));
-      bySeq.set(ch.seq, list);
-    }
-  }
-  return bySeq;
 }
 
 describe('head-wise KV in the model', () => {

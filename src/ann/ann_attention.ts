@@ -38,6 +38,12 @@ export interface AnnAttentionOptions {
   nprobe?: number;
   /** prefill tokens sampled per head row to build from (each gives its group's queries; default 256) */
   buildTokens?: number;
+  /**
+   * tokens that must be sampled before a build (default 32, at most buildTokens): a head row whose
+   * prompt was not sampled here (a handed-over or forked sequence) attends exactly until that many
+   * of its decode queries are sampled, then builds from them
+   */
+  minBuildTokens?: number;
   /** the index's own options (default: 64 centroids, lists of 1% of the keys) */
   index?: KeyIndexOptions;
   seed?: number;
@@ -104,6 +110,7 @@ export class AnnAttention {
   readonly topK: number;
   readonly nprobe: number;
   readonly buildTokens: number;
+  readonly minBuildTokens: number;
   private readonly group: number;
   private readonly seed: number;
   /** per layer: its KV heads that get an index */
@@ -125,10 +132,12 @@ export class AnnAttention {
     this.topK = o.topK ?? 100;
     this.nprobe = o.nprobe ?? 2;
     this.buildTokens = o.buildTokens ?? 256;
+    this.minBuildTokens = o.minBuildTokens ?? Math.min(32, this.buildTokens);
     this.seed = o.seed ?? 1;
-    for (const [name, v] of Object.entries({ sink: this.sink, extendEvery: this.extendEvery - 1, recent: this.recent - 1, topK: this.topK - 1, nprobe: this.nprobe - 1, buildTokens: this.buildTokens - 1 })) {
+    for (const [name, v] of Object.entries({ sink: this.sink, extendEvery: this.extendEvery - 1, recent: this.recent - 1, topK: this.topK - 1, nprobe: this.nprobe - 1, buildTokens: this.buildTokens - 1, minBuildTokens: this.minBuildTokens - 1 })) {
       if (!Number.isInteger(v) || v < 0) throw new Error(`ann attention: ${name} must be a ${name === 'sink' ? 'non-negative' : 'positive'} integer`);
     }
+    if (this.minBuildTokens > this.buildTokens) throw new Error(`ann attention: minBuildTokens ${this.minBuildTokens} exceeds buildTokens ${this.buildTokens}`);
     if (!(Number.isInteger(this.threshold) && this.threshold > this.sink + this.recent)) {
       throw new Error(`ann attention: threshold ${this.threshold} must exceed sink + recent (${this.sink + this.recent}), or nothing is left to index`);
     }
@@ -144,9 +153,10 @@ export class AnnAttention {
     return states.flat().reduce((s, x) => s + (x.reservoir?.size ?? 0) + (x.indexes ?? []).reduce((t, i) => t + i.bytes, 0), 0);
   }
 
-  /** Indexes built for `seq` (over all layers and heads). */
-  indexCount(seq: number): number {
-    return (this.seqs.get(seq) ?? []).reduce((s, x) => s + (x.indexes?.length ?? 0), 0);
+  /** Indexes built for `seq` (over all layers and heads; every sequence's without one). */
+  indexCount(seq?: number): number {
+    const states = seq === undefined ? [...this.seqs.values()] : [this.seqs.get(seq) ?? []];
+    return states.flat().reduce((s, x) => s + (x?.indexes?.length ?? 0), 0);
   }
 
   /** The index of (seq, layer, kvHead), if built (tests). */
@@ -198,7 +208,7 @@ export class AnnAttention {
       this.retrievalHeads[layer].forEach((h, hi) => {
         const row = b * s.nKvHeads + this.column(layer, h);
         const n = batch.lengths[row];
-        if (!st || (!st.indexes && (n < this.threshold || !st.reservoir || st.to <= st.from))) return;
+        if (!st || (!st.indexes && (n < this.threshold || !st.reservoir || st.to - st.from < this.minBuildTokens))) return;
         const keys: KeySource = { pool: a.kPool, table: a.blockTable, tableStride: a.tableStride, row, blockSize: a.blockSize, headDim: s.headDim, dtype: s.dtype };
         if (!st.indexes) this.build(step, st, layer, (r) => ({ ...keys, row: r }), b, batch);
         const index = st.indexes![hi];
@@ -261,6 +271,34 @@ export class AnnAttention {
       for (const i of st?.indexes ?? []) i.destroy();
     }
     this.seqs.delete(seq);
+  }
+
+  /**
+   * `child` starts as a copy of `parent` (GpuModel.fork: a choice over the parent's prompt): it gets
+   * a copy of the parent's query samples, copied now on the queue (after the steps that wrote them;
+   * the parent may be freed before the next step). Built indexes are not copied: a child forked
+   * after its parent's build samples its own decode queries and builds from them (minBuildTokens).
+   */
+  fork(parent: number, child: number): void {
+    this.free(child);
+    const layers = this.seqs.get(parent);
+    if (!layers?.some((st) => st?.reservoir)) return;
+    const encoder = this.gpu.device.createCommandEncoder({ label: 'ann fork' });
+    const copy: LayerState[] = [];
+    layers.forEach((st, l) => {
+      if (!st?.reservoir) return;
+      const reservoir = this.gpu.createBuffer(st.reservoir.size, 'ann build queries');
+      encoder.copyBufferToBuffer(st.reservoir, 0, reservoir, 0, st.reservoir.size);
+      copy[l] = { reservoir, from: st.from, to: st.to };
+    });
+    this.gpu.submit(encoder.finish());
+    this.seqs.set(child, copy);
+  }
+
+  /** Frees every sequence's samples and indexes (with the model). */
+  destroy(): void {
+    for (const seq of [...this.seqs.keys()]) this.free(seq);
+    for (const x of this.retired.splice(0)) x.buffer.destroy();
   }
 
   /** Builds the indexes of (seq at batch index b, layer) over its keys short of the recent window, from its sampled queries. */

@@ -38,6 +38,11 @@ export interface BenchAnnOptions {
   sink: number;
   recent: number;
   buildTokens: number;
+  /** `--model [file]`: agreement and KL against full attention in a model instead (bench/ann_model.ts); true for the embedded one */
+  model?: string | boolean;
+  thresholds?: number[];
+  sequences?: number;
+  length?: number;
 }
 
 /** The set to run: the user's files, or a generated out-of-distribution one. Throws on bad files before any device work. */
@@ -92,9 +97,51 @@ async function benchAnnDecode(o: BenchAnnOptions): Promise<void> {
   }
 }
 
-/** `wgserve bench ann`: see bench/ann.ts (with --decode, bench/ann_decode.ts). */
+/**
+ * `wgserve bench ann --model`: see bench/ann_model.ts. Runs: each threshold with a short prompt (the
+ * index built while decoding), then the lowest with a prompt of half the length (built at the
+ * first decode step) from the prompt's samples and, as a disaggregated decode worker would, from
+ * decode queries alone. The index's settings are scaled to the embedded model's 512-token context.
+ */
+async function benchAnnModel(o: BenchAnnOptions): Promise<void> {
+  const [{ annModelMarkdown, runAnnModelBench }, { writeResult }, { Gpu }, { openModel }, { DEFAULT_MODEL }] = await Promise.all([
+    import('../../bench/ann_model.ts'),
+    import('../../bench/results.ts'),
+    import('../gpu/gpu.ts'),
+    import('../model/source.ts'),
+    import('../model/default_model.ts'),
+  ]);
+  const src = await openModel(typeof o.model === 'string' ? o.model : DEFAULT_MODEL);
+  const { thresholds = [64, 200], sequences = 2, length = 320 } = o;
+  const ann = { sink: 16, recent: 32, extendEvery: 16, topK: 16, nprobe: 2, index: { clusters: 16, listFraction: 0.1 } };
+  const low = Math.min(...thresholds);
+  if (!(low > ann.sink + ann.recent)) throw new Error(`--thresholds: each must exceed the static window of ${ann.sink + ann.recent} keys (sink ${ann.sink} + recent ${ann.recent})`);
+  const half = Math.floor(length / 2);
+  if (half < low) throw new Error(`--length ${length}: half of it (the long prompt) must reach the lowest threshold ${low}`);
+  const runs = [
+    ...thresholds.map((threshold) => ({ threshold, prefix: 32, samples: 'prompt' as const })),
+    { threshold: low, prefix: half, samples: 'prompt' as const },
+    { threshold: low, prefix: half, samples: 'decode only' as const },
+  ];
+  const gpu = await Gpu.open({ mode: o.device });
+  try {
+    console.error(`bench ann --model on ${gpu.adapter.description}${gpu.adapter.isSoftware ? ' (software device)' : ''}: ${src.path}`);
+    const report = await runAnnModelBench(gpu, src, { sequences, length, ann, runs }, (r) =>
+      console.error(`threshold ${r.threshold}, prefix ${r.prefix}, samples from ${r.samples}: agreement ${(100 * r.agreement).toFixed(1)}%, mean KL ${r.meanKl.toExponential(2)}`),
+    );
+    const markdown = annModelMarkdown(report);
+    if (o.json) writeResult(o.json, JSON.stringify(report, null, 2) + '\n');
+    if (o.markdown) writeResult(o.markdown, markdown);
+    if (!o.json && !o.markdown) process.stdout.write(markdown);
+  } finally {
+    gpu.destroy();
+  }
+}
+
+/** `wgserve bench ann`: see bench/ann.ts (with --decode, bench/ann_decode.ts; with --model, bench/ann_model.ts). */
 export async function benchAnn(o: BenchAnnOptions): Promise<AnnBenchReport | undefined> {
   if (o.decode) return void (await benchAnnDecode(o));
+  if (o.model) return void (await benchAnnModel(o));
   const set = await annSet(o);
   if (set.keys.dim % 4 !== 0) throw new Error(`--dim ${set.keys.dim}: the key index needs a multiple of 4`);
   if (o.topK > set.keys.rows) throw new Error(`--top-k ${o.topK} is larger than the number of keys (${set.keys.rows})`);
@@ -180,6 +227,10 @@ export function benchAnnCommand(device: Option): Command {
     .option('--sink <n>', '--decode: first keys always attended', positiveInt('--sink'), 64)
     .option('--recent <n>', '--decode: latest keys always attended', positiveInt('--recent'), 256)
     .option('--build-tokens <n>', '--decode: prefill tokens sampled to build from', positiveInt('--build-tokens'), 256)
+    .option('--model [file]', 'instead: greedy-token agreement and logit KL against full attention in a model (default: the embedded stories260K), --thresholds, --sequences, --length (bench/ann_model.ts)')
+    .option('--thresholds <list>', '--model: thresholds (comma-separated; default 64,200)', intList('--thresholds'))
+    .option('--sequences <n>', '--model: continuations scored (default 2)', positiveInt('--sequences'))
+    .option('--length <n>', '--model: tokens per continuation (default 320)', positiveInt('--length'))
     .addOption(device)
     .action(async (o: Omit<BenchAnnOptions, 'device'> & { device: string }) => {
       await benchAnn({ ...o, device: parseDeviceMode(o.device) });

@@ -5,6 +5,7 @@ import { DEFAULT_MODEL } from '../model/default_model.ts';
 import type { SamplingOptions } from '../engine/engine.ts';
 import { generate } from '../engine/generate.ts';
 import { compileGuide, type GuideSpec } from '../constraints/guide.ts';
+import type { AnnAttentionOptions } from '../ann/ann_attention.ts';
 import { type HeadPatternCliOptions, headPatternFromOptions } from '../kv/head_pattern.ts';
 import { GpuModel } from '../model/gpu_model.ts';
 import { openModel } from '../model/source.ts';
@@ -17,6 +18,8 @@ export interface GenerateCliOptions {
   kvMemory: number;
   /** head-wise KV (--head-pattern ...) */
   headwise?: HeadPatternCliOptions;
+  /** decode attention with a key index (--ann, docs/ann.md) */
+  ann?: AnnAttentionOptions;
   sampling: SamplingOptions;
   /** structured output: --choice, --regex or --json-schema */
   guide?: GuideSpec;
@@ -34,6 +37,7 @@ export async function generateCli(o: GenerateCliOptions): Promise<void> {
     const model = GpuModel.load(gpu, source, {
       kvMemoryBytes: o.kvMemory,
       headPattern,
+      ann: o.ann,
       onProgress: (done, total) => {
         if (!bar) return;
         if (done === 0 || !bar.getTotal()) bar.start(mib(total), 0);

@@ -7,6 +7,7 @@ import type { BenchHeadwiseOptions } from './bench_headwise.ts';
 import { benchAnnCommand } from './bench_ann.ts';
 import { benchStepCommand } from './bench_step.ts';
 import type { HeadPatternCliOptions } from '../kv/head_pattern.ts';
+import type { AnnAttentionOptions } from '../ann/ann_attention.ts';
 import type { ServeCliOptions } from './serve.ts';
 import type { SimulateCliOptions } from './simulate.ts';
 
@@ -70,7 +71,22 @@ const headPatternOptions = (c: Command) =>
     .option('--sink <n>', 'with --head-pattern: first tokens a streaming head keeps (default 64)', integer('--sink', 0))
     .option('--recent <n>', 'with --head-pattern: latest tokens a streaming head keeps (default 256)', integer('--recent', 1));
 
-headPatternOptions(program
+/** Decode attention with a key index (docs/ann.md) for serve, generate and worker. */
+const annOptions = (c: Command) =>
+  c
+    .option('--ann', 'decode attention with a key index for long contexts: past --ann-threshold keys, a retrieval head (every head without --head-pattern) attends to its first and latest keys (--sink + --recent with a pattern, else 64 + 256) and the keys its index finds (docs/ann.md)', false)
+    .option('--ann-threshold <tokens>', 'with --ann: keys a head must hold before it is indexed (default 4096)', integer('--ann-threshold', 1));
+interface AnnCliFlags {
+  ann?: boolean;
+  annThreshold?: number;
+}
+/** --ann as the model takes it (undefined when off). */
+const annOf = (o: AnnCliFlags): AnnAttentionOptions | undefined => {
+  if (!o.ann && o.annThreshold !== undefined) throw new InvalidArgumentError('--ann-threshold needs --ann');
+  return o.ann ? { threshold: o.annThreshold } : undefined;
+};
+
+annOptions(headPatternOptions(program
   .command('generate')
   .description('generate text from a prompt on the GPU: the continuation goes to stdout, load time and speeds to stderr')
   .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K)')
@@ -85,9 +101,9 @@ headPatternOptions(program
   .option('--choice <text...>', 'structured output: the output is exactly one of these strings')
   .option('--regex <pattern>', 'structured output: the output fully matches this regular expression (JavaScript syntax)')
   .option('--json-schema <file>', 'structured output: the output is JSON valid against this schema (docs/api.md lists the keywords)')
-  .option('--kv-memory <bytes>', 'KV cache memory', integer('--kv-memory', 1), 64 * 1024 * 1024))
+  .option('--kv-memory <bytes>', 'KV cache memory', integer('--kv-memory', 1), 64 * 1024 * 1024)))
   .addOption(deviceOption())
-  .action(async (o: HeadPatternCliOptions & { model?: string; tokenizer?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number; stop?: string[]; choice?: string[]; regex?: string; jsonSchema?: string; kvMemory: number; device: string }) => {
+  .action(async (o: HeadPatternCliOptions & AnnCliFlags & { model?: string; tokenizer?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number; stop?: string[]; choice?: string[]; regex?: string; jsonSchema?: string; kvMemory: number; device: string }) => {
     const guides = [o.choice && 'choice', o.regex !== undefined && 'regex', o.jsonSchema && 'json-schema'].filter(Boolean);
     if (guides.length > 1) throw new InvalidArgumentError(`give one of --choice, --regex, --json-schema, not ${guides.map((g) => `--${g}`).join(' and ')}`);
     const { readFileSync } = await import('node:fs');
@@ -107,6 +123,7 @@ headPatternOptions(program
       device: parseDeviceMode(o.device),
       kvMemory: o.kvMemory,
       headwise: headPatternOf(o),
+      ann: annOf(o),
       sampling: {
         maxTokens: o.maxTokens,
         temperature: o.temperature,
@@ -118,8 +135,8 @@ headPatternOptions(program
     });
   });
 
-headPatternOptions(program
-  .command('serve'))
+annOptions(headPatternOptions(program
+  .command('serve')))
   .description('serve the OpenAI-compatible HTTP API (completions, chat, models, health, metrics); SIGTERM drains and exits 0')
   .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K)')
   .option('--tokenizer <file>', 'tokenizer.bin for a llama2.c checkpoint (default: beside the model)')
@@ -147,14 +164,14 @@ headPatternOptions(program
   .option('--worker-timeout <seconds>', 'with --disaggregate: how long to wait for the workers to come up', number('--worker-timeout', 1), 120)
   .addOption(deviceOption())
   .action(
-    async (o: Omit<ServeCliOptions, 'device' | 'headwise'> & HeadPatternCliOptions & { device: string }) => {
+    async (o: Omit<ServeCliOptions, 'device' | 'headwise' | 'ann'> & HeadPatternCliOptions & AnnCliFlags & { device: string }) => {
       const { serveCli } = await import('./serve.ts');
-      await serveCli({ ...o, headwise: headPatternOf(o), device: parseDeviceMode(o.device) });
+      await serveCli({ ...o, headwise: headPatternOf(o), ann: annOf(o), device: parseDeviceMode(o.device) });
     },
   );
 
-headPatternOptions(program
-  .command('worker'))
+annOptions(headPatternOptions(program
+  .command('worker')))
   .description('run one disaggregated prefill or decode worker (spawned by `serve --disaggregate`, or started on any host with --nats)')
   .addOption(new Option('--role <role>', 'prefill: computes prompts and ships their KV; decode: takes sequences over and generates').choices(['prefill', 'decode']).makeOptionMandatory())
   .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K); must be the front\'s model')
@@ -172,9 +189,9 @@ headPatternOptions(program
   .option('--transfer-timeout <seconds>', 'a KV transfer without progress this long fails its connection; the decode worker frees what arrived (default 60)', number('--transfer-timeout', 0.001))
   .addOption(deviceOption())
   .action(
-    async (o: HeadPatternCliOptions & { role: 'prefill' | 'decode'; model?: string; tokenizer?: string; id?: string; adapter?: number; nats?: string; ipc: boolean; kvMemory: number; maxBatch?: number; tokenBudget?: number; dataHost?: string; dataPort: number; advertise?: string; transferTimeout?: number; device: string }) => {
+    async (o: HeadPatternCliOptions & AnnCliFlags & { role: 'prefill' | 'decode'; model?: string; tokenizer?: string; id?: string; adapter?: number; nats?: string; ipc: boolean; kvMemory: number; maxBatch?: number; tokenBudget?: number; dataHost?: string; dataPort: number; advertise?: string; transferTimeout?: number; device: string }) => {
       const { workerCli } = await import('./worker.ts');
-      process.exitCode = await workerCli({ ...o, headwise: headPatternOf(o), device: parseDeviceMode(o.device) });
+      process.exitCode = await workerCli({ ...o, headwise: headPatternOf(o), ann: annOf(o), device: parseDeviceMode(o.device) });
     },
   );
 
@@ -228,9 +245,9 @@ program
     await calibrateHeadsCli(o);
   });
 
-program
-  .command('profile')
-  .description('time forward passes over a grid of batch shapes and fit the step-time cost model (JSON for the scheduler and simulator)')
+headPatternOptions(program
+  .command('profile'))
+  .description('time forward passes over a grid of batch shapes and fit the step-time cost model (JSON for the scheduler and simulator; with --head-pattern, of head-wise KV, its layout carried into the JSON)')
   .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K)')
   .option('--tokenizer <file>', 'tokenizer.bin for a llama2.c checkpoint (default: beside the model)')
   .option('--synthetic <model>', `instead of --model: random weights in a real shape (${SYNTHETIC_MODELS.join(', ')})`, listOf('--synthetic', SYNTHETIC_MODELS))
@@ -244,10 +261,10 @@ program
   .option('--link-bandwidth <bytes/s>', 'KV transfer link between instances, per direction (default 25e9, about PCIe 4.0 x16)', number('--link-bandwidth', 1), 25e9)
   .option('--from-steps <file>', "fit from a live server's recorded steps (serve --record-steps) instead of timing a grid: host work between steps included")
   .addOption(deviceOption())
-  .action(async (o: { model?: string; tokenizer?: string; synthetic?: string[]; dtype: string[]; scale: 'auto' | 'full' | 'reduced'; out?: string; kvMemory: number; quick: boolean; repeats?: number; clock: 'auto' | 'gpu' | 'wall'; linkBandwidth: number; device: string; fromSteps?: string }) => {
+  .action(async (o: HeadPatternCliOptions & { model?: string; tokenizer?: string; synthetic?: string[]; dtype: string[]; scale: 'auto' | 'full' | 'reduced'; out?: string; kvMemory: number; quick: boolean; repeats?: number; clock: 'auto' | 'gpu' | 'wall'; linkBandwidth: number; device: string; fromSteps?: string }) => {
     if ((o.synthetic?.length ?? 1) !== 1 || o.dtype.length !== 1) throw new InvalidArgumentError('--synthetic and --dtype take one value each here');
     const { profileCli, profileFromSteps } = await import('./profile.ts');
-    const options = { ...o, synthetic: o.synthetic?.[0], dtype: o.dtype[0] as WeightFormat, device: parseDeviceMode(o.device) };
+    const options = { ...o, synthetic: o.synthetic?.[0], dtype: o.dtype[0] as WeightFormat, device: parseDeviceMode(o.device), headwise: headPatternOf(o) };
     if (o.fromSteps) await profileFromSteps({ ...options, fromSteps: o.fromSteps });
     else await profileCli(options);
   });
@@ -324,10 +341,10 @@ bench
   .description('head-wise KV memory: bytes per sequence and sequences a KV budget holds against context length, for shares of retrieval heads against the full cache (synthetic Llama-3-8B as MHA, Llama-3-8B, Llama-3.2-1B; no device); with --timing, decode attention time on the device')
   .option('--contexts <list>', 'context lengths, comma-separated', integerList('--contexts'), [1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072])
   .option('--fractions <list>', 'retrieval-head fractions per layer, comma-separated (the full cache is always included)', (v: string) => v.split(',').map((s) => number('--fractions', 0, 1)(s.trim())), [0.25, 0.5])
-  .option('--sink <n>', 'tokens a streaming head keeps from the start', integer('--sink', 0), 64)
-  .option('--recent <n>', 'latest tokens a streaming head keeps', integer('--recent', 1), 256)
+  .option('--sink <n>', 'tokens a streaming head keeps from the start (default 64; --serve: 4)', integer('--sink', 0))
+  .option('--recent <n>', 'latest tokens a streaming head keeps (default 256; --serve: 32)', integer('--recent', 1))
   .option('--block-size <n>', 'tokens per KV block', integer('--block-size', 1), 16)
-  .option('--kv-memory <bytes>', 'KV cache budget', integer('--kv-memory', 1), 40 * 2 ** 30)
+  .option('--kv-memory <bytes>', 'KV cache budget (default 40 GiB; --serve: what holds a quarter of --concurrency full-cache sequences)', integer('--kv-memory', 1))
   .option('--bytes-per-element <n>', 'bytes per stored K/V element (2: f16, 4: f32)', integer('--bytes-per-element', 1), 2)
   .option('--seed <s>', "seed of the synthetic patterns' gates", integer('--seed', 0), 1)
   .option('--json <file>', 'write the results as JSON')
@@ -339,6 +356,16 @@ bench
   .option('--quality', 'instead: greedy-token agreement and logit KL against full attention on --model, for --fractions with --sink/--recent (calibrated and random patterns; bench/headwise_quality.ts)', false)
   .option('--model <file>', '--quality: the model (default: the embedded stories260K)')
   .option('--max-tokens <n>', '--quality: new tokens per greedy continuation', integer('--max-tokens', 1), 400)
+  .option('--serve', 'instead: `wgserve serve` (--model) with the full cache, then with a pattern, under the same closed-loop load at one --kv-memory: throughput, sequences at once, KV blocks, preemptions, TTFT/TPOT (bench/headwise_serve.ts)', false)
+  .option('--head-pattern <file>', '--serve: the pattern file (default: equal gates, so --retrieval-fraction takes the KV heads in order)')
+  .option('--retrieval-fraction <f>', '--serve: this share of each layer\'s KV heads keeps full history (default 0.25 without --gate-threshold)', number('--retrieval-fraction', 0, 1))
+  .option('--gate-threshold <t>', '--serve: heads with a gate >= t keep full history', number('--gate-threshold', 0, 1))
+  .option('--input-tokens <n>', '--serve: prompt tokens per request', integer('--input-tokens', 1), 256)
+  .option('--output-tokens <n>', '--serve: max_tokens per request', integer('--output-tokens', 1), 64)
+  .option('--requests <n>', '--serve: requests per configuration', integer('--requests', 1), 32)
+  .option('--concurrency <n>', '--serve: closed-loop clients', integer('--concurrency', 1), 16)
+  .option('--rounds <n>', '--serve: runs per configuration, alternating between the two servers', integer('--rounds', 1), 2)
+  .option('--max-batch <n>', '--serve: serve\'s --max-batch', integer('--max-batch', 1))
   .addOption(deviceOption())
   .action(async (o: Omit<BenchHeadwiseOptions, 'device'> & { device: string }) => {
     const { benchHeadwise } = await import('./bench_headwise.ts');

@@ -19,6 +19,7 @@ import { natsControlPlane } from '../workers/nats_link.ts';
 import { modelFingerprint } from '../workers/protocol.ts';
 import type { ServingEngine } from '../engine/serving.ts';
 import { type HeadPatternCliOptions, headPatternFromOptions } from '../kv/head_pattern.ts';
+import type { AnnAttentionOptions } from '../ann/ann_attention.ts';
 
 export interface ServeCliOptions {
   /** append every engine step to this JSONL file (for `profile --from-steps`) */
@@ -59,6 +60,8 @@ export interface ServeCliOptions {
   workerTimeout?: number;
   /** head-wise KV (--head-pattern ...): the pattern file and how to binarise it */
   headwise?: HeadPatternCliOptions;
+  /** decode attention with a key index (--ann, docs/ann.md); disaggregated: every worker's */
+  ann?: AnnAttentionOptions;
 }
 
 export const POLICIES = ['fcfs', 'edf', 'slo'] as const;
@@ -171,7 +174,7 @@ interface Backend {
 
 /** One process, one device: the Engine over the model on this machine's GPU. */
 async function colocated(o: ServeCliOptions, path: string): Promise<Backend> {
-  const loaded = await loadServingModel({ device: o.device, path, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise });
+  const loaded = await loadServingModel({ device: o.device, path, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise, ann: o.ann });
   const { gpu, source, model } = loaded;
   try {
     const { scheduler, cost, online } = await schedulerFor(o.policy ?? 'fcfs', o.costModel, model.kv.maxSequenceTokens);
@@ -207,7 +210,7 @@ async function disaggregated(o: ServeCliOptions, path: string): Promise<Backend>
   let plane: ControlPlane;
   if (o.nats) plane = await natsControlPlane(o.nats);
   else {
-    const args = ['--model', path, ...(o.tokenizer ? ['--tokenizer', o.tokenizer] : []), '--device', o.device, '--kv-memory', String(o.kvMemory), ...headPatternArgs(o.headwise)];
+    const args = ['--model', path, ...(o.tokenizer ? ['--tokenizer', o.tokenizer] : []), '--device', o.device, '--kv-memory', String(o.kvMemory), ...headPatternArgs(o.headwise), ...annArgs(o.ann)];
     if (o.maxBatch) args.push('--max-batch', String(o.maxBatch));
     if (o.tokenBudget) args.push('--token-budget', String(o.tokenBudget));
     plane = new ChildProcessPlane([...Array.from({ length: want.prefill }, () => ({ role: 'prefill' as const, args })), ...Array.from({ length: want.decode }, () => ({ role: 'decode' as const, args }))]);
@@ -227,6 +230,12 @@ async function disaggregated(o: ServeCliOptions, path: string): Promise<Backend>
 function headPatternArgs(h: HeadPatternCliOptions = {}): string[] {
   const flags = { headPattern: '--head-pattern', retrievalFraction: '--retrieval-fraction', gateThreshold: '--gate-threshold', sink: '--sink', recent: '--recent' } as const;
   return Object.entries(flags).flatMap(([k, flag]) => (h[k as keyof typeof flags] === undefined ? [] : [flag, String(h[k as keyof typeof flags])]));
+}
+
+/** --ann again as command-line arguments (for spawned workers). */
+function annArgs(ann?: AnnAttentionOptions): string[] {
+  if (!ann) return [];
+  return ['--ann', ...(ann.threshold === undefined ? [] : ['--ann-threshold', String(ann.threshold)])];
 }
 
 /** The model's own chat template, or ChatML when it has none or ours cannot parse it. */

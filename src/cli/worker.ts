@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import type { DeviceMode } from '../gpu/adapter.ts';
+import type { AnnAttentionOptions } from '../ann/ann_attention.ts';
 import type { HeadPatternCliOptions } from '../kv/head_pattern.ts';
 import { DEFAULT_MODEL } from '../model/default_model.ts';
 import { ipcWorkerLink } from '../workers/control.ts';
@@ -18,6 +19,8 @@ export interface WorkerCliOptions {
   kvMemory: number;
   /** head-wise KV (--head-pattern ...) */
   headwise?: HeadPatternCliOptions;
+  /** decode attention with a key index (--ann, docs/ann.md) */
+  ann?: AnnAttentionOptions;
   maxBatch?: number;
   tokenBudget?: number;
   dataHost?: string;

@@ -2,15 +2,16 @@ import { STATUS_COMPLETE } from '../../kernels/constraints.ts';
 import { NO_TOKEN, packSampleParams, sample } from '../../kernels/sampling.ts';
 import { checkSatisfiable, type TokenAutomaton } from '../constraints/automaton.ts';
 import { ConstraintMasks } from '../constraints/device.ts';
+import { SidePool } from '../gpu/side_pool.ts';
 import type { ModelConfig } from '../model/config.ts';
 import { NO_SLOT, blockBytes } from '../kv/paged_kv.ts';
-import type { GpuModel, KvExporter, KvLayer } from '../model/gpu_model.ts';
+import type { GpuModel, KvExporter, KvLayer, SeqChunk } from '../model/gpu_model.ts';
 import { StreamDecoder, type Tokenizer } from '../model/tokenizer/index.ts';
 import { FcfsScheduler } from '../scheduler/fcfs.ts';
 import type { BatchShape } from '../scheduler/cost_model.ts';
-import { describeRejection, type Scheduler, type SchedulerLimits, type SeqView, type Slo } from '../scheduler/scheduler.ts';
+import { describeRejection, type Scheduler, type SchedulerLimits, type SeqView, type Slo, type StepPlan } from '../scheduler/scheduler.ts';
 import type { ServingEngine } from './serving.ts';
-import { LogitPenalties, samplingProblem } from './logit_penalties.ts';
+import { LogitPenalties, hasPenalties, samplingProblem } from './logit_penalties.ts';
 import { StopMatcher } from './stop.ts';
 
 export interface SamplingOptions {
@@ -149,6 +150,12 @@ export interface EngineOptions {
   maxBatch?: number;
   /** requests waiting for admission at most (QueueFullError beyond); default 1024 */
   maxWaiting?: number;
+  /**
+   * record the next decode step while the GPU runs the current one, its input ids taken from the
+   * current step's sampled ids on the GPU and read back one step behind (default true; outputs
+   * are the same either way; see Engine.follow for the rollback rule and what waits)
+   */
+  pipeline?: boolean;
 }
 
 export interface StepStats {
@@ -199,6 +206,33 @@ interface Sequence {
   constraint?: TokenAutomaton;
 }
 
+/** A sequence's row in a step: `n` tokens fed. */
+interface Row {
+  s: Sequence;
+  n: number;
+}
+
+/** What a step's read-back brings: sampled ids, the constrained rows' status, the logits when log-probabilities are asked for. */
+interface StepOutput {
+  sampled: Uint32Array;
+  status: Uint32Array | null;
+  logitRows: Float32Array | null;
+}
+
+/** A submitted step whose ids the host has not taken yet. */
+interface InFlight {
+  batch: Row[];
+  /** row i's sampled id on the GPU (u32), held until the step is resolved: the next step may read it */
+  sampled: GPUBuffer;
+  result: Promise<StepOutput>;
+  /** Step.submit(), never rejecting (the read-backs carry its errors): settles once the work submitted before it looked has run */
+  submitted: Promise<void>;
+  /** performance.now() when recording began */
+  t0: number;
+  /** every row a decode row a next step may follow before this one is read back (Engine.follow) */
+  followable: boolean;
+}
+
 /** A choice that starts once its request's first choice has computed the prompt. */
 interface PendingFork {
   id: number;
@@ -223,14 +257,19 @@ export class Engine implements ServingEngine {
   private readonly scheduler: Scheduler;
   private readonly limits: SchedulerLimits;
   private readonly maxWaiting: number;
+  private readonly pipeline: boolean;
   private loop: Promise<void> | null = null;
+  /** the last resolved step's submit(), awaited before the loop ends */
+  private lastSubmit: Promise<void> | null = null;
   private arrivals = 0;
   /** token counts, bias and penalties on the GPU */
   private readonly penalties: LogitPenalties;
   /** constrained sequences' automata and states on the GPU */
   private readonly constraints: ConstraintMasks;
-  /** counters for metrics */
-  readonly counters = { steps: 0, preemptions: 0, promptTokens: 0, generatedTokens: 0 };
+  /** each step's sampled ids, held until the step is resolved (a following step reads them) */
+  private readonly sampledIds: SidePool;
+  /** counters for metrics; pipelinedSteps: recorded before the previous step was read back; rolledBack: rows dropped by the rollback rule (Engine.follow) */
+  readonly counters = { steps: 0, preemptions: 0, promptTokens: 0, generatedTokens: 0, pipelinedSteps: 0, rolledBack: 0 };
   onStep?: (s: StepStats) => void;
 
   constructor(
@@ -241,9 +280,11 @@ export class Engine implements ServingEngine {
     this.scheduler = options.scheduler ?? new FcfsScheduler();
     this.limits = { tokenBudget: options.tokenBudget ?? 512, maxBatch: options.maxBatch ?? 64 };
     this.maxWaiting = options.maxWaiting ?? 1024;
+    this.pipeline = options.pipeline ?? true;
     const eos = tokenizer.vocab.eos;
     this.penalties = new LogitPenalties(model.gpu, model.config.vocabSize, eos === null ? [] : [eos]);
     this.constraints = new ConstraintMasks(model.gpu, model.config.vocabSize, eos);
+    this.sampledIds = new SidePool(model.gpu, 'sampled');
   }
 
   get config(): ModelConfig {
@@ -264,6 +305,11 @@ export class Engine implements ServingEngine {
     const { retrieval, streaming } = kv.blocksByKind();
     const bytes = blockBytes(kv.layout);
     return { retrieval: retrieval * bytes, streaming: streaming * bytes };
+  }
+
+  /** Key indexes and their query samples (--ann; GPU memory outside the KV pool), bytes; null without --ann. */
+  annBytes(): number | null {
+    return this.model.ann ? this.model.ann.bytes() : null;
   }
 
   get waiting(): number {
@@ -405,10 +451,20 @@ export class Engine implements ServingEngine {
     // with nothing to run the loop would end before `this.loop` is assigned, and stay assigned
     if (this.loop || this.seqs.size === 0) return;
     this.loop = (async () => {
+      let current: InFlight | null = null;
       try {
-        while (this.seqs.size > 0) {
+        // (a request that arrives while the last submit settles is run by this loop: kick() sees it running)
+        while (this.seqs.size > 0 || current || (await this.settled())) {
           const start = performance.now();
-          const stats = await this.step();
+          current ??= await this.launch();
+          let stats: Omit<StepStats, 'periodSeconds'> | null = null;
+          if (current) {
+            // the next step goes to the GPU before this one's ids come back (null: it waits for them)
+            const next: InFlight | null = this.pipeline ? await this.follow(current) : null;
+            stats = await this.resolve(current, start);
+            this.lastSubmit = current.submitted;
+            current = next;
+          }
           await new Promise((r) => setImmediate(r)); // let I/O (new requests, disconnects) in
           if (stats) this.onStep?.({ ...stats, periodSeconds: (performance.now() - start) / 1e3 });
         }
@@ -418,12 +474,19 @@ export class Engine implements ServingEngine {
     })();
   }
 
-  /** One iteration; its statistics when it ran a forward pass. */
-  private async step(): Promise<Omit<StepStats, 'periodSeconds'> | null> {
-    for (const s of [...this.seqs.values()]) if (s.cancelled) this.finish(s, 'cancelled');
-    if (this.seqs.size === 0) return null;
-    const kv = this.model.kv;
-    const views: SeqView[] = [...this.seqs.values()].map((s) => ({
+  /**
+   * Waits for the last step's submit() (it settles once the work submitted before it has run), so
+   * nothing is pending on the device when the loop ends; whether sequences arrived meanwhile.
+   */
+  private async settled(): Promise<boolean> {
+    await this.lastSubmit;
+    this.lastSubmit = null;
+    return this.seqs.size > 0;
+  }
+
+  /** The scheduler's view of a sequence. */
+  private view(s: Sequence): SeqView {
+    return {
       id: s.id,
       arrival: s.arrival,
       arrivalTime: s.arrivalTime,
@@ -436,13 +499,24 @@ export class Engine implements ServingEngine {
       firstTokenTime: s.firstTokenTime,
       slo: s.slo,
       priority: s.priority,
-    }));
-    const plan = this.scheduler.plan(
+    };
+  }
+
+  private plan(views: SeqView[]): StepPlan {
+    const kv = this.model.kv;
+    return this.scheduler.plan(
       views,
       { freeBlocks: kv.pool.free, blocksNeeded: (id, n) => kv.blocksNeeded(id, n), blocksHeld: (id) => kv.blocksHeld(id) },
       this.limits,
       clock(),
     );
+  }
+
+  /** The serial path: plans a step from the sequences' state on the host and submits it; null when no step runs. */
+  private async launch(): Promise<InFlight | null> {
+    for (const s of [...this.seqs.values()]) if (s.cancelled) this.finish(s, 'cancelled');
+    if (this.seqs.size === 0) return null;
+    const plan = this.plan([...this.seqs.values()].map((s) => this.view(s)));
     for (const r of plan.reject ?? []) this.finish(this.seqs.get(r.seq)!, 'rejected', new Error(describeRejection(r)));
     for (const id of plan.preempt) {
       const s = this.seqs.get(id)!;
@@ -453,14 +527,90 @@ export class Engine implements ServingEngine {
       this.counters.preemptions++;
     }
     if (plan.items.length === 0) return null;
-
     const batch = plan.items.map(({ seq, tokens }) => ({ s: this.seqs.get(seq)!, n: tokens }));
+    try {
+      return await this.record(batch, null);
+    } catch (err) {
+      const error = err instanceof Error ? err : new Error(String(err));
+      for (const { s } of batch) this.finish(s, 'error', error);
+      return null;
+    }
+  }
+
+  /**
+   * Pipelining (EngineOptions.pipeline): records and submits the step after `prev` before `prev`'s
+   * ids are read back. Each of its rows takes its input id from `prev`'s sampled ids on the GPU,
+   * and is sampled with the counter (seed, token index) the serial path would use. It is planned
+   * by the scheduler over the sequences as they will be once `prev`'s tokens are accepted (those
+   * that reach max_tokens with them left out), and runs only when that plan is the steady state:
+   * decode rows of sequences `prev` decoded, nothing preempted or rejected, and every row
+   * `followable`. Otherwise (null) the loop waits for `prev` and plans serially: prompt chunks or
+   * recomputes joining, preemption, rejections, cancelled sequences, and rows that need the host
+   * between steps (log-probabilities, constraints, penalties' counts, min_tokens still masking EOS,
+   * prefill-only handoff, pending choices to fork).
+   *
+   * The rollback rule: a row whose sequence finished while this step was in flight (EOS, a stop
+   * string or an error found when `prev` was read back) is dropped when this step resolves: its
+   * token is never emitted nor counted, and the KV slot it wrote went back to the pool with the
+   * rest of the sequence's KV when it finished (the queue runs this step's write before any later
+   * step's use of the block). A row of a sequence cancelled meanwhile gives no token either (as
+   * serially, the in-flight step's token of a cancelled sequence is not taken).
+   */
+  private async follow(prev: InFlight): Promise<InFlight | null> {
+    if (!prev.followable) return null;
+    const decoded = new Set(prev.batch.map(({ s }) => s.id));
+    const views: SeqView[] = [];
+    for (const s of this.seqs.values()) {
+      if (s.cancelled) return null;
+      const v = this.view(s);
+      if (decoded.has(s.id)) {
+        // as it will be with prev's token accepted; with it, one at max_tokens ends
+        v.totalTokens++;
+        v.computed++;
+        v.generated++;
+        if (v.generated >= s.sampling.maxTokens) continue;
+      }
+      views.push(v);
+    }
+    if (views.length === 0) return null;
+    const plan = this.plan(views);
+    if (plan.preempt.length || plan.reject?.length || plan.items.length === 0) return null;
+    if (!plan.items.every(({ seq, tokens }) => tokens === 1 && decoded.has(seq))) return null;
+    const batch = plan.items.map(({ seq }) => ({ s: this.seqs.get(seq)!, n: 1 }));
+    if (!batch.every(({ s }) => this.followable(s))) return null;
+    const before = batch.map(({ s }) => this.model.kv.tokens(s.id));
+    try {
+      const next = await this.record(batch, prev);
+      this.counters.pipelinedSteps++;
+      return next;
+    } catch {
+      // undone, KV appends included: the serial path records the step again (and reports what fails)
+      batch.forEach(({ s }, i) => this.model.kv.truncate(s.id, before[i]));
+      return null;
+    }
+  }
+
+  /**
+   * Whether a step may be recorded with `s`'s input id still on the GPU and its host state one
+   * token behind: nothing of its row needs the host between the steps (see follow).
+   */
+  private followable(s: Sequence): boolean {
+    const o = s.sampling;
+    // min_tokens masks EOS by the host's count, one short here: only once the mask is off either way
+    const minTokensDone = (o.minTokens ?? 0) <= s.tokens.length - s.promptLength;
+    return !(o.logprobs ?? 0) && !s.constraint && !s.handoff && !s.forks && !hasPenalties(o) && minTokensDone;
+  }
+
+  /**
+   * Records one step (forward pass, constraints, penalties, sampling, read-back of the ids) and
+   * submits it. With `prev` (a step recorded before prev's ids are read back: follow) every row is
+   * a decode row whose input id is read from `prev`'s sampled ids on the GPU, and whose host state
+   * is one token behind (the token index keying its RNG is one more than its host count).
+   */
+  private async record(batch: Row[], prev: InFlight | null): Promise<InFlight> {
     const t0 = performance.now();
-    let sampled: Uint32Array;
-    let status: Uint32Array | null = null;
-    let logitRows: Float32Array | null = null;
     const vocab = this.model.config.vocabSize;
-    const step = this.model.gpu.step({ label: 'engine step' });
+    const step = this.model.gpu.step({ label: prev ? 'engine step (pipelined)' : 'engine step' });
     // prefill-only sequences whose context this step completes: their KV is copied out layer by layer
     const exports = batch
       .filter(({ s, n }) => s.handoff && s.computed + n === s.tokens.length)
@@ -472,12 +622,14 @@ export class Engine implements ServingEngine {
           step.flush();
         }
       : undefined;
+    let out: GPUBuffer | null = null;
     try {
-      const { logits, rows } = this.model.forward(
-        step,
-        batch.map(({ s, n }) => ({ seq: s.id, tokens: s.tokens.slice(s.computed, s.computed + n) })),
-        { afterLayer },
+      const prevRow = new Map(prev?.batch.map(({ s }, i) => [s.id, i]));
+      const chunks: SeqChunk[] = batch.map(({ s, n }) =>
+        prev ? { seq: s.id, tokens: [0], gpuToken: { buffer: prev.sampled, offset: prevRow.get(s.id)! * 4 } } : { seq: s.id, tokens: s.tokens.slice(s.computed, s.computed + n) },
       );
+      const ahead = prev ? 1 : 0;
+      const { logits, rows } = this.model.forward(step, chunks, { afterLayer });
       for (const e of exports) e.s.handoff!.onKv(e.s.tokens.length, e.copy!.rows, e.layers);
       // constrained rows masked first: their log-probabilities are of the masked distribution
       const advance = this.constraints.record(
@@ -494,9 +646,10 @@ export class Engine implements ServingEngine {
         batch.map(({ s, n }) => ({ seq: s.id, sampling: s.sampling, tokens: s.tokens, promptLength: s.promptLength, accepts: s.computed + n === s.tokens.length })),
       );
       const params = packSampleParams(
-        batch.map(({ s }) => ({ temperature: s.sampling.temperature, topK: s.sampling.topK, topP: s.sampling.topP, minP: s.sampling.minP, seed: s.sampling.seed, counter: s.tokens.length - s.promptLength })),
+        batch.map(({ s }) => ({ temperature: s.sampling.temperature, topK: s.sampling.topK, topP: s.sampling.topP, minP: s.sampling.minP, seed: s.sampling.seed, counter: s.tokens.length - s.promptLength + ahead })),
       );
-      const out = step.scratch(rows * 4, 'sampled');
+      // outside the step's scratch: a following step reads it after this one is submitted
+      out = this.sampledIds.take(rows * 4);
       sample(step, { logits, params: step.upload(params, 'sample params'), out, rows, cols: vocab });
       countSampled?.(out);
       const statusBuf = advance?.(out);
@@ -508,23 +661,51 @@ export class Engine implements ServingEngine {
         step.copy(statusBuf, 0, read, rows * 4, rows * 4);
       }
       const words = step.readback(read, 0, rows * (statusBuf ? 8 : 4));
-      await step.submit();
-      const all = new Uint32Array(await words);
-      sampled = all.subarray(0, rows);
-      if (statusBuf) status = all.subarray(rows);
-      if (readLogits) logitRows = new Float32Array(await readLogits);
+      // its errors reject the read-backs too
+      const submitted = step.submit().then(
+        () => {},
+        () => {},
+      );
+      // the read-backs resolve when this step has run; submit() also waits for whatever was submitted before it looked (a following step)
+      const result = (async (): Promise<StepOutput> => {
+        const all = new Uint32Array(await words);
+        return { sampled: all.subarray(0, rows), status: statusBuf ? all.subarray(rows) : null, logitRows: readLogits ? new Float32Array(await readLogits) : null };
+      })();
+      result.catch(() => {}); // awaited in resolve()
+      const decodes = batch.every(({ s, n }) => n === 1 && s.computed >= s.promptLength && s.computed + n === s.tokens.length);
+      return { batch, sampled: out, result, submitted, t0, followable: decodes && batch.every(({ s }) => this.followable(s)) };
     } catch (err) {
+      if (out) this.sampledIds.release(out);
       await step.discard();
-      const error = err instanceof Error ? err : new Error(String(err));
-      for (const { s } of batch) this.finish(s, 'error', error);
-      return null;
+      throw err;
     }
-    const seconds = (performance.now() - t0) / 1e3;
+  }
+
+  /**
+   * Waits for a step's ids and takes them: a prompt chunk advances its sequence, a row that
+   * completes its sequence's context accepts its token. A row whose sequence finished while the
+   * step was in flight is dropped (the rollback rule: see follow).
+   */
+  private async resolve(cur: InFlight, since: number): Promise<Omit<StepStats, 'periodSeconds'> | null> {
+    let out: StepOutput;
+    try {
+      out = await cur.result;
+    } catch (err) {
+      const error = err instanceof Error ? err : new Error(String(err));
+      for (const { s } of cur.batch) this.finish(s, 'error', error);
+      return null;
+    } finally {
+      // a step that reads them (follow) was submitted before this one was resolved
+      this.sampledIds.release(cur.sampled);
+    }
+    const { sampled, status, logitRows } = out;
+    const vocab = this.model.config.vocabSize;
+    // a pipelined step was recorded before the last one was resolved: its time starts when the GPU could take it
+    const seconds = (performance.now() - Math.max(cur.t0, since)) / 1e3;
     let promptTokens = 0;
     let decodeTokens = 0;
     const shape: BatchShape = { prefillTokens: 0, prefillAttention: 0, decodeSeqs: 0, decodeContext: 0 };
-    batch.forEach(({ s, n }, i) => {
-      s.state = 'running';
+    cur.batch.forEach(({ s, n }, i) => {
       if (s.computed < s.promptLength) promptTokens += n;
       else decodeTokens += n;
       if (n === 1 && s.computed >= s.promptLength) {
@@ -534,6 +715,12 @@ export class Engine implements ServingEngine {
         shape.prefillTokens += n;
         shape.prefillAttention += n * (s.computed + n);
       }
+      // computed, but its sequence finished while the step was in flight: dropped
+      if (this.seqs.get(s.id) !== s) {
+        this.counters.rolledBack++;
+        return;
+      }
+      s.state = 'running';
       s.computed += n;
       if (s.computed < s.tokens.length) return; // a prompt chunk (or recompute) with more to come
       if (s.cancelled) return;
@@ -543,7 +730,7 @@ export class Engine implements ServingEngine {
     });
     this.counters.steps++;
     this.counters.promptTokens += promptTokens;
-    return { sequences: batch.length, promptTokens, decodeTokens, shape, seconds };
+    return { sequences: cur.batch.length, promptTokens, decodeTokens, shape, seconds };
   }
 
   /** Appends a sampled token and emits what it makes safe to emit; finishes on EOS, stop, a complete constrained output or length. */

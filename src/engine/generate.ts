@@ -3,7 +3,7 @@ import { advanceRows, maskRows, setStates } from '../../kernels/constraints.ts';
 import { applyBias, countTokens, initCounts, penalize } from '../../kernels/penalties.ts';
 import { sample } from '../../kernels/sampling.ts';
 import { KvPoolExhausted } from '../kv/paged_kv.ts';
-import type { GpuModel } from '../model/gpu_model.ts';
+import type { GpuModel, SeqChunk } from '../model/gpu_model.ts';
 import type { Tokenizer } from '../model/tokenizer/index.ts';
 import { Engine, type EngineOptions, type FinishReason, type SamplingOptions } from './engine.ts';
 
@@ -71,6 +71,32 @@ export async function generate(
   );
   stats.generatedTokens = engine.counters.generatedTokens;
   return { results, stats };
+}
+
+/**
+ * Teacher forcing: runs `steps` (each a list of chunks, one forward pass) and returns the logits of
+ * every token fed, per sequence in feeding order (benchmarks and tests of KV layouts). Sequences
+ * are left holding their KV: the caller releases them.
+ */
+export async function stepLogits(model: GpuModel, steps: SeqChunk[][]): Promise<Map<number, Float32Array[]>> {
+  const vocab = model.config.vocabSize;
+  const bySeq = new Map<number, Float32Array[]>();
+  for (const chunks of steps) {
+    const step = model.gpu.step({ label: 'step logits' });
+    const { logits, rows } = model.forward(step, chunks, { allPositions: true });
+    const read = step.readback(logits, 0, rows * vocab * 4);
+    await step.submit();
+    const all = new Float32Array(await read);
+    // allPositions rows are in packed order: decode tokens first, then prompt chunks (forward's order)
+    const packed = [...chunks].sort((a, b) => Number(b.tokens.length === 1) - Number(a.tokens.length === 1));
+    let row = 0;
+    for (const ch of packed) {
+      const list = bySeq.get(ch.seq) ?? [];
+      for (let i = 0; i < ch.tokens.length; i++, row++) list.push(all.slice(row * vocab, (row + 1) * vocab));
+      bySeq.set(ch.seq, list);
+    }
+  }
+  return bySeq;
 }
 
 /** Batch limits the warm-up compiles for: the Engine's defaults (EngineOptions). */

@@ -37,6 +37,8 @@ export interface ServingEngine {
   kvBlocks(): { used: number; total: number };
   /** head-wise KV (docs/headwise.md): bytes of KV in use by retrieval and streaming heads; null without a head pattern */
   kvBytesByKind?(): { retrieval: number; streaming: number } | null;
+  /** --ann (docs/ann.md): bytes of key indexes and query samples, held outside the KV pool; null without --ann */
+  annBytes?(): number | null;
   /** each engine step (of every worker, when disaggregated) */
   onStep?: (s: StepStats) => void;
   /** queues a request; throws RequestTooLargeError or QueueFullError when it cannot be taken */

@@ -1,10 +1,11 @@
 import { type PrefillSeq, attentionDecode, attentionPrefill, prefillMeta } from '../../kernels/attention.ts';
 import { siluMul } from '../../kernels/elementwise.ts';
-import { embedding } from '../../kernels/embedding.ts';
+import { type GpuTokenId, copyTokenIds, embedding } from '../../kernels/embedding.ts';
 import { writeKv } from '../../kernels/kv_cache.ts';
 import { type MatmulEpilogue, type MatmulNorm, matmul } from '../../kernels/matmul.ts';
 import { rmsScale } from '../../kernels/rmsnorm.ts';
 import { rope, ropeFrequencies, ropeKv } from '../../kernels/rope.ts';
+import { AnnAttention, type AnnAttentionOptions, type AnnChunk } from '../ann/ann_attention.ts';
 import type { Gpu } from '../gpu/gpu.ts';
 import type { Step } from '../gpu/step.ts';
 import { type HeadPattern, headColumns } from '../kv/head_pattern.ts';
@@ -18,6 +19,8 @@ import type { ModelSource } from './source.ts';
 export interface SeqChunk {
   seq: number;
   tokens: number[];
+  /** a decoded token still on the GPU (a step's sampled id, not read back yet): read there, tokens = [a placeholder id] */
+  gpuToken?: GpuTokenId;
 }
 
 export interface ModelOptions {
@@ -27,6 +30,12 @@ export interface ModelOptions {
   blockSize?: number;
   /** head-wise KV (docs/headwise.md): retrieval heads keep full history, streaming heads sink + recent */
   headPattern?: HeadPattern;
+  /**
+   * decode attention with a key index for long contexts (docs/ann.md; off when absent): only
+   * retrieval heads (all heads without a pattern) get one; the static window defaults to the
+   * pattern's sink and recent
+   */
+  ann?: AnnAttentionOptions;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -80,6 +89,8 @@ export class GpuModel {
   readonly headwise?: HeadwiseKv & { columnOf: Uint32Array; columnBuf: GPUBuffer };
   /** block copies a fork still needs (K and V, every layer), by child: recorded at the start of the next forward */
   private readonly pendingCopies = new Map<number, BlockCopy[]>();
+  /** decode attention with a key index (ModelOptions.ann; docs/ann.md) */
+  readonly ann?: AnnAttention;
 
   private constructor(
     readonly gpu: Gpu,
@@ -112,6 +123,12 @@ export class GpuModel {
     // Llama 3.x GGUF files carry their RoPE scaling as per-frequency divisors (rope_freqs.weight)
     if (ropeFreqFactors) for (let i = 0; i < freqs.length; i++) freqs[i] /= ropeFreqFactors[i];
     this.freqs = gpu.upload(freqs, 'rope frequencies');
+    if (options.ann) {
+      const window = pattern && { sink: pattern.sink, recent: pattern.recent };
+      const hw = this.headwise && { columnOf: this.headwise.columnOf, fullColumns: this.headwise.fullColumns };
+      const shape = { nLayers: c.nLayers, nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, blockSize: this.blockSize, dtype: 'f32' as const, maxTokens: c.contextLength, ...hw };
+      this.ann = new AnnAttention(gpu, shape, { ...window, ...options.ann });
+    }
   }
 
   static load(gpu: Gpu, source: ModelSource, options: ModelOptions = {}): GpuModel {
@@ -124,6 +141,7 @@ export class GpuModel {
   release(seq: number): void {
     this.kv.free(seq);
     this.pendingCopies.delete(seq);
+    this.ann?.free(seq);
   }
 
   /**
@@ -135,6 +153,7 @@ export class GpuModel {
     if (!this.kv.canFork(parent, tokens)) return false;
     const copies = this.kv.fork(parent, child, tokens);
     if (copies.length) this.pendingCopies.set(child, copies);
+    this.ann?.fork(parent, child);
     return true;
   }
 
@@ -164,6 +183,7 @@ export class GpuModel {
     const T = chunks.reduce((n, ch) => n + ch.tokens.length, 0);
     if (T === 0) throw new Error('forward: no tokens');
     for (const ch of chunks) for (const t of ch.tokens) if (!(t >= 0 && t < c.vocabSize)) throw new RangeError(`token id ${t} outside the vocabulary (${c.vocabSize})`);
+    if (chunks.some((ch) => ch.gpuToken && ch.tokens.length !== 1)) throw new RangeError('forward: a token on the GPU is one decode token');
 
     const tokens = new Uint32Array(T);
     const positions = new Uint32Array(T);
@@ -196,11 +216,15 @@ export class GpuModel {
     const { table, lengths, stride } = this.kv.batchTables(order.map((ci) => chunks[ci].seq));
     this.recordCopies(step);
     const hw = this.headwise;
+    // key-index attention (docs/ann.md): each chunk's packed rows and positions (its queries may be sampled), the decode batch
+    const annChunks: AnnChunk[] = order.map((ci, i) => ({ seq: chunks[ci].seq, row: rowOfChunk[ci] + 1 - chunks[ci].tokens.length, position: appended[i].before, count: chunks[ci].tokens.length }));
+    const annBatch = { seqs: annChunks.slice(0, nDecode).map((ch) => ch.seq), lengths };
 
     const qDim = c.nHeads * c.headDim;
     const kvDim = c.nKvHeads * c.headDim;
     const buf = (elements: number, label: string) => step.scratch(elements * F32, label);
     const tokenBuf = step.upload(tokens, 'tokens');
+    copyTokenIds(step, tokenBuf, order.flatMap((ci) => (chunks[ci].gpuToken ? [{ row: rowOfChunk[ci], id: chunks[ci].gpuToken! }] : [])));
     const positionBuf = step.upload(positions, 'positions');
     const slotBuf = step.upload(slots, 'slots');
     const tableBuf = step.upload(table, 'block table');
@@ -267,7 +291,12 @@ export class GpuModel {
         newRows = { k: k(), v: v() };
       }
       const columns = hw && { columnOf: hw.columnBuf, layer: l };
-      if (nDecode > 0) attentionDecode(step, { ...pools, ...shape, q, out: att, kvLen: lengthBuf, batch: nDecode, maxKvLen, columns });
+      this.ann?.collect(step, l, q, annChunks);
+      const decodeArgs = { ...pools, ...shape, q, out: att, kvLen: lengthBuf, batch: nDecode, maxKvLen, columns };
+      if (nDecode > 0) {
+        if (this.ann) this.ann.attentionDecode(step, l, decodeArgs, annBatch);
+        else attentionDecode(step, decodeArgs);
+      }
       if (metaBuf) {
         const src = newRows.source;
         const headwise = hw && { layer: l, fullColumns: hw.fullColumns, sink: hw.sink, recent: hw.recent, kNew: newRows.k, vNew: newRows.v, newStride: src?.stride, kOffset: src?.kOffset, vOffset: src?.vOffset };
@@ -411,6 +440,7 @@ export class GpuModel {
     for (const t of this.w.values()) t.buffer.destroy();
     for (const b of [...this.kPools, ...this.vPools, this.freqs]) b.destroy();
     this.headwise?.columnBuf.destroy();
+    this.ann?.destroy();
   }
 }
 

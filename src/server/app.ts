@@ -342,12 +342,13 @@ export function buildServer(o: ServerOptions): WgServer {
   app.get('/health', async (request, reply) => {
     // head-wise KV: bytes in use by head kind
     const kv = engine.kvBytesByKind?.();
-    if (!engine.workers) return send(request, reply, state === 'ready' ? 200 : 503, { status: state === 'ready' ? 'ready' : 'draining', ...(kv ? { kv_bytes: kv } : {}) });
+    const ann = engine.annBytes?.() ?? null;
+    if (!engine.workers) return send(request, reply, state === 'ready' ? 200 : 503, { status: state === 'ready' ? 'ready' : 'draining', ...(kv ? { kv_bytes: kv } : {}), ...(ann !== null ? { ann_bytes: ann } : {}) });
     // disaggregated: ready while at least one prefill and one decode worker answer
     const workers = engine.workers();
     const serving = (['prefill', 'decode'] as const).every((role) => workers.some((w) => w.role === role && w.state === 'up'));
     const status = state !== 'ready' ? 'draining' : serving ? 'ready' : 'degraded';
-    return send(request, reply, status === 'ready' ? 200 : 503, { status, workers });
+    return send(request, reply, status === 'ready' ? 200 : 503, { status, workers, ...(kv ? { kv_bytes: kv } : {}) });
   });
 
   app.get('/metrics', async (_request, reply) => reply.type(metrics.contentType).send(await metrics.render()));

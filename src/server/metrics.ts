@@ -123,6 +123,16 @@ export class ServerMetrics {
         },
       });
     }
+    if (engine.annBytes?.() != null) {
+      new Gauge({
+        name: `${p}ann_bytes`,
+        help: 'Key indexes and their query samples (--ann), bytes of GPU memory outside the KV pool',
+        registers,
+        collect() {
+          this.set(engine.annBytes?.() ?? 0);
+        },
+      });
+    }
     let seenPreemptions = engine.counters.preemptions;
     new Counter({
       name: `${p}preemptions_total`,

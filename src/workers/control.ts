@@ -44,6 +44,8 @@ export interface WorkerLoad {
   nKvHeads: number;
   /** head-wise KV: KV heads [fullColumns, nKvHeads) keep only sink + recent tokens (docs/headwise.md) */
   headwise?: { fullColumns: number; sink: number; recent: number };
+  /** head-wise KV: bytes of KV in use by retrieval and streaming heads (the engine's kvBytesByKind) */
+  kvBytesByKind?: { retrieval: number; streaming: number };
   kvBytesSent: number;
   kvTransferSeconds: number;
   kvTransfers: number;
@@ -107,7 +109,9 @@ export function ipcWorkerLink(): WorkerLink {
   if (!process.send) throw new Error('--ipc: this worker was not started by a front (no IPC channel); use --nats URL');
   return {
     send: (m) => {
-      if (process.connected) process.send!(m);
+      // a front that died leaves a broken pipe before 'disconnect' arrives: the error goes to the
+      // callback (without one it is an unhandled 'error' event that kills the worker mid-shutdown)
+      if (process.connected) process.send!(m, undefined, undefined, () => {});
     },
     onMessage: (h) => process.on('message', (m) => h(m as ToWorker)),
     onClose: (h) => process.on('disconnect', h),

@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { Engine, type EngineHandle, type EngineRequest, type SequenceEvents, type StepStats } from '../engine/engine.ts';
 import { loadServingModel } from '../engine/load.ts';
 import type { DeviceMode } from '../gpu/adapter.ts';
+import type { AnnAttentionOptions } from '../ann/ann_attention.ts';
 import type { HeadPatternCliOptions } from '../kv/head_pattern.ts';
 import { STATUS_INTERVAL_MS, type ToWorker, type WorkerInfo, type WorkerLink } from './control.ts';
 import { KvReceiver, KvSender, type Transfer } from './kv_transfer.ts';
@@ -19,6 +20,8 @@ export interface WorkerOptions {
   kvMemory: number;
   /** head-wise KV (--head-pattern ...); the front and every worker must give the same */
   headwise?: HeadPatternCliOptions;
+  /** decode attention with a key index (--ann): a decode worker builds each index from the decode queries it sees (docs/ann.md) */
+  ann?: AnnAttentionOptions;
   maxBatch?: number;
   tokenBudget?: number;
   /** decode workers: where the KV listener binds, and the host name other workers reach it by */
@@ -45,7 +48,7 @@ interface Live {
  * (the front went away, it refused this worker, or SIGTERM).
  */
 export async function runWorker(o: WorkerOptions): Promise<number> {
-  const loaded = await loadServingModel({ device: o.device, adapter: o.adapter, path: o.model, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise });
+  const loaded = await loadServingModel({ device: o.device, adapter: o.adapter, path: o.model, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise, ann: o.ann });
   const { gpu, source, model } = loaded;
   let receiver: KvReceiver | undefined;
   let sender: KvSender | undefined;
@@ -176,6 +179,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
       process.once('SIGINT', () => stop(0, 'SIGINT'));
       const status = () => {
         const kv = engine.kvBlocks();
+        const bytes = engine.kvBytesByKind();
         const stats = sender?.stats ?? { bytes: 0, seconds: 0, transfers: 0 };
         link.send({
           type: 'status',
@@ -188,6 +192,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
             blockSize: model.blockSize,
             nKvHeads: model.config.nKvHeads,
             ...(model.kv.headwise ? { headwise: model.kv.headwise } : {}),
+            ...(bytes ? { kvBytesByKind: bytes } : {}),
             kvBytesSent: stats.bytes,
             kvTransferSeconds: stats.seconds,
             kvTransfers: stats.transfers,
