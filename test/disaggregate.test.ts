@@ -292,7 +292,8 @@ describe('disaggregated serving', { timeout: TEST_LIMIT_MS }, () => {
     });
 
     it('a worker started with a different model file is refused, at registration and at the KV hello', async () => {
-      const wrong = workerProcess(['--role', 'prefill', '--id', 'wrong-model', '--model', join(repoRoot, 'models', 'stories260K', 'stories260K-Q8_0.gguf'), '--nats', nats.url]);
+      // refused at registration: it never serves, so it skips the warm-up (--no-warmup)
+      const wrong = workerProcess(['--role', 'prefill', '--id', 'wrong-model', '--model', join(repoRoot, 'models', 'stories260K', 'stories260K-Q8_0.gguf'), '--nats', nats.url, '--no-warmup']);
       workers.set('wrong-model', wrong);
       expect(await wrong.exited).toBe(1);
       expect(log.some((l) => l.startsWith('refused worker wrong-model') && l.includes('fingerprint'))).toBe(true);

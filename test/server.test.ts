@@ -485,7 +485,7 @@ describe('wgserve serve (the CLI process)', () => {
   it('SIGTERM drains: health says draining, new requests get 503, a request in flight is answered in full, exit 0', async () => {
     // One sequence per step, so B waits while A runs and both are in flight at SIGTERM. The drain
     // deadline, 60 s, is 4x B's 16 steps at 1 s (5x the measured 0.2 s on SwiftShader).
-    const proc = spawn('node', [join(repoRoot, 'bin', 'wgserve.mjs'), 'serve', '--port', '0', '--max-batch', '1', '--drain-timeout', '60'], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn('node', [join(repoRoot, 'bin', 'wgserve.mjs'), 'serve', '--port', '0', '--max-batch', '1', '--drain-timeout', '60', '--no-warmup'], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     proc.stdout.on('data', (d) => (out += d));
     proc.stderr.on('data', (d) => (out += d));

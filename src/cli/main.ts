@@ -162,6 +162,7 @@ annOptions(headPatternOptions(program
   .option('--decode-workers <n>', 'with --disaggregate: decode workers to spawn (or, with --nats, to wait for)', integer('--decode-workers', 1), 1)
   .option('--nats <url>', 'with --disaggregate: find workers started with `wgserve worker --nats URL` (on any host) instead of spawning them')
   .option('--worker-timeout <seconds>', 'with --disaggregate: how long to wait for the workers to come up', number('--worker-timeout', 1), 120)
+  .option('--no-warmup', 'skip the warm-up generation that compiles the pipelines before serving (with --disaggregate: in every worker): the first requests compile what they use (and wait for it)')
   .addOption(deviceOption())
   .action(
     async (o: Omit<ServeCliOptions, 'device' | 'headwise' | 'ann'> & HeadPatternCliOptions & AnnCliFlags & { device: string }) => {
@@ -187,9 +188,10 @@ annOptions(headPatternOptions(program
   .option('--data-port <port>', 'decode workers: KV listener port (0 picks a free one)', integer('--data-port', 0), 0)
   .option('--advertise <host>', 'decode workers: the host name prefill workers connect to (default: the bind address, or this host\'s name when binding 0.0.0.0)')
   .option('--transfer-timeout <seconds>', 'a KV transfer without progress this long fails its connection; the decode worker frees what arrived (default 60)', number('--transfer-timeout', 0.001))
+  .option('--no-warmup', 'skip the warm-up generation that compiles the pipelines before registering: the first requests compile what they use (and wait for it)')
   .addOption(deviceOption())
   .action(
-    async (o: HeadPatternCliOptions & AnnCliFlags & { role: 'prefill' | 'decode'; model?: string; tokenizer?: string; id?: string; adapter?: number; nats?: string; ipc: boolean; kvMemory: number; maxBatch?: number; tokenBudget?: number; dataHost?: string; dataPort: number; advertise?: string; transferTimeout?: number; device: string }) => {
+    async (o: HeadPatternCliOptions & AnnCliFlags & { role: 'prefill' | 'decode'; model?: string; tokenizer?: string; id?: string; adapter?: number; nats?: string; ipc: boolean; kvMemory: number; maxBatch?: number; tokenBudget?: number; dataHost?: string; dataPort: number; advertise?: string; transferTimeout?: number; warmup: boolean; device: string }) => {
       const { workerCli } = await import('./worker.ts');
       process.exitCode = await workerCli({ ...o, headwise: headPatternOf(o), ann: annOf(o), device: parseDeviceMode(o.device) });
     },

@@ -62,6 +62,8 @@ export interface ServeCliOptions {
   headwise?: HeadPatternCliOptions;
   /** decode attention with a key index (--ann, docs/ann.md); disaggregated: every worker's */
   ann?: AnnAttentionOptions;
+  /** false (--no-warmup): serve without compiling first; the first requests compile what they use */
+  warmup?: boolean;
 }
 
 export const POLICIES = ['fcfs', 'edf', 'slo'] as const;
@@ -174,7 +176,7 @@ interface Backend {
 
 /** One process, one device: the Engine over the model on this machine's GPU. */
 async function colocated(o: ServeCliOptions, path: string): Promise<Backend> {
-  const loaded = await loadServingModel({ device: o.device, path, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise, ann: o.ann });
+  const loaded = await loadServingModel({ device: o.device, path, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise, ann: o.ann, warmUp: o.warmup });
   const { gpu, source, model } = loaded;
   try {
     const { scheduler, cost, online } = await schedulerFor(o.policy ?? 'fcfs', o.costModel, model.kv.maxSequenceTokens);
@@ -210,7 +212,7 @@ async function disaggregated(o: ServeCliOptions, path: string): Promise<Backend>
   let plane: ControlPlane;
   if (o.nats) plane = await natsControlPlane(o.nats);
   else {
-    const args = ['--model', path, ...(o.tokenizer ? ['--tokenizer', o.tokenizer] : []), '--device', o.device, '--kv-memory', String(o.kvMemory), ...headPatternArgs(o.headwise), ...annArgs(o.ann)];
+    const args = ['--model', path, ...(o.tokenizer ? ['--tokenizer', o.tokenizer] : []), '--device', o.device, '--kv-memory', String(o.kvMemory), ...headPatternArgs(o.headwise), ...annArgs(o.ann), ...(o.warmup === false ? ['--no-warmup'] : [])];
     if (o.maxBatch) args.push('--max-batch', String(o.maxBatch));
     if (o.tokenBudget) args.push('--token-budget', String(o.tokenBudget));
     plane = new ChildProcessPlane([...Array.from({ length: want.prefill }, () => ({ role: 'prefill' as const, args })), ...Array.from({ length: want.decode }, () => ({ role: 'decode' as const, args }))]);

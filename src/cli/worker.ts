@@ -21,6 +21,8 @@ export interface WorkerCliOptions {
   headwise?: HeadPatternCliOptions;
   /** decode attention with a key index (--ann, docs/ann.md) */
   ann?: AnnAttentionOptions;
+  /** false (--no-warmup): register without compiling first */
+  warmup?: boolean;
   maxBatch?: number;
   tokenBudget?: number;
   dataHost?: string;

@@ -19,14 +19,14 @@ export interface LoadedModel {
  * model file opened and its weights and KV cache on the device, its pipelines compiled by a
  * warm-up. The device is released if any of it fails.
  */
-export async function loadServingModel(o: { device: DeviceMode; adapter?: number; path: string; tokenizer?: string; kvMemory: number; headwise?: HeadPatternCliOptions; ann?: AnnAttentionOptions }): Promise<LoadedModel> {
+export async function loadServingModel(o: { device: DeviceMode; adapter?: number; path: string; tokenizer?: string; kvMemory: number; headwise?: HeadPatternCliOptions; ann?: AnnAttentionOptions; warmUp?: boolean }): Promise<LoadedModel> {
   const gpu = await Gpu.open({ mode: o.device, adapter: o.adapter });
   let model: GpuModel | undefined;
   try {
     const source = await openModel(o.path, { tokenizer: o.tokenizer });
     const headPattern = headPatternFromOptions(o.headwise ?? {}, source.config);
     model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory, headPattern, ann: o.ann });
-    await warmUp(model, source.tokenizer);
+    if (o.warmUp ?? true) await warmUp(model, source.tokenizer);
     const m = model;
     return {
       gpu,

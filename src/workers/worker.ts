@@ -22,6 +22,8 @@ export interface WorkerOptions {
   headwise?: HeadPatternCliOptions;
   /** decode attention with a key index (--ann): a decode worker builds each index from the decode queries it sees (docs/ann.md) */
   ann?: AnnAttentionOptions;
+  /** false (--no-warmup): register without compiling first */
+  warmup?: boolean;
   maxBatch?: number;
   tokenBudget?: number;
   /** decode workers: where the KV listener binds, and the host name other workers reach it by */
@@ -48,7 +50,7 @@ interface Live {
  * (the front went away, it refused this worker, or SIGTERM).
  */
 export async function runWorker(o: WorkerOptions): Promise<number> {
-  const loaded = await loadServingModel({ device: o.device, adapter: o.adapter, path: o.model, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise, ann: o.ann });
+  const loaded = await loadServingModel({ device: o.device, adapter: o.adapter, path: o.model, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise, ann: o.ann, warmUp: o.warmup });
   const { gpu, source, model } = loaded;
   let receiver: KvReceiver | undefined;
   let sender: KvSender | undefined;
