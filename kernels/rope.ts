@@ -160,6 +160,8 @@ export interface RopeKvArgs extends RopeKvShape {
   freqs: Binding;
   /** also write k rotated back into qkv, in place (head-wise KV: a ring's prefill reads the chunk's keys there) */
   keepK?: boolean;
+  /** false: no pool write, k rotated kept in qkv (implies keepK) for writeKv to pack into f16 pools */
+  writeKv?: boolean;
 }
 
 function checkKvShape(a: RopeKvShape): void {
@@ -178,7 +180,7 @@ export function ropeKv(step: Step, a: RopeKvArgs): void {
   if (invocations === 0) return;
   if (invocations > 0xffffffff) throw new RangeError('rope_kv: too many elements for one dispatch');
   step.dispatch({
-    pipeline: step.gpu.pipelines.get('rope', 'rope_kv', { WG, NEOX: a.mode === 'neox' ? 1 : 0, KEEP_K: a.keepK ? 1 : 0 }),
+    pipeline: step.gpu.pipelines.get('rope', 'rope_kv', { WG, NEOX: a.mode === 'neox' ? 1 : 0, KEEP_K: a.keepK || a.writeKv === false ? 1 : 0, WRITE_KV: a.writeKv === false ? 0 : 1 }),
     params: new Params().u32(a.tokens).u32(a.nHeads).u32(a.nKvHeads).u32(a.headDim).u32(a.ropeDim),
     buffers: [a.qkv, a.positions, a.freqs, a.q, a.kPool, a.vPool, a.slotMapping],
     workgroups: grid1d(step.gpu, Math.ceil(invocations / WG)),

@@ -17,11 +17,14 @@
 //              pair per invocation, rotated with the same f32 operations as main_scalar. With
 //              KEEP_K, k rotated is also written back into qkv in place (head-wise KV: a ring's
 //              prefill reads the chunk's own keys from there, and writes them to the pool after it).
+//              WRITE_KV = false leaves the pools alone (f16 pools: kv_cache.wgsl packs the rows
+//              from qkv afterwards; a packed word holds two values, which two invocations own here).
 // Invocations are numbered over a 2D grid of workgroups (wg.x + wg.y * num_workgroups.x).
 
 override WG: u32 = 256;
 override NEOX: bool = false;
 override KEEP_K: bool = false;
+override WRITE_KV: bool = true;
 
 struct Params {
   tokens: u32,
@@ -180,6 +183,7 @@ fn rope_kv(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u
     qkv[src + i0] = a;
     qkv[src + i1] = b;
   }
+  if (!WRITE_KV) { return; }
   let kvh = select(h - kp.heads - kp.kv_heads, h - kp.heads, is_k);
   let slot = slot_mapping[t * kp.kv_heads + kvh];
   if (slot == 0xffffffffu) { return; }

@@ -6,6 +6,7 @@ import type { SamplingOptions } from '../engine/engine.ts';
 import { generate } from '../engine/generate.ts';
 import { compileGuide, type GuideSpec } from '../constraints/guide.ts';
 import type { AnnAttentionOptions } from '../ann/ann_attention.ts';
+import { type KvDtypeChoice, kvDtypeFor } from '../engine/load.ts';
 import { type HeadPatternCliOptions, headPatternFromOptions } from '../kv/head_pattern.ts';
 import { GpuModel } from '../model/gpu_model.ts';
 import { openModel } from '../model/source.ts';
@@ -20,6 +21,8 @@ export interface GenerateCliOptions {
   headwise?: HeadPatternCliOptions;
   /** decode attention with a key index (--ann, docs/ann.md) */
   ann?: AnnAttentionOptions;
+  /** --kv-dtype */
+  kvDtype?: KvDtypeChoice;
   sampling: SamplingOptions;
   /** structured output: --choice, --regex or --json-schema */
   guide?: GuideSpec;
@@ -38,6 +41,7 @@ export async function generateCli(o: GenerateCliOptions): Promise<void> {
       kvMemoryBytes: o.kvMemory,
       headPattern,
       ann: o.ann,
+      kvDtype: kvDtypeFor(gpu, o.kvDtype),
       onProgress: (done, total) => {
         if (!bar) return;
         if (done === 0 || !bar.getTotal()) bar.start(mib(total), 0);

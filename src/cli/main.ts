@@ -8,6 +8,7 @@ import { benchAnnCommand } from './bench_ann.ts';
 import { benchStepCommand } from './bench_step.ts';
 import type { HeadPatternCliOptions } from '../kv/head_pattern.ts';
 import type { AnnAttentionOptions } from '../ann/ann_attention.ts';
+import type { KvDtypeChoice } from '../engine/load.ts';
 import type { ServeCliOptions } from './serve.ts';
 import type { SimulateCliOptions } from './simulate.ts';
 
@@ -71,6 +72,10 @@ const headPatternOptions = (c: Command) =>
     .option('--sink <n>', 'with --head-pattern: first tokens a streaming head keeps (default 64)', integer('--sink', 0))
     .option('--recent <n>', 'with --head-pattern: latest tokens a streaming head keeps (default 256)', integer('--recent', 1));
 
+/** The KV cache's element type, for serve, generate and worker. */
+const kvDtypeOption = (c: Command) =>
+  c.addOption(new Option('--kv-dtype <type>', 'KV cache element type: f16 halves the cache (pairs packed in 32-bit words, any device); auto: f16 where the device has shader-f16, else f32').choices(['auto', 'f32', 'f16']).default('auto'));
+
 /** Decode attention with a key index (docs/ann.md) for serve, generate and worker. */
 const annOptions = (c: Command) =>
   c
@@ -86,7 +91,7 @@ const annOf = (o: AnnCliFlags): AnnAttentionOptions | undefined => {
   return o.ann ? { threshold: o.annThreshold } : undefined;
 };
 
-annOptions(headPatternOptions(program
+kvDtypeOption(annOptions(headPatternOptions(program
   .command('generate')
   .description('generate text from a prompt on the GPU: the continuation goes to stdout, load time and speeds to stderr')
   .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K)')
@@ -101,9 +106,9 @@ annOptions(headPatternOptions(program
   .option('--choice <text...>', 'structured output: the output is exactly one of these strings')
   .option('--regex <pattern>', 'structured output: the output fully matches this regular expression (JavaScript syntax)')
   .option('--json-schema <file>', 'structured output: the output is JSON valid against this schema (docs/api.md lists the keywords)')
-  .option('--kv-memory <bytes>', 'KV cache memory', integer('--kv-memory', 1), 64 * 1024 * 1024)))
+  .option('--kv-memory <bytes>', 'KV cache memory', integer('--kv-memory', 1), 64 * 1024 * 1024))))
   .addOption(deviceOption())
-  .action(async (o: HeadPatternCliOptions & AnnCliFlags & { model?: string; tokenizer?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number; stop?: string[]; choice?: string[]; regex?: string; jsonSchema?: string; kvMemory: number; device: string }) => {
+  .action(async (o: HeadPatternCliOptions & AnnCliFlags & { model?: string; tokenizer?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number; stop?: string[]; choice?: string[]; regex?: string; jsonSchema?: string; kvMemory: number; kvDtype: KvDtypeChoice; device: string }) => {
     const guides = [o.choice && 'choice', o.regex !== undefined && 'regex', o.jsonSchema && 'json-schema'].filter(Boolean);
     if (guides.length > 1) throw new InvalidArgumentError(`give one of --choice, --regex, --json-schema, not ${guides.map((g) => `--${g}`).join(' and ')}`);
     const { readFileSync } = await import('node:fs');
@@ -124,6 +129,7 @@ annOptions(headPatternOptions(program
       kvMemory: o.kvMemory,
       headwise: headPatternOf(o),
       ann: annOf(o),
+      kvDtype: o.kvDtype,
       sampling: {
         maxTokens: o.maxTokens,
         temperature: o.temperature,
@@ -135,8 +141,8 @@ annOptions(headPatternOptions(program
     });
   });
 
-annOptions(headPatternOptions(program
-  .command('serve')))
+kvDtypeOption(annOptions(headPatternOptions(program
+  .command('serve'))))
   .description('serve the OpenAI-compatible HTTP API (completions, chat, models, health, metrics); SIGTERM drains and exits 0')
   .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K)')
   .option('--tokenizer <file>', 'tokenizer.bin for a llama2.c checkpoint (default: beside the model)')
@@ -171,8 +177,8 @@ annOptions(headPatternOptions(program
     },
   );
 
-annOptions(headPatternOptions(program
-  .command('worker')))
+kvDtypeOption(annOptions(headPatternOptions(program
+  .command('worker'))))
   .description('run one disaggregated prefill or decode worker (spawned by `serve --disaggregate`, or started on any host with --nats)')
   .addOption(new Option('--role <role>', 'prefill: computes prompts and ships their KV; decode: takes sequences over and generates').choices(['prefill', 'decode']).makeOptionMandatory())
   .option('--model <file>', 'GGUF file, llama2.c checkpoint or Hugging Face model directory (default: the embedded stories260K); must be the front\'s model')
@@ -191,7 +197,7 @@ annOptions(headPatternOptions(program
   .option('--no-warmup', 'skip the warm-up generation that compiles the pipelines before registering: the first requests compile what they use (and wait for it)')
   .addOption(deviceOption())
   .action(
-    async (o: HeadPatternCliOptions & AnnCliFlags & { role: 'prefill' | 'decode'; model?: string; tokenizer?: string; id?: string; adapter?: number; nats?: string; ipc: boolean; kvMemory: number; maxBatch?: number; tokenBudget?: number; dataHost?: string; dataPort: number; advertise?: string; transferTimeout?: number; warmup: boolean; device: string }) => {
+    async (o: HeadPatternCliOptions & AnnCliFlags & { role: 'prefill' | 'decode'; model?: string; tokenizer?: string; id?: string; adapter?: number; nats?: string; ipc: boolean; kvMemory: number; maxBatch?: number; tokenBudget?: number; dataHost?: string; dataPort: number; advertise?: string; transferTimeout?: number; warmup: boolean; kvDtype: KvDtypeChoice; device: string }) => {
       const { workerCli } = await import('./worker.ts');
       process.exitCode = await workerCli({ ...o, headwise: headPatternOf(o), ann: annOf(o), device: parseDeviceMode(o.device) });
     },

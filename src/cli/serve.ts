@@ -2,7 +2,7 @@ import { createWriteStream } from 'node:fs';
 import { basename, extname } from 'node:path';
 import type { DeviceMode } from '../gpu/adapter.ts';
 import { Engine } from '../engine/engine.ts';
-import { loadServingModel } from '../engine/load.ts';
+import { type KvDtypeChoice, loadServingModel } from '../engine/load.ts';
 import { ChatTemplate, DEFAULT_CHAT_TEMPLATE } from '../model/chat_template.ts';
 import { DEFAULT_MODEL } from '../model/default_model.ts';
 import { type ModelSource, openModel } from '../model/source.ts';
@@ -64,6 +64,8 @@ export interface ServeCliOptions {
   ann?: AnnAttentionOptions;
   /** false (--no-warmup): serve without compiling first; the first requests compile what they use */
   warmup?: boolean;
+  /** --kv-dtype (disaggregated: every worker's) */
+  kvDtype?: KvDtypeChoice;
 }
 
 export const POLICIES = ['fcfs', 'edf', 'slo'] as const;
@@ -176,7 +178,7 @@ interface Backend {
 
 /** One process, one device: the Engine over the model on this machine's GPU. */
 async function colocated(o: ServeCliOptions, path: string): Promise<Backend> {
-  const loaded = await loadServingModel({ device: o.device, path, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise, ann: o.ann, warmUp: o.warmup });
+  const loaded = await loadServingModel({ device: o.device, path, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise, ann: o.ann, kvDtype: o.kvDtype, warmUp: o.warmup });
   const { gpu, source, model } = loaded;
   try {
     const { scheduler, cost, online } = await schedulerFor(o.policy ?? 'fcfs', o.costModel, model.kv.maxSequenceTokens);
@@ -212,7 +214,7 @@ async function disaggregated(o: ServeCliOptions, path: string): Promise<Backend>
   let plane: ControlPlane;
   if (o.nats) plane = await natsControlPlane(o.nats);
   else {
-    const args = ['--model', path, ...(o.tokenizer ? ['--tokenizer', o.tokenizer] : []), '--device', o.device, '--kv-memory', String(o.kvMemory), ...headPatternArgs(o.headwise), ...annArgs(o.ann), ...(o.warmup === false ? ['--no-warmup'] : [])];
+    const args = ['--model', path, ...(o.tokenizer ? ['--tokenizer', o.tokenizer] : []), '--device', o.device, '--kv-memory', String(o.kvMemory), ...headPatternArgs(o.headwise), ...annArgs(o.ann), '--kv-dtype', o.kvDtype ?? 'auto', ...(o.warmup === false ? ['--no-warmup'] : [])];
     if (o.maxBatch) args.push('--max-batch', String(o.maxBatch));
     if (o.tokenBudget) args.push('--token-budget', String(o.tokenBudget));
     plane = new ChildProcessPlane([...Array.from({ length: want.prefill }, () => ({ role: 'prefill' as const, args })), ...Array.from({ length: want.decode }, () => ({ role: 'decode' as const, args }))]);

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import type { DeviceMode } from '../gpu/adapter.ts';
 import type { AnnAttentionOptions } from '../ann/ann_attention.ts';
+import type { KvDtypeChoice } from '../engine/load.ts';
 import type { HeadPatternCliOptions } from '../kv/head_pattern.ts';
 import { DEFAULT_MODEL } from '../model/default_model.ts';
 import { ipcWorkerLink } from '../workers/control.ts';
@@ -23,6 +24,8 @@ export interface WorkerCliOptions {
   ann?: AnnAttentionOptions;
   /** false (--no-warmup): register without compiling first */
   warmup?: boolean;
+  /** --kv-dtype */
+  kvDtype?: KvDtypeChoice;
   maxBatch?: number;
   tokenBudget?: number;
   dataHost?: string;

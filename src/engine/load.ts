@@ -2,9 +2,15 @@ import type { AnnAttentionOptions } from '../ann/ann_attention.ts';
 import type { DeviceMode } from '../gpu/adapter.ts';
 import { Gpu } from '../gpu/gpu.ts';
 import { type HeadPatternCliOptions, headPatternFromOptions } from '../kv/head_pattern.ts';
+import type { KvDtype } from '../../kernels/kv_cache.ts';
 import { GpuModel } from '../model/gpu_model.ts';
 import { type ModelSource, openModel } from '../model/source.ts';
 import { warmUp } from './generate.ts';
+
+/** `--kv-dtype`: auto is f16 where the device has shader-f16 (a GPU made for f16), else f32. */
+export type KvDtypeChoice = 'auto' | KvDtype;
+
+export const kvDtypeFor = (gpu: Gpu, choice: KvDtypeChoice = 'auto'): KvDtype => (choice === 'auto' ? (gpu.features.shaderF16 ? 'f16' : 'f32') : choice);
 
 export interface LoadedModel {
   gpu: Gpu;
@@ -19,13 +25,13 @@ export interface LoadedModel {
  * model file opened and its weights and KV cache on the device, its pipelines compiled by a
  * warm-up. The device is released if any of it fails.
  */
-export async function loadServingModel(o: { device: DeviceMode; adapter?: number; path: string; tokenizer?: string; kvMemory: number; headwise?: HeadPatternCliOptions; ann?: AnnAttentionOptions; warmUp?: boolean }): Promise<LoadedModel> {
+export async function loadServingModel(o: { device: DeviceMode; adapter?: number; path: string; tokenizer?: string; kvMemory: number; headwise?: HeadPatternCliOptions; ann?: AnnAttentionOptions; kvDtype?: KvDtypeChoice; warmUp?: boolean }): Promise<LoadedModel> {
   const gpu = await Gpu.open({ mode: o.device, adapter: o.adapter });
   let model: GpuModel | undefined;
   try {
     const source = await openModel(o.path, { tokenizer: o.tokenizer });
     const headPattern = headPatternFromOptions(o.headwise ?? {}, source.config);
-    model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory, headPattern, ann: o.ann });
+    model = GpuModel.load(gpu, source, { kvMemoryBytes: o.kvMemory, headPattern, ann: o.ann, kvDtype: kvDtypeFor(gpu, o.kvDtype) });
     if (o.warmUp ?? true) await warmUp(model, source.tokenizer);
     const m = model;
     return {

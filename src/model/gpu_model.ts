@@ -1,7 +1,7 @@
 import { type PrefillSeq, attentionDecode, attentionPrefill, prefillMeta } from '../../kernels/attention.ts';
 import { siluMul } from '../../kernels/elementwise.ts';
 import { type GpuTokenId, copyTokenIds, embedding } from '../../kernels/embedding.ts';
-import { writeKv } from '../../kernels/kv_cache.ts';
+import { type KvDtype, writeKv } from '../../kernels/kv_cache.ts';
 import { type MatmulEpilogue, type MatmulNorm, matmul } from '../../kernels/matmul.ts';
 import { rmsScale } from '../../kernels/rmsnorm.ts';
 import { rope, ropeFrequencies, ropeKv } from '../../kernels/rope.ts';
@@ -30,6 +30,8 @@ export interface ModelOptions {
   blockSize?: number;
   /** head-wise KV (docs/headwise.md): retrieval heads keep full history, streaming heads sink + recent */
   headPattern?: HeadPattern;
+  /** KV cache element type (default f32): f16 halves the cache, values packed in pairs (pack2x16float: no shader-f16 needed) */
+  kvDtype?: KvDtype;
   /**
    * decode attention with a key index for long contexts (docs/ann.md; off when absent): only
    * retrieval heads (all heads without a pattern) get one; the static window defaults to the
@@ -83,6 +85,11 @@ export class GpuModel {
   private readonly vPools: GPUBuffer[] = [];
   private readonly freqs: GPUBuffer;
   readonly blockSize: number;
+  /** the KV pools' element type */
+  readonly kvDtype: KvDtype;
+  private get kvBytes(): number {
+    return this.kvDtype === 'f16' ? 2 : F32;
+  }
   /** the head pattern it was loaded with (docs/headwise.md) */
   readonly headPattern?: HeadPattern;
   /** head-wise KV: the layout and where each layer's KV heads live (columnOf [nLayers, nKvHeads], also on the GPU) */
@@ -101,7 +108,9 @@ export class GpuModel {
   ) {
     const c = config;
     this.blockSize = options.blockSize ?? 16;
-    const layout = { nLayers: c.nLayers, nKvHeads: c.nKvHeads, headDim: c.headDim, blockSize: this.blockSize, bytesPerElement: F32 };
+    this.kvDtype = options.kvDtype ?? 'f32';
+    if (this.kvDtype === 'f16' && c.headDim % 8 !== 0) throw new Error(`f16 KV needs a head dim that is a multiple of 8, the model's is ${c.headDim}`);
+    const layout = { nLayers: c.nLayers, nKvHeads: c.nKvHeads, headDim: c.headDim, blockSize: this.blockSize, bytesPerElement: this.kvBytes };
     const numBlocks = blocksForBudget(layout, options.kvMemoryBytes ?? 64 * 1024 * 1024);
     if (numBlocks < c.nKvHeads) throw new Error(`KV memory budget too small: not even one block per KV head`);
     const pattern = options.headPattern;
@@ -114,7 +123,7 @@ export class GpuModel {
       this.headwise = { fullColumns, sink: pattern.sink, recent: pattern.recent, columnOf, columnBuf: gpu.upload(columnOf, 'kv head columns') };
     }
     this.kv = new PagedKvTables(layout, numBlocks, this.headwise && { fullColumns: this.headwise.fullColumns, sink: this.headwise.sink, recent: this.headwise.recent });
-    const poolBytes = numBlocks * this.blockSize * c.headDim * F32;
+    const poolBytes = numBlocks * this.blockSize * c.headDim * this.kvBytes;
     for (let l = 0; l < c.nLayers; l++) {
       this.kPools.push(gpu.createBuffer(poolBytes, `k pool ${l}`));
       this.vPools.push(gpu.createBuffer(poolBytes, `v pool ${l}`));
@@ -126,7 +135,7 @@ export class GpuModel {
     if (options.ann) {
       const window = pattern && { sink: pattern.sink, recent: pattern.recent };
       const hw = this.headwise && { columnOf: this.headwise.columnOf, fullColumns: this.headwise.fullColumns };
-      const shape = { nLayers: c.nLayers, nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, blockSize: this.blockSize, dtype: 'f32' as const, maxTokens: c.contextLength, ...hw };
+      const shape = { nLayers: c.nLayers, nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, blockSize: this.blockSize, dtype: this.kvDtype, maxTokens: c.contextLength, ...hw };
       this.ann = new AnnAttention(gpu, shape, { ...window, ...options.ann });
     }
   }
@@ -162,7 +171,7 @@ export class GpuModel {
     const copies = [...this.pendingCopies.values()].flat();
     this.pendingCopies.clear();
     if (!copies.length) return;
-    const bytes = this.blockSize * this.config.headDim * F32;
+    const bytes = this.blockSize * this.config.headDim * this.kvBytes;
     // WebGPU copies only between different buffers: through a staging buffer
     const staging = step.scratch(copies.length * bytes, 'fork blocks');
     for (const pool of [...this.kPools, ...this.vPools]) {
@@ -270,8 +279,8 @@ export class GpuModel {
 
     for (let l = 0; l < c.nLayers; l++) {
       const p = `blk.${l}.`;
-      const pools = { kPool: this.kPools[l], vPool: this.vPools[l], blockTable: tableBuf, tableStride: stride, blockSize: this.blockSize };
-      const kvWrite = { kPool: pools.kPool, vPool: pools.vPool, tokens: T, nKvHeads: c.nKvHeads, headDim: c.headDim };
+      const pools = { kPool: this.kPools[l], vPool: this.vPools[l], blockTable: tableBuf, tableStride: stride, blockSize: this.blockSize, dtype: this.kvDtype };
+      const kvWrite = { kPool: pools.kPool, vPool: pools.vPool, tokens: T, nKvHeads: c.nKvHeads, headDim: c.headDim, dtype: this.kvDtype };
       // head-wise: the slots written before attention (all but the prompt chunks' ring entries, written after it)
       const ls = layerSlots?.(l);
       // x -> q, and k, v into the cache; the rotated new K (and V) rows where a ring's prefill reads them
@@ -279,8 +288,11 @@ export class GpuModel {
       const attnNorm = normOf(x, `${p}attn_norm.weight`);
       if (this.w.has(`${p}attn_qkv.weight`)) {
         lin(x, `${p}attn_qkv`, qkv(), qDim + 2 * kvDim, c.dim, { norm: attnNorm });
-        ropeKv(step, { ...ropeArgs, ...shape, qkv: qkv(), q, kPool: pools.kPool, vPool: pools.vPool, slotMapping: ls?.before ?? slotBuf, keepK: ls?.after !== undefined });
+        // f16 pools: the rotated rows stay in qkv and writeKv packs them (rope_kv writes f32 pools only)
+        const packed = this.kvDtype === 'f16';
+        ropeKv(step, { ...ropeArgs, ...shape, qkv: qkv(), q, kPool: pools.kPool, vPool: pools.vPool, slotMapping: ls?.before ?? slotBuf, keepK: ls?.after !== undefined, writeKv: !packed });
         newRows = { k: qkv(), v: qkv(), source: { stride: qDim + 2 * kvDim, kOffset: qDim, vOffset: qDim + kvDim } };
+        if (packed) writeKv(step, { ...kvWrite, k: newRows.k, v: newRows.v, source: newRows.source, slotMapping: ls?.before ?? slotBuf });
       } else {
         lin(x, `${p}attn_q`, q, qDim, c.dim, { norm: attnNorm });
         lin(x, `${p}attn_k`, k(), kvDim, c.dim, { norm: attnNorm });
@@ -399,7 +411,7 @@ export class GpuModel {
     const poolRows = this.kv.pool.numBlocks * this.blockSize;
     const gather = (pool: GPUBuffer, label: string) => {
       const out = step.scratch(bytes, label);
-      embedding(step, { table: pool, tokens: slotBuf, out, count: rows, dim: c.headDim, rows: poolRows, format: 'f32' });
+      embedding(step, { table: pool, tokens: slotBuf, out, count: rows, dim: c.headDim, rows: poolRows, format: this.kvDtype });
       return step.readback(out, 0, bytes);
     };
     return {
@@ -433,6 +445,7 @@ export class GpuModel {
       tokens: slots.length,
       nKvHeads: 1,
       headDim: c.headDim,
+      dtype: this.kvDtype,
     });
   }
 
