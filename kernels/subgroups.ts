@@ -4,16 +4,11 @@ import type { Gpu } from '../src/gpu/gpu.ts';
  * Whether kernels take their subgroup variants (shaders/*_subgroup.wgsl: reductions with
  * subgroupAdd / subgroupMax instead of workgroup-memory trees). `auto`: when the device has the
  * `subgroups` feature. The default is `off`, so the f32 paths and their bit-exact tests stay what
- * they are until the caller (CLI, engine) opts in for the device with setSubgroups.
+ * they are until the caller opts in for the device with setSubgroups (`--subgroups`, src/engine/load.ts).
  */
 export type SubgroupMode = 'auto' | 'on' | 'off';
 
 const modes = new WeakMap<Gpu, SubgroupMode>();
-
-export function parseSubgroupMode(value: string): SubgroupMode {
-  if (value === 'auto' || value === 'on' || value === 'off') return value;
-  throw new Error(`unknown subgroups mode "${value}": use auto, on or off`);
-}
 
 /** Sets the subgroup mode of every kernel dispatched on `gpu`; `on` on a device without the feature throws. */
 export function setSubgroups(gpu: Gpu, mode: SubgroupMode): void {

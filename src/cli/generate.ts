@@ -6,7 +6,8 @@ import type { SamplingOptions } from '../engine/engine.ts';
 import { generate } from '../engine/generate.ts';
 import { compileGuide, type GuideSpec } from '../constraints/guide.ts';
 import type { AnnAttentionOptions } from '../ann/ann_attention.ts';
-import { type KvDtypeChoice, kvDtypeFor } from '../engine/load.ts';
+import type { SubgroupMode } from '../../kernels/subgroups.ts';
+import { type KvDtypeChoice, applySubgroups, kvDtypeFor } from '../engine/load.ts';
 import { type HeadPatternCliOptions, headPatternFromOptions } from '../kv/head_pattern.ts';
 import { GpuModel } from '../model/gpu_model.ts';
 import { openModel } from '../model/source.ts';
@@ -23,6 +24,8 @@ export interface GenerateCliOptions {
   ann?: AnnAttentionOptions;
   /** --kv-dtype */
   kvDtype?: KvDtypeChoice;
+  /** --subgroups */
+  subgroups?: SubgroupMode;
   sampling: SamplingOptions;
   /** structured output: --choice, --regex or --json-schema */
   guide?: GuideSpec;
@@ -33,6 +36,7 @@ export async function generateCli(o: GenerateCliOptions): Promise<void> {
   const t0 = performance.now();
   const gpu = await Gpu.open({ mode: o.device });
   try {
+    applySubgroups(gpu, o.subgroups);
     const source = await openModel(o.model ?? DEFAULT_MODEL, { tokenizer: o.tokenizer });
     const headPattern = headPatternFromOptions(o.headwise ?? {}, source.config);
     const bar = process.stderr.isTTY ? new SingleBar({ format: 'loading {bar} {percentage}% {value}/{total} MiB', stream: process.stderr, hideCursor: true }) : null;

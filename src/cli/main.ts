@@ -8,6 +8,7 @@ import { benchAnnCommand } from './bench_ann.ts';
 import { benchStepCommand } from './bench_step.ts';
 import type { HeadPatternCliOptions } from '../kv/head_pattern.ts';
 import type { AnnAttentionOptions } from '../ann/ann_attention.ts';
+import type { SubgroupMode } from '../../kernels/subgroups.ts';
 import type { KvDtypeChoice } from '../engine/load.ts';
 import type { ServeCliOptions } from './serve.ts';
 import type { SimulateCliOptions } from './simulate.ts';
@@ -72,9 +73,11 @@ const headPatternOptions = (c: Command) =>
     .option('--sink <n>', 'with --head-pattern: first tokens a streaming head keeps (default 64)', integer('--sink', 0))
     .option('--recent <n>', 'with --head-pattern: latest tokens a streaming head keeps (default 256)', integer('--recent', 1));
 
-/** The KV cache's element type, for serve, generate and worker. */
+/** The KV cache's element type and the subgroup kernels, for serve, generate and worker. */
 const kvDtypeOption = (c: Command) =>
-  c.addOption(new Option('--kv-dtype <type>', 'KV cache element type: f16 halves the cache (pairs packed in 32-bit words, any device); auto: f16 where the device has shader-f16, else f32').choices(['auto', 'f32', 'f16']).default('auto'));
+  c
+    .addOption(new Option('--kv-dtype <type>', 'KV cache element type: f16 halves the cache (pairs packed in 32-bit words, any device); auto: f16 where the device has shader-f16, else f32').choices(['auto', 'f32', 'f16']).default('auto'))
+    .addOption(new Option('--subgroups <mode>', 'reductions with subgroup operations (GEMV, RMSNorm, softmax, attention); auto: on a hardware GPU that offers them').choices(['auto', 'on', 'off']).default('auto'));
 
 /** Decode attention with a key index (docs/ann.md) for serve, generate and worker. */
 const annOptions = (c: Command) =>
@@ -108,7 +111,7 @@ kvDtypeOption(annOptions(headPatternOptions(program
   .option('--json-schema <file>', 'structured output: the output is JSON valid against this schema (docs/api.md lists the keywords)')
   .option('--kv-memory <bytes>', 'KV cache memory', integer('--kv-memory', 1), 64 * 1024 * 1024))))
   .addOption(deviceOption())
-  .action(async (o: HeadPatternCliOptions & AnnCliFlags & { model?: string; tokenizer?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number; stop?: string[]; choice?: string[]; regex?: string; jsonSchema?: string; kvMemory: number; kvDtype: KvDtypeChoice; device: string }) => {
+  .action(async (o: HeadPatternCliOptions & AnnCliFlags & { model?: string; tokenizer?: string; prompt: string; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number; stop?: string[]; choice?: string[]; regex?: string; jsonSchema?: string; kvMemory: number; kvDtype: KvDtypeChoice; subgroups: SubgroupMode; device: string }) => {
     const guides = [o.choice && 'choice', o.regex !== undefined && 'regex', o.jsonSchema && 'json-schema'].filter(Boolean);
     if (guides.length > 1) throw new InvalidArgumentError(`give one of --choice, --regex, --json-schema, not ${guides.map((g) => `--${g}`).join(' and ')}`);
     const { readFileSync } = await import('node:fs');
@@ -130,6 +133,7 @@ kvDtypeOption(annOptions(headPatternOptions(program
       headwise: headPatternOf(o),
       ann: annOf(o),
       kvDtype: o.kvDtype,
+      subgroups: o.subgroups,
       sampling: {
         maxTokens: o.maxTokens,
         temperature: o.temperature,
@@ -197,7 +201,7 @@ kvDtypeOption(annOptions(headPatternOptions(program
   .option('--no-warmup', 'skip the warm-up generation that compiles the pipelines before registering: the first requests compile what they use (and wait for it)')
   .addOption(deviceOption())
   .action(
-    async (o: HeadPatternCliOptions & AnnCliFlags & { role: 'prefill' | 'decode'; model?: string; tokenizer?: string; id?: string; adapter?: number; nats?: string; ipc: boolean; kvMemory: number; maxBatch?: number; tokenBudget?: number; dataHost?: string; dataPort: number; advertise?: string; transferTimeout?: number; warmup: boolean; kvDtype: KvDtypeChoice; device: string }) => {
+    async (o: HeadPatternCliOptions & AnnCliFlags & { role: 'prefill' | 'decode'; model?: string; tokenizer?: string; id?: string; adapter?: number; nats?: string; ipc: boolean; kvMemory: number; maxBatch?: number; tokenBudget?: number; dataHost?: string; dataPort: number; advertise?: string; transferTimeout?: number; warmup: boolean; kvDtype: KvDtypeChoice; subgroups: SubgroupMode; device: string }) => {
       const { workerCli } = await import('./worker.ts');
       process.exitCode = await workerCli({ ...o, headwise: headPatternOf(o), ann: annOf(o), device: parseDeviceMode(o.device) });
     },

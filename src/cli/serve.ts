@@ -2,6 +2,7 @@ import { createWriteStream } from 'node:fs';
 import { basename, extname } from 'node:path';
 import type { DeviceMode } from '../gpu/adapter.ts';
 import { Engine } from '../engine/engine.ts';
+import type { SubgroupMode } from '../../kernels/subgroups.ts';
 import { type KvDtypeChoice, loadServingModel } from '../engine/load.ts';
 import { ChatTemplate, DEFAULT_CHAT_TEMPLATE } from '../model/chat_template.ts';
 import { DEFAULT_MODEL } from '../model/default_model.ts';
@@ -66,6 +67,8 @@ export interface ServeCliOptions {
   warmup?: boolean;
   /** --kv-dtype (disaggregated: every worker's) */
   kvDtype?: KvDtypeChoice;
+  /** --subgroups (disaggregated: every worker's) */
+  subgroups?: SubgroupMode;
 }
 
 export const POLICIES = ['fcfs', 'edf', 'slo'] as const;
@@ -178,7 +181,7 @@ interface Backend {
 
 /** One process, one device: the Engine over the model on this machine's GPU. */
 async function colocated(o: ServeCliOptions, path: string): Promise<Backend> {
-  const loaded = await loadServingModel({ device: o.device, path, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise, ann: o.ann, kvDtype: o.kvDtype, warmUp: o.warmup });
+  const loaded = await loadServingModel({ device: o.device, path, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise, ann: o.ann, kvDtype: o.kvDtype, subgroups: o.subgroups, warmUp: o.warmup });
   const { gpu, source, model } = loaded;
   try {
     const { scheduler, cost, online } = await schedulerFor(o.policy ?? 'fcfs', o.costModel, model.kv.maxSequenceTokens);
@@ -214,7 +217,7 @@ async function disaggregated(o: ServeCliOptions, path: string): Promise<Backend>
   let plane: ControlPlane;
   if (o.nats) plane = await natsControlPlane(o.nats);
   else {
-    const args = ['--model', path, ...(o.tokenizer ? ['--tokenizer', o.tokenizer] : []), '--device', o.device, '--kv-memory', String(o.kvMemory), ...headPatternArgs(o.headwise), ...annArgs(o.ann), '--kv-dtype', o.kvDtype ?? 'auto', ...(o.warmup === false ? ['--no-warmup'] : [])];
+    const args = ['--model', path, ...(o.tokenizer ? ['--tokenizer', o.tokenizer] : []), '--device', o.device, '--kv-memory', String(o.kvMemory), ...headPatternArgs(o.headwise), ...annArgs(o.ann), '--kv-dtype', o.kvDtype ?? 'auto', '--subgroups', o.subgroups ?? 'auto', ...(o.warmup === false ? ['--no-warmup'] : [])];
     if (o.maxBatch) args.push('--max-batch', String(o.maxBatch));
     if (o.tokenBudget) args.push('--token-budget', String(o.tokenBudget));
     plane = new ChildProcessPlane([...Array.from({ length: want.prefill }, () => ({ role: 'prefill' as const, args })), ...Array.from({ length: want.decode }, () => ({ role: 'decode' as const, args }))]);

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import type { DeviceMode } from '../gpu/adapter.ts';
 import type { AnnAttentionOptions } from '../ann/ann_attention.ts';
+import type { SubgroupMode } from '../../kernels/subgroups.ts';
 import type { KvDtypeChoice } from '../engine/load.ts';
 import type { HeadPatternCliOptions } from '../kv/head_pattern.ts';
 import { DEFAULT_MODEL } from '../model/default_model.ts';
@@ -26,6 +27,8 @@ export interface WorkerCliOptions {
   warmup?: boolean;
   /** --kv-dtype */
   kvDtype?: KvDtypeChoice;
+  /** --subgroups */
+  subgroups?: SubgroupMode;
   maxBatch?: number;
   tokenBudget?: number;
   dataHost?: string;

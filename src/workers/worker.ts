@@ -1,6 +1,7 @@
 import { fromWire } from '../constraints/wire.ts';
 import { hostname } from 'node:os';
 import { Engine, type EngineHandle, type EngineRequest, type SequenceEvents, type StepStats } from '../engine/engine.ts';
+import type { SubgroupMode } from '../../kernels/subgroups.ts';
 import { type KvDtypeChoice, loadServingModel } from '../engine/load.ts';
 import type { DeviceMode } from '../gpu/adapter.ts';
 import type { AnnAttentionOptions } from '../ann/ann_attention.ts';
@@ -26,6 +27,8 @@ export interface WorkerOptions {
   warmup?: boolean;
   /** --kv-dtype */
   kvDtype?: KvDtypeChoice;
+  /** --subgroups */
+  subgroups?: SubgroupMode;
   maxBatch?: number;
   tokenBudget?: number;
   /** decode workers: where the KV listener binds, and the host name other workers reach it by */
@@ -52,7 +55,7 @@ interface Live {
  * (the front went away, it refused this worker, or SIGTERM).
  */
 export async function runWorker(o: WorkerOptions): Promise<number> {
-  const loaded = await loadServingModel({ device: o.device, adapter: o.adapter, path: o.model, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise, ann: o.ann, kvDtype: o.kvDtype, warmUp: o.warmup });
+  const loaded = await loadServingModel({ device: o.device, adapter: o.adapter, path: o.model, tokenizer: o.tokenizer, kvMemory: o.kvMemory, headwise: o.headwise, ann: o.ann, kvDtype: o.kvDtype, subgroups: o.subgroups, warmUp: o.warmup });
   const { gpu, source, model } = loaded;
   let receiver: KvReceiver | undefined;
   let sender: KvSender | undefined;
