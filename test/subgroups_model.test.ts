@@ -20,7 +20,7 @@ const STEPS = 20;
 // test/helpers/logits.ts. Subgroup reductions change the order of a sum's additions, not their
 // number, so the rounding count behind that bound (u·√N) is unchanged.
 describe('the model with subgroup kernels', () => {
-  const getGpu = useGpu();
+  const getGpu = useGpu({ own: true }); // its subgroup mode must not reach other files
 
   it(`greedy decode (${STEPS} steps) continues llama2.c's text; decode-step logits within the oracle bound`, async (ctx) => {
     const gpu = getGpu();
