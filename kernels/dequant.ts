@@ -1,10 +1,10 @@
 import { Params } from '../src/gpu/params.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
 import { grid1d } from './grid.ts';
-import { QK, WFMT, type WeightFormat, dequantizeRef, isQuantized } from './weights.ts';
+import { QK, WFMT, type WeightFormat, dequantizeRef, isQuantized, weightGroup } from './weights.ts';
 
 export interface DequantizeArgs {
-  /** weight bytes in GGUF layout (array<u32>, padded to 4 bytes) */
+  /** weights as uploaded (repackWeights; array<u32>, padded to 4 bytes) */
   w: Binding;
   /** [count] f32 */
   out: Binding;
@@ -25,9 +25,9 @@ export function dequantize(step: Step, a: DequantizeArgs): void {
     pipeline: step.gpu.pipelines.get('dequant', 'main', { WFMT: WFMT[a.format], WG }),
     params: new Params().u32(a.count),
     buffers: [a.w, a.out],
-    workgroups: grid1d(step.gpu, Math.ceil(Math.ceil(a.count / 8) / WG)),
+    workgroups: grid1d(step.gpu, Math.ceil(Math.ceil(a.count / weightGroup(a.format)) / WG)),
   });
 }
 
-/** CPU reference (the format's exact decode; see dequantizeRef in weights.ts). */
+/** CPU reference over the GGUF bytes (the format's exact decode; see dequantizeRef in weights.ts). */
 export { dequantizeRef };

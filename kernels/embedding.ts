@@ -1,10 +1,10 @@
 import { Params } from '../src/gpu/params.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
 import { grid1d } from './grid.ts';
-import { WFMT, type WeightFormat, checkRowLength, dequantizeRef, rowBytes } from './weights.ts';
+import { WFMT, type WeightFormat, checkRowLength, dequantizeRef, rowBytes, weightGroup } from './weights.ts';
 
 export interface EmbeddingArgs {
-  /** [rows, dim] weight matrix in GGUF layout (array<u32>) */
+  /** [rows, dim] weight matrix as uploaded (repackWeights; array<u32>) */
   table: Binding;
   /** [count] u32 token ids */
   tokens: Binding;
@@ -14,7 +14,7 @@ export interface EmbeddingArgs {
   dim: number;
   /**
    * Rows of the table (vocabulary size); ids >= rows produce zero rows. Default: as many whole rows
-   * as the table binding holds.
+   * as the table binding holds (the repacked layout pads by less than a row).
    */
   rows?: number;
   format: WeightFormat;
@@ -31,7 +31,7 @@ export function embedding(step: Step, a: EmbeddingArgs): void {
     pipeline: step.gpu.pipelines.get('embedding', 'main', { WFMT: WFMT[a.format], WG }),
     params: new Params().u32(a.count).u32(a.dim).u32(rows),
     buffers: [a.table, a.tokens, a.out],
-    workgroups: grid1d(step.gpu, Math.ceil((a.count * Math.ceil(a.dim / 8)) / WG)),
+    workgroups: grid1d(step.gpu, Math.ceil((a.count * Math.ceil(a.dim / weightGroup(a.format))) / WG)),
   });
 }
 
@@ -62,7 +62,7 @@ function bindingSize(b: Binding): number {
   return b.size;
 }
 
-/** CPU reference: decodes the table rows of `tokens` (ids >= rows give zeros, as on the GPU). */
+/** CPU reference over the GGUF bytes: decodes the table rows of `tokens` (ids >= rows give zeros, as on the GPU). */
 export function embeddingRef(format: WeightFormat, table: Uint8Array, tokens: ArrayLike<number>, dim: number, rows: number): Float32Array {
   const rb = rowBytes(format, dim);
   const out = new Float32Array(tokens.length * dim);

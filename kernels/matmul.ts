@@ -2,7 +2,7 @@ import { Params } from '../src/gpu/params.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
 import { grid1d } from './grid.ts';
 import { useSubgroups } from './subgroups.ts';
-import { WFMT, type WeightFormat, checkRowLength } from './weights.ts';
+import { WFMT, type WeightFormat, checkRowLength, weightGroup } from './weights.ts';
 
 export type MatmulVariant = 'auto' | 'decode' | 'tiled';
 
@@ -26,7 +26,7 @@ export type MatmulEpilogue = { kind: 'bias'; bias: Binding } | { kind: 'residual
 export interface MatmulArgs {
   /** [m, k] f32 activations */
   x: Binding;
-  /** [n, k] weight matrix in GGUF layout (array<u32>, padded to 4 bytes); [2n, k] for swiglu */
+  /** [n, k] weight matrix as uploaded (repackWeights; array<u32>, padded to 4 bytes); [2n, k] for swiglu */
   w: Binding;
   /** [m, n] f32; must not alias x */
   out: Binding;
@@ -59,9 +59,9 @@ export function matmulTileRows(m: number): 16 | 32 | 64 {
 /** Decode kernel: W rows (outputs) per workgroup. */
 export const MATMUL_DECODE_ROWS = 4;
 
-/** Decode kernel threads: enough to cover K in groups of 8, between 32 and 128. */
-export function decodeThreads(k: number): number {
-  const groups = Math.ceil(k / 8);
+/** Decode kernel threads: enough to cover K in groups of weightGroup(format) elements, between 32 and 128. */
+export function decodeThreads(k: number, format: WeightFormat): number {
+  const groups = Math.ceil(k / weightGroup(format));
   return Math.min(128, Math.max(32, 2 ** Math.ceil(Math.log2(Math.max(groups, 1)))));
 }
 
@@ -99,7 +99,7 @@ export function matmul(step: Step, a: MatmulArgs): void {
     return;
   }
   const workgroups = grid1d(step.gpu, Math.ceil(a.n / (MATMUL_DECODE_ROWS / share)));
-  const MV_WG = decodeThreads(a.k);
+  const MV_WG = decodeThreads(a.k, a.format);
   const shader = useSubgroups(step.gpu, a.subgroups) ? 'matmul_subgroup' : 'matmul';
   // One dispatch per 8 rows of X: each re-reads W, so only forced decode on larger M does that.
   for (let row0 = 0; row0 < a.m; row0 += MATMUL_DECODE_MAX_M) {

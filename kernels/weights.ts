@@ -1,9 +1,11 @@
 /**
  * Weight formats as stored in GGUF files, shared by every kernel that reads model weights
- * (matmul, embedding, dequant). Weights are bound to shaders as `array<u32>` holding the GGUF bytes
- * unchanged; `shaders/common/weights.wgsl` decodes them. This module has the CPU side: sizes, a
- * reference decoder that rounds exactly like the shaders (so GPU and CPU can be compared bitwise),
- * and llama.cpp-compatible reference encoders for tests and synthetic weights.
+ * (matmul, embedding, dequant). Weights are bound to shaders as `array<u32>`: f32 / f16 / bf16 as
+ * the GGUF bytes unchanged, q8_0 / q4_0 repacked once at upload into an aligned layout
+ * (repackWeights, below); `shaders/common/weights.wgsl` decodes them. This module has the CPU side:
+ * sizes, the repack, a reference decoder of the GGUF layout that rounds exactly like the shaders
+ * (so GPU and CPU can be compared bitwise), and llama.cpp-compatible reference encoders for tests
+ * and synthetic weights.
  *
  * Layouts (little-endian):
  * - f32: 4 bytes per element; f16: IEEE binary16, 2 bytes per element.
@@ -56,6 +58,71 @@ export function rowBytes(format: WeightFormat, k: number): number {
 /** Bytes of an [n, k] matrix (unpadded; GPU buffers round this up to 4). */
 export function weightBytes(format: WeightFormat, n: number, k: number): number {
   return n * rowBytes(format, k);
+}
+
+/** Elements a shader thread decodes per weight load: a block for quantised formats, else 8. */
+export function weightGroup(format: WeightFormat): number {
+  return isQuantized(format) ? QK : 8;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The GPU layout of quantised weights
+
+/**
+ * Blocks per superblock of the GPU layout. GGUF's 34- and 18-byte blocks are only 2-byte aligned,
+ * so the GPU gets them repacked (repackWeights): superblocks of 8 blocks, each the 8 f16 scales
+ * (16 bytes) then the 8 blocks' quants, so every block's quants are 16-byte aligned (one vec4<u32>
+ * for q4_0, two for q8_0). q8_0 quants are the 32 int8 in element order; q4_0 quants are 4 u32,
+ * word t holding elements 8t..8t+7, element 8t+e in bits 4e..4e+3, so 8 consecutive elements are
+ * one word. A last superblock of r < 8 blocks is the 16 scale bytes (unused slots zero) then its r
+ * blocks' quants. The bytes per block are GGUF's (18 or 34) in whole superblocks, and a buffer is a
+ * whole number of 16-byte units. Blocks are numbered through the tensor, so an [n, k] matrix lays
+ * out as its n * k elements in one row would (concatenating matrices concatenates their blocks).
+ */
+export const SUPERBLOCK = 8;
+
+const QUANT_BYTES = { q8_0: 32, q4_0: 16 } as const;
+
+/** Bytes of an [n, k] matrix as uploaded to the GPU (repackWeights; 4-byte padded for float formats). */
+export function gpuWeightBytes(format: WeightFormat, n: number, k: number): number {
+  if (!isQuantized(format)) return Math.ceil(weightBytes(format, n, k) / 4) * 4;
+  checkRowLength(format, k);
+  const blocks = (n * k) / QK;
+  return Math.ceil(blocks / SUPERBLOCK) * 16 + blocks * QUANT_BYTES[format];
+}
+
+/**
+ * The bytes of a tensor in GGUF layout as the shaders read them: quantised formats in the GPU
+ * layout (SUPERBLOCK), exact (every scale and quant kept bit for bit), others unchanged.
+ */
+export function repackWeights(format: WeightFormat, bytes: Uint8Array): Uint8Array {
+  if (!isQuantized(format)) return bytes;
+  const size = BLOCK_BYTES[format];
+  if (bytes.byteLength % size !== 0) throw new RangeError(`repackWeights: ${bytes.byteLength} bytes are not whole ${format} blocks`);
+  const blocks = bytes.byteLength / size;
+  const qb = QUANT_BYTES[format];
+  const out = new Uint8Array(gpuWeightBytes(format, 1, blocks * QK));
+  for (let b = 0; b < blocks; b++) {
+    const sb = Math.floor(b / SUPERBLOCK);
+    const j = b % SUPERBLOCK;
+    const base = sb * (16 + SUPERBLOCK * qb);
+    const src = b * size;
+    out[base + 2 * j] = bytes[src];
+    out[base + 2 * j + 1] = bytes[src + 1];
+    const dst = base + 16 + j * qb;
+    if (format === 'q8_0') {
+      out.set(bytes.subarray(src + 2, src + size), dst);
+      continue;
+    }
+    // GGUF byte i holds element i (low nibble) and element i + 16 (high nibble); GPU byte i holds
+    // elements 2i (low) and 2i + 1 (high).
+    const qs = src + 2;
+    for (let i = 0; i < 8; i++) {
+      out[dst + i] = (bytes[qs + 2 * i] & 0xf) | ((bytes[qs + 2 * i + 1] & 0xf) << 4);
+      out[dst + 8 + i] = (bytes[qs + 2 * i] >> 4) | (bytes[qs + 2 * i + 1] & 0xf0);
+    }
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 // Dequantisation: out[i] = element i of a weight buffer (any weight format, common/weights.wgsl;
 // WFMT picks it) for i < count, as f32. The buffer is read as one row of count elements (count is
-// a whole number of blocks for quantised formats). One thread per group of 8 elements; groups are
-// numbered over a 1D index folded into a 2D grid. Used by tests to check the decoders bit for bit,
-// and by tools.
+// a whole number of blocks for quantised formats). One thread per group of w_group() elements (8, or
+// a q8_0 / q4_0 block); groups are numbered over a 1D index folded into a 2D grid. Used by tests to
+// check the decoders bit for bit, and by tools.
 //#include weights
 
 override WFMT: u32 = 0u;
@@ -16,13 +16,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let g = (wg.x + wg.y * nwg.x) * WG + lid;
-  if (g >= (p.count + 7u) / 8u) { return; }
-  let col = g * 8u;
-  let v = w_load8(0u, col, p.count);
+// Writes elements col..col+7 (ragged f32 / f16 / bf16 ends).
+fn store8(col: u32, v: W8) {
   if (col + 8u <= p.count) {
     for (var e = 0u; e < 4u; e++) {
       out[col + e] = v.lo[e];
@@ -34,4 +29,19 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
       if (col + 4u + e < p.count) { out[col + 4u + e] = v.hi[e]; }
     }
   }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let ge = w_group();
+  let g = (wg.x + wg.y * nwg.x) * WG + lid;
+  if (g >= (p.count + ge - 1u) / ge) { return; }
+  let col = g * ge;
+  if (w_quantized()) {
+    let blk = w_block(g);
+    for (var s = 0u; s < 4u; s++) { store8(col + s * 8u, w_block8(blk, s)); }
+    return;
+  }
+  store8(col, w_load8(0u, col, p.count));
 }

@@ -1,8 +1,9 @@
 // Embedding lookup: out[t, :] = dequant(table row tokens[t]) for count tokens, the table being an
 // [rows, dim] weight matrix in any weight format (common/weights.wgsl; WFMT picks it). One thread
-// per group of 8 consecutive elements of an output row, so neighbouring threads read neighbouring
-// table bytes and write neighbouring outputs; groups are numbered over a 1D index folded into a 2D
-// grid. A token id >= rows (an invalid id) yields a row of zeros rather than reading out of bounds.
+// per group of w_group() consecutive elements of an output row (8, or a q8_0 / q4_0 block), so
+// neighbouring threads read neighbouring table bytes and write neighbouring outputs; groups are
+// numbered over a 1D index folded into a 2D grid. A token id >= rows (an invalid id) yields a row
+// of zeros rather than reading out of bounds.
 //#include weights
 
 override WFMT: u32 = 0u;
@@ -19,17 +20,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let per_row = (p.dim + 7u) / 8u;
-  let i = (wg.x + wg.y * nwg.x) * WG + lid;
-  if (i >= p.count * per_row) { return; }
-  let t = i / per_row;
-  let col = (i % per_row) * 8u;
-  let tok = tokens[t];
-  var v = W8(vec4f(0.0), vec4f(0.0));
-  if (tok < p.rows) { v = w_load8(tok * w_row_bytes(p.dim), col, p.dim); }
+// Writes elements col..col+7 of output row t (ragged f32 / f16 / bf16 row ends).
+fn store8(t: u32, col: u32, v: W8) {
   let o = t * p.dim + col;
   if (col + 8u <= p.dim) {
     for (var e = 0u; e < 4u; e++) {
@@ -42,4 +34,29 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
       if (col + 4u + e < p.dim) { out[o + 4u + e] = v.hi[e]; }
     }
   }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let ge = w_group();
+  let per_row = (p.dim + ge - 1u) / ge;
+  let i = (wg.x + wg.y * nwg.x) * WG + lid;
+  if (i >= p.count * per_row) { return; }
+  let t = i / per_row;
+  let col = (i % per_row) * ge;
+  let tok = tokens[t];
+  if (w_quantized()) {
+    var blk = WB(0.0, vec4u(0u), vec4u(0u));
+    if (tok < p.rows) { blk = w_block(tok * (p.dim / 32u) + col / 32u); }
+    for (var s = 0u; s < 4u; s++) {
+      var v = W8(vec4f(0.0), vec4f(0.0));   // +0, not (0 - 8) * 0
+      if (tok < p.rows) { v = w_block8(blk, s); }
+      store8(t, col + s * 8u, v);
+    }
+    return;
+  }
+  var v = W8(vec4f(0.0), vec4f(0.0));
+  if (tok < p.rows) { v = w_load8(tok * w_row_bytes(p.dim), col, p.dim); }
+  store8(t, col, v);
 }

@@ -7,16 +7,18 @@
 //        block), then each of its (TM/4)*(TN/4) threads accumulates a 4 x 4 register micro-tile
 //        from vec4 reads. Tile rows are padded to 9 vec4s so the vec4 reads of neighbouring
 //        threads hit distinct banks. A thread's micro-tile rows/columns are strided by TM/4 and
-//        TN/4, so neighbouring threads write neighbouring elements of Y. TM is chosen by M (16, 32
-//        or 64): a batch of up to 64 rows is one row of tiles, so every weight is read once, and
-//        a narrow tile wastes no arithmetic on padding rows.
+//        TN/4, so neighbouring threads write neighbouring elements of Y. q8_0 / q4_0 W tiles are
+//        staged a block per thread (16-byte quant loads). TM is chosen by M (16, 32 or 64): a
+//        batch of up to 64 rows is one row of tiles, so every weight is read once, and a narrow
+//        tile wastes no arithmetic on padding rows.
 // decode (small M, 1..8): a workgroup computes MV_ROWS outputs (W rows) for all MV_M rows of X,
 //        so each weight is read from memory once. Its MV_WG threads split K in groups of 8
-//        elements (neighbouring threads read neighbouring weight bytes); each thread keeps an
-//        MV_M x MV_ROWS block of partial sums in registers and reuses every X value it loads for
-//        MV_ROWS weight rows; the partial sums are reduced through workgroup memory (a tree), or,
-//        in matmul_subgroup.wgsl (devices with `subgroups`), by subgroupAdd and one exchange
-//        of the subgroups' sums through workgroup memory.
+//        elements, or of one block for q8_0 / q4_0 (neighbouring threads read neighbouring weight
+//        bytes); each thread keeps an MV_M x MV_ROWS block of partial sums in registers and
+//        reuses every X value it loads for MV_ROWS weight rows; the partial sums are reduced
+//        through workgroup memory (a tree), or, in matmul_subgroup.wgsl (devices with
+//        `subgroups`), by subgroupAdd and one exchange of the subgroups' sums through workgroup
+//        memory.
 //        Rows row0 .. row0 + MV_M - 1 of X and Y are processed, so larger M can be covered by
 //        several dispatches.
 //
@@ -76,15 +78,27 @@ fn tiled(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid:
       }
       xs[r * TS + q % KQ] = v;
     }
-    for (var q = lid; q < TN * 4u; q += TT) {
-      let r = q / 4u;
-      let gi = q % 4u;
-      var v = W8(vec4f(0.0), vec4f(0.0));
+    // W: a load per tile row and group of w_group() elements (q8_0 / q4_0: the row's block)
+    let wg_per_row = TK / w_group();
+    for (var q = lid; q < TN * wg_per_row; q += TT) {
+      let r = q / wg_per_row;
+      let gi = q % wg_per_row;
       var live = n0 + r < p.n;
       if (p.epi == EPI_GLU) { live = n0 + r % (TN / 2u) < p.n; }
-      if (live) { v = w_load8(w_row(n0, r, TN) * rb, k0 + gi * 8u, p.k); }
-      ws[r * TS + gi * 2u] = v.lo;
-      ws[r * TS + gi * 2u + 1u] = v.hi;
+      if (w_quantized()) {
+        var blk = WB(0.0, vec4u(0u), vec4u(0u));
+        if (live) { blk = w_block(w_row(n0, r, TN) * (p.k / TK) + k0 / TK); }
+        for (var s = 0u; s < 4u; s++) {
+          let v = w_block8(blk, s);
+          ws[r * TS + s * 2u] = v.lo;
+          ws[r * TS + s * 2u + 1u] = v.hi;
+        }
+      } else {
+        var v = W8(vec4f(0.0), vec4f(0.0));
+        if (live) { v = w_load8(w_row(n0, r, TN) * rb, k0 + gi * 8u, p.k); }
+        ws[r * TS + gi * 2u] = v.lo;
+        ws[r * TS + gi * 2u + 1u] = v.hi;
+      }
     }
     workgroupBarrier();
     for (var c = 0u; c < KQ; c++) {

@@ -11,6 +11,7 @@ import {
   f16BitsToF32,
   f32ToBf16Bits,
   f32ToF16Bits,
+  repackWeights,
   weightBytes,
 } from '../kernels/weights.ts';
 import type { Gpu } from '../src/gpu/gpu.ts';
@@ -31,7 +32,7 @@ import { useGpu } from './helpers/gpu.ts';
 // exact NaN bits, sign and payload included.
 
 async function gpuDequant(gpu: Gpu, format: WeightFormat, bytes: Uint8Array, count: number): Promise<Float32Array> {
-  const wb = gpu.upload(bytes);
+  const wb = gpu.upload(repackWeights(format, bytes));
   const ob = gpu.createBuffer(count * 4);
   const step = gpu.step();
   dequantize(step, { w: wb, out: ob, count, format });

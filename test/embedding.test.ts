@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { embedding, embeddingRef } from '../kernels/embedding.ts';
-import { WEIGHT_FORMATS, encodeWeights, isQuantized } from '../kernels/weights.ts';
+import { WEIGHT_FORMATS, encodeWeights, isQuantized, repackWeights } from '../kernels/weights.ts';
 import { mulberry32, normalArray } from '../src/util/rng.ts';
 import { expectClose } from './helpers/close.ts';
 import { useGpu } from './helpers/gpu.ts';
@@ -33,7 +33,7 @@ describe('embedding', () => {
         it(`${format} dim=${dim}: ${what}`, async () => {
           const gpu = getGpu();
           const table = encodeWeights(format, normalArray(ROWS * dim, dim + 17, 0.5), ROWS, dim);
-          const tb = gpu.upload(table);
+          const tb = gpu.upload(repackWeights(format, table));
           const ib = gpu.upload(new Uint32Array(tokens));
           const ob = gpu.createBuffer(tokens.length * dim * 4);
           const step = gpu.step();
@@ -80,7 +80,7 @@ describe('embedding', () => {
     const dim = 64;
     const table = encodeWeights('q4_0', normalArray(ROWS * dim, 5), ROWS, dim);
     const tokens = [ROWS - 1, ROWS, 2];
-    const tb = gpu.upload(table);
+    const tb = gpu.upload(repackWeights('q4_0', table));
     const ib = gpu.upload(new Uint32Array(tokens));
     const ob = gpu.createBuffer(tokens.length * dim * 4);
     const step = gpu.step();

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { WEIGHT_FORMATS, type WeightFormat, dequantizeRef, encodeWeights, isQuantized } from '../kernels/weights.ts';
+import { WEIGHT_FORMATS, type WeightFormat, dequantizeRef, encodeWeights, isQuantized, repackWeights } from '../kernels/weights.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
 import { uploadWeights } from '../src/model/gpu_weights.ts';
 import { type ModelSource, type TensorSource, type TensorTypeName, openModel } from '../src/model/source.ts';
@@ -73,7 +73,7 @@ describe('uploadWeights', () => {
     try {
       for (const [name, t] of tensors) {
         const g = w.get(name)!;
-        const bytes = t.read();
+        const bytes = repackWeights(FORMAT_OF[t.typeName], t.read()); // as the kernels read them
         const want = exact.get(name);
         expect(g.dims, name).toEqual(t.dims);
         if (!want || t.typeName === 'F32') {

@@ -10,7 +10,7 @@ import {
   matmulVariant,
 } from '../kernels/matmul.ts';
 import { rmsNorm, rmsScale, rmsScaleRef } from '../kernels/rmsnorm.ts';
-import { WEIGHT_FORMATS, type WeightFormat, dequantizeRef, encodeWeights, isQuantized, weightBytes } from '../kernels/weights.ts';
+import { WEIGHT_FORMATS, type WeightFormat, dequantizeRef, encodeWeights, isQuantized, repackWeights, weightBytes, weightGroup } from '../kernels/weights.ts';
 import type { Gpu } from '../src/gpu/gpu.ts';
 import { normalArray } from '../src/util/rng.ts';
 import { expectClose } from './helpers/close.ts';
@@ -26,7 +26,8 @@ const U = 2 ** -24;
 // L per kernel:
 // - tiled: product (1) + dot4 (3) + one accumulator that takes ceil(K/4) dot4 results;
 // - decode: product (1) + dot4 (3) + lo+hi (1) + the thread's accumulator over its
-//   ceil(ceil(K/8)/threads) groups of 8 + the log2(threads) reduction tree;
+//   ceil(ceil(K/G)/threads) groups of G elements, G/8 additions each (G = weightGroup: 8, or a
+//   block of 32 for q8_0 / q4_0) + the log2(threads) reduction tree;
 // - decode, subgroup variant: the same up to the thread's accumulator, then subgroupAdd over L
 //   lanes (at worst serial: L - 1) and the serial sum of threads/L subgroup sums, worst over the
 //   device's subgroup sizes L (Variant 'decode-sg').
@@ -45,9 +46,10 @@ function subgroupSizes(gpu: Gpu): number[] {
 }
 
 /** Per output (row-major [m, n]): the bound on |Y - reference| described above. */
-function dotBounds(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, variant: Variant, inputRel = 0, lanes: number[] = []): Float64Array {
-  const threads = decodeThreads(k);
-  const perThread = 5 + Math.ceil(Math.ceil(k / 8) / threads);
+function dotBounds(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, format: WeightFormat, variant: Variant, inputRel = 0, lanes: number[] = []): Float64Array {
+  const threads = decodeThreads(k, format);
+  const group = weightGroup(format);
+  const perThread = 5 + (group / 8) * Math.ceil(Math.ceil(k / group) / threads);
   const chain =
     variant === 'tiled' ? 4 + Math.ceil(k / 4) : variant === 'decode' ? perThread + Math.log2(threads) : perThread + Math.max(...lanes.map((l) => l - 1 + threads / l));
   const out = new Float64Array(m * n);
@@ -61,8 +63,8 @@ function dotBounds(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: num
   return out;
 }
 
-function tolerance(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, variant: Variant, lanes: number[] = []) {
-  return { atol: Math.max(...dotBounds(x, w, m, n, k, variant, 0, lanes)), rtol: 0 };
+function tolerance(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, format: WeightFormat, variant: Variant, lanes: number[] = []) {
+  return { atol: Math.max(...dotBounds(x, w, m, n, k, format, variant, 0, lanes)), rtol: 0 };
 }
 
 /** The kernel (and decode reduction) that matmul runs, as dotBounds names it. */
@@ -147,13 +149,13 @@ describe('matmul', () => {
       const wq = encodeWeights(format as WeightFormat, normalArray(n * k, n * 104729 + k + 1), n, k);
       const w = dequantizeRef(format, wq, n * k);
       const xb = gpu.upload(x);
-      const wb = gpu.upload(wq);
+      const wb = gpu.upload(repackWeights(format, wq));
       const yb = gpu.createBuffer(m * n * 4);
       const step = gpu.step();
       matmul(step, { x: xb, w: wb, out: yb, m, n, k, format, variant: c.variant, subgroups });
       await step.submit();
       const y = await gpu.readF32(yb, m * n);
-      const tol = tolerance(x, w, m, n, k, kernelVariant(m, c.variant, subgroups), subgroupSizes(gpu));
+      const tol = tolerance(x, w, m, n, k, format, kernelVariant(m, c.variant, subgroups), subgroupSizes(gpu));
       expectClose(y, matmulRef(x, w, m, n, k), tol, `${format} ${c.what}`);
       for (const b of [xb, wb, yb]) b.destroy();
     });
@@ -206,7 +208,8 @@ describe('matmul', () => {
         const wq = encodeWeights(format, normalArray(2 * n * k, n * 7 + k), 2 * n, k);
         const w = dequantizeRef(format, wq, 2 * n * k);
         const gateBytes = weightBytes(format, n, k);
-        const [xb, gb, bb, rb, wb, gateB, upB] = [x, g, bias, res, wq, wq.slice(0, gateBytes), wq.slice(gateBytes)].map((a) => gpu.upload(a));
+        const [xb, gb, bb, rb] = [x, g, bias, res].map((a) => gpu.upload(a));
+        const [wb, gateB, upB] = [wq, wq.slice(0, gateBytes), wq.slice(gateBytes)].map((a) => gpu.upload(repackWeights(format, a)));
         const out = () => gpu.createBuffer(m * n * 4);
         const [scale, h, y1, y2, y3, p1, p2, pu, p3] = [gpu.createBuffer(m * 4), gpu.createBuffer(m * k * 4), out(), out(), out(), out(), out(), out(), out()];
         const step = gpu.step();
@@ -239,9 +242,9 @@ describe('matmul', () => {
         const wUp = w.subarray(n * k);
         const gate = matmulRef(hRef, wGate, m, n, k);
         const up = matmulRef(hRef, wUp, m, n, k);
-        const eg = dotBounds(hRef, wGate, m, n, k, variant, inputRel, lanes);
-        const eu = dotBounds(hRef, wUp, m, n, k, variant, inputRel, lanes);
-        const e2 = dotBounds(x, wGate, m, n, k, variant, 0, lanes);
+        const eg = dotBounds(hRef, wGate, m, n, k, format, variant, inputRel, lanes);
+        const eu = dotBounds(hRef, wUp, m, n, k, format, variant, inputRel, lanes);
+        const e2 = dotBounds(x, wGate, m, n, k, format, variant, 0, lanes);
         const label = `${format} ${c.what}${subgroups ? ' subgroups' : ''}`;
         expectClose(g1, gate.map((v, i) => v + bias[i % n]), { atol: (1 + U) * Math.max(...eg), rtol: U }, `${label} norm + bias`);
         expectClose(g2, matmulRef(x, wGate, m, n, k).map((v, i) => res[i] + v), { atol: (1 + U) * Math.max(...e2), rtol: U }, `${label} residual`);

@@ -1,7 +1,7 @@
 import { type BenchCase, type CaseFactory, L2_BYTES } from '../case.ts';
 import { type ModelShape, benchShapes } from '../shapes.ts';
 import { matmul, matmulVariant } from '../../kernels/matmul.ts';
-import { QK, WEIGHT_FORMATS, type WeightFormat, encodeWeights, isQuantized, weightBytes } from '../../kernels/weights.ts';
+import { QK, SUPERBLOCK, WEIGHT_FORMATS, type WeightFormat, encodeWeights, gpuWeightBytes, isQuantized, repackWeights, weightBytes } from '../../kernels/weights.ts';
 import { align } from '../../src/gpu/buffers.ts';
 import type { Gpu } from '../../src/gpu/gpu.ts';
 import { normalArray } from '../../src/util/rng.ts';
@@ -13,13 +13,16 @@ const PATTERN_ELEMS = 1 << 20;
  * `copies` [n, k] weight matrices of random N(0, 0.02) values in `format`, back to back in one
  * buffer at `stride`-byte steps (aligned for storage bindings). Encoding hundreds of millions of
  * elements on the CPU would dominate the benchmark's setup, so up to 1M elements of whole rows are
- * encoded (llama.cpp's reference quantisers, encodeWeights) and repeated over all n rows: the kernel
- * reads every byte of the matrix either way, and its speed does not depend on the values.
+ * encoded (llama.cpp's reference quantisers, encodeWeights), repacked as uploads are (repackWeights)
+ * and repeated over all n rows: the kernel reads every byte of the matrix either way, and its speed
+ * does not depend on the values. A repeated pattern is whole superblocks of the repacked layout (its
+ * rows a multiple of SUPERBLOCK), so the repetition is that layout of the repeated rows.
  */
 export function randomWeightCopies(gpu: Gpu, format: WeightFormat, n: number, k: number, seed: number, copies: number): { buffer: GPUBuffer; bytes: number; stride: number } {
-  const rows = Math.max(1, Math.min(n, Math.floor(PATTERN_ELEMS / k)));
-  const pattern = encodeWeights(format, normalArray(rows * k, seed, 0.02), rows, k);
-  const total = weightBytes(format, n, k);
+  const fit = Math.max(SUPERBLOCK, Math.floor(PATTERN_ELEMS / k));
+  const rows = Math.min(n, fit - (fit % SUPERBLOCK));
+  const pattern = repackWeights(format, encodeWeights(format, normalArray(rows * k, seed, 0.02), rows, k));
+  const total = gpuWeightBytes(format, n, k);
   const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
   if (total > limit) throw new Error(`${format} [${n} x ${k}] weights (${total} bytes) exceed this device's binding limit (${limit})`);
   const stride = align(total, gpu.limits.minStorageBufferOffsetAlignment);

@@ -85,23 +85,48 @@ fn decode_outputs() -> u32 {
   return select(MV_ROWS, MV_ROWS / 2u, p.epi == EPI_GLU);
 }
 
+// Elements col..col+7 of X rows row0 .. row0 + MV_M - 1, RMS-normalised when the norm prologue is on.
+fn x_rows8(col: u32) -> array<W8, MV_MAX> {
+  var xv = array<W8, MV_MAX>();
+  for (var m = 0u; m < MV_M; m++) { xv[m] = x_load8(p.row0 + m, col); }
+  if (p.norm != 0u) {
+    let g8 = W8(g_load4(col), g_load4(col + 4u));
+    for (var m = 0u; m < MV_M; m++) {
+      let s = rs[p.row0 + m];
+      xv[m] = W8(xv[m].lo * s * g8.lo, xv[m].hi * s * g8.hi);
+    }
+  }
+  return xv;
+}
+
 // This thread's partial dot products acc[m][r] of X rows row0 + m with W rows w_row(n0, r): the K
-// groups of 8 elements lid, lid + MV_WG, ...
+// groups of w_group() elements lid, lid + MV_WG, ... (f32 / f16 / bf16: 8 elements; q8_0 / q4_0:
+// a block, its quants one or two 16-byte loads per W row, and every X value loaded once for all
+// MV_ROWS rows).
 fn decode_acc(n0: u32, lid: u32) -> array<array<f32, MV_MAX>, MV_MAX> {
-  let rb = w_row_bytes(p.k);
   var acc = array<array<f32, MV_MAX>, MV_MAX>();
+  if (w_quantized()) {
+    let nb = p.k / 32u;
+    for (var b = lid; b < nb; b += MV_WG) {
+      var wb = array<WB, MV_MAX>();
+      for (var r = 0u; r < MV_ROWS; r++) { wb[r] = w_block(w_row(n0, r, MV_ROWS) * nb + b); }
+      for (var s = 0u; s < 4u; s++) {
+        let xv = x_rows8(b * 32u + s * 8u);
+        for (var r = 0u; r < MV_ROWS; r++) {
+          let wv = w_block8(wb[r], s);
+          for (var m = 0u; m < MV_M; m++) {
+            acc[m][r] += dot(xv[m].lo, wv.lo) + dot(xv[m].hi, wv.hi);
+          }
+        }
+      }
+    }
+    return acc;
+  }
+  let rb = w_row_bytes(p.k);
   let groups = (p.k + 7u) / 8u;
   for (var gi = lid; gi < groups; gi += MV_WG) {
     let col = gi * 8u;
-    var xv = array<W8, MV_MAX>();
-    for (var m = 0u; m < MV_M; m++) { xv[m] = x_load8(p.row0 + m, col); }
-    if (p.norm != 0u) {
-      let g8 = W8(g_load4(col), g_load4(col + 4u));
-      for (var m = 0u; m < MV_M; m++) {
-        let s = rs[p.row0 + m];
-        xv[m] = W8(xv[m].lo * s * g8.lo, xv[m].hi * s * g8.hi);
-      }
-    }
+    let xv = x_rows8(col);
     for (var r = 0u; r < MV_ROWS; r++) {
       let wv = w_load8(w_row(n0, r, MV_ROWS) * rb, col, p.k);
       for (var m = 0u; m < MV_M; m++) {

@@ -1,23 +1,26 @@
-// Weight decoding for the GGUF layouts, shared by every shader that reads model weights.
+// Weight decoding, shared by every shader that reads model weights.
 //
 // The including shader declares
 //   override WFMT: u32;                     // 0 = f32, 1 = f16, 2 = q8_0, 3 = q4_0, 4 = bf16
-//   @group(0) @binding(..) var<storage, read> w: array<u32>;   // the GGUF bytes, unchanged
-// and reads weights in groups of 8 consecutive elements of a row with w_load8(). WFMT is an
-// override constant, so each pipeline keeps one decoder and the format branches fold away.
+//   @group(0) @binding(..) var<storage, read> w: array<u32>;   // the weights as uploaded
+// WFMT is an override constant, so each pipeline keeps one decoder and the format branches fold
+// away. f32 / f16 / bf16 rows are read in groups of 8 consecutive elements with w_load8(); q8_0 /
+// q4_0 tensors a block of 32 elements at a time with w_block() and w_block8() (w_group() says which).
 //
-// Layouts (little-endian): f32 4 bytes; f16 2 bytes; bf16 2 bytes (the upper half of an f32); q8_0
-// blocks of 32 elements in 34 bytes (f16 d, 32 x i8 q; x = d*q); q4_0 blocks of 32 elements in 18
-// bytes (f16 d, 16 bytes qs; element j < 16 is ((qs[j] & 15) - 8) * d, element j + 16 is
-// ((qs[j] >> 4) - 8) * d). A row of K elements is w_row_bytes(K) bytes; quantised rows are whole
-// blocks (K % 32 == 0, checked on the CPU side).
-// Blocks of 34 and 18 bytes are only 2-byte aligned, so bytes are taken from u32 words by shifting;
-// so are f16/bf16 rows of odd K (every other row starts in the upper half of a u32).
+// f32 / f16 / bf16 are the GGUF bytes unchanged (little-endian): f32 4 bytes; f16 2 bytes; bf16 2
+// bytes (the upper half of an f32). A row of K elements is w_row_bytes(K) bytes. f16/bf16 rows of
+// odd K start every other row in the upper half of a u32, so their bytes are taken from u32 words
+// by shifting.
+// q8_0 / q4_0 are repacked at upload (kernels/weights.ts repackWeights): blocks of 32 elements in
+// superblocks of 8: the 8 f16 scales d (16 bytes), then the 8 blocks' quants, each 16-byte aligned:
+// q8_0 32 int8 q in element order (x = d*q: two vec4<u32>), q4_0 4 u32 whose word t holds elements
+// 8t..8t+7, element 8t+e in bits 4e..4e+3 (x = (q - 8) * d: one vec4<u32>). Blocks are numbered
+// through the tensor (row r's block c is r * K/32 + c; K % 32 == 0, checked on the CPU side).
 // f16 is decoded with unpack2x16float: no kernel needs the shader-f16 feature. bf16 is decoded by
 // moving its 16 bits to the top of a u32 and bitcasting: exact, every pattern (no arithmetic, so
 // subnormals, +-0, infinities and NaN bits pass through as they are).
 // Dequantised values are f32(d) * f32(q), exact in f32 (11-bit times <= 8-bit significands).
-// Byte offsets are u32: one weight binding holds at most 4 GiB.
+// Offsets are u32: f32 / f16 / bf16 rows in bytes (4 GiB a binding), quantised blocks in words.
 
 const WFMT_F32: u32 = 0u;
 const WFMT_F16: u32 = 1u;
@@ -31,12 +34,55 @@ struct W8 {
   hi: vec4f,
 }
 
-// Bytes of one row of k elements.
+// A quantised format (read by blocks).
+fn w_quantized() -> bool {
+  return WFMT == WFMT_Q8_0 || WFMT == WFMT_Q4_0;
+}
+
+// Elements a thread decodes per weight load: a block (32) for q8_0 / q4_0, else 8.
+fn w_group() -> u32 {
+  return select(8u, 32u, w_quantized());
+}
+
+// Bytes of one f32 / f16 / bf16 row of k elements.
 fn w_row_bytes(k: u32) -> u32 {
   if (WFMT == WFMT_F32) { return k * 4u; }
-  if (WFMT == WFMT_F16 || WFMT == WFMT_BF16) { return k * 2u; }
-  if (WFMT == WFMT_Q8_0) { return (k / 32u) * 34u; }
-  return (k / 32u) * 18u;
+  return k * 2u;
+}
+
+// One loaded q8_0 / q4_0 block: its scale and quants (q1: q8_0's second 16 bytes).
+struct WB {
+  d: f32,
+  q0: vec4u,
+  q1: vec4u,
+}
+
+// The 16 bytes at word i (i % 4 == 0: 16-byte aligned).
+fn w_vec4(i: u32) -> vec4u {
+  return vec4u(w[i], w[i + 1u], w[i + 2u], w[i + 3u]);
+}
+
+// Quantised block b of the tensor.
+fn w_block(b: u32) -> WB {
+  let qw = select(4u, 8u, WFMT == WFMT_Q8_0);   // quant words per block
+  let base = (b / 8u) * (4u + 8u * qw);          // superblock start: 4 words of scales
+  let j = b % 8u;
+  let d = unpack2x16float(w[base + j / 2u])[j % 2u];
+  let i = base + 4u + j * qw;
+  var q1 = vec4u(0u);
+  if (WFMT == WFMT_Q8_0) { q1 = w_vec4(i + 4u); }
+  return WB(d, w_vec4(i), q1);
+}
+
+// Elements 8s..8s+7 (s < 4) of a loaded block.
+fn w_block8(v: WB, s: u32) -> W8 {
+  if (WFMT == WFMT_Q8_0) {
+    let q = select(v.q0, v.q1, s >= 2u);
+    let h = (s % 2u) * 2u;
+    return W8(w_i8x4(q[h]) * v.d, w_i8x4(q[h + 1u]) * v.d);
+  }
+  let u = v.q0[s];
+  return W8(w_u4x4(u, 0u) * v.d, w_u4x4(u, 16u) * v.d);
 }
 
 // The u32 made of the 4 bytes at a 2-aligned byte offset.
@@ -44,16 +90,6 @@ fn w_u32_at2(b: u32) -> u32 {
   let i = b >> 2u;
   let lo = w[i];
   return select(lo, (lo >> 16u) | (w[i + 1u] << 16u), (b & 2u) != 0u);
-}
-
-// The 8 bytes at a 2-aligned byte offset, as two u32 (three word reads when unaligned).
-fn w_u32x2_at2(b: u32) -> vec2u {
-  let i = b >> 2u;
-  let a = w[i];
-  let c = w[i + 1u];
-  if ((b & 2u) == 0u) { return vec2u(a, c); }
-  let e = w[i + 2u];
-  return vec2u((a >> 16u) | (c << 16u), (c >> 16u) | (e << 16u));
 }
 
 // The 16 bytes at a 2-aligned byte offset, as four u32 (five word reads when unaligned).
@@ -90,22 +126,21 @@ fn w_i8x4(v: u32) -> vec4f {
   return vec4f(bitcast<vec4i>(vec4u(v) << vec4u(24u, 16u, 8u, 0u)) >> vec4u(24u));
 }
 
-// The nibbles at bit `s` (0 or 4) of four bytes, minus 8, as f32.
+// The four nibbles from bit `s` (0 or 16) of v, minus 8, as f32.
 fn w_u4x4(v: u32, s: u32) -> vec4f {
-  let q = (vec4u(v) >> (vec4u(0u, 8u, 16u, 24u) + vec4u(s))) & vec4u(15u);
+  let q = (vec4u(v) >> (vec4u(0u, 4u, 8u, 12u) + vec4u(s))) & vec4u(15u);
   return vec4f(vec4i(q) - vec4i(8));
 }
 
-// One element of an f32, f16 or bf16 row starting at byte row_byte (ragged row ends; quantised rows
-// are whole blocks and always read through w_load8).
+// One element of an f32, f16 or bf16 row starting at byte row_byte (ragged row ends).
 fn w_load1(row_byte: u32, col: u32) -> f32 {
   if (WFMT == WFMT_F32) { return bitcast<f32>(w[(row_byte >> 2u) + col]); }
   if (WFMT == WFMT_BF16) { return w_bf16_at(row_byte + col * 2u); }
   return w_half_at(row_byte + col * 2u);
 }
 
-// Elements col..col+7 of a row of k elements that starts at byte row_byte; col % 8 == 0.
-// Elements at or past k read as 0 (only f32/f16/bf16 rows can end inside a group).
+// Elements col..col+7 of an f32 / f16 / bf16 row of k elements that starts at byte row_byte;
+// col % 8 == 0. Elements at or past k read as 0.
 fn w_load8(row_byte: u32, col: u32, k: u32) -> W8 {
   if (WFMT == WFMT_F32) {
     if (col + 8u <= k) {
@@ -121,19 +156,6 @@ fn w_load8(row_byte: u32, col: u32, k: u32) -> W8 {
       return W8(vec4f(unpack2x16float(u.x), unpack2x16float(u.y)),
                 vec4f(unpack2x16float(u.z), unpack2x16float(u.w)));
     }
-  } else if (WFMT == WFMT_Q8_0) {
-    let blk = row_byte + (col / 32u) * 34u;
-    let d = w_half_at(blk);
-    let q = w_u32x2_at2(blk + 2u + col % 32u);
-    return W8(w_i8x4(q.x) * d, w_i8x4(q.y) * d);
-  } else {
-    let blk = row_byte + (col / 32u) * 18u;
-    let d = w_half_at(blk);
-    let j = col % 32u;
-    // Elements j..j+7 sit in bytes (j % 16).. of qs, low nibbles below 16, high nibbles above.
-    let q = w_u32x2_at2(blk + 2u + (j % 16u));
-    let s = select(0u, 4u, j >= 16u);
-    return W8(w_u4x4(q.x, s) * d, w_u4x4(q.y, s) * d);
   }
   // Ragged f32/f16/bf16 row end.
   var r = array<f32, 8>();
