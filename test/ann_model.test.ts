@@ -1,14 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import type { AnnAttentionOptions } from '../src/ann/ann_attention.ts';
-import { Engine, type EngineRequest, type KvImport, type SamplingOptions } from '../src/engine/engine.ts';
+import { Engine, type EngineRequest, type SamplingOptions } from '../src/engine/engine.ts';
 import { stepLogits } from '../src/engine/generate.ts';
 import { headPattern } from '../src/kv/head_pattern.ts';
 import { DEFAULT_MODEL } from '../src/model/default_model.ts';
-import { GpuModel, type KvLayer, type SeqChunk } from '../src/model/gpu_model.ts';
+import { GpuModel, type SeqChunk } from '../src/model/gpu_model.ts';
 import { type ModelSource, openModel } from '../src/model/source.ts';
 import { buildServer } from '../src/server/app.ts';
 import { mulberry32 } from '../src/util/rng.ts';
 import { useGpu } from './helpers/gpu.ts';
+import { handOverInProcess } from './helpers/handoff.ts';
 import { UNIT_ROUNDOFF, relativeLogitError, roundingTolerance } from './helpers/logits.ts';
 
 // Decode attention with a key index in the model (docs/ann.md): stories260K (5 layers, 8 query
@@ -146,35 +147,7 @@ describe('decode attention with a key index in the model', () => {
     const decode = new Engine(decodeModel, src.tokenizer);
     const sampling = greedy(5);
     const indexesAt: number[] = [];
-    const tokens = await new Promise<number[]>((resolve, reject) => {
-      const out: number[] = [];
-      const events = {
-        onToken: (e: { token: number }) => {
-          out.push(e.token);
-          indexesAt.push(decodeModel.ann!.indexCount());
-        },
-        onFinish: (_r: string, _u: unknown, err?: Error) => (err ? reject(err) : resolve(out)),
-      };
-      let kv: { tokens: number; layers: Promise<KvLayer>[] } | null = null;
-      prefill.submit({
-        prompt,
-        sampling,
-        events,
-        handoff: {
-          onKv: (n, _rows, layers) => (kv = { tokens: n, layers }),
-          onHandoff: (generated) => {
-            void (async () => {
-              const imp: KvImport = decode.importKv(kv!.tokens)!;
-              for (const [l, layer] of kv!.layers.entries()) {
-                const { k, v } = await layer;
-                await imp.writeLayer(l, { k: new Float32Array(k), v: new Float32Array(v) });
-              }
-              decode.adopt({ prompt, generated, sampling, events }, imp);
-            })().catch(reject);
-          },
-        },
-      });
-    });
+    const { tokens } = await handOverInProcess(prefill, decode, { prompt, sampling, onToken: () => indexesAt.push(decodeModel.ann!.indexCount()) });
     await decode.idle();
     expect(tokens.length).toBe(5);
     // token 0 came from the prefill side (which hands over no samples); the decode side samples from its first decode step and builds in its second (minBuildTokens 2)

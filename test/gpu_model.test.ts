@@ -13,7 +13,7 @@ const STORIES = join(repoRoot, 'models', 'stories260K');
 // The GPU runs in f32, the oracle in float64 on the same decoded weights, so only f32 rounding
 // separates them: the logit error relative to the largest |logit| stays within roundingTolerance
 // (expectGpuLogits, test/helpers/logits.ts: u·√N, 3.0e-6 for 21 positions, 2.98e-6 for 13).
-// Measured: 3.5e-7 (F32), 3.6e-7 (F16), 3.5e-7 (Q8_0), 3.7e-7 (Q4_0), 3.5e-7 (Qwen2 variant),
+// Measured: 3.5e-7 (F32), 3.6e-7 (F16), 3.5e-7 (Q8_0), 3.7e-7 (Q4_0; both before their repack at upload reordered the additions), 3.5e-7 (Qwen2 variant),
 // 3.9e-7 (rope_freqs variant): a margin of 8x. RMSNorm with eps/10 gives 4e-5; a wrong rotation,
 // mask or scale O(1).
 describe('GPU forward pass vs the float64 CPU forward pass', () => {

@@ -6,13 +6,14 @@ import { repoRoot } from '../src/gpu/paths.ts';
 import { type HeadPattern, headColumns, headPattern } from '../src/kv/head_pattern.ts';
 import { cpuForward } from '../src/model/cpu_reference.ts';
 import { cpuWeightsOf } from '../src/model/cpu_weights.ts';
-import { GpuModel, type KvLayer, type SeqChunk } from '../src/model/gpu_model.ts';
+import { GpuModel, type SeqChunk } from '../src/model/gpu_model.ts';
 import { type ModelSource, openModel } from '../src/model/source.ts';
 import { mulberry32 } from '../src/util/rng.ts';
 import type { BatchShape, CostModel } from '../src/scheduler/cost_model.ts';
 import { FcfsScheduler } from '../src/scheduler/fcfs.ts';
 import { type SimOptions, simulate } from '../src/sim/simulator.ts';
 import { useGpu } from './helpers/gpu.ts';
+import { handOverInProcess } from './helpers/handoff.ts';
 import { UNIT_ROUNDOFF, relativeLogitError, roundingTolerance } from './helpers/logits.ts';
 
 // Head-wise KV through the whole model (docs/headwise.md): the forward pass's split KV writes, the
@@ -157,31 +158,9 @@ describe('head-wise KV in the model', () => {
     one.destroy();
     const [prefillModel, decodeModel] = [GpuModel.load(getGpu(), src, opts), GpuModel.load(getGpu(), src, opts)];
     const [prefill, decode] = [new Engine(prefillModel, src.tokenizer), new Engine(decodeModel, src.tokenizer)];
-    const tokens: number[] = [];
-    let shipped = 0;
-    await new Promise<void>((resolve, reject) => {
-      const events = { onToken: (e: { token: number }) => tokens.push(e.token), onFinish: (_r: unknown, _u: unknown, err?: Error) => (err ? reject(err) : resolve()) };
-      let kv: { tokens: number; rows: number; layers: Promise<KvLayer>[] } | null = null;
-      prefill.submit({
-        prompt,
-        sampling,
-        events,
-        handoff: {
-          onKv: (n, rows, layers) => (kv = { tokens: n, rows, layers }),
-          onHandoff: (generated) =>
-            void (async () => {
-              const imp = decode.importKv(kv!.tokens)!;
-              expect(imp.rows).toBe(kv!.rows);
-              for (const [l, layer] of kv!.layers.entries()) {
-                const { k, v } = await layer;
-                shipped += k.byteLength + v.byteLength;
-                await imp.writeLayer(l, { k: new Float32Array(k), v: new Float32Array(v) });
-              }
-              decode.adopt({ prompt, generated, sampling, events }, imp);
-            })().catch(reject),
-        },
-      });
-    });
+    const { tokens, shipped: kv } = await handOverInProcess(prefill, decode, { prompt, sampling });
+    expect(kv.importRows).toBe(kv.rows);
+    const shipped = kv.layers.reduce((n, l) => n + l.k.byteLength + l.v.byteLength, 0);
     expect(tokens).toEqual(expected);
     // one full column of 4 with the prompt's tokens, three rings of sink + recent
     const { nLayers, nKvHeads, headDim } = src.config;

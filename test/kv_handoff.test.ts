@@ -1,12 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { Engine, type KvImport, type SamplingOptions } from '../src/engine/engine.ts';
+import { Engine, type SamplingOptions } from '../src/engine/engine.ts';
 import { generate } from '../src/engine/generate.ts';
-import { GpuModel, type KvLayer } from '../src/model/gpu_model.ts';
+import { GpuModel } from '../src/model/gpu_model.ts';
 import { DEFAULT_MODEL } from '../src/model/default_model.ts';
 import { openModel } from '../src/model/source.ts';
 import { KvReceiver, KvSender } from '../src/workers/kv_transfer.ts';
 import { modelFingerprint } from '../src/workers/protocol.ts';
 import { useGpu } from './helpers/gpu.ts';
+import { handOverInProcess } from './helpers/handoff.ts';
 
 const sampling = (maxTokens: number, temperature = 0, seed = 0): SamplingOptions => ({ maxTokens, temperature, topK: 0, topP: 1, seed, stop: [] });
 
@@ -30,39 +31,12 @@ describe('KV handover between engines', () => {
     const decodeModel = GpuModel.load(getGpu(), src, { kvMemoryBytes: 4 << 20 });
     const prefill = new Engine(prefillModel, src.tokenizer);
     const decode = new Engine(decodeModel, src.tokenizer);
-    let layersSeen = 0;
-    const outputs = await Promise.all(
-      prompts.map(
-        (prompt, i) =>
-          new Promise<number[]>((resolve, reject) => {
-            const tokens: number[] = [];
-            const events = { onToken: (e: { token: number }) => tokens.push(e.token), onFinish: (_r: string, _u: unknown, err?: Error) => (err ? reject(err) : resolve(tokens)) };
-            let kv: { tokens: number; layers: Promise<KvLayer>[] } | null = null;
-            prefill.submit({
-              prompt,
-              sampling: opts[i],
-              events,
-              handoff: {
-                onKv: (n, _rows, layers) => (kv = { tokens: n, layers }),
-                onHandoff: (generated) => {
-                  void (async () => {
-                    const imp: KvImport = decode.importKv(kv!.tokens)!;
-                    for (const [l, layer] of kv!.layers.entries()) {
-                      const { k, v } = await layer;
-                      expect(k.byteLength).toBe(kv!.tokens * src.config.nKvHeads * src.config.headDim * 4);
-                      await imp.writeLayer(l, { k: new Float32Array(k), v: new Float32Array(v) });
-                      layersSeen++;
-                    }
-                    decode.adopt({ prompt, generated, sampling: opts[i], events }, imp);
-                  })().catch(reject);
-                },
-              },
-            });
-          }),
-      ),
-    );
-    expect(outputs).toEqual(expected);
-    expect(layersSeen).toBe(prompts.length * src.config.nLayers);
+    const handed = await Promise.all(prompts.map((prompt, i) => handOverInProcess(prefill, decode, { prompt, sampling: opts[i] })));
+    expect(handed.map((h) => h.tokens)).toEqual(expected);
+    for (const { shipped } of handed) {
+      expect(shipped.layers).toHaveLength(src.config.nLayers);
+      for (const { k } of shipped.layers) expect(k.byteLength).toBe(shipped.tokens * src.config.nKvHeads * src.config.headDim * 4);
+    }
     await prefill.idle();
     await decode.idle();
     expect(prefillModel.kv.pool.used).toBe(0);

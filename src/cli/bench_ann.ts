@@ -43,6 +43,11 @@ export interface BenchAnnOptions {
   thresholds?: number[];
   sequences?: number;
   length?: number;
+  /** `--synthetic NAME`: --model on a synthetic model of this shape (widths / 8, F32, random ids) at long contexts */
+  synthetic?: string;
+  layers?: number;
+  qScale?: number[];
+  decodeSteps?: number;
 }
 
 /** The set to run: the user's files, or a generated out-of-distribution one. Throws on bad files before any device work. */
@@ -138,9 +143,65 @@ async function benchAnnModel(o: BenchAnnOptions): Promise<void> {
   }
 }
 
-/** `wgserve bench ann`: see bench/ann.ts (with --decode, bench/ann_decode.ts; with --model, bench/ann_model.ts). */
+/**
+ * `wgserve bench ann --synthetic NAME`: the --model measurement at long contexts on a synthetic
+ * model (NAME's shape with widths / 8 and its first --layers layers, F32 weights), reading seeded
+ * random ids: a prompt of length - decode-steps tokens (prefilled in chunks of 512, its queries
+ * sampled), then --decode-steps scored decode steps, all past every threshold; per --q-scale
+ * (attention logits scaled, docs/ann.md) one run per threshold, each built from the prompt's
+ * samples. The index's settings are scaled to a few thousand keys.
+ */
+async function benchAnnModelSynthetic(o: BenchAnnOptions & { synthetic: string }): Promise<void> {
+  const [{ annModelMarkdown, attentionMass, randomTokens, runAnnModelBench, scaleQueries }, { writeResult }, { Gpu }, { syntheticModel, syntheticShape }] = await Promise.all([
+    import('../../bench/ann_model.ts'),
+    import('../../bench/results.ts'),
+    import('../gpu/gpu.ts'),
+    import('../model/synthetic.ts'),
+  ]);
+  const { thresholds = [1024], sequences = 1, length = 4096, layers = 2, qScale = [1, 4], decodeSteps = 128 } = o;
+  const full = syntheticShape(o.synthetic, 'reduced');
+  if (layers > full.nLayers) throw new Error(`--layers ${layers}: ${full.name} has ${full.nLayers}`);
+  const shape = { ...full, name: `${full.name}, ${layers} of ${full.nLayers} layers`, nLayers: layers };
+  const prefix = length - decodeSteps;
+  const ann = { sink: 64, recent: 256, extendEvery: 64, topK: 64, nprobe: 2, index: { clusters: 32, listFraction: 0.05 } };
+  const low = Math.min(...thresholds);
+  if (!(low > ann.sink + ann.recent)) throw new Error(`--thresholds: each must exceed the static window of ${ann.sink + ann.recent} keys`);
+  if (prefix < Math.max(...thresholds)) throw new Error(`--length ${length} - --decode-steps ${decodeSteps} (the prompt) must reach every threshold`);
+  // the handover's decode-only build is measured on the embedded model; here every run builds from the prompt's samples
+  const runs = thresholds.map((threshold) => ({ threshold, prefix, samples: 'prompt' as const }));
+  const gpu = await Gpu.open({ mode: o.device });
+  try {
+    const reports = [];
+    for (const scale of qScale) {
+      const src = scaleQueries(syntheticModel(shape, 'f32'), scale);
+      console.error(`bench ann --synthetic on ${gpu.adapter.description}${gpu.adapter.isSoftware ? ' (software device)' : ''}: ${src.path}`);
+      const t0 = performance.now();
+      const mass = attentionMass(src, randomTokens(src, 1, length - 1, o.seed)[0], prefix, { k: ann.topK, sink: ann.sink, recent: ann.recent });
+      console.error(`attention mass (${((performance.now() - t0) / 1000).toFixed(0)} s on the CPU): top key ${mass.top1.toFixed(3)}, top ${mass.k} ${mass.topK.toFixed(3)}, window ${mass.window.toFixed(3)}`);
+      const options = { sequences, length, tokens: { random: o.seed }, chunk: 512, ann, runs };
+      reports.push(
+        await runAnnModelBench(
+          gpu,
+          src,
+          options,
+          (r) => console.error(`threshold ${r.threshold}, samples from ${r.samples}: agreement ${(100 * r.agreement).toFixed(1)}%, mean KL ${r.meanKl.toExponential(2)}, ${r.msPerStep.toFixed(0)} ms/step (exact ${r.msPerStepExact.toFixed(0)})`),
+          { queryScale: scale, mass },
+        ),
+      );
+    }
+    const markdown = reports.map(annModelMarkdown).join('\n');
+    if (o.json) writeResult(o.json, JSON.stringify(reports, null, 2) + '\n');
+    if (o.markdown) writeResult(o.markdown, markdown);
+    if (!o.json && !o.markdown) process.stdout.write(markdown);
+  } finally {
+    gpu.destroy();
+  }
+}
+
+/** `wgserve bench ann`: see bench/ann.ts (with --decode, bench/ann_decode.ts; with --model or --synthetic, bench/ann_model.ts). */
 export async function benchAnn(o: BenchAnnOptions): Promise<AnnBenchReport | undefined> {
   if (o.decode) return void (await benchAnnDecode(o));
+  if (o.synthetic) return void (await benchAnnModelSynthetic({ ...o, synthetic: o.synthetic }));
   if (o.model) return void (await benchAnnModel(o));
   const set = await annSet(o);
   if (set.keys.dim % 4 !== 0) throw new Error(`--dim ${set.keys.dim}: the key index needs a multiple of 4`);
@@ -195,6 +256,13 @@ const fractions = (name: string) => (v: string) =>
     return n;
   });
 
+const positives = (name: string) => (v: string) =>
+  v.split(',').map((s) => {
+    const n = Number(s.trim());
+    if (!(n > 0 && Number.isFinite(n))) throw new InvalidArgumentError(`${name} must be positive numbers separated by commas`);
+    return n;
+  });
+
 /** `bench ann`, with the shared --device option. */
 export function benchAnnCommand(device: Option): Command {
   return new Command('ann')
@@ -206,7 +274,7 @@ export function benchAnnCommand(device: Option): Command {
     .option('--key-count <n>', 'generated set: keys', positiveInt('--key-count'), 131072)
     .option('--build-count <n>', 'generated set: build queries', positiveInt('--build-count'), 2048)
     .option('--query-count <n>', 'generated set: searched queries', positiveInt('--query-count'), 100)
-    .option('--seed <s>', 'generated set: seed', positiveInt('--seed'), 1)
+    .option('--seed <s>', 'generated set (and --synthetic ids): seed', positiveInt('--seed'), 1)
     .option('--top-k <k>', 'keys to find per query', positiveInt('--top-k'), 100)
     .option('--clusters <c>', 'key index: query centroids', positiveInt('--clusters'), 64)
     .option('--list-fraction <list>', 'key index builds: keys per centroid list, as fractions of the keys (comma-separated; one build each)', fractions('--list-fraction'), [0.001, 0.0025, 0.01])
@@ -230,7 +298,11 @@ export function benchAnnCommand(device: Option): Command {
     .option('--model [file]', 'instead: greedy-token agreement and logit KL against full attention in a model (default: the embedded stories260K), --thresholds, --sequences, --length (bench/ann_model.ts)')
     .option('--thresholds <list>', '--model: thresholds (comma-separated; default 64,200)', intList('--thresholds'))
     .option('--sequences <n>', '--model: continuations scored (default 2)', positiveInt('--sequences'))
-    .option('--length <n>', '--model: tokens per continuation (default 320)', positiveInt('--length'))
+    .option('--length <n>', '--model: tokens per continuation (default 320; --synthetic: 4096)', positiveInt('--length'))
+    .option('--synthetic <name>', 'instead: --model on a synthetic model of this shape (e.g. llama-3.2-1b; widths / 8, F32) reading random ids at long contexts (default --thresholds 1024, --sequences 1, --length 4096)')
+    .option('--layers <n>', '--synthetic: the shape\'s first n layers (default 2)', positiveInt('--layers'))
+    .option('--q-scale <list>', '--synthetic: attention logits scaled by each (attn_q weights x s; 1 is the random model as it is; default 1,4)', positives('--q-scale'))
+    .option('--decode-steps <n>', '--synthetic: decode steps scored after the prompt (default 128)', positiveInt('--decode-steps'))
     .addOption(device)
     .action(async (o: Omit<BenchAnnOptions, 'device'> & { device: string }) => {
       await benchAnn({ ...o, device: parseDeviceMode(o.device) });
