@@ -239,27 +239,32 @@ describe('disaggregated front (scripted workers)', () => {
     await cluster.close();
   });
 
-  it('head-wise KV bytes by head kind: the sum over the workers up, in /metrics and /health; null while no worker has a pattern', async () => {
+  it('head-wise KV and key-index bytes: the sums over the workers up, in /metrics and /health; null while no worker reports them', async () => {
     const { plane, cluster, status } = await setup();
     expect(cluster.kvBytesByKind()).toBeNull();
+    expect(cluster.annBytes()).toBeNull();
     const worker = (id: string, role: 'prefill' | 'decode'): WorkerInfo => ({ id, role, fingerprint: 'model-a', device: 'scripted', pid: 1, host: 'h', maxSequenceTokens: 2048 });
     const load = (retrieval: number, streaming: number): WorkerLoad => ({
       waiting: 0, running: 1, kvBlocksUsed: 10, kvBlocksTotal: 1000, blockSize: 16, nKvHeads: 4, headwise: { fullColumns: 1, sink: 4, recent: 32 },
-      kvBytesByKind: { retrieval, streaming }, kvBytesSent: 0, kvTransferSeconds: 0, kvTransfers: 0,
+      kvBytesByKind: { retrieval, streaming }, annBytes: retrieval / 8, kvBytesSent: 0, kvTransferSeconds: 0, kvTransfers: 0,
     });
     plane.from('p0', { type: 'status', worker: worker('p0', 'prefill'), load: load(5120, 15360), steps: [], link: 0 });
     plane.from('d0', { type: 'status', worker: { ...worker('d0', 'decode'), data: { host: '127.0.0.1', port: 9 } }, load: load(10240, 30720), steps: [], link: 0 });
     expect(cluster.kvBytesByKind()).toEqual({ retrieval: 15360, streaming: 46080 });
+    expect(cluster.annBytes()).toBe(1920);
     const server = buildServer({ engine: cluster, modelId: 'stories260K' });
     const text = (await server.app.inject({ method: 'GET', url: '/metrics' })).body;
     expect(text).toContain('wgserve_kv_bytes{kind="retrieval"} 15360');
     expect(text).toContain('wgserve_kv_bytes{kind="streaming"} 46080');
-    expect((await server.app.inject({ method: 'GET', url: '/health' })).json()).toMatchObject({ kv_bytes: { retrieval: 15360, streaming: 46080 } });
+    expect(text).toContain('wgserve_ann_bytes 1920');
+    expect((await server.app.inject({ method: 'GET', url: '/health' })).json()).toMatchObject({ kv_bytes: { retrieval: 15360, streaming: 46080 }, ann_bytes: 1920 });
     await server.close();
     plane.kill('d0');
     expect(cluster.kvBytesByKind()).toEqual({ retrieval: 5120, streaming: 15360 });
+    expect(cluster.annBytes()).toBe(640);
     status('p0', 'prefill'); // its pattern gone (a status without the bytes): none left
     expect(cluster.kvBytesByKind()).toBeNull();
+    expect(cluster.annBytes()).toBeNull();
     await cluster.close();
   });
 

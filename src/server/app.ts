@@ -348,7 +348,7 @@ export function buildServer(o: ServerOptions): WgServer {
     const workers = engine.workers();
     const serving = (['prefill', 'decode'] as const).every((role) => workers.some((w) => w.role === role && w.state === 'up'));
     const status = state !== 'ready' ? 'draining' : serving ? 'ready' : 'degraded';
-    return send(request, reply, status === 'ready' ? 200 : 503, { status, workers, ...(kv ? { kv_bytes: kv } : {}) });
+    return send(request, reply, status === 'ready' ? 200 : 503, { status, workers, ...(kv ? { kv_bytes: kv } : {}), ...(ann !== null ? { ann_bytes: ann } : {}) });
   });
 
   app.get('/metrics', async (_request, reply) => reply.type(metrics.contentType).send(await metrics.render()));

@@ -148,6 +148,12 @@ export class Cluster implements ServingEngine {
     return { retrieval: up.reduce((s, b) => s + b.retrieval, 0), streaming: up.reduce((s, b) => s + b.streaming, 0) };
   }
 
+  /** Key-index bytes (--ann) over the workers that are up (null when none reports them: --ann off). */
+  annBytes(): number | null {
+    const up = [...this.workersById.values()].flatMap((w) => (w.state === 'up' && w.load.annBytes !== undefined ? [w.load.annBytes] : []));
+    return up.length === 0 ? null : up.reduce((s, b) => s + b, 0);
+  }
+
   workers(): WorkerStatus[] {
     return [...this.workersById.values()].map((w) => ({
       id: w.info.id,

@@ -46,6 +46,8 @@ export interface WorkerLoad {
   headwise?: { fullColumns: number; sink: number; recent: number };
   /** head-wise KV: bytes of KV in use by retrieval and streaming heads (the engine's kvBytesByKind) */
   kvBytesByKind?: { retrieval: number; streaming: number };
+  /** --ann: bytes of its key indexes and query samples (the engine's annBytes) */
+  annBytes?: number;
   kvBytesSent: number;
   kvTransferSeconds: number;
   kvTransfers: number;

@@ -187,6 +187,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
       const status = () => {
         const kv = engine.kvBlocks();
         const bytes = engine.kvBytesByKind();
+        const annBytes = engine.annBytes();
         const stats = sender?.stats ?? { bytes: 0, seconds: 0, transfers: 0 };
         link.send({
           type: 'status',
@@ -200,6 +201,7 @@ export async function runWorker(o: WorkerOptions): Promise<number> {
             nKvHeads: model.config.nKvHeads,
             ...(model.kv.headwise ? { headwise: model.kv.headwise } : {}),
             ...(bytes ? { kvBytesByKind: bytes } : {}),
+            ...(annBytes !== null ? { annBytes } : {}),
             kvBytesSent: stats.bytes,
             kvTransferSeconds: stats.seconds,
             kvTransfers: stats.transfers,
