@@ -9,7 +9,7 @@ import {
   runHeadwiseTiming,
 } from '../../bench/headwise.ts';
 import { type QualityReport, headwiseQualityMarkdown, runHeadwiseQuality } from '../../bench/headwise_quality.ts';
-import { type HeadwiseServeReport, headwiseServeMarkdown, runHeadwiseServe, servedKvLayout } from '../../bench/headwise_serve.ts';
+import { type HeadwiseServeOptions, type HeadwiseServeReport, headwiseServeMarkdown, runHeadwiseServe, servedKvLayout } from '../../bench/headwise_serve.ts';
 import { setMaxListeners } from 'node:events';
 import { updateDocSection, writeResult } from '../../bench/results.ts';
 import type { DeviceMode } from '../gpu/adapter.ts';
@@ -19,7 +19,10 @@ import { openModel } from '../model/source.ts';
 import { DEFAULT_RECENT, DEFAULT_SINK } from '../kv/head_pattern.ts';
 import { blockBytes } from '../kv/paged_kv.ts';
 
-export interface BenchHeadwiseOptions extends Omit<HeadwiseBenchOptions, 'kvMemory' | 'sink' | 'recent'> {
+/** --serve: the pattern (default: equal gates, so --retrieval-fraction, default 0.25, takes heads in order) and the load, per configuration */
+type ServeFlags = Pick<HeadwiseServeOptions, 'headPattern' | 'retrievalFraction' | 'gateThreshold' | 'inputTokens' | 'outputTokens' | 'requests' | 'concurrency' | 'rounds' | 'maxBatch'>;
+
+export interface BenchHeadwiseOptions extends Omit<HeadwiseBenchOptions, 'kvMemory' | 'sink' | 'recent'>, ServeFlags {
   /** default: 40 GiB for the memory tables; with --serve, what holds a quarter of --concurrency full-cache sequences */
   kvMemory?: number;
   /** default 64 and 256; with --serve 4 and 32 (a window the embedded model's short requests pass) */
@@ -41,17 +44,6 @@ export interface BenchHeadwiseOptions extends Omit<HeadwiseBenchOptions, 'kvMemo
   maxTokens: number;
   /** instead: served throughput of `wgserve serve` with and without a pattern at one --kv-memory */
   serve: boolean;
-  /** --serve: the pattern (default: equal gates, so --retrieval-fraction, default 0.25, takes heads in order) */
-  headPattern?: string;
-  retrievalFraction?: number;
-  gateThreshold?: number;
-  /** --serve: the load, per configuration */
-  inputTokens: number;
-  outputTokens: number;
-  requests: number;
-  concurrency: number;
-  rounds: number;
-  maxBatch?: number;
 }
 
 /** `wgserve bench headwise --quality`: greedy-token agreement and logit KL of patterns against full attention. */
