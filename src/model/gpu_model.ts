@@ -1,7 +1,7 @@
 import { type PrefillSeq, attentionDecode, attentionPrefill, prefillMeta } from '../../kernels/attention.ts';
 import { siluMul } from '../../kernels/elementwise.ts';
 import { type GpuTokenId, copyTokenIds, embedding } from '../../kernels/embedding.ts';
-import { type KvDtype, writeKv } from '../../kernels/kv_cache.ts';
+import { type KvDtype, kvPoolBytes, writeKv } from '../../kernels/kv_cache.ts';
 import { type MatmulEpilogue, type MatmulNorm, matmul } from '../../kernels/matmul.ts';
 import { rmsScale } from '../../kernels/rmsnorm.ts';
 import { rope, ropeFrequencies, ropeKv } from '../../kernels/rope.ts';
@@ -87,9 +87,6 @@ export class GpuModel {
   readonly blockSize: number;
   /** the KV pools' element type */
   readonly kvDtype: KvDtype;
-  private get kvBytes(): number {
-    return this.kvDtype === 'f16' ? 2 : F32;
-  }
   /** the head pattern it was loaded with (docs/headwise.md) */
   readonly headPattern?: HeadPattern;
   /** head-wise KV: the layout and where each layer's KV heads live (columnOf [nLayers, nKvHeads], also on the GPU) */
@@ -110,7 +107,7 @@ export class GpuModel {
     this.blockSize = options.blockSize ?? 16;
     this.kvDtype = options.kvDtype ?? 'f32';
     if (this.kvDtype === 'f16' && c.headDim % 8 !== 0) throw new Error(`f16 KV needs a head dim that is a multiple of 8, the model's is ${c.headDim}`);
-    const layout = { nLayers: c.nLayers, nKvHeads: c.nKvHeads, headDim: c.headDim, blockSize: this.blockSize, bytesPerElement: this.kvBytes };
+    const layout = { nLayers: c.nLayers, nKvHeads: c.nKvHeads, headDim: c.headDim, blockSize: this.blockSize, bytesPerElement: kvPoolBytes(1, 1, 1, this.kvDtype) };
     const numBlocks = blocksForBudget(layout, options.kvMemoryBytes ?? 64 * 1024 * 1024);
     if (numBlocks < c.nKvHeads) throw new Error(`KV memory budget too small: not even one block per KV head`);
     const pattern = options.headPattern;
@@ -123,7 +120,7 @@ export class GpuModel {
       this.headwise = { fullColumns, sink: pattern.sink, recent: pattern.recent, columnOf, columnBuf: gpu.upload(columnOf, 'kv head columns') };
     }
     this.kv = new PagedKvTables(layout, numBlocks, this.headwise && { fullColumns: this.headwise.fullColumns, sink: this.headwise.sink, recent: this.headwise.recent });
-    const poolBytes = numBlocks * this.blockSize * c.headDim * this.kvBytes;
+    const poolBytes = kvPoolBytes(numBlocks, this.blockSize, c.headDim, this.kvDtype);
     for (let l = 0; l < c.nLayers; l++) {
       this.kPools.push(gpu.createBuffer(poolBytes, `k pool ${l}`));
       this.vPools.push(gpu.createBuffer(poolBytes, `v pool ${l}`));
@@ -171,7 +168,7 @@ export class GpuModel {
     const copies = [...this.pendingCopies.values()].flat();
     this.pendingCopies.clear();
     if (!copies.length) return;
-    const bytes = this.blockSize * this.config.headDim * this.kvBytes;
+    const bytes = kvPoolBytes(1, this.blockSize, this.config.headDim, this.kvDtype);
     // WebGPU copies only between different buffers: through a staging buffer
     const staging = step.scratch(copies.length * bytes, 'fork blocks');
     for (const pool of [...this.kPools, ...this.vPools]) {
