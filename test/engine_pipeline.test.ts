@@ -158,6 +158,37 @@ describe('engine pipelining', () => {
     }
   });
 
+  it('a request that arrives while the loop is ending (after its last look for work) still runs', async () => {
+    const src = await openModel(STORIES);
+    const model = GpuModel.load(getGpu(), src, { kvMemoryBytes: 1 << 20 });
+    try {
+      const engine = new Engine(model, src.tokenizer);
+      const bos = src.tokenizer.vocab.bos!;
+      // the loop's end is a few microtasks long; a submit k microtasks after the last step's stats lands at each point of it
+      for (let k = 0; k < 12; k++) {
+        let finished = 0;
+        const submitted = new Promise<void>((resolve) => {
+          engine.onStep = () => {
+            engine.onStep = undefined;
+            let chain = Promise.resolve();
+            for (let i = 0; i < k; i++) chain = chain.then(() => {});
+            void chain.then(() => {
+              engine.submit({ prompt: [bos], sampling: greedy(1), events: { onFinish: () => finished++ } });
+              resolve();
+            });
+          };
+        });
+        engine.submit({ prompt: [bos], sampling: greedy(1), events: { onFinish: () => finished++ } });
+        await submitted;
+        await engine.idle();
+        expect({ k, finished }).toEqual({ k, finished: 2 });
+      }
+      expect(model.kv.pool.used).toBe(0);
+    } finally {
+      model.destroy();
+    }
+  });
+
   it('bench step --pipeline: step N+1 recorded before step N is read back, in a steady state that creates nothing', async () => {
     const steps = 3;
     const report = await runStepBench(getGpu(), [{ model: 'stories260k', dtype: 'f32', scale: 'full', layers: 2, batches: [2], warmup: 2, steps, recordRepeats: 1, context: 0, pipeline: true }], true);

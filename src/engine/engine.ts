@@ -471,6 +471,9 @@ export class Engine implements ServingEngine {
       } finally {
         this.loop = null;
       }
+      // a request that arrived after the loop's last look (settled() returned, the loop not yet
+      // cleared) saw it running and did not kick: it starts the next loop
+      this.kick();
     })();
   }
 
