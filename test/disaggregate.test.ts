@@ -295,17 +295,17 @@ describe('disaggregated serving', { timeout: TEST_LIMIT_MS }, () => {
       // refused at registration: it never serves, so it skips the warm-up (--no-warmup)
       const wrong = workerProcess(['--role', 'prefill', '--id', 'wrong-model', '--model', join(repoRoot, 'models', 'stories260K', 'stories260K-Q8_0.gguf'), '--nats', nats.url, '--no-warmup']);
       workers.set('wrong-model', wrong);
-      expect(await wrong.exited).toBe(1);
+      expect(await within(wrong.exited, WORKERS_START_LIMIT_MS, () => `the refused worker exits; its log:\n${wrong.log.join('\n')}`)).toBe(1);
       expect(log.some((l) => l.startsWith('refused worker wrong-model') && l.includes('fingerprint'))).toBe(true);
       expect(cluster.workers().map((w) => w.id)).not.toContain('wrong-model');
 
       const address = kvAddress(cluster, 'nats-decode');
       const q8 = await openModel(join(repoRoot, 'models', 'stories260K', 'stories260K-Q8_0.gguf'));
-      const answer = await poke(address, [encodeFrame({ type: 'hello', version: PROTOCOL_VERSION, role: 'prefill', workerId: 'intruder', fingerprint: modelFingerprint(q8) })]);
+      const answer = await within(poke(address, [encodeFrame({ type: 'hello', version: PROTOCOL_VERSION, role: 'prefill', workerId: 'intruder', fingerprint: modelFingerprint(q8) })]), STATUS_LIMIT_MS, 'the decode worker answers a hello of another model');
       expect(answer).toHaveLength(1);
       expect(answer[0].type).toBe('refuse');
       expect((answer[0] as { reason: string }).reason).toMatch(/fingerprint/);
-      const oldVersion = await poke(address, [encodeFrame({ type: 'hello', version: PROTOCOL_VERSION + 1, role: 'prefill', workerId: 'future', fingerprint: modelFingerprint(source) })]);
+      const oldVersion = await within(poke(address, [encodeFrame({ type: 'hello', version: PROTOCOL_VERSION + 1, role: 'prefill', workerId: 'future', fingerprint: modelFingerprint(source) })]), STATUS_LIMIT_MS, 'the decode worker answers a hello of another version');
       expect(oldVersion[0]?.type).toBe('refuse');
     });
 

@@ -22,6 +22,28 @@ async function connectTo(url: string, name: string): Promise<NatsConnection> {
   }
 }
 
+/** How long a closing connection may spend flushing what it still has to send. */
+const DRAIN_LIMIT_MS = 2000;
+
+/**
+ * Drains (sends what is buffered, then closes); a drain that cannot finish, e.g. while the server
+ * is unreachable and the client dials for ever, is cut short by a plain close so that shutdown
+ * never hangs.
+ */
+async function closeConnection(nc: NatsConnection): Promise<void> {
+  if (nc.isClosed()) return;
+  let timer: NodeJS.Timeout | undefined;
+  const limit = new Promise<void>((resolve) => (timer = setTimeout(resolve, DRAIN_LIMIT_MS)));
+  try {
+    await Promise.race([nc.drain(), limit]);
+  } catch {
+    // a failed drain still closes below
+  } finally {
+    clearTimeout(timer);
+  }
+  if (!nc.isClosed()) await nc.close();
+}
+
 /**
  * Calls `handler(false)` when the connection to the server drops and `handler(true)` once it is
  * back. NATS core delivers at most once: what was published across the gap is gone (the client
@@ -59,9 +81,7 @@ export async function natsWorkerLink(url: string, workerId: string): Promise<Wor
     onMessage: (h) => (handler = h),
     onClose: (h) => void nc.closed().then(h),
     onReconnect: (h) => (reconnected = h),
-    close: async () => {
-      if (!nc.isClosed()) await nc.drain();
-    },
+    close: () => closeConnection(nc),
   };
 }
 
@@ -90,8 +110,6 @@ export async function natsControlPlane(url: string): Promise<ControlPlane> {
     onMessage: (h) => (handler = h),
     onGone: () => {},
     onLink: (h) => (link = h),
-    close: async () => {
-      if (!nc.isClosed()) await nc.drain();
-    },
+    close: () => closeConnection(nc),
   };
 }

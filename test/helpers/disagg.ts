@@ -34,11 +34,11 @@ export async function waitFor(cond: () => boolean, limitMs: number, what: string
   }
 }
 
-/** `p`, or an error naming `what` after `limitMs`. */
-export async function within<T>(p: Promise<T>, limitMs: number, what: string): Promise<T> {
+/** `p`, or an error naming `what` (a function: read when it fails) after `limitMs`. */
+export async function within<T>(p: Promise<T>, limitMs: number, what: string | (() => string)): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${limitMs / 1000} s`)), limitMs);
+    timer = setTimeout(() => reject(new Error(`${typeof what === 'string' ? what : what()}: not within ${limitMs / 1000} s`)), limitMs);
   });
   try {
     return await Promise.race([p, late]);
