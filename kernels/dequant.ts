@@ -1,31 +1,33 @@
 import { Params } from '../src/gpu/params.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
 import { grid1d } from './grid.ts';
-import { QK, WFMT, type WeightFormat, dequantizeRef, isQuantized, weightGroup } from './weights.ts';
+import { WFMT, type WeightFormat, checkRowLength, dequantizeRef, weightGroup } from './weights.ts';
 
 export interface DequantizeArgs {
-  /** weights as uploaded (repackWeights; array<u32>, padded to 4 bytes) */
+  /** an [n, k] weight matrix as uploaded (repackWeights, rows of k; array<vec4<u32>>) */
   w: Binding;
-  /** [count] f32 */
+  /** [count] f32: row r's element c at r * k + c */
   out: Binding;
-  /** elements to decode; a multiple of 32 (whole blocks) for quantised formats */
+  /** elements to decode: n * k */
   count: number;
+  /** elements per row (a multiple of 32 for quantised formats); default: count, one row */
+  k?: number;
   format: WeightFormat;
 }
 
 const WG = 64;
 
-/** Decodes the first `count` elements of a weight buffer to f32 (bit-exact with dequantizeRef). */
+/** Decodes the first `count` elements of a weight matrix to f32 (bit-exact with dequantizeRef of its GGUF bytes). */
 export function dequantize(step: Step, a: DequantizeArgs): void {
-  if (isQuantized(a.format) && a.count % QK !== 0) {
-    throw new RangeError(`dequantize: ${a.format} count must be a multiple of ${QK} (whole blocks), got ${a.count}`);
-  }
+  const k = a.k ?? a.count;
+  checkRowLength(a.format, k);
   if (a.count === 0) return;
+  if (k === 0 || a.count % k !== 0) throw new RangeError(`dequantize: count ${a.count} is not whole rows of ${k}`);
   step.dispatch({
     pipeline: step.gpu.pipelines.get('dequant', 'main', { WFMT: WFMT[a.format], WG }),
-    params: new Params().u32(a.count),
+    params: new Params().u32(a.count).u32(k),
     buffers: [a.w, a.out],
-    workgroups: grid1d(step.gpu, Math.ceil(Math.ceil(a.count / weightGroup(a.format)) / WG)),
+    workgroups: grid1d(step.gpu, Math.ceil(((a.count / k) * Math.ceil(k / weightGroup(a.format))) / WG)),
   });
 }
 

@@ -1,10 +1,10 @@
 import { Params } from '../src/gpu/params.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
 import { grid1d } from './grid.ts';
-import { WFMT, type WeightFormat, checkRowLength, dequantizeRef, rowBytes, weightGroup } from './weights.ts';
+import { WFMT, type WeightFormat, checkRowLength, dequantizeRef, gpuRowLength, rowBytes, weightGroup } from './weights.ts';
 
 export interface EmbeddingArgs {
-  /** [rows, dim] weight matrix as uploaded (repackWeights; array<u32>) */
+  /** [rows, dim] weight matrix as uploaded (repackWeights, rows of dim; array<vec4<u32>>) */
   table: Binding;
   /** [count] u32 token ids */
   tokens: Binding;
@@ -14,7 +14,7 @@ export interface EmbeddingArgs {
   dim: number;
   /**
    * Rows of the table (vocabulary size); ids >= rows produce zero rows. Default: as many whole rows
-   * as the table binding holds (the repacked layout pads by less than a row).
+   * as the table binding holds (q8_0 / q4_0 superblocks pad by less than a row).
    */
   rows?: number;
   format: WeightFormat;
@@ -26,12 +26,41 @@ const WG = 64;
 export function embedding(step: Step, a: EmbeddingArgs): void {
   checkRowLength(a.format, a.dim);
   if (a.count === 0 || a.dim === 0) return;
-  const rows = a.rows ?? Math.floor(bindingSize(a.table) / rowBytes(a.format, a.dim));
+  const rows = a.rows ?? Math.floor(bindingSize(a.table) / rowBytes(a.format, gpuRowLength(a.format, a.dim)));
   step.dispatch({
     pipeline: step.gpu.pipelines.get('embedding', 'main', { WFMT: WFMT[a.format], WG }),
     params: new Params().u32(a.count).u32(a.dim).u32(rows),
     buffers: [a.table, a.tokens, a.out],
     workgroups: grid1d(step.gpu, Math.ceil((a.count * Math.ceil(a.dim / weightGroup(a.format))) / WG)),
+  });
+}
+
+/** A gather of dense rows (no weight layout): what `gatherRows` reads. */
+export interface GatherArgs {
+  /** [rows, dim] rows back to back with no padding: f32, or f16 packed in pairs */
+  table: Binding;
+  /** [count] u32 row indices */
+  tokens: Binding;
+  /** [count, dim] f32 */
+  out: Binding;
+  count: number;
+  dim: number;
+  /** Rows of the table; indices >= rows produce zero rows. */
+  rows: number;
+  format: 'f32' | 'f16';
+}
+
+/**
+ * out[t, :] = table row tokens[t] of dense f32 or f16 rows: activations and KV pool rows. Weight
+ * tables are laid out for 16-byte loads at upload and go through `embedding` instead.
+ */
+export function gatherRows(step: Step, a: GatherArgs): void {
+  if (a.count === 0 || a.dim === 0) return;
+  step.dispatch({
+    pipeline: step.gpu.pipelines.get('embedding', 'gather', { WFMT: WFMT[a.format], WG }),
+    params: new Params().u32(a.count).u32(a.dim).u32(a.rows),
+    buffers: [a.table, a.tokens, a.out],
+    workgroups: grid1d(step.gpu, Math.ceil((a.count * a.dim) / WG)),
   });
 }
 

@@ -26,7 +26,7 @@ export type MatmulEpilogue = { kind: 'bias'; bias: Binding } | { kind: 'residual
 export interface MatmulArgs {
   /** [m, k] f32 activations */
   x: Binding;
-  /** [n, k] weight matrix as uploaded (repackWeights; array<u32>, padded to 4 bytes); [2n, k] for swiglu */
+  /** [n, k] weight matrix as uploaded (repackWeights, rows of k; array<vec4<u32>>); [2n, k] for swiglu */
   w: Binding;
   /** [m, n] f32; must not alias x */
   out: Binding;

@@ -1,8 +1,9 @@
 /**
  * Weight formats as stored in GGUF files, shared by every kernel that reads model weights
- * (matmul, embedding, dequant). Weights are bound to shaders as `array<u32>`: f32 / f16 / bf16 as
- * the GGUF bytes unchanged, q8_0 / q4_0 repacked once at upload into an aligned layout
- * (repackWeights, below); `shaders/common/weights.wgsl` decodes them. This module has the CPU side:
+ * (matmul, embedding, dequant). Weights are bound to shaders as `array<vec4<u32>>`, laid out once at
+ * upload (repackWeights, below) so that every weight load is one 16-byte aligned vec4: f32 / f16 /
+ * bf16 rows padded with zeros to whole groups of 8 elements, q8_0 / q4_0 repacked into aligned
+ * superblocks; `shaders/common/weights.wgsl` decodes them. This module has the CPU side:
  * sizes, the repack, a reference decoder of the GGUF layout that rounds exactly like the shaders
  * (so GPU and CPU can be compared bitwise), and llama.cpp-compatible reference encoders for tests
  * and synthetic weights.
@@ -66,7 +67,7 @@ export function weightGroup(format: WeightFormat): number {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The GPU layout of quantised weights
+// The GPU layout
 
 /**
  * Blocks per superblock of the GPU layout. GGUF's 34- and 18-byte blocks are only 2-byte aligned,
@@ -74,31 +75,59 @@ export function weightGroup(format: WeightFormat): number {
  * (16 bytes) then the 8 blocks' quants, so every block's quants are 16-byte aligned (one vec4<u32>
  * for q4_0, two for q8_0). q8_0 quants are the 32 int8 in element order; q4_0 quants are 4 u32,
  * word t holding elements 8t..8t+7, element 8t+e in bits 4e..4e+3, so 8 consecutive elements are
- * one word. A last superblock of r < 8 blocks is the 16 scale bytes (unused slots zero) then its r
- * blocks' quants. The bytes per block are GGUF's (18 or 34) in whole superblocks, and a buffer is a
- * whole number of 16-byte units. Blocks are numbered through the tensor, so an [n, k] matrix lays
- * out as its n * k elements in one row would (concatenating matrices concatenates their blocks).
+ * one word, and the 8 scales of a superblock are one vec4<u32>. A last superblock of r < 8 blocks
+ * is the 16 scale bytes (unused slots zero) then its r blocks' quants. The bytes per block are
+ * GGUF's (18 or 34) in whole superblocks, and a buffer is a whole number of 16-byte units. Blocks
+ * are numbered through the tensor, so an [n, k] matrix lays out as its n * k elements in one row
+ * would (concatenating matrices concatenates their blocks).
  */
 export const SUPERBLOCK = 8;
 
 const QUANT_BYTES = { q8_0: 32, q4_0: 16 } as const;
 
-/** Bytes of an [n, k] matrix as uploaded to the GPU (repackWeights; 4-byte padded for float formats). */
+/**
+ * Elements one row of `k` takes in the GPU layout: f32 / f16 / bf16 rows are padded with zeros to
+ * whole groups of 8 (the shaders' w_load8: one aligned vec4<u32> of f16 / bf16, two of f32), so
+ * every row starts 16-byte aligned and a row's last group needs no bounds check; q8_0 / q4_0 rows
+ * are whole blocks already (their alignment comes from the superblocks). Real models' K is a
+ * multiple of 8, so the padding costs them nothing.
+ */
+export function gpuRowLength(format: WeightFormat, k: number): number {
+  checkRowLength(format, k);
+  return isQuantized(format) ? k : Math.ceil(k / 8) * 8;
+}
+
+/** Bytes of an [n, k] matrix as uploaded to the GPU (repackWeights): a multiple of 16. */
 export function gpuWeightBytes(format: WeightFormat, n: number, k: number): number {
-  if (!isQuantized(format)) return Math.ceil(weightBytes(format, n, k) / 4) * 4;
+  if (!isQuantized(format)) return weightBytes(format, n, gpuRowLength(format, k));
   checkRowLength(format, k);
   const blocks = (n * k) / QK;
   return Math.ceil(blocks / SUPERBLOCK) * 16 + blocks * QUANT_BYTES[format];
 }
 
 /**
- * The bytes of a tensor in GGUF layout as the shaders read them: quantised formats in the GPU
- * layout (SUPERBLOCK), exact (every scale and quant kept bit for bit), others unchanged.
+ * The bytes of a tensor of rows of `k` elements in GGUF layout as the shaders read them: f32 / f16 /
+ * bf16 rows padded with zeros to gpuRowLength (the bytes themselves when K is a multiple of 8),
+ * q8_0 / q4_0 in the superblock layout (SUPERBLOCK). Exact: every value, scale and quant is kept bit
+ * for bit.
  */
-export function repackWeights(format: WeightFormat, bytes: Uint8Array): Uint8Array {
-  if (!isQuantized(format)) return bytes;
+export function repackWeights(format: WeightFormat, bytes: Uint8Array, k: number): Uint8Array {
+  const rb = rowBytes(format, k);
+  if (rb === 0 ? bytes.byteLength !== 0 : bytes.byteLength % rb !== 0) {
+    throw new RangeError(`repackWeights: ${bytes.byteLength} bytes are not whole ${format} rows of ${k} elements`);
+  }
+  if (isQuantized(format)) return repackBlocks(format, bytes);
+  const stride = rowBytes(format, gpuRowLength(format, k));
+  if (stride === rb) return bytes;
+  const rows = bytes.byteLength / rb;
+  const out = new Uint8Array(rows * stride);
+  for (let r = 0; r < rows; r++) out.set(bytes.subarray(r * rb, (r + 1) * rb), r * stride);
+  return out;
+}
+
+/** q8_0 / q4_0 blocks in the superblock layout (SUPERBLOCK). */
+function repackBlocks(format: 'q8_0' | 'q4_0', bytes: Uint8Array): Uint8Array {
   const size = BLOCK_BYTES[format];
-  if (bytes.byteLength % size !== 0) throw new RangeError(`repackWeights: ${bytes.byteLength} bytes are not whole ${format} blocks`);
   const blocks = bytes.byteLength / size;
   const qb = QUANT_BYTES[format];
   const out = new Uint8Array(gpuWeightBytes(format, 1, blocks * QK));

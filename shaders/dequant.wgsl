@@ -1,8 +1,8 @@
-// Dequantisation: out[i] = element i of a weight buffer (any weight format, common/weights.wgsl;
-// WFMT picks it) for i < count, as f32. The buffer is read as one row of count elements (count is
-// a whole number of blocks for quantised formats). One thread per group of w_group() elements (8, or
-// a q8_0 / q4_0 block); groups are numbered over a 1D index folded into a 2D grid. Used by tests to
-// check the decoders bit for bit, and by tools.
+// Dequantisation: out[r * k + c] = element c of row r of an [n, k] weight matrix as uploaded (any
+// weight format, common/weights.wgsl; WFMT picks it), for the count = n * k elements, as f32. One
+// thread per group of w_group() elements of a row (8, or a q8_0 / q4_0 block: k is a whole number
+// of blocks, so blocks run through the rows); groups are numbered over a 1D index folded into a 2D
+// grid. Used by tests to check the decoders bit for bit, and by tools.
 //#include weights
 
 override WFMT: u32 = 0u;
@@ -10,23 +10,24 @@ override WG: u32 = 64u;
 
 struct Params {
   count: u32,
+  k: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(1) var<storage, read> w: array<vec4u>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-// Writes elements col..col+7 (ragged f32 / f16 / bf16 ends).
-fn store8(col: u32, v: W8) {
-  if (col + 8u <= p.count) {
+// Writes elements col..col+7 of a row at out[o] (ragged f32 / f16 / bf16 row ends).
+fn store8(o: u32, col: u32, v: W8) {
+  if (col + 8u <= p.k) {
     for (var e = 0u; e < 4u; e++) {
-      out[col + e] = v.lo[e];
-      out[col + 4u + e] = v.hi[e];
+      out[o + e] = v.lo[e];
+      out[o + 4u + e] = v.hi[e];
     }
   } else {
     for (var e = 0u; e < 4u; e++) {
-      if (col + e < p.count) { out[col + e] = v.lo[e]; }
-      if (col + 4u + e < p.count) { out[col + 4u + e] = v.hi[e]; }
+      if (col + e < p.k) { out[o + e] = v.lo[e]; }
+      if (col + 4u + e < p.k) { out[o + 4u + e] = v.hi[e]; }
     }
   }
 }
@@ -34,14 +35,16 @@ fn store8(col: u32, v: W8) {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let ge = w_group();
   let g = (wg.x + wg.y * nwg.x) * WG + lid;
-  if (g >= (p.count + ge - 1u) / ge) { return; }
-  let col = g * ge;
   if (w_quantized()) {
+    if (g >= p.count / 32u) { return; }
     let blk = w_block(g);
-    for (var s = 0u; s < 4u; s++) { store8(col + s * 8u, w_block8(blk, s)); }
+    for (var s = 0u; s < 4u; s++) { store8(g * 32u + s * 8u, s * 8u, w_block8(blk, s)); }
     return;
   }
-  store8(col, w_load8(0u, col, p.count));
+  let per_row = (p.k + 7u) / 8u;
+  if (g >= (p.count / p.k) * per_row) { return; }
+  let r = g / per_row;
+  let col = (g % per_row) * 8u;
+  store8(r * p.k + col, col, w_load8(r * w_row_vec4s(p.k), col));
 }

@@ -7,10 +7,10 @@
 //        block), then each of its (TM/4)*(TN/4) threads accumulates a 4 x 4 register micro-tile
 //        from vec4 reads. Tile rows are padded to 9 vec4s so the vec4 reads of neighbouring
 //        threads hit distinct banks. A thread's micro-tile rows/columns are strided by TM/4 and
-//        TN/4, so neighbouring threads write neighbouring elements of Y. q8_0 / q4_0 W tiles are
-//        staged a block per thread (16-byte quant loads). TM is chosen by M (16, 32 or 64): a
-//        batch of up to 64 rows is one row of tiles, so every weight is read once, and a narrow
-//        tile wastes no arithmetic on padding rows.
+//        TN/4, so neighbouring threads write neighbouring elements of Y. W tiles are staged from
+//        16-byte loads: 8 elements per thread for f32 / f16 / bf16, a block per thread for q8_0 /
+//        q4_0. TM is chosen by M (16, 32 or 64): a batch of up to 64 rows is one row of tiles, so
+//        every weight is read once, and a narrow tile wastes no arithmetic on padding rows.
 // decode (small M, 1..8): a workgroup computes MV_ROWS outputs (W rows) for all MV_M rows of X,
 //        so each weight is read from memory once. Its MV_WG threads split K in groups of 8
 //        elements, or of one block for q8_0 / q4_0 (neighbouring threads read neighbouring weight
@@ -57,7 +57,7 @@ fn tiled(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid:
   // first output column of the tile (SwiGLU: TN/2 outputs, TN/2 gate rows then TN/2 up rows)
   let n0 = wg.x * select(TN, TN / 2u, p.epi == EPI_GLU);
   let m0 = wg.y * TM;
-  let rb = w_row_bytes(p.k);
+  let rv = w_row_vec4s(p.k);
   var acc = array<vec4f, 4>();   // acc[i][j]: Y[m0 + ty + i*TM/4, tile column tx + j*TN/4]
   for (var k0 = 0u; k0 < p.k; k0 += TK) {
     for (var q = lid; q < TM * KQ; q += TT) {
@@ -94,8 +94,11 @@ fn tiled(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid:
           ws[r * TS + s * 2u + 1u] = v.hi;
         }
       } else {
+        // a group wholly past K (the last step of a K that is not a multiple of 32) reads nothing:
+        // the row padding covers only the group K falls in
+        let col = k0 + gi * 8u;
         var v = W8(vec4f(0.0), vec4f(0.0));
-        if (live) { v = w_load8(w_row(n0, r, TN) * rb, k0 + gi * 8u, p.k); }
+        if (live && col < p.k) { v = w_load8(w_row(n0, r, TN) * rv, col); }
         ws[r * TS + gi * 2u] = v.lo;
         ws[r * TS + gi * 2u + 1u] = v.hi;
       }

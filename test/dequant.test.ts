@@ -31,11 +31,12 @@ import { useGpu } from './helpers/gpu.ts';
 // and weights are never NaN in practice. The CPU side (dequantizeRef, the encoder) is checked for
 // exact NaN bits, sign and payload included.
 
-async function gpuDequant(gpu: Gpu, format: WeightFormat, bytes: Uint8Array, count: number): Promise<Float32Array> {
-  const wb = gpu.upload(repackWeights(format, bytes));
+/** The first `count` elements of `bytes` (GGUF layout, rows of k; default one row) decoded on the GPU. */
+async function gpuDequant(gpu: Gpu, format: WeightFormat, bytes: Uint8Array, count: number, k = count): Promise<Float32Array> {
+  const wb = gpu.upload(repackWeights(format, bytes.subarray(0, weightBytes(format, count / k, k)), k));
   const ob = gpu.createBuffer(count * 4);
   const step = gpu.step();
-  dequantize(step, { w: wb, out: ob, count, format });
+  dequantize(step, { w: wb, out: ob, count, k, format });
   await step.submit();
   const out = await gpu.readF32(ob, count);
   wb.destroy();
@@ -162,7 +163,7 @@ describe('dequant: bit-exact against the CPU decoder', () => {
       const count = t.n * t.k;
       const original = dequantizeRef('f32', t.bytes, count);
       const bytes = encodeWeights('bf16', original, t.n, t.k);
-      const decoded = await gpuDequant(gpu, 'bf16', bytes, count);
+      const decoded = await gpuDequant(gpu, 'bf16', bytes, count, t.k);
       expectBitExact(decoded, dequantizeRef('bf16', bytes, count), `bf16 ${t.name}`);
       for (let i = 0; i < count; i++) {
         // half a bf16 ulp: relative 2^-8 for normals (8-bit significand), 2^-134 below 2^-126
@@ -350,7 +351,7 @@ describe('dequant: stories260K GGUF tensors against the F32 original', () => {
         const original = f32.get(t.name);
         if (!original) throw new Error(`${t.name} missing from the F32 file`);
         expect(original.length, t.name).toBe(count);
-        const decoded = await gpuDequant(gpu, t.format, t.bytes, count);
+        const decoded = await gpuDequant(gpu, t.format, t.bytes, count, t.k);
         expectBitExact(decoded, dequantizeRef(t.format, t.bytes, count), `${file} ${t.name}`);
         if (t.format === 'f32') {
           expectBitExact(decoded, original, `${file} ${t.name} (f32 copy)`);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { embedding, embeddingRef } from '../kernels/embedding.ts';
-import { WEIGHT_FORMATS, encodeWeights, isQuantized, repackWeights } from '../kernels/weights.ts';
+import { embedding, embeddingRef, gatherRows } from '../kernels/embedding.ts';
+import { WEIGHT_FORMATS, encodeWeights, f16BitsToF32, isQuantized, repackWeights } from '../kernels/weights.ts';
 import { mulberry32, normalArray } from '../src/util/rng.ts';
 import { expectClose } from './helpers/close.ts';
 import { useGpu } from './helpers/gpu.ts';
@@ -33,7 +33,7 @@ describe('embedding', () => {
         it(`${format} dim=${dim}: ${what}`, async () => {
           const gpu = getGpu();
           const table = encodeWeights(format, normalArray(ROWS * dim, dim + 17, 0.5), ROWS, dim);
-          const tb = gpu.upload(repackWeights(format, table));
+          const tb = gpu.upload(repackWeights(format, table, dim));
           const ib = gpu.upload(new Uint32Array(tokens));
           const ob = gpu.createBuffer(tokens.length * dim * 4);
           const step = gpu.step();
@@ -47,11 +47,10 @@ describe('embedding', () => {
     }
   }
 
-  // A table of odd dim holds every other row in the upper half of a u32 (byte offset 2 mod 4), so
-  // both halves of the aligned and shifted group reads and of the ragged row end are exercised.
-  // Values compared as bits (the sign of zero counts); a NaN must come back as a NaN (payloads are
-  // not promised by WGSL, see dequant.test.ts).
-  it('bf16 dim=173: all 65536 bit patterns at odd and even row offsets, bit-exact', async () => {
+  // Every bf16 pattern at every position of an 8-element group and in the ragged group at the end
+  // of a row (odd dim: the row padding follows it). Values compared as bits (the sign of zero
+  // counts); a NaN must come back as a NaN (payloads are not promised by WGSL, see dequant.test.ts).
+  it('bf16 dim=173: all 65536 bit patterns, bit-exact', async () => {
     const gpu = getGpu();
     const dim = 173;
     const rows = Math.ceil(0x10000 / dim);
@@ -60,7 +59,7 @@ describe('embedding', () => {
     const bytes = new Uint8Array(table.buffer);
     const next = mulberry32(7);
     const tokens = [...Array.from({ length: rows }, (_, r) => rows - 1 - r), ...Array.from({ length: 50 }, () => Math.floor(next() * rows))];
-    const tb = gpu.upload(bytes);
+    const tb = gpu.upload(repackWeights('bf16', bytes, dim));
     const ib = gpu.upload(new Uint32Array(tokens));
     const ob = gpu.createBuffer(tokens.length * dim * 4);
     const step = gpu.step();
@@ -80,7 +79,7 @@ describe('embedding', () => {
     const dim = 64;
     const table = encodeWeights('q4_0', normalArray(ROWS * dim, 5), ROWS, dim);
     const tokens = [ROWS - 1, ROWS, 2];
-    const tb = gpu.upload(repackWeights('q4_0', table));
+    const tb = gpu.upload(repackWeights('q4_0', table, dim));
     const ib = gpu.upload(new Uint32Array(tokens));
     const ob = gpu.createBuffer(tokens.length * dim * 4);
     const step = gpu.step();
@@ -89,4 +88,29 @@ describe('embedding', () => {
     expectClose(await gpu.readF32(ob, tokens.length * dim), embeddingRef('q4_0', table, tokens, dim, ROWS), EXACT, 'q4_0 embedding');
     for (const b of [tb, ib, ob]) b.destroy();
   });
+
+  // gatherRows reads dense rows with no padding (activations, KV pool rows): an odd dim puts rows
+  // at every offset; f16 pairs straddle rows. Exact: f32 is copied, f16 widened.
+  for (const format of ['f32', 'f16'] as const) {
+    it(`gatherRows ${format} dim=13: dense rows, an index past the rows gives zeros`, async () => {
+      const gpu = getGpu();
+      const dim = 13;
+      const rows = 9;
+      const words = format === 'f32' ? normalArray(rows * dim, 3) : Uint16Array.from(normalArray(rows * dim, 3), (_, i) => (i * 2731) & 0x7bff);
+      const value = (e: number) => (format === 'f32' ? words[e] : f16BitsToF32(words[e]));
+      const tokens = [8, 0, 3, rows, 3, 7];
+      const tb = gpu.upload(words);
+      const ib = gpu.upload(new Uint32Array(tokens));
+      const ob = gpu.createBuffer(tokens.length * dim * 4);
+      const step = gpu.step();
+      gatherRows(step, { table: tb, tokens: ib, out: ob, count: tokens.length, dim, rows, format });
+      await step.submit();
+      const want = Float32Array.from({ length: tokens.length * dim }, (_, i) => {
+        const id = tokens[Math.floor(i / dim)];
+        return id < rows ? value(id * dim + (i % dim)) : 0;
+      });
+      expectClose(await gpu.readF32(ob, tokens.length * dim), want, EXACT, `${format} gather`);
+      for (const b of [tb, ib, ob]) b.destroy();
+    });
+  }
 });

@@ -73,7 +73,7 @@ describe('uploadWeights', () => {
     try {
       for (const [name, t] of tensors) {
         const g = w.get(name)!;
-        const bytes = repackWeights(FORMAT_OF[t.typeName], t.read()); // as the kernels read them
+        const bytes = repackWeights(FORMAT_OF[t.typeName], t.read(), t.dims[0]); // as the kernels read them
         const want = exact.get(name);
         expect(g.dims, name).toEqual(t.dims);
         if (!want || t.typeName === 'F32') {

@@ -149,7 +149,7 @@ describe('matmul', () => {
       const wq = encodeWeights(format as WeightFormat, normalArray(n * k, n * 104729 + k + 1), n, k);
       const w = dequantizeRef(format, wq, n * k);
       const xb = gpu.upload(x);
-      const wb = gpu.upload(repackWeights(format, wq));
+      const wb = gpu.upload(repackWeights(format, wq, k));
       const yb = gpu.createBuffer(m * n * 4);
       const step = gpu.step();
       matmul(step, { x: xb, w: wb, out: yb, m, n, k, format, variant: c.variant, subgroups });
@@ -209,7 +209,7 @@ describe('matmul', () => {
         const w = dequantizeRef(format, wq, 2 * n * k);
         const gateBytes = weightBytes(format, n, k);
         const [xb, gb, bb, rb] = [x, g, bias, res].map((a) => gpu.upload(a));
-        const [wb, gateB, upB] = [wq, wq.slice(0, gateBytes), wq.slice(gateBytes)].map((a) => gpu.upload(repackWeights(format, a)));
+        const [wb, gateB, upB] = [wq, wq.slice(0, gateBytes), wq.slice(gateBytes)].map((a) => gpu.upload(repackWeights(format, a, k)));
         const out = () => gpu.createBuffer(m * n * 4);
         const [scale, h, y1, y2, y3, p1, p2, pu, p3] = [gpu.createBuffer(m * 4), gpu.createBuffer(m * k * 4), out(), out(), out(), out(), out(), out(), out()];
         const step = gpu.step();

@@ -14,10 +14,10 @@ export const cases: CaseFactory = (scale) =>
         name: `${format} ${shape.name} ffn_up ${shape.dim}x${shape.ffn}`,
         setup(gpu) {
           const count = shape.dim * shape.ffn;
-          const w = gpu.upload(repackWeights(format, encodeWeights(format, normalArray(count, 1, 0.02), shape.ffn, shape.dim)));
+          const w = gpu.upload(repackWeights(format, encodeWeights(format, normalArray(count, 1, 0.02), shape.ffn, shape.dim), shape.dim));
           const out = gpu.createBuffer(count * 4);
           return {
-            run: (step) => dequantize(step, { w, out, count, format }),
+            run: (step) => dequantize(step, { w, out, count, k: shape.dim, format }),
             bytes: weightBytes(format, shape.ffn, shape.dim) + count * 4,
             flops: 0,
             dispose: () => [w, out].forEach((b) => b.destroy()),

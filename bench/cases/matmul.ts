@@ -21,7 +21,7 @@ const PATTERN_ELEMS = 1 << 20;
 export function randomWeightCopies(gpu: Gpu, format: WeightFormat, n: number, k: number, seed: number, copies: number): { buffer: GPUBuffer; bytes: number; stride: number } {
   const fit = Math.max(SUPERBLOCK, Math.floor(PATTERN_ELEMS / k));
   const rows = Math.min(n, fit - (fit % SUPERBLOCK));
-  const pattern = repackWeights(format, encodeWeights(format, normalArray(rows * k, seed, 0.02), rows, k));
+  const pattern = repackWeights(format, encodeWeights(format, normalArray(rows * k, seed, 0.02), rows, k), k);
   const total = gpuWeightBytes(format, n, k);
   const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
   if (total > limit) throw new Error(`${format} [${n} x ${k}] weights (${total} bytes) exceed this device's binding limit (${limit})`);

@@ -20,7 +20,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<vec4u>;   // as uploaded (common/weights.wgsl)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> aux: array<f32>;   // bias [N] or residual [M, N]
 @group(0) @binding(5) var<storage, read> g: array<f32>;     // norm weight [K]
@@ -100,9 +100,9 @@ fn x_rows8(col: u32) -> array<W8, MV_MAX> {
 }
 
 // This thread's partial dot products acc[m][r] of X rows row0 + m with W rows w_row(n0, r): the K
-// groups of w_group() elements lid, lid + MV_WG, ... (f32 / f16 / bf16: 8 elements; q8_0 / q4_0:
-// a block, its quants one or two 16-byte loads per W row, and every X value loaded once for all
-// MV_ROWS rows).
+// groups of w_group() elements lid, lid + MV_WG, ... (f32 / f16 / bf16: 8 elements, one or two
+// 16-byte loads per W row; q8_0 / q4_0: a block, its scales one and its quants one or two 16-byte
+// loads per W row; every X value loaded once for all MV_ROWS rows).
 fn decode_acc(n0: u32, lid: u32) -> array<array<f32, MV_MAX>, MV_MAX> {
   var acc = array<array<f32, MV_MAX>, MV_MAX>();
   if (w_quantized()) {
@@ -122,13 +122,13 @@ fn decode_acc(n0: u32, lid: u32) -> array<array<f32, MV_MAX>, MV_MAX> {
     }
     return acc;
   }
-  let rb = w_row_bytes(p.k);
+  let rv = w_row_vec4s(p.k);
   let groups = (p.k + 7u) / 8u;
   for (var gi = lid; gi < groups; gi += MV_WG) {
     let col = gi * 8u;
     let xv = x_rows8(col);
     for (var r = 0u; r < MV_ROWS; r++) {
-      let wv = w_load8(w_row(n0, r, MV_ROWS) * rb, col, p.k);
+      let wv = w_load8(w_row(n0, r, MV_ROWS) * rv, col);
       for (var m = 0u; m < MV_M; m++) {
         acc[m][r] += dot(xv[m].lo, wv.lo) + dot(xv[m].hi, wv.hi);
       }

@@ -3,7 +3,7 @@ import type { Gpu } from '../gpu/gpu.ts';
 import { ModelFileError } from './gguf.ts';
 import type { ModelSource, TensorSource } from './source.ts';
 
-/** A weight tensor resident on the GPU in its file format (q8_0 / q4_0 in the GPU layout: repackWeights). */
+/** A weight tensor resident on the GPU in its file format, in the GPU layout (repackWeights: rows of dims[0]). */
 export interface GpuTensor {
   buffer: GPUBuffer;
   format: WeightFormat;
@@ -56,9 +56,11 @@ function fusionPlan(source: ModelSource): Map<string, { name: string; parts: Ten
  * into a mapped GPU buffer, dropped), so host memory never holds more than the largest tensor
  * twice, or a fused group's parts and their concatenation twice.
  * Matrices stay in their file format (f32, f16, bf16, q8_0, q4_0): the matmul and embedding
- * kernels decode them; q8_0 / q4_0 blocks are repacked into the aligned GPU layout (repackWeights,
- * exact). The parts of a fused projection (FUSED_PROJECTIONS) are uploaded as one tensor under the
- * fused name instead of their own: their GGUF rows concatenated, then repacked.
+ * kernels decode them from the aligned GPU layout (repackWeights, exact: f32 / f16 / bf16 rows
+ * padded to whole 8-element groups, q8_0 / q4_0 blocks in superblocks). Vectors are one row, so
+ * they keep their plain f32 layout (any padding only follows it). The parts of a fused projection
+ * (FUSED_PROJECTIONS) are uploaded as one tensor under the fused name instead of their own: their
+ * GGUF rows concatenated, then repacked.
  */
 export function uploadWeights(gpu: Gpu, source: ModelSource, onProgress?: (done: number, total: number) => void): Map<string, GpuTensor> {
   const total = [...source.tensors.values()].reduce((n, t) => n + t.bytes, 0);
@@ -69,7 +71,7 @@ export function uploadWeights(gpu: Gpu, source: ModelSource, onProgress?: (done:
     const group = plan.get(t.name);
     if (!group) {
       const { bytes, format } = tensorBytes(t, source.path);
-      out.set(t.name, { buffer: gpu.upload(repackWeights(format, bytes), t.name), format, dims: t.dims });
+      out.set(t.name, { buffer: gpu.upload(repackWeights(format, bytes, t.dims[0]), t.name), format, dims: t.dims });
     } else if (!out.has(group.name)) {
       // rows of every part, in order: in any format a matrix is its rows' bytes back to back
       const parts = group.parts.map((p) => tensorBytes(p, source.path));
@@ -81,7 +83,7 @@ export function uploadWeights(gpu: Gpu, source: ModelSource, onProgress?: (done:
       }
       const product = (dims: number[]) => dims.reduce((a, b) => a * b, 1);
       const dims = isVector(t) ? [group.parts.reduce((n, p) => n + product(p.dims), 0)] : [t.dims[0], group.parts.reduce((n, p) => n + product(p.dims.slice(1)), 0)];
-      out.set(group.name, { buffer: gpu.upload(repackWeights(parts[0].format, bytes), group.name), format: parts[0].format, dims });
+      out.set(group.name, { buffer: gpu.upload(repackWeights(parts[0].format, bytes, dims[0]), group.name), format: parts[0].format, dims });
     }
     done += t.bytes;
     onProgress?.(done, total);
