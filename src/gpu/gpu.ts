@@ -26,6 +26,10 @@ const RAISED_LIMITS = [
 
 /** An open WebGPU device with the runtime's shared pieces: pipeline cache, buffer pool, features. */
 export class Gpu {
+  /** the device's limits, copied once (see snapshotLimits) */
+  readonly limits: GPUSupportedLimits;
+  /** device.queue, taken once (a native getter) */
+  readonly queue: GPUQueue;
   readonly pipelines: PipelineCache;
   readonly pool: BufferPool;
   /** always-on counts of dispatches, passes, submits, bind groups, buffers, writes */
@@ -40,6 +44,8 @@ export class Gpu {
     readonly adapter: AdapterSummary,
     readonly features: GpuFeatures,
   ) {
+    this.limits = snapshotLimits(device.limits);
+    this.queue = device.queue;
     this.pipelines = new PipelineCache(device, this.counters);
     this.pool = new BufferPool(device, this.counters);
     this.bindGroups = new BindGroupCache(device, this.counters);
@@ -62,9 +68,6 @@ export class Gpu {
     });
   }
 
-  get limits(): GPUSupportedLimits {
-    return this.device.limits;
-  }
 
   step(options?: StepOptions): Step {
     return new Step(this, options);
@@ -126,13 +129,13 @@ export class Gpu {
   writeBytes(buffer: GPUBuffer, offset: number, data: ArrayBufferLike, dataOffset: number, size: number): void {
     this.counters.writeBufferCalls++;
     this.counters.writeBufferBytes += size;
-    this.device.queue.writeBuffer(buffer, offset, data, dataOffset, size);
+    this.queue.writeBuffer(buffer, offset, data, dataOffset, size);
   }
 
   /** queue.submit, counted. */
   submit(commands: GPUCommandBuffer): void {
     this.counters.submits++;
-    this.device.queue.submit([commands]);
+    this.queue.submit([commands]);
   }
 
   private countBuffer(bytes: number): void {
@@ -177,4 +180,11 @@ export class Gpu {
     this.pool.destroy();
     this.device.destroy();
   }
+}
+
+/** The device's limits as a plain object: reading the native one crosses into dawn.node on every access, and kernels read them per dispatch. */
+function snapshotLimits(limits: GPUSupportedLimits): GPUSupportedLimits {
+  const copy: Record<string, unknown> = {};
+  for (const name in limits) copy[name] = limits[name as keyof GPUSupportedLimits];
+  return Object.freeze(copy) as unknown as GPUSupportedLimits;
 }

@@ -1,10 +1,10 @@
-import { type PrefillSeq, attentionDecode, attentionPrefill, prefillMeta } from '../../kernels/attention.ts';
+import { type AttentionDecodeArgs, type PrefillSeq, attentionDecode, attentionPrefill, prefillMeta } from '../../kernels/attention.ts';
 import { siluMul } from '../../kernels/elementwise.ts';
-import { type GpuTokenId, copyTokenIds, embedding } from '../../kernels/embedding.ts';
-import { type KvDtype, kvPoolBytes, writeKv } from '../../kernels/kv_cache.ts';
+import { type GpuTokenId, copyTokenIds, embedding, gatherRows } from '../../kernels/embedding.ts';
+import { type KvDtype, type WriteKvArgs, kvPoolBytes, writeKv } from '../../kernels/kv_cache.ts';
 import { type MatmulEpilogue, type MatmulNorm, matmul } from '../../kernels/matmul.ts';
 import { rmsScale } from '../../kernels/rmsnorm.ts';
-import { rope, ropeFrequencies, ropeKv } from '../../kernels/rope.ts';
+import { type RopeKvArgs, rope, ropeFrequencies, ropeKv } from '../../kernels/rope.ts';
 import { AnnAttention, type AnnAttentionOptions, type AnnChunk } from '../ann/ann_attention.ts';
 import type { Gpu } from '../gpu/gpu.ts';
 import type { Step } from '../gpu/step.ts';
@@ -13,6 +13,7 @@ import { type BlockCopy, type HeadwiseKv, NO_SLOT, PagedKvTables, blocksForBudge
 import type { ModelConfig } from './config.ts';
 import { ModelFileError } from './gguf.ts';
 import { type GpuTensor, uploadWeights } from './gpu_weights.ts';
+import { type Linear, type ModelWeights, resolveWeights } from './layer_weights.ts';
 import type { ModelSource } from './source.ts';
 
 /** New tokens for one sequence in a forward pass: a prompt chunk, or one decoded token. */
@@ -95,6 +96,8 @@ export class GpuModel {
   private readonly pendingCopies = new Map<number, BlockCopy[]>();
   /** decode attention with a key index (ModelOptions.ann; docs/ann.md) */
   readonly ann?: AnnAttention;
+  /** the weights by layer and role, resolved once (forward builds no names) */
+  private readonly weights: ModelWeights;
 
   private constructor(
     readonly gpu: Gpu,
@@ -104,6 +107,7 @@ export class GpuModel {
     ropeFreqFactors: Float32Array | null,
   ) {
     const c = config;
+    this.weights = resolveWeights(w, c);
     this.blockSize = options.blockSize ?? 16;
     this.kvDtype = options.kvDtype ?? 'f32';
     if (this.kvDtype === 'f16' && c.headDim % 8 !== 0) throw new Error(`f16 KV needs a head dim that is a multiple of 8, the model's is ${c.headDim}`);
@@ -245,18 +249,16 @@ export class GpuModel {
     const att = buf(T * qDim, 'attention');
     const act = buf(T * c.ffn, 'ffn activation');
 
-    const emb = this.w.get('token_embd.weight')!;
-    embedding(step, { table: emb.buffer, tokens: tokenBuf, out: x, count: T, dim: c.dim, rows: c.vocabSize, format: emb.format });
-    /** `name`'s matmul over T rows: its bias (when the model has q/k/v biases) or the given epilogue. */
-    const lin = (input: GPUBuffer, name: string, out: GPUBuffer, n: number, kIn: number, extra: { norm?: MatmulNorm; epilogue?: MatmulEpilogue } = {}) => {
-      const t = this.w.get(`${name}.weight`)!;
-      const bias = c.qkvBias ? this.w.get(`${name}.bias`) : undefined;
+    const W = this.weights;
+    embedding(step, { table: W.embedding.buffer, tokens: tokenBuf, out: x, count: T, dim: c.dim, rows: c.vocabSize, format: W.embedding.format });
+    /** a linear layer over T rows: its bias (when the model has q/k/v biases) or the given epilogue. */
+    const lin = (input: GPUBuffer, { weight, bias }: Linear, out: GPUBuffer, n: number, kIn: number, extra: { norm?: MatmulNorm; epilogue?: MatmulEpilogue } = {}) => {
       const epilogue = bias ? { kind: 'bias' as const, bias: bias.buffer } : extra.epilogue;
-      matmul(step, { x: input, w: t.buffer, out, m: T, n, k: kIn, format: t.format, norm: extra.norm, epilogue });
+      matmul(step, { x: input, w: weight.buffer, out, m: T, n, k: kIn, format: weight.format, norm: extra.norm, epilogue });
     };
-    const normOf = (input: GPUBuffer, weight: string, rows = T): MatmulNorm => {
+    const normOf = (input: GPUBuffer, weight: GpuTensor, rows = T): MatmulNorm => {
       rmsScale(step, { x: input, out: rs, rows, dim: c.dim, eps: c.rmsEps });
-      return { weight: this.w.get(weight)!.buffer, scale: rs };
+      return { weight: weight.buffer, scale: rs };
     };
     const ropeArgs = { positions: positionBuf, freqs: this.freqs, tokens: T, headDim: c.headDim, ropeDim: c.ropeDim, mode: c.ropeMode };
     const shape = { nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim };
@@ -274,34 +276,50 @@ export class GpuModel {
     const [k, v] = [once(T * kvDim, 'k'), once(T * kvDim, 'v')];
     const [gate, up] = [once(T * c.ffn, 'ffn gate'), once(T * c.ffn, 'ffn up')];
 
+    // every layer's arguments built once per step and pointed at the layer's pools (object spreads per
+    // dispatch were a tenth of the host's recording time)
+    const packed = this.kvDtype === 'f16';
+    const fusedRows = { stride: qDim + 2 * kvDim, kOffset: qDim, vOffset: qDim + kvDim };
+    const pools = { kPool: this.kPools[0], vPool: this.vPools[0], blockTable: tableBuf, tableStride: stride, blockSize: this.blockSize, dtype: this.kvDtype };
+    const kvWrite: WriteKvArgs = { kPool: pools.kPool, vPool: pools.vPool, tokens: T, nKvHeads: c.nKvHeads, headDim: c.headDim, dtype: this.kvDtype, k: q, v: q, slotMapping: slotBuf };
+    const ropeKvArgs: RopeKvArgs = { positions: positionBuf, freqs: this.freqs, tokens: T, nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, ropeDim: c.ropeDim, mode: c.ropeMode, qkv: q, q, kPool: pools.kPool, vPool: pools.vPool, slotMapping: slotBuf, keepK: false, writeKv: !packed };
+    const columns = hw && { columnOf: hw.columnBuf, layer: 0 };
+    const decodeArgs: AttentionDecodeArgs = { kPool: pools.kPool, vPool: pools.vPool, blockTable: tableBuf, tableStride: stride, blockSize: this.blockSize, dtype: this.kvDtype, nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, q, out: att, kvLen: lengthBuf, batch: nDecode, maxKvLen, columns };
+    const residualIntoX2 = { epilogue: { kind: 'residual' as const, residual: x } };
+    const residualIntoX = { epilogue: { kind: 'residual' as const, residual: x2 } };
+    const swiglu = { kind: 'swiglu' as const };
+
     for (let l = 0; l < c.nLayers; l++) {
-      const p = `blk.${l}.`;
-      const pools = { kPool: this.kPools[l], vPool: this.vPools[l], blockTable: tableBuf, tableStride: stride, blockSize: this.blockSize, dtype: this.kvDtype };
-      const kvWrite = { kPool: pools.kPool, vPool: pools.vPool, tokens: T, nKvHeads: c.nKvHeads, headDim: c.headDim, dtype: this.kvDtype };
+      const lw = W.layers[l];
+      pools.kPool = kvWrite.kPool = ropeKvArgs.kPool = decodeArgs.kPool = this.kPools[l];
+      pools.vPool = kvWrite.vPool = ropeKvArgs.vPool = decodeArgs.vPool = this.vPools[l];
+      if (columns) columns.layer = l;
       // head-wise: the slots written before attention (all but the prompt chunks' ring entries, written after it)
       const ls = layerSlots?.(l);
+      kvWrite.slotMapping = ropeKvArgs.slotMapping = ls?.before ?? slotBuf;
       // x -> q, and k, v into the cache; the rotated new K (and V) rows where a ring's prefill reads them
       let newRows: { k: GPUBuffer; v: GPUBuffer; source?: { stride: number; kOffset: number; vOffset: number } };
-      const attnNorm = normOf(x, `${p}attn_norm.weight`);
-      if (this.w.has(`${p}attn_qkv.weight`)) {
-        lin(x, `${p}attn_qkv`, qkv(), qDim + 2 * kvDim, c.dim, { norm: attnNorm });
+      const attnNorm = normOf(x, lw.attnNorm);
+      if ('qkv' in lw.attn) {
+        lin(x, lw.attn.qkv, qkv(), qDim + 2 * kvDim, c.dim, { norm: attnNorm });
         // f16 pools: the rotated rows stay in qkv and writeKv packs them (rope_kv writes f32 pools only)
-        const packed = this.kvDtype === 'f16';
-        ropeKv(step, { ...ropeArgs, ...shape, qkv: qkv(), q, kPool: pools.kPool, vPool: pools.vPool, slotMapping: ls?.before ?? slotBuf, keepK: ls?.after !== undefined, writeKv: !packed });
-        newRows = { k: qkv(), v: qkv(), source: { stride: qDim + 2 * kvDim, kOffset: qDim, vOffset: qDim + kvDim } };
-        if (packed) writeKv(step, { ...kvWrite, k: newRows.k, v: newRows.v, source: newRows.source, slotMapping: ls?.before ?? slotBuf });
+        ropeKvArgs.qkv = qkv();
+        ropeKvArgs.keepK = ls?.after !== undefined;
+        ropeKv(step, ropeKvArgs);
+        newRows = { k: qkv(), v: qkv(), source: fusedRows };
       } else {
-        lin(x, `${p}attn_q`, q, qDim, c.dim, { norm: attnNorm });
-        lin(x, `${p}attn_k`, k(), kvDim, c.dim, { norm: attnNorm });
-        lin(x, `${p}attn_v`, v(), kvDim, c.dim, { norm: attnNorm });
+        lin(x, lw.attn.q, q, qDim, c.dim, { norm: attnNorm });
+        lin(x, lw.attn.k, k(), kvDim, c.dim, { norm: attnNorm });
+        lin(x, lw.attn.v, v(), kvDim, c.dim, { norm: attnNorm });
         rope(step, { ...ropeArgs, x: q, heads: c.nHeads });
         rope(step, { ...ropeArgs, x: k(), heads: c.nKvHeads });
-        writeKv(step, { ...kvWrite, k: k(), v: v(), slotMapping: ls?.before ?? slotBuf });
         newRows = { k: k(), v: v() };
       }
-      const columns = hw && { columnOf: hw.columnBuf, layer: l };
+      kvWrite.k = newRows.k;
+      kvWrite.v = newRows.v;
+      kvWrite.source = newRows.source;
+      if (!('qkv' in lw.attn) || packed) writeKv(step, kvWrite);
       this.ann?.collect(step, l, q, annChunks);
-      const decodeArgs = { ...pools, ...shape, q, out: att, kvLen: lengthBuf, batch: nDecode, maxKvLen, columns };
       if (nDecode > 0) {
         if (this.ann) this.ann.attentionDecode(step, l, decodeArgs, annBatch);
         else attentionDecode(step, decodeArgs);
@@ -312,19 +330,22 @@ export class GpuModel {
         attentionPrefill(step, { ...pools, ...shape, q, out: att, meta: metaBuf, numSeqs: prefill.length, maxQLen, headwise });
       }
       // the prompt chunks' ring entries, now that the chunks' attention has read the rings as they were
-      if (ls?.after) writeKv(step, { ...kvWrite, k: newRows.k, v: newRows.v, source: newRows.source, slotMapping: ls.after });
+      if (ls?.after) {
+        kvWrite.slotMapping = ls.after;
+        writeKv(step, kvWrite);
+      }
       // x2 = x + attention . Wo
-      lin(att, `${p}attn_output`, x2, c.dim, qDim, { epilogue: { kind: 'residual', residual: x } });
+      lin(att, lw.output, x2, c.dim, qDim, residualIntoX2);
       // x = x2 + (silu(gate) * up) . Wdown, gate and up from normalised x2
-      const ffnNorm = normOf(x2, `${p}ffn_norm.weight`);
-      if (this.w.has(`${p}ffn_gate_up.weight`)) {
-        lin(x2, `${p}ffn_gate_up`, act, c.ffn, c.dim, { norm: ffnNorm, epilogue: { kind: 'swiglu' } });
+      const ffnNorm = normOf(x2, lw.ffnNorm);
+      if ('gateUp' in lw.ffn) {
+        lin(x2, lw.ffn.gateUp, act, c.ffn, c.dim, { norm: ffnNorm, epilogue: swiglu });
       } else {
-        lin(x2, `${p}ffn_gate`, gate(), c.ffn, c.dim, { norm: ffnNorm });
-        lin(x2, `${p}ffn_up`, up(), c.ffn, c.dim, { norm: ffnNorm });
+        lin(x2, lw.ffn.gate, gate(), c.ffn, c.dim, { norm: ffnNorm });
+        lin(x2, lw.ffn.up, up(), c.ffn, c.dim, { norm: ffnNorm });
         siluMul(step, { gate: gate(), up: up(), out: act, count: T * c.ffn });
       }
-      lin(act, `${p}ffn_down`, x, c.dim, c.ffn, { epilogue: { kind: 'residual', residual: x2 } });
+      lin(act, lw.down, x, c.dim, c.ffn, residualIntoX);
       options.afterLayer?.(l);
     }
 
@@ -335,12 +356,11 @@ export class GpuModel {
     if (!options.allPositions) {
       rows = chunks.length;
       final = buf(rows * c.dim, 'last rows');
-      embedding(step, { table: x, tokens: step.upload(Uint32Array.from(rowOfChunk), 'last rows'), out: final, count: rows, dim: c.dim, rows: T, format: 'f32' });
+      gatherRows(step, { table: x, tokens: step.upload(Uint32Array.from(rowOfChunk), 'last rows'), out: final, count: rows, dim: c.dim, rows: T, format: 'f32' });
     }
     const logits = buf(rows * c.vocabSize, 'logits');
-    const head = this.w.get('output.weight') ?? emb;
-    const headNorm = normOf(final, 'output_norm.weight', rows);
-    matmul(step, { x: final, w: head.buffer, out: logits, m: rows, n: c.vocabSize, k: c.dim, format: head.format, norm: headNorm });
+    const headNorm = normOf(final, W.outputNorm, rows);
+    matmul(step, { x: final, w: W.head.buffer, out: logits, m: rows, n: c.vocabSize, k: c.dim, format: W.head.format, norm: headNorm });
     return { logits, rows };
   }
 
@@ -408,7 +428,7 @@ export class GpuModel {
     const poolRows = this.kv.pool.numBlocks * this.blockSize;
     const gather = (pool: GPUBuffer, label: string) => {
       const out = step.scratch(bytes, label);
-      embedding(step, { table: pool, tokens: slotBuf, out, count: rows, dim: c.headDim, rows: poolRows, format: this.kvDtype });
+      gatherRows(step, { table: pool, tokens: slotBuf, out, count: rows, dim: c.headDim, rows: poolRows, format: this.kvDtype });
       return step.readback(out, 0, bytes);
     };
     return {
