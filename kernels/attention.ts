@@ -1,7 +1,7 @@
 import type { Gpu } from '../src/gpu/gpu.ts';
 import { Params } from '../src/gpu/params.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
-import { grid1d } from './grid.ts';
+import { GPU_TARGET_WORKGROUPS, grid1d } from './grid.ts';
 import type { KvDtype } from './kv_cache.ts';
 import { useSubgroups } from './subgroups.ts';
 
@@ -70,7 +70,7 @@ export interface DecodeShape extends AttentionShape {
   /** slots per split-K partition (a power of two, 32..1024); default chosen from the grid size */
   partitionSize?: number;
   /**
-   * Workgroups the default plan splits partitions towards (DECODE_TARGET_WORKGROUPS on a hardware
+   * Workgroups the default plan splits partitions towards (GPU_TARGET_WORKGROUPS on a hardware
    * adapter; 0 on a software one, whose few CPU cores gain nothing from more, smaller partitions)
    */
   targetWorkgroups?: number;
@@ -101,13 +101,11 @@ export interface DecodePlan {
 
 const decodeSmem = (gq: number, headDim: number, part: number) => gq * headDim * 4 + Math.max(gq * part, WG * 4) * 4 + gq * WG * 4;
 
-/** Workgroups a default decode plan aims for: several per multiprocessor of a large GPU (132 on an H100/H200). */
-export const DECODE_TARGET_WORKGROUPS = 1024;
 
 /**
  * Split-K plan: partitions of 256 slots, halved (down to 32) while the grid (head rows x head
  * groups x partitions, so batch, kv heads and context length together) would have fewer than
- * the target's workgroups (DECODE_TARGET_WORKGROUPS on a GPU), so short contexts and small batches
+ * the target's workgroups (GPU_TARGET_WORKGROUPS on a GPU), so short contexts and small batches
  * still give a large GPU parallel work; a context that fits one partition needs no merge.
  */
 export function decodePlan(gpu: Gpu, s: DecodeShape): DecodePlan {
@@ -117,7 +115,7 @@ export function decodePlan(gpu: Gpu, s: DecodeShape): DecodePlan {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   let part = s.partitionSize ?? 256;
   if (s.partitionSize === undefined) {
-    const target = s.targetWorkgroups ?? (gpu.adapter.isSoftware ? 0 : DECODE_TARGET_WORKGROUPS);
+    const target = s.targetWorkgroups ?? (gpu.adapter.isSoftware ? 0 : GPU_TARGET_WORKGROUPS);
     while (part > 32 && rowsGrid * Math.ceil(s.maxKvLen / part) < target) part /= 2;
   }
   if (!Number.isInteger(Math.log2(part)) || part < 32 || part > 1024) throw new Error(`decodePlan: partitionSize ${part} must be a power of two in 32..1024`);

@@ -11,3 +11,9 @@ export function grid1d(gpu: Gpu, n: number): [number, number] {
   const y = Math.ceil(n / max);
   return [Math.ceil(n / y), y];
 }
+
+/**
+ * Workgroups a kernel that can split its work (decode attention's partitions, the tiled matmul's
+ * splits over K) aims for on a GPU: several per multiprocessor of a large one (132 on an H100/H200).
+ */
+export const GPU_TARGET_WORKGROUPS = 1024;

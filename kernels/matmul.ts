@@ -1,6 +1,8 @@
 import { Params } from '../src/gpu/params.ts';
+import type { Gpu } from '../src/gpu/gpu.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
-import { grid1d } from './grid.ts';
+import { GPU_TARGET_WORKGROUPS, grid1d } from './grid.ts';
+import { rmsScale } from './rmsnorm.ts';
 import { useSubgroups } from './subgroups.ts';
 import { WFMT, type WeightFormat, checkRowLength, weightGroup } from './weights.ts';
 
@@ -38,6 +40,17 @@ export interface MatmulArgs {
   variant?: MatmulVariant;
   norm?: MatmulNorm;
   epilogue?: MatmulEpilogue;
+  /**
+   * Also each output row's RMS scale 1 / sqrt(mean(y^2) + eps) into `out` (f32 [m]), the scales the
+   * next matmul's norm prologue takes (rmsScale's). A split tiled matmul writes them as it adds its
+   * splits (split_sum_rows: no dispatch of its own); otherwise rmsScale runs after it. Not with swiglu.
+   */
+  rowScales?: { out: Binding; eps: number };
+  /**
+   * Tiled kernel only: splits over K (default matmulSplits: on a GPU, small batches too narrow
+   * to fill it); 1 never splits.
+   */
+  splitK?: number;
   /**
    * Decode kernel only: force its subgroup variant (matmul_subgroup.wgsl: subgroupAdd reductions)
    * on or off; default: the device's mode (kernels/subgroups.ts).
@@ -77,7 +90,13 @@ export function matmul(step: Step, a: MatmulArgs): void {
   checkRowLength(a.format, a.k);
   if (a.m === 0 || a.n === 0) return;
   const epi = a.epilogue?.kind ?? 'none';
-  const params = (m: number, row0: number) => new Params().u32(m).u32(a.n).u32(a.k).u32(row0).u32(EPI[epi]).u32(a.norm ? 1 : 0);
+  if (a.rowScales && epi === 'swiglu') throw new Error('matmul: rowScales with a swiglu epilogue');
+  if (!dispatchMatmul(step, a, epi) && a.rowScales) rmsScale(step, { x: a.out, out: a.rowScales.out, rows: a.m, dim: a.n, eps: a.rowScales.eps });
+}
+
+/** Records the matmul; whether it also wrote rowScales (a split one does). */
+function dispatchMatmul(step: Step, a: MatmulArgs, epi: MatmulEpilogue['kind'] | 'none'): boolean {
+  const params = (m: number, row0: number) => new Params().u32(m).u32(a.n).u32(a.k).u32(row0).u32(EPI[epi]).u32(a.norm ? 1 : 0).u32(a.k).u32(1).f32(0);
   // Bindings the variant does not read are bound to x (read-only, so aliasing it is allowed).
   const aux = a.epilogue?.kind === 'bias' ? a.epilogue.bias : a.epilogue?.kind === 'residual' ? a.epilogue.residual : a.x;
   const buffers = [a.x, a.w, a.out, aux, a.norm?.weight ?? a.x, a.norm?.scale ?? a.x];
@@ -90,13 +109,18 @@ export function matmul(step: Step, a: MatmulArgs): void {
     const gy = Math.ceil(a.m / TM);
     const max = step.gpu.limits.maxComputeWorkgroupsPerDimension;
     if (gx > max || gy > max) throw new RangeError(`matmul: [${a.m} x ${a.n}] needs ${gx} x ${gy} tiles, over this device's ${max} per dimension`);
+    const splits = a.splitK ?? matmulSplits(step.gpu, a.m, a.k, gx * gy);
+    if (splits > 1) {
+      tiledSplit(step, a, splits, TM, buffers);
+      return a.rowScales !== undefined;
+    }
     step.dispatch({
       pipeline: step.gpu.pipelines.get('matmul', 'tiled', { WFMT: WFMT[a.format], TM, TN }),
       params: params(a.m, 0),
       buffers,
       workgroups: [gx, gy],
     });
-    return;
+    return false;
   }
   const workgroups = grid1d(step.gpu, Math.ceil(a.n / (MATMUL_DECODE_ROWS / share)));
   const MV_WG = decodeThreads(a.k, a.format);
@@ -111,7 +135,53 @@ export function matmul(step: Step, a: MatmulArgs): void {
       workgroups,
     });
   }
+  return false;
 }
+
+/** K elements a split over K covers at least: shorter splits would move more partial sums than weights. */
+export const MATMUL_MIN_SPLIT_K = 256;
+
+/**
+ * Splits over K for a tiled matmul: on a GPU, a batch of at most 64 rows (one row of tiles) whose
+ * `tiles` fall short of a GPU's workgroup target is split until they reach it, each split at least
+ * MATMUL_MIN_SPLIT_K long; 1 (no split) otherwise and on a software device, whose few cores gain
+ * nothing from it.
+ */
+export function matmulSplits(gpu: Gpu, m: number, k: number, tiles: number): number {
+  if (gpu.adapter.isSoftware || m > 64 || tiles >= GPU_TARGET_WORKGROUPS) return 1;
+  return Math.max(1, Math.min(Math.ceil(GPU_TARGET_WORKGROUPS / tiles), Math.floor(k / MATMUL_MIN_SPLIT_K)));
+}
+
+/**
+ * The tiled kernel split over K into `splits` (each a whole number of 32-element steps): raw
+ * partial sums per split into scratch, then split_sum adds them and applies the epilogue
+ * (split_sum_rows, a workgroup per row, when the rows' RMS scales are asked for too).
+ */
+function tiledSplit(step: Step, a: MatmulArgs, splits: number, TM: number, buffers: Binding[]): void {
+  const epi = a.epilogue?.kind ?? 'none';
+  const kchunk = Math.ceil(a.k / splits / 32) * 32;
+  const parts = Math.ceil(a.k / kchunk);
+  // SwiGLU's W = [gate; up] is multiplied as a plain [2n, k] matrix; split_sum pairs the halves
+  const nw = epi === 'swiglu' ? 2 * a.n : a.n;
+  const partial = step.scratch(parts * a.m * nw * 4, 'matmul partial sums');
+  const [x, w, out, aux, g, rs] = buffers;
+  step.dispatch({
+    pipeline: step.gpu.pipelines.get('matmul', 'tiled', { WFMT: WFMT[a.format], TM, TN: MATMUL_TILE_N }),
+    params: new Params().u32(a.m).u32(nw).u32(a.k).u32(0).u32(EPI.none).u32(a.norm ? 1 : 0).u32(kchunk).u32(parts).f32(0),
+    buffers: [x, w, partial, x, g, rs],
+    workgroups: [Math.ceil(nw / MATMUL_TILE_N), Math.ceil(a.m / TM), parts],
+  });
+  const sumParams = new Params().u32(a.m).u32(a.n).u32(a.k).u32(0).u32(EPI[epi]).u32(0).u32(kchunk).u32(parts).f32(a.rowScales?.eps ?? 0);
+  // the sums read no weights: one pipeline for every format
+  step.dispatch(
+    a.rowScales
+      ? { pipeline: step.gpu.pipelines.get('matmul', 'split_sum_rows'), params: sumParams, buffers: [partial, w, out, aux, g, a.rowScales.out], workgroups: grid1d(step.gpu, a.m) }
+      : { pipeline: step.gpu.pipelines.get('matmul', 'split_sum'), params: sumParams, buffers: [partial, w, out, aux, g, rs], workgroups: grid1d(step.gpu, Math.ceil((a.m * a.n) / SPLIT_WG)) },
+  );
+}
+
+/** split_sum's workgroup size (matmul.wgsl SPLIT_WG) */
+const SPLIT_WG = 256;
 
 /** CPU reference with float64 accumulation; `w` is the dequantised [n, k] matrix. */
 export function matmulRef(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number): Float64Array {

@@ -1,5 +1,5 @@
 // Matrix multiplication against a weight matrix: Y[M, N] = X[M, K] . W[N, K]^T, with X and Y f32
-// and W in any weight format (common/weights.wgsl; WFMT picks it). Two entry points:
+// and W in any weight format (common/weights.wgsl; WFMT picks it). Entry points:
 //
 // tiled  (prefill and batches over 8 rows): a workgroup computes a TM x TN tile of Y. Per step
 //        over K it stages a TM x 32 tile of X and a TN x 32 tile of W, dequantised to f32, in
@@ -11,6 +11,14 @@
 //        16-byte loads: 8 elements per thread for f32 / f16 / bf16, a block per thread for q8_0 /
 //        q4_0. TM is chosen by M (16, 32 or 64): a batch of up to 64 rows is one row of tiles, so
 //        every weight is read once, and a narrow tile wastes no arithmetic on padding rows.
+//        Split over K (grid z, p.kchunk elements of K each; small batches whose row of tiles is
+//        too narrow to fill a GPU): each split writes its raw sums as rows z * M + m of a partial
+//        buffer, and `split_sum` adds the splits in order and applies the epilogue (SwiGLU's W is
+//        then a plain [2N, K] matrix: partial columns 0..N-1 the gate sums, N..2N-1 the up sums).
+//        Each weight is still read once. `split_sum_rows` does the same a workgroup per row and
+//        also writes each row's RMS scale for the next matmul's norm prologue (as rmsnorm.wgsl's
+//        `scale` computes it, the same reduction), so the split costs no extra dispatch where a
+//        norm follows (the o and down projections).
 // decode (small M, 1..8): a workgroup computes MV_ROWS outputs (W rows) for all MV_M rows of X,
 //        so each weight is read from memory once. Its MV_WG threads split K in groups of 8
 //        elements, or of one block for q8_0 / q4_0 (neighbouring threads read neighbouring weight
@@ -36,6 +44,7 @@
 //#include weights
 //#include activation
 //#include matmul_io
+//#include reduce
 
 // ---------------------------------------------------------------------------------------------
 // tiled
@@ -58,8 +67,9 @@ fn tiled(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid:
   let n0 = wg.x * select(TN, TN / 2u, p.epi == EPI_GLU);
   let m0 = wg.y * TM;
   let rv = w_row_vec4s(p.k);
+  let k_end = min(p.k, (wg.z + 1u) * p.kchunk);
   var acc = array<vec4f, 4>();   // acc[i][j]: Y[m0 + ty + i*TM/4, tile column tx + j*TN/4]
-  for (var k0 = 0u; k0 < p.k; k0 += TK) {
+  for (var k0 = wg.z * p.kchunk; k0 < k_end; k0 += TK) {
     for (var q = lid; q < TM * KQ; q += TT) {
       let r = q / KQ;
       let kk = k0 + (q % KQ) * 4u;
@@ -126,11 +136,71 @@ fn tiled(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) lid:
       } else {
         for (var j = 0u; j < 4u; j++) {
           let n = n0 + tx + j * (TN / 4u);
-          if (n < p.n) { y_store(m, n, acc[i][j]); }
+          // split over K: this split's rows of the partial sums (no epilogue: split_sum applies it)
+          if (n < p.n) { y_store(wg.z * p.m + m, n, acc[i][j]); }
         }
       }
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// split_sum: Y[m, n] from the tiled kernel's partial sums over K (bound at x: p.splits blocks of
+// [M, N], or of [M, 2N] for SwiGLU), added in split order, then the epilogue.
+
+const SPLIT_WG: u32 = 256u;
+
+@compute @workgroup_size(SPLIT_WG)
+fn split_sum(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+             @builtin(local_invocation_index) lid: u32) {
+  // the matmul bind group binds every buffer; this entry point reads none of these
+  _ = &w;
+  _ = &g;
+  _ = &rs;
+  let i = (wg.x + wg.y * nwg.x) * SPLIT_WG + lid;
+  if (i >= p.m * p.n) { return; }
+  let m = i / p.n;
+  let n = i % p.n;
+  let glu = p.epi == EPI_GLU;
+  let cols = select(p.n, 2u * p.n, glu);
+  var s = 0.0;
+  var u = 0.0;
+  for (var z = 0u; z < p.splits; z++) {
+    let row = (z * p.m + m) * cols;
+    s += x[row + n];
+    if (glu) { u += x[row + p.n + n]; }
+  }
+  if (glu) {
+    y[i] = silu1(s) * u;
+  } else {
+    y_store(m, n, s);
+  }
+}
+
+// split_sum_rows: split_sum over whole rows (no SwiGLU), one workgroup per row, with each row's
+// RMS scale 1 / sqrt(mean(y^2) + eps) into scales_out: the loop and reduction of rmsnorm.wgsl's
+// `scale` over the values written, so the scales are its bits.
+
+override WG: u32 = 256u;       // split_sum_rows threads (common/reduce.wgsl)
+@group(0) @binding(6) var<storage, read_write> scales_out: array<f32>;
+
+@compute @workgroup_size(WG)
+fn split_sum_rows(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+                  @builtin(local_invocation_index) lid: u32) {
+  _ = &w;
+  _ = &g;
+  let m = wg.x + wg.y * nwg.x;
+  if (m >= p.m) { return; }
+  var ss = 0.0;
+  for (var n = lid; n < p.n; n += WG) {
+    var s = 0.0;
+    for (var z = 0u; z < p.splits; z++) { s += x[(z * p.m + m) * p.n + n]; }
+    let v = y_value(m, n, s);
+    y[m * p.n + n] = v;
+    ss += v * v;
+  }
+  let scale = inverseSqrt(wg_sum(ss, lid) / f32(p.n) + p.eps);
+  if (lid == 0u) { scales_out[m] = scale; }
 }
 
 // ---------------------------------------------------------------------------------------------

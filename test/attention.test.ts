@@ -10,11 +10,11 @@ import {
   attentionMergeRef,
   attentionPrefill,
   attentionPrefillRef,
-  DECODE_TARGET_WORKGROUPS,
   decodePlan,
   prefillMeta,
   subgroupLanes,
 } from '../kernels/attention.ts';
+import { GPU_TARGET_WORKGROUPS } from '../kernels/grid.ts';
 import {
   type KvDtype,
   type PagedLayout,
@@ -178,8 +178,8 @@ for (const subgroups of [false, true]) describe(subgroups ? 'attention decode (s
     it(`headDim=${c.headDim} gqa=${c.group} blockSize=${c.blockSize} lens=${c.seqLens} ${c.dtype ?? 'f32'}${c.scale ? ` scale=${c.scale}` : ''}`, run(c, 100 + i));
   });
 
-  // a GPU's plan (split towards DECODE_TARGET_WORKGROUPS) on this device too
-  if (!subgroups) it('long context: ~2000 slots over many split-K partitions (a GPU\'s default plan)', run({ seqLens: [2000, 700, 1], nKvHeads: 2, group: 4, headDim: 64, blockSize: 16, targetWorkgroups: DECODE_TARGET_WORKGROUPS, parts: 63 }, 200));
+  // a GPU's plan (split towards GPU_TARGET_WORKGROUPS) on this device too
+  if (!subgroups) it('long context: ~2000 slots over many split-K partitions (a GPU\'s default plan)', run({ seqLens: [2000, 700, 1], nKvHeads: 2, group: 4, headDim: 64, blockSize: 16, targetWorkgroups: GPU_TARGET_WORKGROUPS, parts: 63 }, 200));
 
   it('long context: 256-slot partitions, awkward block size, headDim 128', run({ seqLens: [1999, 300], nKvHeads: 1, group: 2, headDim: 128, blockSize: 7, partitionSize: 256, parts: 8 }, 201));
 });
@@ -191,7 +191,7 @@ describe('attention decode plan', () => {
     const gpu = getGpu();
     // Llama-3-8B's heads: 8 kv heads of 4 query heads, one workgroup each.
     const llama = { nHeads: 32, nKvHeads: 8, headDim: 128 };
-    const at = (batch: number, maxKvLen: number) => decodePlan(gpu, { ...llama, batch, maxKvLen, targetWorkgroups: DECODE_TARGET_WORKGROUPS });
+    const at = (batch: number, maxKvLen: number) => decodePlan(gpu, { ...llama, batch, maxKvLen, targetWorkgroups: GPU_TARGET_WORKGROUPS });
     expect(decodePlan(gpu, { ...llama, batch: 1, maxKvLen: 512, targetWorkgroups: 0 })).toMatchObject({ partitionSize: 256, numParts: 2 });
     if (gpu.adapter.isSoftware) expect(decodePlan(gpu, { ...llama, batch: 1, maxKvLen: 512 }).partitionSize).toBe(256);
     expect(at(1, 512)).toMatchObject({ partitionSize: 32, numParts: 16, gq: 4 });

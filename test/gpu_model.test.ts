@@ -1,9 +1,12 @@
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
+import type { Gpu } from '../src/gpu/gpu.ts';
 import { repoRoot } from '../src/gpu/paths.ts';
+import { Step } from '../src/gpu/step.ts';
 import { KvPoolExhausted } from '../src/kv/paged_kv.ts';
 import { GpuModel } from '../src/model/gpu_model.ts';
 import { type ModelSource, openModel } from '../src/model/source.ts';
+import { syntheticModel } from '../src/model/synthetic.ts';
 import { normalArray } from '../src/util/rng.ts';
 import { useGpu } from './helpers/gpu.ts';
 import { expectGpuLogits } from './helpers/logits.ts';
@@ -91,11 +94,13 @@ describe('KV pool exhaustion', () => {
   });
 });
 
-// Per layer the forward pass records: the attention norm's row scales, one q/k/v matmul (norm in its
-// prologue, biases in its epilogue), RoPE + KV write, attention, the output projection with the
-// residual add in its epilogue, the FFN norm's row scales, one gate/up matmul (norm prologue,
-// SwiGLU epilogue) and the down projection with the residual add: 7 dispatches besides attention's
-// (1 or 2 for decode tokens, 1 for prompt chunks). Before the fusions it was 15 (18 with biases).
+// Per layer the forward pass records: one q/k/v matmul (norm in its prologue, biases in its
+// epilogue), RoPE + KV write, attention, the output projection with the residual add in its
+// epilogue, the FFN norm's row scales, one gate/up matmul (norm prologue, SwiGLU epilogue), the
+// down projection with the residual add, and the next layer's attention norm row scales (the
+// first layer's come before it, with the embedding; the last layer has none): 7 dispatches besides
+// attention's (1 or 2 for decode tokens, 1 for prompt chunks). Before the fusions it was 15 (18
+// with biases). On a GPU a split matmul writes the row scales itself (split_sum_rows).
 describe('dispatches per layer', () => {
   const getGpu = useGpu();
   it('decode, prefill and mixed steps: 7 besides attention, at most 10 in all (q/k/v biases too)', async () => {
@@ -129,19 +134,46 @@ describe('dispatches per layer', () => {
           },
         });
         await step.submit();
-        // layer 0's list also holds the embedding gather
-        for (const layer of perLayer.slice(1)) {
+        // layer 0's list also holds the embedding gather and the first norm's scales
+        for (const [i, layer] of perLayer.entries()) {
+          if (i === 0) continue;
+          const last = i === perLayer.length - 1;
           const other = layer.filter((label) => !label.startsWith('attention'));
           const names = other.map((label) => {
             const [shader, entry] = label.split('|');
             return shader === 'matmul' ? shader : `${shader} ${entry}`;
           });
           const what = `${src.config.architecture}${src.config.qkvBias ? ' with biases' : ''} ${JSON.stringify(chunks)}`;
-          expect(names, what).toEqual(['rmsnorm scale', 'matmul', 'rope rope_kv', 'matmul', 'rmsnorm scale', 'matmul', 'matmul']);
+          expect(names, what).toEqual(['matmul', 'rope rope_kv', 'matmul', 'rmsnorm scale', 'matmul', 'matmul', ...(last ? [] : ['rmsnorm scale'])]);
           expect(layer.length).toBeLessThanOrEqual(10);
         }
       }
       model.destroy();
     }
+  });
+});
+
+describe("a GPU's matmul plan", () => {
+  const getGpu = useGpu();
+  // Small batches split the tiled matmul over K on a GPU (matmulSplits), and the o and down
+  // projections then write the next norm's row scales as they add the splits (split_sum_rows). The
+  // kernels are checked against their references in matmul.test.ts; this runs the whole forward
+  // pass that way, on this device taken for a GPU, against the float64 oracle.
+  it('splits over K and row scales from the split sums: the oracle logits within the f32 bound', async () => {
+    const gpu = getGpu();
+    const asGpu = Object.create(gpu, { adapter: { value: { ...gpu.adapter, isSoftware: false } } }) as Gpu;
+    // K of 512 and more: every projection splits (at least 256 of K each); 12 tokens, one row of 16-row tiles
+    const src = syntheticModel({ name: 'split', dim: 512, ffn: 1024, nHeads: 8, nKvHeads: 2, headDim: 64, vocab: 300, nLayers: 2 }, 'f32', { seed: 3 });
+    const tokens = Array.from({ length: 12 }, (_, i) => (i * 37) % 300);
+    const entries: string[] = [];
+    const dispatch = Step.prototype.dispatch;
+    vi.spyOn(Step.prototype, 'dispatch').mockImplementation(function (this: Step, d) {
+      entries.push(d.pipeline.label);
+      dispatch.call(this, d);
+    });
+    await expectGpuLogits(asGpu, src, tokens);
+    const count = (entry: string) => entries.filter((l) => l.startsWith(`matmul|${entry}|`)).length;
+    // per layer: q/k/v and gate/up through split_sum, o and down through split_sum_rows (the last layer's down: split_sum)
+    expect({ split_sum: count('split_sum'), split_sum_rows: count('split_sum_rows') }).toEqual({ split_sum: 2 * 2 + 1 + 1, split_sum_rows: 2 * 2 - 1 });
   });
 });

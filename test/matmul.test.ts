@@ -2,13 +2,16 @@ import { describe, expect, it } from 'vitest';
 import { siluMul } from '../kernels/elementwise.ts';
 import {
   MATMUL_DECODE_MAX_M,
+  MATMUL_MIN_SPLIT_K,
   type MatmulVariant,
   decodeThreads,
   matmul,
   matmulRef,
+  matmulSplits,
   matmulTileRows,
   matmulVariant,
 } from '../kernels/matmul.ts';
+import { GPU_TARGET_WORKGROUPS } from '../kernels/grid.ts';
 import { rmsNorm, rmsScale, rmsScaleRef } from '../kernels/rmsnorm.ts';
 import { WEIGHT_FORMATS, type WeightFormat, dequantizeRef, encodeWeights, isQuantized, repackWeights, weightBytes, weightGroup } from '../kernels/weights.ts';
 import type { Gpu } from '../src/gpu/gpu.ts';
@@ -31,6 +34,8 @@ const U = 2 ** -24;
 // - decode, subgroup variant: the same up to the thread's accumulator, then subgroupAdd over L
 //   lanes (at worst serial: L - 1) and the serial sum of threads/L subgroup sums, worst over the
 //   device's subgroup sizes L (Variant 'decode-sg').
+// - tiled split over K into S parts: each part's accumulator takes at most ceil(K/4) dot4 results,
+//   then split_sum adds the S partial sums: the tiled L + S bounds it.
 // sum|x*w| is taken at its maximum over the outputs. This is a proven bound, not a fit to observed
 // errors (which are 10-1000x smaller; the tiled bound is loosest at long K, ~0.17 at K=4099 against
 // terms |x*w| ~ 0.6 and outputs ~60). A dropped, doubled or mis-decoded term exceeds it.
@@ -46,12 +51,12 @@ function subgroupSizes(gpu: Gpu): number[] {
 }
 
 /** Per output (row-major [m, n]): the bound on |Y - reference| described above. */
-function dotBounds(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, format: WeightFormat, variant: Variant, inputRel = 0, lanes: number[] = []): Float64Array {
+function dotBounds(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, format: WeightFormat, variant: Variant, inputRel = 0, lanes: number[] = [], splits = 1): Float64Array {
   const threads = decodeThreads(k, format);
   const group = weightGroup(format);
   const perThread = 5 + (group / 8) * Math.ceil(Math.ceil(k / group) / threads);
   const chain =
-    variant === 'tiled' ? 4 + Math.ceil(k / 4) : variant === 'decode' ? perThread + Math.log2(threads) : perThread + Math.max(...lanes.map((l) => l - 1 + threads / l));
+    variant === 'tiled' ? 4 + Math.ceil(k / 4) + (splits > 1 ? splits : 0) : variant === 'decode' ? perThread + Math.log2(threads) : perThread + Math.max(...lanes.map((l) => l - 1 + threads / l));
   const out = new Float64Array(m * n);
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < n; j++) {
@@ -63,9 +68,12 @@ function dotBounds(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: num
   return out;
 }
 
-function tolerance(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, format: WeightFormat, variant: Variant, lanes: number[] = []) {
-  return { atol: Math.max(...dotBounds(x, w, m, n, k, format, variant, 0, lanes)), rtol: 0 };
+function tolerance(x: ArrayLike<number>, w: ArrayLike<number>, m: number, n: number, k: number, format: WeightFormat, variant: Variant, lanes: number[] = [], splits = 1) {
+  return { atol: Math.max(...dotBounds(x, w, m, n, k, format, variant, 0, lanes, splits)), rtol: 0 };
 }
+
+/** The parts a forced split over K makes (matmul: whole 32-element steps per part). */
+const splitsOf = (k: number, splitK = 1) => Math.ceil(k / (Math.ceil(k / splitK / 32) * 32));
 
 /** The kernel (and decode reduction) that matmul runs, as dotBounds names it. */
 const kernelVariant = (m: number, variant: MatmulVariant, subgroups: boolean): Variant => {
@@ -80,6 +88,8 @@ interface Case {
   k: [number, number];
   variant: MatmulVariant;
   what: string;
+  /** tiled: splits over K, forced (as matmulSplits picks on a GPU) */
+  splitK?: number;
 }
 
 const CASES: Case[] = [
@@ -98,12 +108,17 @@ const CASES: Case[] = [
   { m: MATMUL_DECODE_MAX_M + 1, n: 20, k: [72, 64], variant: 'auto', what: `auto M=${MATMUL_DECODE_MAX_M + 1} (tiled, 16-row tile)` },
   { m: 17, n: 67, k: [173, 96], variant: 'auto', what: 'auto M=17 (tiled, 32-row tile)' },
   { m: 64, n: 130, k: [37, 64], variant: 'auto', what: 'auto M=64 (tiled, one row of 64-row tiles)' },
+  { m: 13, n: 67, k: [173, 96], variant: 'tiled', splitK: 3, what: 'tiled split over K in 3 (the last one short)' },
+  { m: 2, n: 5, k: [4099, 4096], variant: 'tiled', splitK: 7, what: 'tiled, long K split in 7' },
+  { m: 64, n: 130, k: [37, 64], variant: 'tiled', splitK: 2, what: 'tiled M=64 split over K in 2' },
 ];
 
 // The tile height does not touch weight decoding (w_load8 is the same code for every TM), and every
 // tiled pipeline is a shader compile of seconds on SwiftShader: the 16- and 32-row tiles run on f32,
 // the 64-row tile on every format.
-function tileTested(format: WeightFormat, m: number, variant: MatmulVariant): boolean {
+// A split over K does not touch weight decoding either: splits run on f32 and q4_0.
+function tileTested(format: WeightFormat, m: number, variant: MatmulVariant, splitK?: number): boolean {
+  if (splitK !== undefined && format !== 'f32' && format !== 'q4_0') return false;
   return matmulVariant(m, variant) === 'decode' || matmulTileRows(m) === 64 || format === 'f32';
 }
 
@@ -115,6 +130,44 @@ describe('matmul', () => {
     expect(matmulVariant(MATMUL_DECODE_MAX_M)).toBe('decode');
     expect(matmulVariant(MATMUL_DECODE_MAX_M + 1)).toBe('tiled');
     expect(matmulVariant(1, 'tiled')).toBe('tiled');
+  });
+
+  it('splits over K: on a GPU, batches of at most 64 rows whose tiles fall short of its workgroup target, each split at least 256 long', () => {
+    const gpu = { adapter: { isSoftware: false } } as Gpu;
+    // Llama-3.2-1B at batch 16: o projection (32 tiles, K 2048), down (32 tiles, K 8192), gate/up (256 tiles)
+    expect(matmulSplits(gpu, 16, 2048, 32)).toBe(2048 / MATMUL_MIN_SPLIT_K);
+    expect(matmulSplits(gpu, 16, 8192, 32)).toBe(GPU_TARGET_WORKGROUPS / 32);
+    expect(matmulSplits(gpu, 16, 2048, 256)).toBe(GPU_TARGET_WORKGROUPS / 256);
+    expect(matmulSplits(gpu, 16, 2048, GPU_TARGET_WORKGROUPS)).toBe(1);
+    expect(matmulSplits(gpu, 65, 8192, 32)).toBe(1); // prefill: rows of tiles fill the GPU
+    expect(matmulSplits(gpu, 16, 300, 32)).toBe(1); // too short to split
+    expect(matmulSplits({ adapter: { isSoftware: true } } as Gpu, 16, 8192, 32)).toBe(1);
+  });
+
+  it("row scales for the next norm: added up with the splits (split_sum_rows, no extra dispatch) or by rmsScale after; rmsScale's bits either way", async () => {
+    const gpu = getGpu();
+    // N > 256: each of split_sum_rows' 256 threads takes several columns, as rmsScale's do
+    const [m, n, k, eps] = [12, 300, 173, 1e-5];
+    const x = normalArray(m * k, 3);
+    const res = normalArray(m * n, 4);
+    const wq = encodeWeights('f32', normalArray(n * k, 5), n, k);
+    const [xb, rb, wb] = [gpu.upload(x), gpu.upload(res), gpu.upload(repackWeights('f32', wq, k))];
+    for (const splitK of [3, 1]) {
+      const [y1, y2, s1, s2] = [gpu.createBuffer(m * n * 4), gpu.createBuffer(m * n * 4), gpu.createBuffer(m * 4), gpu.createBuffer(m * 4)];
+      const step = gpu.step();
+      const args = { x: xb, w: wb, m, n, k, format: 'f32' as const, variant: 'tiled' as const, splitK, epilogue: { kind: 'residual' as const, residual: rb } };
+      const before = gpu.counters.dispatches;
+      matmul(step, { ...args, out: y1, rowScales: { out: s1, eps } });
+      expect(gpu.counters.dispatches - before, `dispatches, splitK ${splitK}`).toBe(2);
+      matmul(step, { ...args, out: y2 });
+      rmsScale(step, { x: y2, out: s2, rows: m, dim: n, eps, subgroups: false });
+      await step.submit();
+      const [g1, g2, c1, c2] = await Promise.all([gpu.readF32(y1, m * n), gpu.readF32(y2, m * n), gpu.readF32(s1, m), gpu.readF32(s2, m)]);
+      expect(bits(g1), `outputs, splitK ${splitK}`).toEqual(bits(g2));
+      expect(bits(c1), `scales, splitK ${splitK}`).toEqual(bits(c2));
+      for (const b of [y1, y2, s1, s2]) b.destroy();
+    }
+    for (const b of [xb, rb, wb]) b.destroy();
   });
 
   it('tiled batches of up to 64 rows take one row of tiles, the narrowest that holds them', () => {
@@ -139,7 +192,7 @@ describe('matmul', () => {
     CASES.flatMap((c) => [{ format, c, subgroups: false }, ...(SUBGROUP_RUNS.has(`${format} ${c.what}`) ? [{ format, c, subgroups: true }] : [])]),
   );
   for (const { format, c, subgroups } of runs) {
-    if (!tileTested(format, c.m, c.variant)) continue;
+    if (!tileTested(format, c.m, c.variant, c.splitK)) continue;
     const k = c.k[isQuantized(format) ? 1 : 0];
     it(`${format} ${c.what}${subgroups ? ' (subgroup variant)' : ''}: [${c.m} x ${k}] . [${c.n} x ${k}]^T`, async (ctx) => {
       const gpu = getGpu();
@@ -152,10 +205,10 @@ describe('matmul', () => {
       const wb = gpu.upload(repackWeights(format, wq, k));
       const yb = gpu.createBuffer(m * n * 4);
       const step = gpu.step();
-      matmul(step, { x: xb, w: wb, out: yb, m, n, k, format, variant: c.variant, subgroups });
+      matmul(step, { x: xb, w: wb, out: yb, m, n, k, format, variant: c.variant, subgroups, splitK: c.splitK });
       await step.submit();
       const y = await gpu.readF32(yb, m * n);
-      const tol = tolerance(x, w, m, n, k, format, kernelVariant(m, c.variant, subgroups), subgroupSizes(gpu));
+      const tol = tolerance(x, w, m, n, k, format, kernelVariant(m, c.variant, subgroups), subgroupSizes(gpu), splitsOf(k, c.splitK));
       expectClose(y, matmulRef(x, w, m, n, k), tol, `${format} ${c.what}`);
       for (const b of [xb, wb, yb]) b.destroy();
     });
@@ -179,13 +232,15 @@ describe('matmul', () => {
   //      |silu(g)| e_u + 1.1 e_g |u| + 1.1 e_g e_u + eta (|silu(g)| + 1.1 e_g)(|u| + e_u)
   //    (|silu'| <= 1.1; eta = (8 + 2|g|) 2^-23, the bound of silu_mul's own rounding in
   //    elementwise.test.ts).
-  const FUSED_CASES: { m: number; n: number; k: [number, number]; what: string }[] = [
+  const FUSED_CASES: { m: number; n: number; k: [number, number]; what: string; splitK?: number }[] = [
     { m: 1, n: 67, k: [173, 96], what: 'decode M=1' },
     { m: 7, n: 9, k: [64, 64], what: 'decode M=7' },
     { m: 2, n: 5, k: [4099, 4096], what: 'decode, long K' },
     { m: 12, n: 37, k: [173, 96], what: 'tiled M=12' },
     { m: 70, n: 33, k: [37, 160], what: 'tiled M=70 (two row tiles)' },
     { m: 33, n: 1, k: [173, 96], what: 'tiled, one output' },
+    { m: 12, n: 37, k: [173, 96], what: 'tiled M=12 split over K in 3', splitK: 3 },
+    { m: 33, n: 1, k: [173, 96], what: 'tiled, one output, split over K in 2', splitK: 2 },
   ];
   const silu = (v: number) => (v >= 0 ? v / (1 + Math.exp(-v)) : (v * Math.exp(v)) / (1 + Math.exp(v)));
   const bits = (a: Float32Array) => [...new Uint32Array(a.buffer, a.byteOffset, a.length)];
@@ -214,7 +269,8 @@ describe('matmul', () => {
         const [scale, h, y1, y2, y3, p1, p2, pu, p3] = [gpu.createBuffer(m * 4), gpu.createBuffer(m * k * 4), out(), out(), out(), out(), out(), out(), out()];
         const step = gpu.step();
         const norm = { weight: gb, scale };
-        const base = { x: xb, m, n, k, format, subgroups };
+        const base = { x: xb, m, n, k, format, subgroups, splitK: c.splitK };
+        const splits = splitsOf(k, c.splitK);
         rmsScale(step, { x: xb, out: scale, rows: m, dim: k, eps: 1e-5, subgroups });
         matmul(step, { ...base, w: gateB, out: y1, norm, epilogue: { kind: 'bias', bias: bb } });
         matmul(step, { ...base, w: gateB, out: y2, epilogue: { kind: 'residual', residual: rb } });
@@ -242,9 +298,9 @@ describe('matmul', () => {
         const wUp = w.subarray(n * k);
         const gate = matmulRef(hRef, wGate, m, n, k);
         const up = matmulRef(hRef, wUp, m, n, k);
-        const eg = dotBounds(hRef, wGate, m, n, k, format, variant, inputRel, lanes);
-        const eu = dotBounds(hRef, wUp, m, n, k, format, variant, inputRel, lanes);
-        const e2 = dotBounds(x, wGate, m, n, k, format, variant, 0, lanes);
+        const eg = dotBounds(hRef, wGate, m, n, k, format, variant, inputRel, lanes, splits);
+        const eu = dotBounds(hRef, wUp, m, n, k, format, variant, inputRel, lanes, splits);
+        const e2 = dotBounds(x, wGate, m, n, k, format, variant, 0, lanes, splits);
         const label = `${format} ${c.what}${subgroups ? ' subgroups' : ''}`;
         expectClose(g1, gate.map((v, i) => v + bias[i % n]), { atol: (1 + U) * Math.max(...eg), rtol: U }, `${label} norm + bias`);
         expectClose(g2, matmulRef(x, wGate, m, n, k).map((v, i) => res[i] + v), { atol: (1 + U) * Math.max(...e2), rtol: U }, `${label} residual`);

@@ -16,6 +16,9 @@ struct Params {
   row0: u32,
   epi: u32,      // EPI_*
   norm: u32,     // 1: normalise X's rows (prologue)
+  kchunk: u32,   // tiled, split over K: elements of K per split (a multiple of 32); else K
+  splits: u32,   // split_sum: partial sums per output
+  eps: f32,      // split_sum_rows: the RMS scales' epsilon
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -49,16 +52,15 @@ fn g_load4(col: u32) -> vec4f {
   return r;
 }
 
-// Writes Y[m, n] from its dot product acc through the bias or residual epilogue.
+// Y[m, n] from its dot product acc through the bias or residual epilogue.
+fn y_value(m: u32, n: u32, acc: f32) -> f32 {
+  if (p.epi == EPI_BIAS) { return acc + aux[n]; }
+  if (p.epi == EPI_RESIDUAL) { return aux[m * p.n + n] + acc; }
+  return acc;
+}
+
 fn y_store(m: u32, n: u32, acc: f32) {
-  let i = m * p.n + n;
-  if (p.epi == EPI_BIAS) {
-    y[i] = acc + aux[n];
-  } else if (p.epi == EPI_RESIDUAL) {
-    y[i] = aux[i] + acc;
-  } else {
-    y[i] = acc;
-  }
+  y[m * p.n + n] = y_value(m, n, acc);
 }
 
 // W row of slot r of a block of `width` weight rows whose first output is n0 (clamped to a valid

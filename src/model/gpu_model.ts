@@ -2,7 +2,7 @@ import { type AttentionDecodeArgs, type PrefillSeq, attentionDecode, attentionPr
 import { siluMul } from '../../kernels/elementwise.ts';
 import { type GpuTokenId, copyTokenIds, embedding, gatherRows } from '../../kernels/embedding.ts';
 import { type KvDtype, type WriteKvArgs, kvPoolBytes, writeKv } from '../../kernels/kv_cache.ts';
-import { type MatmulEpilogue, type MatmulNorm, matmul } from '../../kernels/matmul.ts';
+import { type MatmulArgs, type MatmulNorm, matmul } from '../../kernels/matmul.ts';
 import { rmsScale } from '../../kernels/rmsnorm.ts';
 import { type RopeKvArgs, rope, ropeFrequencies, ropeKv } from '../../kernels/rope.ts';
 import { AnnAttention, type AnnAttentionOptions, type AnnChunk } from '../ann/ann_attention.ts';
@@ -252,10 +252,12 @@ export class GpuModel {
     const W = this.weights;
     embedding(step, { table: W.embedding.buffer, tokens: tokenBuf, out: x, count: T, dim: c.dim, rows: c.vocabSize, format: W.embedding.format });
     /** a linear layer over T rows: its bias (when the model has q/k/v biases) or the given epilogue. */
-    const lin = (input: GPUBuffer, { weight, bias }: Linear, out: GPUBuffer, n: number, kIn: number, extra: { norm?: MatmulNorm; epilogue?: MatmulEpilogue } = {}) => {
+    const lin = (input: GPUBuffer, { weight, bias }: Linear, out: GPUBuffer, n: number, kIn: number, extra: Pick<MatmulArgs, 'norm' | 'epilogue' | 'rowScales'> = {}) => {
       const epilogue = bias ? { kind: 'bias' as const, bias: bias.buffer } : extra.epilogue;
-      matmul(step, { x: input, w: weight.buffer, out, m: T, n, k: kIn, format: weight.format, norm: extra.norm, epilogue });
+      matmul(step, { x: input, w: weight.buffer, out, m: T, n, k: kIn, format: weight.format, norm: extra.norm, epilogue, rowScales: extra.rowScales });
     };
+    // the norms inside the layers take the row scales (rs) that the matmul before them wrote
+    const scaled = (weight: GpuTensor): MatmulNorm => ({ weight: weight.buffer, scale: rs });
     const normOf = (input: GPUBuffer, weight: GpuTensor, rows = T): MatmulNorm => {
       rmsScale(step, { x: input, out: rs, rows, dim: c.dim, eps: c.rmsEps });
       return { weight: weight.buffer, scale: rs };
@@ -285,8 +287,12 @@ export class GpuModel {
     const ropeKvArgs: RopeKvArgs = { positions: positionBuf, freqs: this.freqs, tokens: T, nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, ropeDim: c.ropeDim, mode: c.ropeMode, qkv: q, q, kPool: pools.kPool, vPool: pools.vPool, slotMapping: slotBuf, keepK: false, writeKv: !packed };
     const columns = hw && { columnOf: hw.columnBuf, layer: 0 };
     const decodeArgs: AttentionDecodeArgs = { kPool: pools.kPool, vPool: pools.vPool, blockTable: tableBuf, tableStride: stride, blockSize: this.blockSize, dtype: this.kvDtype, nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, q, out: att, kvLen: lengthBuf, batch: nDecode, maxKvLen, columns };
-    const residualIntoX2 = { epilogue: { kind: 'residual' as const, residual: x } };
+    const rowScales = { out: rs, eps: c.rmsEps };
+    const residualIntoX2 = { epilogue: { kind: 'residual' as const, residual: x }, rowScales };
     const residualIntoX = { epilogue: { kind: 'residual' as const, residual: x2 } };
+    const residualIntoXScaled = { ...residualIntoX, rowScales };
+    // the first layer's attention norm scales; later layers' come with the down projection before them
+    rmsScale(step, { x, out: rs, rows: T, dim: c.dim, eps: c.rmsEps });
     const swiglu = { kind: 'swiglu' as const };
 
     for (let l = 0; l < c.nLayers; l++) {
@@ -299,7 +305,7 @@ export class GpuModel {
       kvWrite.slotMapping = ropeKvArgs.slotMapping = ls?.before ?? slotBuf;
       // x -> q, and k, v into the cache; the rotated new K (and V) rows where a ring's prefill reads them
       let newRows: { k: GPUBuffer; v: GPUBuffer; source?: { stride: number; kOffset: number; vOffset: number } };
-      const attnNorm = normOf(x, lw.attnNorm);
+      const attnNorm = scaled(lw.attnNorm);
       if ('qkv' in lw.attn) {
         lin(x, lw.attn.qkv, qkv(), qDim + 2 * kvDim, c.dim, { norm: attnNorm });
         // f16 pools: the rotated rows stay in qkv and writeKv packs them (rope_kv writes f32 pools only)
@@ -337,7 +343,7 @@ export class GpuModel {
       // x2 = x + attention . Wo
       lin(att, lw.output, x2, c.dim, qDim, residualIntoX2);
       // x = x2 + (silu(gate) * up) . Wdown, gate and up from normalised x2
-      const ffnNorm = normOf(x2, lw.ffnNorm);
+      const ffnNorm = scaled(lw.ffnNorm);
       if ('gateUp' in lw.ffn) {
         lin(x2, lw.ffn.gateUp, act, c.ffn, c.dim, { norm: ffnNorm, epilogue: swiglu });
       } else {
@@ -345,7 +351,7 @@ export class GpuModel {
         lin(x2, lw.ffn.up, up(), c.ffn, c.dim, { norm: ffnNorm });
         siluMul(step, { gate: gate(), up: up(), out: act, count: T * c.ffn });
       }
-      lin(act, lw.down, x, c.dim, c.ffn, residualIntoX);
+      lin(act, lw.down, x, c.dim, c.ffn, l + 1 < c.nLayers ? residualIntoXScaled : residualIntoX);
       options.afterLayer?.(l);
     }
 
