@@ -91,10 +91,11 @@ function matmulCase(shape: ModelShape, format: WeightFormat, proj: Projection, m
 
 /**
  * Per model shape and weight format: decode M=1 on ffn_up, decode M=8 on ffn_down (the long-K
- * matrix) and prefill on the q projection; per model shape in q4_0 also the output head at M=1 and
- * prefill on ffn_up. Prefill is M=512 at full scale, M=64 reduced. bf16 reads as many bytes as f16
+ * matrix) and prefill on the q projection; per model shape in q4_0 also the output head at M=1,
+ * prefill on ffn_up, and a decode batch of 32 on ffn_down (the tiled kernel, split over K on a
+ * GPU: matmulSplits). Prefill is M=512 at full scale, M=64 reduced. bf16 reads as many bytes as f16
  * and shares its load path, so it skips the M=8 ffn_down case (decode M=1 and prefill show its
- * bandwidth and compute rates). 64 cases.
+ * bandwidth and compute rates). 68 cases.
  */
 export const cases: CaseFactory = (scale) => {
   const prefillM = scale === 'full' ? 512 : 64;
@@ -112,6 +113,7 @@ export const cases: CaseFactory = (scale) => {
     }
     out.push(matmulCase(shape, 'q4_0', head, 1, seed++));
     out.push(matmulCase(shape, 'q4_0', up, prefillM, seed++));
+    out.push(matmulCase(shape, 'q4_0', down, 32, seed++));
   }
   return out;
 };
