@@ -256,12 +256,8 @@ export class GpuModel {
       const epilogue = bias ? { kind: 'bias' as const, bias: bias.buffer } : extra.epilogue;
       matmul(step, { x: input, w: weight.buffer, out, m: T, n, k: kIn, format: weight.format, norm: extra.norm, epilogue, rowScales: extra.rowScales });
     };
-    // the norms inside the layers take the row scales (rs) that the matmul before them wrote
+    // every norm takes the row scales (rs) that the matmul before it wrote
     const scaled = (weight: GpuTensor): MatmulNorm => ({ weight: weight.buffer, scale: rs });
-    const normOf = (input: GPUBuffer, weight: GpuTensor, rows = T): MatmulNorm => {
-      rmsScale(step, { x: input, out: rs, rows, dim: c.dim, eps: c.rmsEps });
-      return { weight: weight.buffer, scale: rs };
-    };
     const ropeArgs = { positions: positionBuf, freqs: this.freqs, tokens: T, headDim: c.headDim, ropeDim: c.ropeDim, mode: c.ropeMode };
     const shape = { nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim };
     // the same for every layer: computed once
@@ -289,9 +285,8 @@ export class GpuModel {
     const decodeArgs: AttentionDecodeArgs = { kPool: pools.kPool, vPool: pools.vPool, blockTable: tableBuf, tableStride: stride, blockSize: this.blockSize, dtype: this.kvDtype, nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim, q, out: att, kvLen: lengthBuf, batch: nDecode, maxKvLen, columns };
     const rowScales = { out: rs, eps: c.rmsEps };
     const residualIntoX2 = { epilogue: { kind: 'residual' as const, residual: x }, rowScales };
-    const residualIntoX = { epilogue: { kind: 'residual' as const, residual: x2 } };
-    const residualIntoXScaled = { ...residualIntoX, rowScales };
-    // the first layer's attention norm scales; later layers' come with the down projection before them
+    const residualIntoX = { epilogue: { kind: 'residual' as const, residual: x2 }, rowScales };
+    // the first layer's attention norm scales; the next layer's (or the output norm's) come with each down projection
     rmsScale(step, { x, out: rs, rows: T, dim: c.dim, eps: c.rmsEps });
     const swiglu = { kind: 'swiglu' as const };
 
@@ -351,21 +346,26 @@ export class GpuModel {
         lin(x2, lw.ffn.up, up(), c.ffn, c.dim, { norm: ffnNorm });
         siluMul(step, { gate: gate(), up: up(), out: act, count: T * c.ffn });
       }
-      lin(act, lw.down, x, c.dim, c.ffn, l + 1 < c.nLayers ? residualIntoXScaled : residualIntoX);
+      lin(act, lw.down, x, c.dim, c.ffn, residualIntoX);
       options.afterLayer?.(l);
     }
 
     // logits only for the rows asked for (each chunk's last token, in the caller's chunk order):
     // gather them first with an f32 "embedding" lookup of the residual rows
+    // (with their output norm's row scales, which the last down projection wrote as every layer's does)
     let rows = T;
     let final = x;
+    let finalScales = rs;
     if (!options.allPositions) {
       rows = chunks.length;
+      const rowIds = step.upload(Uint32Array.from(rowOfChunk), 'last rows');
       final = buf(rows * c.dim, 'last rows');
-      gatherRows(step, { table: x, tokens: step.upload(Uint32Array.from(rowOfChunk), 'last rows'), out: final, count: rows, dim: c.dim, rows: T, format: 'f32' });
+      finalScales = buf(rows, 'last rows norm scales');
+      gatherRows(step, { table: x, tokens: rowIds, out: final, count: rows, dim: c.dim, rows: T, format: 'f32' });
+      gatherRows(step, { table: rs, tokens: rowIds, out: finalScales, count: rows, dim: 1, rows: T, format: 'f32' });
     }
     const logits = buf(rows * c.vocabSize, 'logits');
-    const headNorm = normOf(final, W.outputNorm, rows);
+    const headNorm = { weight: W.outputNorm.buffer, scale: finalScales };
     matmul(step, { x: final, w: W.head.buffer, out: logits, m: rows, n: c.vocabSize, k: c.dim, format: W.head.format, norm: headNorm });
     return { logits, rows };
   }
