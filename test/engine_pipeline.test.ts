@@ -6,6 +6,8 @@ import { repoRoot } from '../src/gpu/paths.ts';
 import { GpuModel } from '../src/model/gpu_model.ts';
 import { openModel } from '../src/model/source.ts';
 import type { Tokenizer } from '../src/model/tokenizer/index.ts';
+import { compileGuide } from '../src/constraints/guide.ts';
+import type { TokenAutomaton } from '../src/constraints/automaton.ts';
 import { useGpu } from './helpers/gpu.ts';
 
 const STORIES = join(repoRoot, 'models', 'stories260K', 'stories260K.gguf');
@@ -26,6 +28,8 @@ function periodAsEos(tokenizer: Tokenizer): Tokenizer {
 interface Outcome {
   tokens: number[];
   text: string;
+  /** each token's log-probability and alternatives, where asked for */
+  logprobs: unknown[];
   reason?: FinishReason;
   usage?: Usage;
   /** events received after onFinish (must stay 0) */
@@ -58,17 +62,25 @@ async function serve(model: GpuModel, tokenizer: Tokenizer, pipeline: boolean): 
   const blocksOf = (h: EngineHandle) => Array.from(model.kv.batchTables([h.id]).table);
   const bos = tokenizer.vocab.bos!;
   const word = (w: string) => tokenizer.encode(w).at(-1)!;
-  const submit = (name: string, prompt: number[], sampling: SamplingOptions, hooks: { token?: (o: Outcome, h: EngineHandle) => void; finish?: (h: EngineHandle) => void } = {}) => {
-    const o: Outcome = { tokens: [], text: '', late: 0, kvAtLast: 0 };
+  const submit = (
+    name: string,
+    prompt: number[],
+    sampling: SamplingOptions,
+    hooks: { token?: (o: Outcome, h: EngineHandle) => void; finish?: (h: EngineHandle) => void } = {},
+    constraint?: TokenAutomaton,
+  ) => {
+    const o: Outcome = { tokens: [], text: '', logprobs: [], late: 0, kvAtLast: 0 };
     outcomes.set(name, o);
     const handle: EngineHandle = engine.submit({
       prompt,
       sampling,
+      constraint,
       events: {
         onToken: (e) => {
           if (o.reason) o.late++;
           o.tokens.push(e.token);
           o.text += e.text;
+          if (e.logprob !== undefined) o.logprobs.push([e.logprob, e.topLogprobs]);
           o.kvAtLast = model.kv.tokens(handle.id);
           hooks.token?.(o, handle);
         },
@@ -91,6 +103,10 @@ async function serve(model: GpuModel, tokenizer: Tokenizer, pipeline: boolean): 
   });
   submit('stop string', [bos], greedy(16, [' was']));
   submit('length', [bos], seeded(7, 9, 1.5, { topK: 40 }));
+  // rows whose state between steps lives on the GPU: an automaton (a regex), penalties' token counts, and log-probabilities read with each step
+  submit('constrained', [bos], seeded(24, 11, 1.0, {}), {}, compileGuide({ kind: 'regex', pattern: '[a-z]{1,5}( [a-z]{1,5}){2,6}' }, tokenizer, true));
+  submit('penalties', [word(' Lily')], { ...seeded(20, 13, 0.9, { topK: 50 }), frequencyPenalty: 0.8, presencePenalty: 0.4, repetitionPenalty: 1.3 });
+  submit('logprobs', [bos], { ...greedy(12), logprobs: 3 });
   submit('cancelled', [word(' Lily')], seeded(16, 3, 1.5, { topP: 0.95 }), {
     token: (o, h) => {
       if (o.tokens.length !== 3) return;
@@ -138,12 +154,12 @@ describe('engine pipelining', () => {
       for (const out of piped.outcomes.values()) expect(out.late).toBe(0);
 
       // KV when the last token came: serially, the context before it (prompt + tokens - 1); pipelined,
-      // the EOS sequence and the one cancelled also hold the token a following step appended (dropped
+      // the sequences ending at EOS and the one cancelled also hold the token a following step appended (dropped
       // with the rest of their KV: heldAfterEnd, pool empty), while a sequence at max_tokens is known
       // to end there and no step follows it
       for (const x of o.values()) expect(x.kvAtLast).toBe(1 + x.tokens.length - 1);
       const kvAtLast = (r: Run) => new Map([...r.outcomes].map(([k, x]) => [k, x.kvAtLast]));
-      const ahead = new Map([...kvAtLast(serial)].map(([k, n]) => [k, n + Number(k === 'eos' || k === 'cancelled')]));
+      const ahead = new Map([...kvAtLast(serial)].map(([k, n]) => [k, n + Number(k === 'cancelled' || o.get(k)!.tokens.at(-1) === eos)]));
       expect(kvAtLast(piped)).toEqual(ahead);
       expect(piped.counters.pipelinedSteps).toBeGreaterThan(0);
       expect(piped.pipelinedAtCancel).toBeGreaterThan(0);
@@ -153,6 +169,55 @@ describe('engine pipelining', () => {
       expect(piped.counters.rolledBack).toBeGreaterThan(0);
       expect(piped.counters.rolledBack).toBeLessThanOrEqual(stopped);
       expect(piped.counters.generatedTokens).toBe(serial.counters.generatedTokens);
+    } finally {
+      model.destroy();
+    }
+  });
+
+  it('constrained, penalised and log-probability rows are pipelined too, with the serial outputs', async () => {
+    const src = await openModel(STORIES);
+    const tokenizer = src.tokenizer;
+    const model = GpuModel.load(getGpu(), src, { kvMemoryBytes: 1 << 20 });
+    const bos = tokenizer.vocab.bos!;
+    const kinds: { name: string; sampling: SamplingOptions; constraint?: TokenAutomaton }[] = [
+      { name: 'constrained', sampling: seeded(10, 11, 1.0, {}), constraint: compileGuide({ kind: 'regex', pattern: '[a-z]{1,4}( [a-z]{1,4}){3,5}' }, tokenizer, true) },
+      { name: 'penalties', sampling: { ...seeded(10, 13, 0.9, { topK: 50 }), frequencyPenalty: 0.8, presencePenalty: 0.4, repetitionPenalty: 1.3 } },
+      { name: 'logprobs', sampling: { ...greedy(10), logprobs: 3 } },
+    ];
+    try {
+      for (const k of kinds) {
+        const run = async (pipeline: boolean) => {
+          const engine = new Engine(model, tokenizer, { pipeline });
+          const out: { tokens: number[]; logprobs: unknown[]; reason?: FinishReason } = { tokens: [], logprobs: [] };
+          await new Promise<void>((resolve) =>
+            engine.submit({
+              prompt: [bos],
+              sampling: k.sampling,
+              constraint: k.constraint,
+              events: {
+                onToken: (e) => {
+                  out.tokens.push(e.token);
+                  if (e.logprob !== undefined) out.logprobs.push([e.logprob, e.topLogprobs]);
+                },
+                onFinish: (reason) => {
+                  out.reason = reason;
+                  resolve();
+                },
+              },
+            }),
+          );
+          await engine.idle();
+          return { out, pipelined: engine.counters.pipelinedSteps };
+        };
+        const serial = await run(false);
+        const piped = await run(true);
+        expect(piped.out, k.name).toEqual(serial.out);
+        expect(serial.out.tokens.length, k.name).toBeGreaterThan(3);
+        if (k.name === 'logprobs') expect(serial.out.logprobs).toHaveLength(serial.out.tokens.length);
+        // every decode step but the first follows the one before it
+        expect(piped.pipelined, k.name).toBeGreaterThanOrEqual(serial.out.tokens.length - 2);
+      }
+      expect(model.kv.pool.used).toBe(0);
     } finally {
       model.destroy();
     }

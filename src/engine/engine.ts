@@ -11,7 +11,7 @@ import { FcfsScheduler } from '../scheduler/fcfs.ts';
 import type { BatchShape } from '../scheduler/cost_model.ts';
 import { describeRejection, type Scheduler, type SchedulerLimits, type SeqView, type Slo, type StepPlan } from '../scheduler/scheduler.ts';
 import type { ServingEngine } from './serving.ts';
-import { LogitPenalties, hasPenalties, samplingProblem } from './logit_penalties.ts';
+import { LogitPenalties, samplingProblem } from './logit_penalties.ts';
 import { StopMatcher } from './stop.ts';
 
 export interface SamplingOptions {
@@ -549,8 +549,10 @@ export class Engine implements ServingEngine {
    * decode rows of sequences `prev` decoded, nothing preempted or rejected, and every row
    * `followable`. Otherwise (null) the loop waits for `prev` and plans serially: prompt chunks or
    * recomputes joining, preemption, rejections, cancelled sequences, and rows that need the host
-   * between steps (log-probabilities, constraints, penalties' counts, min_tokens still masking EOS,
-   * prefill-only handoff, pending choices to fork).
+   * between steps (min_tokens still masking EOS, prefill-only handoff, pending choices to fork).
+   * Constrained rows and rows with penalties follow: their automaton states and token counts live
+   * on the GPU and were advanced by `prev`'s sampled ids before this step runs (queue order);
+   * log-probabilities are read back with each step's own logits.
    *
    * The rollback rule: a row whose sequence finished while this step was in flight (EOS, a stop
    * string or an error found when `prev` was read back) is dropped when this step resolves: its
@@ -598,10 +600,9 @@ export class Engine implements ServingEngine {
    * token behind: nothing of its row needs the host between the steps (see follow).
    */
   private followable(s: Sequence): boolean {
-    const o = s.sampling;
     // min_tokens masks EOS by the host's count, one short here: only once the mask is off either way
-    const minTokensDone = (o.minTokens ?? 0) <= s.tokens.length - s.promptLength;
-    return !(o.logprobs ?? 0) && !s.constraint && !s.handoff && !s.forks && !hasPenalties(o) && minTokensDone;
+    const minTokensDone = (s.sampling.minTokens ?? 0) <= s.tokens.length - s.promptLength;
+    return !s.handoff && !s.forks && minTokensDone;
   }
 
   /**

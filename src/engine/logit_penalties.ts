@@ -39,7 +39,7 @@ export function samplingProblem(s: SamplingOptions, vocabSize: number): string |
 }
 
 /** The sequence needs token counts: a penalty other than its neutral value. */
-export function hasPenalties(s: SamplingOptions): boolean {
+function hasPenalties(s: SamplingOptions): boolean {
   return (s.presencePenalty ?? 0) !== 0 || (s.frequencyPenalty ?? 0) !== 0 || (s.repetitionPenalty ?? 1) !== 1;
 }
 
