@@ -72,16 +72,16 @@ export interface GpuTokenId {
 
 /**
  * Records copies of GPU-resident ids into the id list an embedding will read: `id` goes to u32
- * `row` of `dst` (which holds placeholders there). Runs of consecutive rows taking consecutive
+ * `row` of the id list at `dst` (which holds placeholders there). Runs of consecutive rows taking consecutive
  * words of one buffer are one copy, so a steady decode batch in an unchanged order costs one.
  */
-export function copyTokenIds(step: Step, dst: GPUBuffer, ids: readonly { row: number; id: GpuTokenId }[]): void {
+export function copyTokenIds(step: Step, dst: { buffer: GPUBuffer; offset: number }, ids: readonly { row: number; id: GpuTokenId }[]): void {
   const sorted = [...ids].sort((a, b) => a.row - b.row);
   for (let i = 0; i < sorted.length; ) {
     const { row, id } = sorted[i];
     let n = 1;
     while (i + n < sorted.length && sorted[i + n].row === row + n && sorted[i + n].id.buffer === id.buffer && sorted[i + n].id.offset === id.offset + 4 * n) n++;
-    step.copy(id.buffer, id.offset, dst, row * 4, n * 4);
+    step.copy(id.buffer, id.offset, dst.buffer, dst.offset + row * 4, n * 4);
     i += n;
   }
 }

@@ -125,7 +125,10 @@ describe('ann kernels', () => {
     const points = Float32Array.from(noise, (v, i) => v + centres[(Math.floor(i / d) % 7) * d + (i % d)]);
     const step = gpu.step();
     const centroids = step.scratch(clusters * d * 4);
-    annKmeans(step, { points: step.upload(points), pointCount: m, centroids, clusters, assign: step.scratch(m * 4), headDim: d, iterations: 4 });
+    // normalised in place: a buffer of its own (a step upload is read-only)
+    const pointBuf = step.scratch(points.byteLength);
+    gpu.write(pointBuf, points);
+    annKmeans(step, { points: pointBuf, pointCount: m, centroids, clusters, assign: step.scratch(m * 4), headDim: d, iterations: 4 });
     const read = step.readback(centroids, 0, clusters * d * 4);
     await step.submit();
     // unit vectors from f32 sums of ~40 unit vectors and an f32 normalisation: ~1e-6; 1e-5 leaves room

@@ -3,6 +3,13 @@ import type { Gpu } from './gpu.ts';
 import type { Params } from './params.ts';
 import type { UniformArena } from './uniforms.ts';
 
+/** A byte range of a buffer. */
+export interface BufferRange {
+  buffer: GPUBuffer;
+  offset: number;
+  size: number;
+}
+
 /** A storage binding: a whole buffer, or a byte range of one. */
 export type Binding = GPUBuffer | { buffer: GPUBuffer; offset?: number; size?: number };
 
@@ -49,8 +56,8 @@ const MAX_TIMED_PASSES = 64;
 
 /**
  * One engine step: one command encoder, one compute pass per run of dispatches, one submit.
- * Uniforms of all dispatches are staged on the CPU in a persistent UniformArena and written with
- * one writeBuffer per 64 KiB. Bind groups come from the device's BindGroupCache, so a step that
+ * Uniforms of all dispatches and the step's small uploads are staged on the CPU in a persistent
+ * UniformArena and written with one writeBuffer per 64 KiB. Bind groups come from the device's BindGroupCache, so a step that
  * binds what the last one bound creates none. Scratch buffers taken with `scratch()` return to the
  * pool after submit, in reverse order so that the next step gets the same buffers for the same
  * requests (queue order makes the reuse safe: the next step's commands run after this one's). Validation errors raised while the step
@@ -119,11 +126,19 @@ export class Step {
     return buffer;
   }
 
-  /** A scratch buffer holding `data` (written on the queue, so before this step's commands run). */
-  upload(data: ArrayBufferView, label?: string): GPUBuffer {
+  /**
+   * Read-only `data` on the GPU for this step's commands: a slot of the step's arena, written with
+   * its uniforms in one writeBuffer at submit; data larger than an arena chunk gets a scratch buffer
+   * of its own (written on the queue, so before this step's commands run). No kernel may bind it
+   * writable (the arena is bound as uniforms in the same dispatches: a validation error at submit);
+   * data a kernel writes goes in a `scratch()` buffer, filled with `gpu.write`.
+   */
+  upload(data: ArrayBufferView, label?: string): BufferRange {
+    const staged = this.uniforms.stageData(data);
+    if (staged) return staged;
     const buffer = this.scratch(data.byteLength, label);
     if (data.byteLength > 0 && !this.dryRun) this.gpu.write(buffer, data);
-    return buffer;
+    return { buffer, offset: 0, size: buffer.size };
   }
 
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, size: number): void {

@@ -14,12 +14,15 @@ interface Chunk {
 }
 
 /**
- * The uniforms of one step at a time: persistent 64 KiB uniform buffers with a CPU copy, filled
- * from offset 0 by each step and written with one writeBuffer per chunk at submit. A step's
- * dispatches land at the same offsets of the same buffers as the last step's, so their bind groups
- * are found again (BindGroupCache). Rewriting a buffer the previous step read is safe: writeBuffer
- * is ordered on the queue after the commands already submitted. A step holds its arena from
- * creation to submit; a step recorded while another holds one gets another (`Gpu.uniformArena`).
+ * The uniforms and small uploads (token ids, positions, block tables...) of one step at a time:
+ * persistent 64 KiB buffers (uniform and storage) with a CPU copy, filled from offset 0 by each step
+ * and written with one writeBuffer per chunk at submit, so a step's host data costs one write. A
+ * step's dispatches land at the same offsets of the same buffers as the last step's (uploads take
+ * power-of-two slots, so a table that grows moves nothing until it crosses one), so their bind
+ * groups are found again (BindGroupCache). Rewriting a buffer the previous step read is safe:
+ * writeBuffer is ordered on the queue after the commands already submitted. A step holds its arena
+ * from creation to submit; a step recorded while another holds one gets another
+ * (`Gpu.takeUniformArena`).
  */
 export class UniformArena {
   private readonly chunks: Chunk[] = [];
@@ -27,7 +30,7 @@ export class UniformArena {
   private readonly alignment: number;
 
   constructor(private readonly gpu: Gpu) {
-    this.alignment = gpu.device.limits.minUniformBufferOffsetAlignment;
+    this.alignment = Math.max(gpu.limits.minUniformBufferOffsetAlignment, gpu.limits.minStorageBufferOffsetAlignment);
   }
 
   /** The buffer of the last `stage()`. */
@@ -35,15 +38,34 @@ export class UniformArena {
 
   /** Stages `params` and returns their offset in `stagedBuffer` (nothing allocated per call). */
   stage(params: Params): number {
-    const size = params.byteLength;
+    const { chunk, offset } = this.place(params.byteLength);
+    params.writeWords(chunk.words, offset >> 2);
+    return offset;
+  }
+
+  /**
+   * Stages `data` in a slot of the next power of two bytes (at least 16) and returns the slot's
+   * range, or null when it is larger than a chunk (the caller uploads it on its own).
+   */
+  stageData(data: ArrayBufferView): { buffer: GPUBuffer; offset: number; size: number } | null {
+    const size = Math.max(16, 2 ** Math.ceil(Math.log2(Math.max(data.byteLength, 1))));
+    if (size > UNIFORM_CHUNK) return null;
+    const { chunk, offset } = this.place(size);
+    const bytes = new Uint8Array(chunk.words.buffer, offset, size);
+    bytes.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    bytes.fill(0, data.byteLength);
+    return { buffer: chunk.buffer, offset, size };
+  }
+
+  /** Room for `size` bytes at the next aligned offset, in a new chunk when the current one is full. */
+  private place(size: number): { chunk: Chunk; offset: number } {
     let chunk = this.chunks[this.current];
     if (chunk && align(chunk.used, this.alignment) + size > UNIFORM_CHUNK) chunk = this.chunks[++this.current];
     if (!chunk) chunk = this.addChunk();
     const offset = align(chunk.used, this.alignment);
-    params.writeWords(chunk.words, offset >> 2);
     chunk.used = offset + size;
     this.stagedBuffer = chunk.buffer;
-    return offset;
+    return { chunk, offset };
   }
 
   /** Writes what was staged since the last write (at submit or flush). */
@@ -63,7 +85,8 @@ export class UniformArena {
 
   private addChunk(): Chunk {
     const chunk = {
-      buffer: this.gpu.createBuffer(UNIFORM_CHUNK, 'uniforms', Usage.UNIFORM | Usage.COPY_DST),
+      // STORAGE for uploads (COPY_SRC: a kernel may copy one out); COPY_DST for the writes and for ids a pipelined step copies in
+      buffer: this.gpu.createBuffer(UNIFORM_CHUNK, 'step arena', Usage.UNIFORM | Usage.STORAGE | Usage.COPY_SRC | Usage.COPY_DST),
       words: new Uint32Array(UNIFORM_CHUNK / 4),
       used: 0,
       written: 0,

@@ -7,7 +7,7 @@ import { rmsScale } from '../../kernels/rmsnorm.ts';
 import { type RopeKvArgs, rope, ropeFrequencies, ropeKv } from '../../kernels/rope.ts';
 import { AnnAttention, type AnnAttentionOptions, type AnnChunk } from '../ann/ann_attention.ts';
 import type { Gpu } from '../gpu/gpu.ts';
-import type { Step } from '../gpu/step.ts';
+import type { BufferRange, Step } from '../gpu/step.ts';
 import { type HeadPattern, headColumns } from '../kv/head_pattern.ts';
 import { type BlockCopy, type HeadwiseKv, NO_SLOT, PagedKvTables, blocksForBudget } from '../kv/paged_kv.ts';
 import type { ModelConfig } from './config.ts';
@@ -375,11 +375,11 @@ export class GpuModel {
    * `before` attention, every slot but the prompt chunks' (tokens from `nDecode` on) ring entries;
    * `after` it, only those (absent when there are none). Layers with the same columns share buffers.
    */
-  private layerSlotMappings(step: Step, slots: Uint32Array, nDecode: number, prefill: boolean): (layer: number) => { before: GPUBuffer; after?: GPUBuffer } {
+  private layerSlotMappings(step: Step, slots: Uint32Array, nDecode: number, prefill: boolean): (layer: number) => { before: BufferRange; after?: BufferRange } {
     const hw = this.headwise!;
     const nKv = this.config.nKvHeads;
     const T = slots.length / nKv;
-    const byColumns = new Map<string, { before: GPUBuffer; after?: GPUBuffer }>();
+    const byColumns = new Map<string, { before: BufferRange; after?: BufferRange }>();
     return (layer) => {
       const cols = hw.columnOf.subarray(layer * nKv, (layer + 1) * nKv);
       const key = cols.join(',');
