@@ -286,10 +286,10 @@ export class GpuModel {
     const rowScales = { out: rs, eps: c.rmsEps };
     const residualIntoX2 = { epilogue: { kind: 'residual' as const, residual: x }, rowScales };
     const residualIntoX = { epilogue: { kind: 'residual' as const, residual: x2 }, rowScales };
-    // the first layer's attention norm scales; the next layer's (or the output norm's) come with each down projection
-    rmsScale(step, { x, out: rs, rows: T, dim: c.dim, eps: c.rmsEps });
     const swiglu = { kind: 'swiglu' as const };
 
+    // the first layer's attention norm scales; the next layer's (or the output norm's) come with each down projection
+    rmsScale(step, { x, out: rs, rows: T, dim: c.dim, eps: c.rmsEps });
     for (let l = 0; l < c.nLayers; l++) {
       const lw = W.layers[l];
       pools.kPool = kvWrite.kPool = ropeKvArgs.kPool = decodeArgs.kPool = this.kPools[l];
