@@ -223,6 +223,34 @@ describe('engine pipelining', () => {
     }
   });
 
+  it('min_tokens: the EOS mask lifts at the same token when the host count is a step behind', async () => {
+    const src = await openModel(STORIES);
+    const tokenizer = periodAsEos(src.tokenizer);
+    const eos = tokenizer.vocab.eos!;
+    const model = GpuModel.load(getGpu(), src, { kvMemoryBytes: 1 << 20 });
+    const run = async (sampling: SamplingOptions, pipeline: boolean) => {
+      const engine = new Engine(model, tokenizer, { pipeline });
+      const tokens: number[] = [];
+      await new Promise<void>((resolve) => engine.submit({ prompt: [tokenizer.vocab.bos!], sampling, events: { onToken: (e) => tokens.push(e.token), onFinish: () => resolve() } }));
+      await engine.idle();
+      return { tokens, pipelined: engine.counters.pipelinedSteps };
+    };
+    try {
+      // where greedy decoding ends at EOS on its own; min_tokens one short of it lifts the mask
+      // exactly at that step, which a pipelined step records with the host one token behind
+      const free = await run(greedy(30), false);
+      expect(free.tokens.at(-1)).toBe(eos);
+      const sampling = { ...greedy(30), minTokens: free.tokens.length - 1 };
+      const serial = await run(sampling, false);
+      const piped = await run(sampling, true);
+      expect(serial.tokens).toEqual(free.tokens);
+      expect(piped.tokens).toEqual(serial.tokens);
+      expect(piped.pipelined).toBeGreaterThanOrEqual(serial.tokens.length - 2);
+    } finally {
+      model.destroy();
+    }
+  });
+
   it('a request that arrives while the loop is ending (after its last look for work) still runs', async () => {
     const src = await openModel(STORIES);
     const model = GpuModel.load(getGpu(), src, { kvMemoryBytes: 1 << 20 });

@@ -214,7 +214,7 @@ describe('LogitPenalties (the engine side): slots, growth, min-tokens and counts
       for (const id of st.release ?? []) lp.release(id);
       const rows: PenaltyRowInput[] = st.run.map((id) => {
         const s = seqs.get(id)!;
-        return { seq: id, sampling: opts[id], tokens: s.tokens, promptLength: s.promptLength, accepts: !(st.chunk ?? []).includes(id) };
+        return { seq: id, sampling: opts[id], tokens: s.tokens, promptLength: s.promptLength, ahead: 0, accepts: !(st.chunk ?? []).includes(id) };
       });
       const logits = normalArray(rows.length * COLS, 1000 + k, 5);
       const sampledIds = rows.map(() => Math.floor(next() * COLS));
@@ -270,7 +270,7 @@ describe('LogitPenalties (the engine side): slots, growth, min-tokens and counts
     const dispatch = vi.spyOn(step, 'dispatch');
     const neutral = { ...base, presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1, minTokens: 0, minP: 0, logitBias: [] };
     const done = { ...base, minTokens: 2 }; // min_tokens already reached
-    const rows = [base, neutral, done].map((sampling, i) => ({ seq: i, sampling, tokens: [1, 2, 3, 4], promptLength: 2, accepts: true }));
+    const rows = [base, neutral, done].map((sampling, i) => ({ seq: i, sampling, tokens: [1, 2, 3, 4], promptLength: 2, ahead: 0, accepts: true }));
     expect(lp.record(step, lb, rows)).toBeNull();
     expect(dispatch).not.toHaveBeenCalled();
     await step.submit();

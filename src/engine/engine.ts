@@ -549,10 +549,10 @@ export class Engine implements ServingEngine {
    * decode rows of sequences `prev` decoded, nothing preempted or rejected, and every row
    * `followable`. Otherwise (null) the loop waits for `prev` and plans serially: prompt chunks or
    * recomputes joining, preemption, rejections, cancelled sequences, and rows that need the host
-   * between steps (min_tokens still masking EOS, prefill-only handoff, pending choices to fork).
-   * Constrained rows and rows with penalties follow: their automaton states and token counts live
-   * on the GPU and were advanced by `prev`'s sampled ids before this step runs (queue order);
-   * log-probabilities are read back with each step's own logits.
+   * between steps (prefill-only handoff, pending choices to fork). Constrained rows and rows with
+   * penalties follow: their automaton states and token counts live on the GPU and were advanced by
+   * `prev`'s sampled ids before this step runs (queue order); min_tokens masks EOS by the host's
+   * count plus the token in flight; log-probabilities are read back with each step's own logits.
    *
    * The rollback rule: a row whose sequence finished while this step was in flight (EOS, a stop
    * string or an error found when `prev` was read back) is dropped when this step resolves: its
@@ -600,9 +600,7 @@ export class Engine implements ServingEngine {
    * token behind: nothing of its row needs the host between the steps (see follow).
    */
   private followable(s: Sequence): boolean {
-    // min_tokens masks EOS by the host's count, one short here: only once the mask is off either way
-    const minTokensDone = (s.sampling.minTokens ?? 0) <= s.tokens.length - s.promptLength;
-    return !s.handoff && !s.forks && minTokensDone;
+    return !s.handoff && !s.forks;
   }
 
   /**
@@ -647,7 +645,7 @@ export class Engine implements ServingEngine {
       const countSampled = this.penalties.record(
         step,
         logits,
-        batch.map(({ s, n }) => ({ seq: s.id, sampling: s.sampling, tokens: s.tokens, promptLength: s.promptLength, accepts: s.computed + n === s.tokens.length })),
+        batch.map(({ s, n }) => ({ seq: s.id, sampling: s.sampling, tokens: s.tokens, promptLength: s.promptLength, ahead, accepts: s.computed + n === s.tokens.length })),
       );
       const params = packSampleParams(
         batch.map(({ s }) => ({ temperature: s.sampling.temperature, topK: s.sampling.topK, topP: s.sampling.topP, minP: s.sampling.minP, seed: s.sampling.seed, counter: s.tokens.length - s.promptLength + ahead })),

@@ -50,6 +50,8 @@ export interface PenaltyRowInput {
   /** prompt, then generated tokens */
   tokens: readonly number[];
   promptLength: number;
+  /** tokens generated on the GPU beyond `tokens` (a pipelined row: its previous step's, not yet read back) */
+  ahead: number;
   /** the row's sampled token is kept (it completes the sequence's context this step) */
   accepts: boolean;
 }
@@ -86,7 +88,7 @@ export class LogitPenalties {
     const penalties = rows.map((r, row) => {
       const s = r.sampling;
       const bias = new Map(s.logitBias ?? []);
-      if (r.tokens.length - r.promptLength < (s.minTokens ?? 0)) for (const t of this.stopTokens) bias.set(t, -Infinity);
+      if (r.tokens.length + r.ahead - r.promptLength < (s.minTokens ?? 0)) for (const t of this.stopTokens) bias.set(t, -Infinity);
       for (const [token, b] of bias) entries.push({ row, token, bias: b });
       if (!hasPenalties(s)) return { slot: NO_SLOT, presence: 0, frequency: 0, repetition: 1 };
       counting = true;
