@@ -101,7 +101,6 @@ export interface DecodePlan {
 
 const decodeSmem = (gq: number, headDim: number, part: number) => gq * headDim * 4 + Math.max(gq * part, WG * 4) * 4 + gq * WG * 4;
 
-
 /**
  * Split-K plan: partitions of 256 slots, halved (down to 32) while the grid (head rows x head
  * groups x partitions, so batch, kv heads and context length together) would have fewer than

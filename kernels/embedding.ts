@@ -1,4 +1,5 @@
 import { Params } from '../src/gpu/params.ts';
+import type { BufferRange } from '../src/gpu/buffers.ts';
 import type { Binding, Step } from '../src/gpu/step.ts';
 import { grid1d } from './grid.ts';
 import { WFMT, type WeightFormat, checkRowLength, dequantizeRef, gpuRowLength, rowBytes, weightGroup } from './weights.ts';
@@ -72,10 +73,11 @@ export interface GpuTokenId {
 
 /**
  * Records copies of GPU-resident ids into the id list an embedding will read: `id` goes to u32
- * `row` of the id list at `dst` (which holds placeholders there). Runs of consecutive rows taking consecutive
- * words of one buffer are one copy, so a steady decode batch in an unchanged order costs one.
+ * `row` of the list at `dst` (which holds placeholders there). Runs of consecutive rows taking
+ * consecutive words of one buffer are one copy, so a steady decode batch in an unchanged order
+ * costs one.
  */
-export function copyTokenIds(step: Step, dst: { buffer: GPUBuffer; offset: number }, ids: readonly { row: number; id: GpuTokenId }[]): void {
+export function copyTokenIds(step: Step, dst: BufferRange, ids: readonly { row: number; id: GpuTokenId }[]): void {
   const sorted = [...ids].sort((a, b) => a.row - b.row);
   for (let i = 0; i < sorted.length; ) {
     const { row, id } = sorted[i];

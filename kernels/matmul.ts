@@ -4,7 +4,7 @@ import type { Binding, Step } from '../src/gpu/step.ts';
 import { GPU_TARGET_WORKGROUPS, grid1d } from './grid.ts';
 import { rmsScale } from './rmsnorm.ts';
 import { useSubgroups } from './subgroups.ts';
-import { WFMT, type WeightFormat, checkRowLength, weightGroup } from './weights.ts';
+import { QK, WFMT, type WeightFormat, checkRowLength, weightGroup } from './weights.ts';
 
 export type MatmulVariant = 'auto' | 'decode' | 'tiled';
 
@@ -94,9 +94,25 @@ export function matmul(step: Step, a: MatmulArgs): void {
   if (!dispatchMatmul(step, a, epi) && a.rowScales) rmsScale(step, { x: a.out, out: a.rowScales.out, rows: a.m, dim: a.n, eps: a.rowScales.eps });
 }
 
+type EpilogueKind = MatmulEpilogue['kind'] | 'none';
+
+/** matmul_io.wgsl's Params. `kchunk`: K per split (K unsplit); `splits`, `eps`: split_sum's. */
+function matmulParams(p: { m: number; n: number; k: number; row0?: number; epi: EpilogueKind; norm: boolean; kchunk?: number; splits?: number; eps?: number }): Params {
+  return new Params()
+    .u32(p.m)
+    .u32(p.n)
+    .u32(p.k)
+    .u32(p.row0 ?? 0)
+    .u32(EPI[p.epi])
+    .u32(p.norm ? 1 : 0)
+    .u32(p.kchunk ?? p.k)
+    .u32(p.splits ?? 1)
+    .f32(p.eps ?? 0);
+}
+
 /** Records the matmul; whether it also wrote rowScales (a split one does). */
-function dispatchMatmul(step: Step, a: MatmulArgs, epi: MatmulEpilogue['kind'] | 'none'): boolean {
-  const params = (m: number, row0: number) => new Params().u32(m).u32(a.n).u32(a.k).u32(row0).u32(EPI[epi]).u32(a.norm ? 1 : 0).u32(a.k).u32(1).f32(0);
+function dispatchMatmul(step: Step, a: MatmulArgs, epi: EpilogueKind): boolean {
+  const params = (m: number, row0: number) => matmulParams({ m, n: a.n, k: a.k, row0, epi, norm: a.norm !== undefined });
   // Bindings the variant does not read are bound to x (read-only, so aliasing it is allowed).
   const aux = a.epilogue?.kind === 'bias' ? a.epilogue.bias : a.epilogue?.kind === 'residual' ? a.epilogue.residual : a.x;
   const buffers = [a.x, a.w, a.out, aux, a.norm?.weight ?? a.x, a.norm?.scale ?? a.x];
@@ -111,7 +127,7 @@ function dispatchMatmul(step: Step, a: MatmulArgs, epi: MatmulEpilogue['kind'] |
     if (gx > max || gy > max) throw new RangeError(`matmul: [${a.m} x ${a.n}] needs ${gx} x ${gy} tiles, over this device's ${max} per dimension`);
     const splits = a.splitK ?? matmulSplits(step.gpu, a.m, a.k, gx * gy);
     if (splits > 1) {
-      tiledSplit(step, a, splits, TM, buffers);
+      tiledSplit(step, a, epi, splits, TM, buffers);
       return a.rowScales !== undefined;
     }
     step.dispatch({
@@ -157,9 +173,8 @@ export function matmulSplits(gpu: Gpu, m: number, k: number, tiles: number): num
  * partial sums per split into scratch, then split_sum adds them and applies the epilogue
  * (split_sum_rows, a workgroup per row, when the rows' RMS scales are asked for too).
  */
-function tiledSplit(step: Step, a: MatmulArgs, splits: number, TM: number, buffers: Binding[]): void {
-  const epi = a.epilogue?.kind ?? 'none';
-  const kchunk = Math.ceil(a.k / splits / 32) * 32;
+function tiledSplit(step: Step, a: MatmulArgs, epi: EpilogueKind, splits: number, TM: number, buffers: Binding[]): void {
+  const kchunk = Math.ceil(a.k / splits / QK) * QK;
   const parts = Math.ceil(a.k / kchunk);
   // SwiGLU's W = [gate; up] is multiplied as a plain [2n, k] matrix; split_sum pairs the halves
   const nw = epi === 'swiglu' ? 2 * a.n : a.n;
@@ -167,11 +182,11 @@ function tiledSplit(step: Step, a: MatmulArgs, splits: number, TM: number, buffe
   const [x, w, out, aux, g, rs] = buffers;
   step.dispatch({
     pipeline: step.gpu.pipelines.get('matmul', 'tiled', { WFMT: WFMT[a.format], TM, TN: MATMUL_TILE_N }),
-    params: new Params().u32(a.m).u32(nw).u32(a.k).u32(0).u32(EPI.none).u32(a.norm ? 1 : 0).u32(kchunk).u32(parts).f32(0),
+    params: matmulParams({ m: a.m, n: nw, k: a.k, epi: 'none', norm: a.norm !== undefined, kchunk, splits: parts }),
     buffers: [x, w, partial, x, g, rs],
     workgroups: [Math.ceil(nw / MATMUL_TILE_N), Math.ceil(a.m / TM), parts],
   });
-  const sumParams = new Params().u32(a.m).u32(a.n).u32(a.k).u32(0).u32(EPI[epi]).u32(0).u32(kchunk).u32(parts).f32(a.rowScales?.eps ?? 0);
+  const sumParams = matmulParams({ m: a.m, n: a.n, k: a.k, epi, norm: false, kchunk, splits: parts, eps: a.rowScales?.eps });
   // the sums read no weights: one pipeline for every format
   step.dispatch(
     a.rowScales

@@ -4,6 +4,7 @@
 // of blocks, so blocks run through the rows); groups are numbered over a 1D index folded into a 2D
 // grid. Used by tests to check the decoders bit for bit, and by tools.
 //#include weights
+//#include store_row8
 
 override WFMT: u32 = 0u;
 override WG: u32 = 64u;
@@ -17,21 +18,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> w: array<vec4u>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-// Writes elements col..col+7 of a row at out[o] (ragged f32 / f16 / bf16 row ends).
-fn store8(o: u32, col: u32, v: W8) {
-  if (col + 8u <= p.k) {
-    for (var e = 0u; e < 4u; e++) {
-      out[o + e] = v.lo[e];
-      out[o + 4u + e] = v.hi[e];
-    }
-  } else {
-    for (var e = 0u; e < 4u; e++) {
-      if (col + e < p.k) { out[o + e] = v.lo[e]; }
-      if (col + 4u + e < p.k) { out[o + 4u + e] = v.hi[e]; }
-    }
-  }
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
@@ -39,12 +25,12 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (w_quantized()) {
     if (g >= p.count / 32u) { return; }
     let blk = w_block(g);
-    for (var s = 0u; s < 4u; s++) { store8(g * 32u + s * 8u, s * 8u, w_block8(blk, s)); }
+    for (var s = 0u; s < 4u; s++) { store_row8(g * 32u + s * 8u, s * 8u, p.k, w_block8(blk, s)); }
     return;
   }
   let per_row = (p.k + 7u) / 8u;
   if (g >= (p.count / p.k) * per_row) { return; }
   let r = g / per_row;
   let col = (g % per_row) * 8u;
-  store8(r * p.k + col, col, w_load8(r * w_row_vec4s(p.k), col));
+  store_row8(r * p.k + col, col, p.k, w_load8(r * w_row_vec4s(p.k), col));
 }

@@ -11,6 +11,7 @@
 // Work items are numbered over a 1D index folded into a 2D grid. A token id >= rows (an invalid
 // id) yields a row of zeros rather than reading out of bounds.
 //#include weights
+//#include store_row8
 
 override WFMT: u32 = 0u;
 override WG: u32 = 64u;
@@ -26,22 +27,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> rows: array<u32>;    // gather: the dense rows
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-
-// Writes elements col..col+7 of output row t (ragged f32 / f16 / bf16 row ends).
-fn store8(t: u32, col: u32, v: W8) {
-  let o = t * p.dim + col;
-  if (col + 8u <= p.dim) {
-    for (var e = 0u; e < 4u; e++) {
-      out[o + e] = v.lo[e];
-      out[o + 4u + e] = v.hi[e];
-    }
-  } else {
-    for (var e = 0u; e < 4u; e++) {
-      if (col + e < p.dim) { out[o + e] = v.lo[e]; }
-      if (col + 4u + e < p.dim) { out[o + 4u + e] = v.hi[e]; }
-    }
-  }
-}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -59,13 +44,13 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
     for (var s = 0u; s < 4u; s++) {
       var v = W8(vec4f(0.0), vec4f(0.0));   // +0, not (0 - 8) * 0
       if (tok < p.rows) { v = w_block8(blk, s); }
-      store8(t, col + s * 8u, v);
+      store_row8(t * p.dim + col + s * 8u, col + s * 8u, p.dim, v);
     }
     return;
   }
   var v = W8(vec4f(0.0), vec4f(0.0));
   if (tok < p.rows) { v = w_load8(tok * w_row_vec4s(p.dim), col); }
-  store8(t, col, v);
+  store_row8(t * p.dim + col, col, p.dim, v);
 }
 
 @compute @workgroup_size(WG)

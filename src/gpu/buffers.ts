@@ -17,6 +17,13 @@ export const MAP_READ_MODE = 0x1;
 /** Default usage for tensors: bindable as storage, and copyable both ways (upload, readback). */
 export const STORAGE_USAGE = Usage.STORAGE | Usage.COPY_SRC | Usage.COPY_DST;
 
+/** A byte range of a buffer (a binding of part of it). */
+export interface BufferRange {
+  buffer: GPUBuffer;
+  offset: number;
+  size: number;
+}
+
 /** Storage bindings must be a multiple of 4 bytes; round every size up to that. */
 export function align(n: number, to: number): number {
   return Math.ceil(n / to) * to;
@@ -38,6 +45,7 @@ export class BufferPool {
     private readonly counters: GpuCounters,
   ) {}
 
+  /** Bytes a request of `bytes` takes: the next power of two, at least 256. */
   static sizeClass(bytes: number): number {
     return Math.max(256, 2 ** Math.ceil(Math.log2(Math.max(bytes, 1))));
   }

@@ -68,7 +68,6 @@ export class Gpu {
     });
   }
 
-
   step(options?: StepOptions): Step {
     return new Step(this, options);
   }

@@ -1,14 +1,7 @@
-import { MAP_READ_MODE, Usage, align } from './buffers.ts';
+import { type BufferRange, MAP_READ_MODE, Usage, align } from './buffers.ts';
 import type { Gpu } from './gpu.ts';
 import type { Params } from './params.ts';
 import type { UniformArena } from './uniforms.ts';
-
-/** A byte range of a buffer. */
-export interface BufferRange {
-  buffer: GPUBuffer;
-  offset: number;
-  size: number;
-}
 
 /** A storage binding: a whole buffer, or a byte range of one. */
 export type Binding = GPUBuffer | { buffer: GPUBuffer; offset?: number; size?: number };
@@ -57,8 +50,8 @@ const MAX_TIMED_PASSES = 64;
 /**
  * One engine step: one command encoder, one compute pass per run of dispatches, one submit.
  * Uniforms of all dispatches and the step's small uploads are staged on the CPU in a persistent
- * UniformArena and written with one writeBuffer per 64 KiB. Bind groups come from the device's BindGroupCache, so a step that
- * binds what the last one bound creates none. Scratch buffers taken with `scratch()` return to the
+ * UniformArena and written with one writeBuffer per 64 KiB. Bind groups come from the device's
+ * BindGroupCache, so a step that binds what the last one bound creates none. Scratch buffers taken with `scratch()` return to the
  * pool after submit, in reverse order so that the next step gets the same buffers for the same
  * requests (queue order makes the reuse safe: the next step's commands run after this one's). Validation errors raised while the step
  * was recorded are thrown from `submit()` with the driver's message. A step is either submitted

@@ -1,4 +1,4 @@
-import { Usage, align } from './buffers.ts';
+import { BufferPool, type BufferRange, Usage, align } from './buffers.ts';
 import type { Gpu } from './gpu.ts';
 import type { Params } from './params.ts';
 
@@ -44,11 +44,11 @@ export class UniformArena {
   }
 
   /**
-   * Stages `data` in a slot of the next power of two bytes (at least 16) and returns the slot's
-   * range, or null when it is larger than a chunk (the caller uploads it on its own).
+   * Stages `data` in a slot of its pool size class (as a scratch buffer of it would be) and returns
+   * the slot's range, or null when it is larger than a chunk (the caller uploads it on its own).
    */
-  stageData(data: ArrayBufferView): { buffer: GPUBuffer; offset: number; size: number } | null {
-    const size = Math.max(16, 2 ** Math.ceil(Math.log2(Math.max(data.byteLength, 1))));
+  stageData(data: ArrayBufferView): BufferRange | null {
+    const size = BufferPool.sizeClass(data.byteLength);
     if (size > UNIFORM_CHUNK) return null;
     const { chunk, offset } = this.place(size);
     const bytes = new Uint8Array(chunk.words.buffer, offset, size);
